@@ -1,0 +1,36 @@
+"""The embedder protocol: text in, L2-normalised float32 vectors out.
+
+The store depends on this protocol only; it never knows which model or runtime is behind it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into vectors.
+
+    Contract:
+    - ``embed(texts)`` returns a C-contiguous ``float32`` array of shape ``(len(texts), dim)``
+      whose rows are L2-normalised (an all-zero row is allowed only where the model itself
+      gives one). Row ``i`` depends on ``texts[i]`` alone: batching never changes a vector.
+    - A non-string element raises ``InvalidTypeError``; empty strings and very long texts are
+      embedded (long texts truncated by the model's own rule), never an error.
+    - ``model_id`` names the model exactly enough that two embedders with the same id give the
+      same vectors (the store records it and refuses to mix models); ``dim`` is the row length.
+    - Safe to call from many threads at once.
+    """
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
