@@ -42,7 +42,7 @@ def category_code(category: str) -> int:
         raise InvalidCategoryError(
             f"category must be one of {', '.join(CATEGORIES)}; got {category!r}"
         )
-    return CATEGORIES.index(category.strip().lower()) + 1  # type: ignore[arg-type]
+    return CATEGORIES.index(category.strip().lower()) + 1  # type: ignore[arg-type,unused-ignore]
 
 
 def category_name(code: int) -> Category:
@@ -54,7 +54,7 @@ def source_code(source: str) -> int:
     """On-disk code of a source name (1-based)."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}; got {source!r}")
-    return SOURCES.index(source) + 1  # type: ignore[arg-type]
+    return SOURCES.index(source) + 1
 
 
 def source_name(code: int) -> Source:
@@ -128,10 +128,10 @@ def to_timestamp_us(value: datetime | float | int | None) -> int | None:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
-        return int(round(value.timestamp() * 1_000_000))
+        return round(value.timestamp() * 1_000_000)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"a time must be a datetime or epoch seconds; got {value!r}")
-    return int(round(float(value) * 1_000_000))
+    return round(float(value) * 1_000_000)
 
 
 def from_timestamp_us(us: int) -> datetime:

@@ -1,0 +1,224 @@
+"""The engine: the native append-only log plus per-user vector indexes derived from it.
+
+The engine takes vectors and never embeds (``MemoryStore`` adds the embedder on top). Small
+users are searched exactly by the compiled core; a user with at least ``ann_threshold`` live
+memories gets an hnswlib index (``index.UserIndex``) built from the log, kept current from the
+log before each search, and snapshotted so a reopen does not rebuild it.
+
+Contracts:
+- ``search`` never returns another user's memories (indexes are per user; the log is keyed by
+  user) and never more than the live matches; a filtered search returns k results whenever at
+  least k memories match (hnswlib's filtered search falls back to the exact scan when it comes
+  back short).
+- After ``compact`` no snapshot file holds a vector of a deleted memory: compaction drops every
+  snapshot and every in-memory index that saw a deletion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .index import LabelInfo, UserIndex
+
+#: Users with fewer live memories than this are searched exactly (bench/bench_log.py measures
+#: the crossover: exact top-k over n 384-d vectors against hnswlib at ef=100).
+DEFAULT_ANN_THRESHOLD = 4096
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+#: Snapshot an index again once it is this many log entries ahead of its last snapshot.
+SNAPSHOT_EVERY = 2048
+
+Entry = tuple[Any, ...]
+
+#: The compiled core (native/); typed as Any: it is a pybind11 module without stubs.
+_native: Any = importlib.import_module("headroom.memory._native")
+
+
+class Engine:
+    """The log and the derived per-user indexes of one store directory."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        sync: str = "interval",
+        sync_interval_ms: int = 100,
+        segment_bytes: int = 64 << 20,
+        ann_threshold: int = DEFAULT_ANN_THRESHOLD,
+    ) -> None:
+        self.path = Path(path)
+        self.log: Any = _native.Log(
+            str(self.path),
+            sync=sync,
+            sync_interval_ms=sync_interval_ms,
+            segment_bytes=segment_bytes,
+        )
+        self.ann_threshold = ann_threshold
+        self._index_dir = self.path / "indexes"
+        self._indexes: dict[str, UserIndex] = {}
+        self._saved_seq: dict[str, int] = {}
+        self._indexes_lock = threading.Lock()
+        self._generation = self.log.generation
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def append(self, entries: Sequence[Entry]) -> list[int]:
+        """Append one atomic batch; returns the sequence numbers given to the entries."""
+        seqs: list[int] = self.log.append(list(entries))
+        return seqs
+
+    def compact(self) -> dict[str, int]:
+        """Rewrite the log without dead records; drop every snapshot and derived index."""
+        report: dict[str, int] = self.log.compact()
+        self._drop_all_indexes()
+        return report
+
+    def drop_user_index(self, user_id: str) -> None:
+        """Forget the user's derived index and its snapshot (after a hard delete)."""
+        with self._indexes_lock:
+            self._indexes.pop(user_id, None)
+            self._saved_seq.pop(user_id, None)
+        UserIndex.drop_snapshot(self._index_dir, user_id)
+
+    # --- search ------------------------------------------------------------------------------
+
+    def search(
+        self,
+        user_id: str,
+        query: npt.NDArray[np.float32],
+        k: int,
+        *,
+        categories: int = 0,
+        t_min: int | None = None,
+        t_max: int | None = None,
+    ) -> list[tuple[str, float]]:
+        """Top-k ``(memory_id, score)`` of the user's live memories by dot product, best first.
+
+        ``categories`` is a bit mask (``1 << code``; 0 = all); ``t_min``/``t_max`` bound
+        ``created_at`` (microseconds, inclusive).
+        """
+        if k <= 0:
+            return []
+        lo = INT64_MIN if t_min is None else t_min
+        hi = INT64_MAX if t_max is None else t_max
+        self._check_generation()
+        if self.log.count(user_id) < self.ann_threshold:
+            exact: list[tuple[str, float]] = self.log.search(user_id, query, k, categories, lo, hi)
+            return exact
+        index = self._current_index(user_id, int(query.shape[0]))
+        filtered = bool(categories) or t_min is not None or t_max is not None
+        with index.lock.read():
+            info = index.info
+            accept = None
+            if filtered:
+
+                def accept(label: int) -> bool:
+                    found = info.get(label)
+                    return found is not None and _passes(found, categories, lo, hi)
+
+            labels, scores = index.search(query, k, accept)
+            wanted = min(k, index.live_count)
+            results = [
+                (info[label][0], score)
+                for label, score in zip(labels.tolist(), scores.tolist(), strict=True)
+                if label in info
+            ]
+        if len(results) < wanted:
+            # hnswlib came back short (a selective filter): the exact scan is the truth.
+            fallback: list[tuple[str, float]] = self.log.search(
+                user_id, query, k, categories, lo, hi
+            )
+            return fallback
+        return results
+
+    def _current_index(self, user_id: str, dim: int) -> UserIndex:
+        with self._indexes_lock:
+            index = self._indexes.get(user_id)
+            if index is None:
+                loaded = UserIndex.load(self._index_dir, user_id, dim)
+                index = loaded or UserIndex(user_id, dim)
+                self._indexes[user_id] = index
+                self._saved_seq[user_id] = index.covered_seq
+        self._catch_up(index)
+        return index
+
+    def _catch_up(self, index: UserIndex) -> None:
+        user_id = index.user_id
+        target = int(self.log.user_seq(user_id))
+        if target <= index.covered_seq:
+            return
+        with index.lock.write():
+            if target <= index.covered_seq:
+                return
+            if index.covered_seq == 0:
+                added_labels, added_vectors = self.log.vectors(user_id)
+                removed = np.empty(0, np.uint64)
+            else:
+                removed, added_labels, added_vectors = self.log.changes(user_id, index.covered_seq)
+            added_info = self.log.resolve(user_id, added_labels)
+            index.apply_changes(removed, added_labels, added_vectors, added_info, target)
+        if target - self._saved_seq.get(user_id, 0) >= SNAPSHOT_EVERY and not (
+            index.deleted_since_build
+        ):
+            with index.lock.read(), contextlib.suppress(OSError):
+                index.save(self._index_dir)
+                self._saved_seq[user_id] = index.covered_seq
+
+    def _check_generation(self) -> None:
+        generation = self.log.generation
+        if generation != self._generation:
+            self._generation = generation
+            self._drop_all_indexes(delete_files=False)
+
+    def _drop_all_indexes(self, *, delete_files: bool = True) -> None:
+        with self._indexes_lock:
+            self._indexes.clear()
+            self._saved_seq.clear()
+            self._generation = self.log.generation
+        if delete_files and self._index_dir.is_dir():
+            for path in self._index_dir.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def save_snapshots(self) -> None:
+        """Snapshot every index that advanced since its last snapshot and saw no deletion."""
+        with self._indexes_lock:
+            items = list(self._indexes.items())
+        for user_id, index in items:
+            if index.covered_seq > self._saved_seq.get(user_id, 0) and not (
+                index.deleted_since_build
+            ):
+                with index.lock.read(), contextlib.suppress(OSError):
+                    index.save(self._index_dir)
+                    self._saved_seq[user_id] = index.covered_seq
+
+    def close(self) -> None:
+        """Snapshot what is worth keeping, then close the log (flushes per the sync mode)."""
+        with contextlib.suppress(Exception):
+            self.save_snapshots()
+        self.log.close()
+
+    def abandon(self) -> None:
+        """In a forked child: drop the inherited handles without flushing or joining."""
+        self.log.abandon()
+        with self._indexes_lock:
+            self._indexes.clear()
+
+
+def _passes(info: LabelInfo, categories: int, lo: int, hi: int) -> bool:
+    _, category, created = info
+    if categories and not (categories >> category) & 1:
+        return False
+    return lo <= created <= hi
