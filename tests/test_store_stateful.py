@@ -1,0 +1,143 @@
+"""Stateful property test of the store against a model computed from the operations.
+
+Random sequences of add / update / delete / clear / forget / compact / reopen across several
+users; after each step every user's listing and search results equal the model's, and no
+result ever belongs to another user.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from headroom.memory.store import MemoryStore
+from tests.store_helpers import HashEmbedder
+
+USERS = ["alice", "bob", "agent/researcher", "ünïcode user"]
+CATEGORIES = ["preference", "fact", "context"]
+words = st.sampled_from(
+    ["python", "rust", "coffee", "tea", "berlin", "paris", "postgres", "cats", "dogs", "jazz"]
+)
+texts = st.lists(words, min_size=1, max_size=4).map(" ".join)
+
+
+class StoreMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="hm-stateful-"))
+        self.embedder = HashEmbedder()
+        self.store = MemoryStore(self.dir / "db", embedder=self.embedder, sync="off")
+        self.model: dict[str, dict[str, tuple[str, str]]] = {u: {} for u in USERS}
+        self.history: dict[str, int] = {}
+
+    def teardown(self) -> None:
+        self.store.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _ids(self) -> list[tuple[str, str]]:
+        return [(u, i) for u, mems in self.model.items() for i in mems]
+
+    @rule(user=st.sampled_from(USERS), text=texts, category=st.sampled_from(CATEGORIES))
+    def add(self, user: str, text: str, category: str) -> None:
+        memory = self.store.add(user, text, category=category)
+        assert memory.text == text and memory.category == category and memory.user_id == user
+        self.model[user][memory.id] = (text, category)
+        self.history[memory.id] = 1
+
+    @precondition(lambda self: any(self.model.values()))
+    @rule(data=st.data(), text=texts)
+    def update(self, data: st.DataObject, text: str) -> None:
+        user, memory_id = data.draw(st.sampled_from(self._ids()))
+        category = self.model[user][memory_id][1]
+        self.store.update(user, memory_id, text)
+        self.model[user][memory_id] = (text, category)
+        self.history[memory_id] += 1
+
+    @precondition(lambda self: any(self.model.values()))
+    @rule(data=st.data())
+    def delete(self, data: st.DataObject) -> None:
+        user, memory_id = data.draw(st.sampled_from(self._ids()))
+        self.store.delete(user, memory_id)
+        del self.model[user][memory_id]
+
+    @precondition(lambda self: any(self.model.values()))
+    @rule(data=st.data())
+    def delete_wrong_user(self, data: st.DataObject) -> None:
+        user, memory_id = data.draw(st.sampled_from(self._ids()))
+        other = data.draw(st.sampled_from([u for u in USERS if u != user]))
+        try:
+            self.store.delete(other, memory_id)
+        except KeyError:
+            pass
+        else:
+            raise AssertionError("deleted another user's memory")
+
+    @rule(user=st.sampled_from(USERS))
+    def clear(self, user: str) -> None:
+        assert self.store.clear(user) == len(self.model[user])
+        self.model[user].clear()
+
+    @precondition(lambda self: any(self.model.values()))
+    @rule(data=st.data())
+    def forget_one(self, data: st.DataObject) -> None:
+        user, memory_id = data.draw(st.sampled_from(self._ids()))
+        assert self.store.forget(user, [memory_id]) == 1
+        del self.model[user][memory_id]
+        assert self.store.history(user, memory_id) == []
+
+    @rule()
+    def compact(self) -> None:
+        self.store.compact()
+
+    @rule()
+    def reopen(self) -> None:
+        self.store.close()
+        self.store = MemoryStore(self.dir / "db", embedder=self.embedder, sync="off")
+
+    @invariant()
+    def listings_match(self) -> None:
+        for user in USERS:
+            got = {m.id: (m.text, m.category) for m in self.store.get_all(user)}
+            assert got == self.model[user]
+            assert all(m.user_id == user for m in self.store.get_all(user))
+            assert self.store.stats(user)["total_chunks"] == len(self.model[user])
+
+    @invariant()
+    def search_matches(self) -> None:
+        query = "python coffee berlin"
+        qv = self.embedder.embed([query])[0]
+        for user in USERS:
+            results = self.store.search(user, query, top_k=3)
+            mems = self.model[user]
+            scored = sorted(
+                ((float(self.embedder.embed([t])[0] @ qv), i) for i, (t, _) in mems.items()),
+                reverse=True,
+            )
+            want = scored[:3]
+            assert len(results) == len(want)
+            for (memory, score), (want_score, _) in zip(results, want, strict=True):
+                assert memory.id in mems, "a result that is not this user's live memory"
+                assert abs(score - want_score) < 1e-4
+            got_scores = [s for _, s in results]
+            assert got_scores == sorted(got_scores, reverse=True)
+
+    @invariant()
+    def category_filter_returns_k(self) -> None:
+        for user in USERS:
+            facts = [i for i, (_, c) in self.model[user].items() if c == "fact"]
+            results = self.store.search(user, "jazz", top_k=2, category="fact")
+            assert len(results) == min(2, len(facts))
+            assert all(m.category == "fact" and m.id in facts for m, _ in results)
+
+
+StoreMachine.TestCase.settings = settings(
+    max_examples=25, stateful_step_count=30, deadline=None, derandomize=False
+)
+TestStoreMachine = StoreMachine.TestCase
+
+
