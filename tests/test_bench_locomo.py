@@ -1,0 +1,273 @@
+"""The LoCoMo loader, retrieval metrics, lexical ranking and the bench entry point.
+
+Data tests read LoCoMo from ``$HEADROOM_SHARED_DIR`` (default: ``shared`` beside the checkout)
+and are skipped when it is absent. Expected values were checked by hand against the JSON.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # bench/ runs from a checkout; it is not an installed package
+    sys.path.insert(0, str(REPO))
+
+from bench.common import CpuWatch, median_of_runs, percentiles  # noqa: E402
+from bench.locomo import data, metrics  # noqa: E402
+from headroom.memory.errors import InvalidInputError, InvalidTypeError  # noqa: E402
+from headroom.memory.ranking import (  # noqa: E402
+    Candidate,
+    LexicalIndex,
+    RankConfig,
+    query_entities,
+    query_time_window,
+    rerank,
+    rewrite_query,
+    tokenize,
+)
+
+needs_data = pytest.mark.needs_data
+
+
+@pytest.fixture(scope="module")
+def conversations() -> dict[str, data.Conversation]:
+    if not data.locomo_path().is_file():
+        pytest.skip(f"LoCoMo not found at {data.locomo_path()}")
+    return {c.sample_id: c for c in data.load()}
+
+
+@pytest.fixture(scope="module")
+def conv26(conversations: dict[str, data.Conversation]) -> data.Conversation:
+    return conversations["conv-26"]
+
+
+# --- loader ------------------------------------------------------------------------------------
+
+
+def test_parse_dia_ids_repairs_known_malformations() -> None:
+    assert data.parse_dia_ids("D8:6; D9:17") == ("D8:6", "D9:17")
+    assert data.parse_dia_ids("D:11:26") == ("D11:26",)
+    assert data.parse_dia_ids("D26:14, D26:34, D26:42") == ("D26:14", "D26:34", "D26:42")
+    assert data.parse_dia_ids(["D", "D1:3", "D1:3"]) == ("D1:3",)
+    assert data.parse_dia_ids(None) == ()
+
+
+def test_parse_session_date() -> None:
+    got = data.parse_session_date("1:56 pm on 8 May, 2023")
+    assert got == datetime(2023, 5, 8, 13, 56, tzinfo=timezone.utc)
+    with pytest.raises(ValueError):
+        data.parse_session_date("8 May 2023")
+
+
+@needs_data
+def test_loader_reads_the_seven_conversations(
+    conversations: dict[str, data.Conversation],
+) -> None:
+    assert sorted(conversations) == sorted(data.SPLITS["all"])
+    assert set(data.TUNE_SPLIT).isdisjoint(data.REPORT_SPLIT)
+    c = conversations["conv-26"]
+    assert c.speakers == ("Caroline", "Melanie")
+    assert len(c.sessions) == 19
+    assert len(c.questions) == 199
+    assert len(c.units("turns")) == 419
+    assert len(c.summaries) == 19
+    # every evidence id is well formed after repair
+    for conv in conversations.values():
+        for q in conv.questions:
+            assert all(d.startswith("D") and ":" in d for d in q.evidence)
+
+
+@needs_data
+def test_units_carry_dia_ids_dates_and_speakers(conv26: data.Conversation) -> None:
+    fact = next(f for f in conv26.facts if "D1:3" in f.dia_ids)
+    assert fact.text.startswith("Caroline attended an LGBTQ support group")
+    assert fact.speaker == "Caroline"
+    assert fact.created_at == datetime(2023, 5, 8, 13, 56, tzinfo=timezone.utc)
+    turn = conv26.units("turns")[0]
+    assert turn.text == "Caroline: Hey Mel! Good to see you! How have you been?"
+    assert turn.dia_ids == ("D1:1",)
+    summary = conv26.summaries[0]
+    assert summary.session == 1 and "D1:1" in summary.dia_ids and "D1:18" in summary.dia_ids
+    with pytest.raises(ValueError):
+        conv26.units("paragraphs")  # type: ignore[arg-type]
+
+
+@needs_data
+def test_load_unknown_id_raises() -> None:
+    if not data.locomo_path().is_file():
+        pytest.skip("no data")
+    with pytest.raises(KeyError):
+        data.load(ids=["conv-99"])
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+@needs_data
+def test_metrics_on_a_hand_checked_question(conv26: data.Conversation) -> None:
+    # "When did Caroline go to the LGBTQ support group?" has evidence D1:3 only.
+    q = conv26.questions[0]
+    assert q.evidence == ("D1:3",) and q.category == 2
+    by_dia = {f.dia_ids: f for f in conv26.facts}
+    other = next(f.dia_ids for f in conv26.facts if "D1:3" not in f.dia_ids)
+    ranked = [other, by_dia[("D1:3",)].dia_ids, other]
+    assert metrics.recall_at_k(q.evidence, ranked, 1) == 0.0
+    assert metrics.recall_at_k(q.evidence, ranked, 5) == 1.0
+    assert metrics.hit_at_k(q.evidence, ranked, 1) == 0.0
+    assert metrics.reciprocal_rank(q.evidence, ranked) == 0.5
+    n_rel = sum(1 for f in conv26.facts if "D1:3" in f.dia_ids)
+    assert n_rel == 1
+    assert metrics.ndcg_at_k(q.evidence, ranked, n_rel) == pytest.approx(1 / 1.5849625, rel=1e-6)
+
+
+@needs_data
+def test_partial_recall_on_a_multi_evidence_question(conv26: data.Conversation) -> None:
+    # "What fields would Caroline be likely to pursue in her educaton?" -> D1:9 and D1:11
+    q = conv26.questions[2]
+    assert q.evidence == ("D1:9", "D1:11")
+    ranked = [("D1:9",), ("D5:1",), ("D1:11", "D1:12")]
+    assert metrics.recall_at_k(q.evidence, ranked, 1) == 0.5
+    assert metrics.recall_at_k(q.evidence, ranked, 5) == 1.0
+    scores = metrics.question_scores(q.evidence, ranked, n_relevant=2)
+    assert scores["mrr"] == 1.0 and scores["hit@1"] == 1.0 and scores["recall@10"] == 1.0
+    # a token budget that fits only the first memory
+    assert metrics.recall_within_budget(q.evidence, ranked, [10, 10, 10], budget=15) == 0.5
+    assert metrics.recall_within_budget(q.evidence, ranked, [10, 10, 10], budget=30) == 1.0
+    # the first memory counts even when it alone is over budget
+    assert metrics.recall_within_budget(q.evidence, ranked, [99, 1, 1], budget=5) == 0.5
+
+
+def test_metrics_refuse_questions_without_evidence() -> None:
+    with pytest.raises(ValueError):
+        metrics.recall_at_k((), [("D1:1",)], 5)
+    assert metrics.reciprocal_rank(("D1:1",), [("D1:2",)]) == 0.0
+    assert metrics.ndcg_at_k(("D1:1",), [("D1:2",)], n_relevant=0) == 0.0
+
+
+def test_bootstrap_ci_bounds_are_ordered_and_deterministic() -> None:
+    values = [0.0, 1.0, 1.0, 0.5, 0.0, 1.0, 0.25, 1.0, 0.0, 1.0] * 5
+    mean, low, high = metrics.bootstrap_ci(values, n_resamples=500, seed=1)
+    assert low < mean < high
+    assert low >= 0.0 and high <= 1.0
+    assert metrics.bootstrap_ci(values, n_resamples=500, seed=1) == (mean, low, high)
+    wider = metrics.bootstrap_ci(values, n_resamples=500, level=0.99, seed=1)
+    assert wider[1] <= low and wider[2] >= high
+    assert metrics.bootstrap_ci([0.7]) == (0.7, 0.7, 0.7)
+    with pytest.raises(ValueError):
+        metrics.bootstrap_ci([])
+
+
+# --- common ------------------------------------------------------------------------------------
+
+
+def test_percentiles_and_median_of_runs() -> None:
+    p = percentiles([1.0, 2.0, 3.0, 4.0, 100.0], qs=(50, 99))
+    assert p["p50"] == 3.0 and 4.0 < p["p99"] <= 100.0
+    spread = median_of_runs([10.0, 12.0, 8.0])
+    assert (spread.median, spread.min, spread.max, spread.runs) == (10.0, 8.0, 12.0, 3)
+    assert spread.rel_spread == pytest.approx(0.4)
+    with pytest.raises(ValueError):
+        percentiles([])
+
+
+def test_cpu_watch_counts_own_cpu() -> None:
+    with CpuWatch() as watch:
+        total = 0
+        for i in range(2_000_000):
+            total += i
+    assert total > 0
+    assert watch.report.own_cpu_s > 0.0
+    assert watch.report.others_cpu_s is not None and watch.report.others_cpu_s >= 0.0
+
+
+# --- ranking -----------------------------------------------------------------------------------
+
+
+def test_tokenize_folds_case_possessives_and_plurals() -> None:
+    assert tokenize("Caroline's paintings of the Lakes") == ["caroline", "painting", "lake"]
+    assert tokenize("boxes, hobbies, glasses") == ["box", "hobby", "glass"]
+    with pytest.raises(InvalidTypeError):
+        tokenize(3)  # type: ignore[arg-type]
+
+
+def test_rewrite_entities_and_time_window() -> None:
+    assert rewrite_query("When did Caroline go to the LGBTQ support group?") == (
+        "Caroline go to the LGBTQ support group"
+    )
+    assert rewrite_query("What?") == "What?"
+    assert query_entities("What did Caroline tell Melanie's kids?") == {"caroline", "melanie"}
+    assert query_entities("What did she do in May?") == set()
+    assert query_time_window("What did Jon do in May 2023?") == (2023, 5)
+    assert query_time_window("What happened in 2022?") == (2022, None)
+    assert query_time_window("What happened in May?") is None
+
+
+def test_lexical_index_add_remove_replace() -> None:
+    index = LexicalIndex()
+    index.add_many([("a", "Melanie paints sunsets"), ("b", "Caroline runs a charity race")])
+    assert len(index) == 2 and "a" in index
+    assert [k for k, _ in index.top("painting sunset", 5)] == ["a"]
+    index.add("a", "Melanie went camping")
+    assert index.top("painting sunset", 5) == []
+    index.remove("a")
+    index.remove("missing")
+    assert len(index) == 1 and index.scores("camping", ["a", "b"]) == [0.0, 0.0]
+    with pytest.raises(InvalidInputError):
+        LexicalIndex(b=2.0)
+
+
+@needs_data
+def test_lexical_index_finds_the_evidence_fact(conv26: data.Conversation) -> None:
+    index = LexicalIndex()
+    index.add_many((str(i), f.text) for i, f in enumerate(conv26.facts))
+    top = index.top("When did Caroline go to the LGBTQ support group?", 5)
+    found = {d for key, _ in top for d in conv26.facts[int(key)].dia_ids}
+    assert "D1:3" in found
+    query = "When did Caroline go to the LGBTQ support group?"
+    assert index.scores(query, [key for key, _ in top]) == [score for _, score in top]
+
+
+def test_rerank_fuses_lexical_and_dense() -> None:
+    index = LexicalIndex()
+    texts = ["Melanie likes pottery", "Caroline adopted a dog", "They talked about weather"]
+    index.add_many((str(i), t) for i, t in enumerate(texts))
+    cands = [
+        Candidate("2", texts[2], 0.50),
+        Candidate("1", texts[1], 0.48),
+        Candidate("0", texts[0], None),
+    ]
+    dense_only = rerank("Did Caroline adopt a dog?", cands, None)
+    assert [i for i, _ in dense_only] == [0, 1, 2]
+    fused = rerank("Did Caroline adopt a dog?", cands, index, RankConfig(lexical_weight=0.1))
+    assert fused[0][0] == 1
+    rrf = rerank("Did Caroline adopt a dog?", cands, index, RankConfig("rrf", lexical_weight=2.0))
+    assert rrf[0][0] == 1
+    dated = [
+        Candidate("x", "a trip", 0.5, datetime(2023, 4, 1, tzinfo=timezone.utc)),
+        Candidate("y", "a trip", 0.49, datetime(2023, 5, 1, tzinfo=timezone.utc)),
+    ]
+    assert rerank("Where did they go in May 2023?", dated, None, RankConfig(date_weight=0.05))[0][
+        0
+    ] == (1)
+    assert rerank("q", [], index) == []
+    with pytest.raises(InvalidInputError):
+        rerank("q", cands, index, RankConfig(fusion="max"))
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def test_bench_entry_point_lists_suites_and_rejects_unknown() -> None:
+    ok = subprocess.run(
+        [sys.executable, "-m", "bench", "--help"], cwd=REPO, capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and "locomo" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "bench", "nosuch"], cwd=REPO, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "unknown suite" in bad.stderr
