@@ -24,8 +24,7 @@ import json
 import os
 import threading
 import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,9 @@ SNAPSHOT_VERSION = 1
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 100
+
+#: What the index knows of a label: (memory id, category code, created_at in microseconds).
+LabelInfo = tuple[str, int, int]
 
 
 class RWLock:
@@ -88,13 +90,6 @@ def user_file_stem(user_id: str) -> str:
     return hashlib.blake2b(user_id.encode("utf-8"), digest_size=16).hexdigest()
 
 
-@dataclass
-class _Snapshot:
-    covered_seq: int
-    dim: int
-    count: int
-
-
 class UserIndex:
     """An hnswlib index over one user's live vectors, kept current from the log.
 
@@ -110,43 +105,46 @@ class UserIndex:
         self._index: Any = hnswlib.Index(space="ip", dim=dim)
         self._index.init_index(max_elements=1024, ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M)
         self._index.set_num_threads(1)
-        self._live = 0
+        #: label -> (memory id, category code, created_at) of every live label in the graph.
+        self.info: dict[int, LabelInfo] = {}
         self.deleted_since_build = 0
 
     @property
     def live_count(self) -> int:
         """Number of live (not deleted) vectors in the index."""
-        return self._live
-
-    def _add(self, labels: npt.NDArray[np.uint64], vectors: npt.NDArray[np.float32]) -> None:
-        if not len(labels):
-            return
-        needed = self._index.get_current_count() + len(labels)
-        capacity = self._index.get_max_elements()
-        if needed > capacity:
-            self._index.resize_index(max(needed, capacity * 2))
-        self._index.add_items(vectors, labels, num_threads=1)
-        self._live += len(labels)
-
-    def _remove(self, labels: npt.NDArray[np.uint64]) -> None:
-        for label in labels.tolist():
-            try:
-                self._index.mark_deleted(int(label))
-            except RuntimeError:
-                continue  # not in the index (added and removed within one change set)
-            self._live -= 1
-            self.deleted_since_build += 1
+        return len(self.info)
 
     def apply_changes(
         self,
         removed: npt.NDArray[np.uint64],
         added_labels: npt.NDArray[np.uint64],
         added_vectors: npt.NDArray[np.float32],
+        added_info: Sequence[LabelInfo | None],
         covered_seq: int,
     ) -> None:
-        """Apply a change set from the log (caller holds the write lock)."""
-        self._remove(removed)
-        self._add(added_labels, added_vectors)
+        """Apply a change set from the log (caller holds the write lock). Idempotent:
+        labels already present are not added twice, unknown labels are not removed."""
+        for label in np.asarray(removed).tolist():
+            if self.info.pop(int(label), None) is not None:
+                self._index.mark_deleted(int(label))
+                self.deleted_since_build += 1
+        labels = np.asarray(added_labels, np.uint64)
+        keep = [
+            i
+            for i, (label, info) in enumerate(zip(labels.tolist(), added_info, strict=True))
+            if info is not None and int(label) not in self.info
+        ]
+        if keep:
+            needed = int(self._index.get_current_count()) + len(keep)
+            capacity = int(self._index.get_max_elements())
+            if needed > capacity:
+                self._index.resize_index(max(needed, capacity * 2))
+            vectors = np.ascontiguousarray(np.asarray(added_vectors, np.float32)[keep])
+            self._index.add_items(vectors, labels[keep], num_threads=1)
+            for i in keep:
+                info = added_info[i]
+                assert info is not None
+                self.info[int(labels[i])] = info
         self.covered_seq = max(self.covered_seq, covered_seq)
 
     def search(
@@ -161,7 +159,7 @@ class UserIndex:
         returned (hnswlib applies the filter during the graph search); fewer than k may come
         back when few labels pass, and the caller falls back to an exact search then.
         """
-        k = min(k, self._live)
+        k = min(k, len(self.info))
         if k <= 0:
             return np.empty(0, np.uint64), np.empty(0, np.float32)
         self._index.set_ef(max(HNSW_EF_SEARCH, 2 * k))
@@ -192,7 +190,7 @@ class UserIndex:
                 "covered_seq": self.covered_seq,
                 "dim": self.dim,
                 "count": int(self._index.get_current_count()),
-                "live": self._live,
+                "info": [[label, *info] for label, info in self.info.items()],
                 "deleted": self.deleted_since_build,
                 "crc32": crc,
             }
@@ -225,7 +223,9 @@ class UserIndex:
             if int(index._index.get_current_count()) != int(meta["count"]):
                 return None
             index.covered_seq = int(meta["covered_seq"])
-            index._live = int(meta["live"])
+            index.info = {
+                int(row[0]): (str(row[1]), int(row[2]), int(row[3])) for row in meta["info"]
+            }
             index.deleted_since_build = int(meta["deleted"])
             return index
         except (OSError, ValueError, KeyError, TypeError, RuntimeError):
