@@ -731,6 +731,85 @@ class MemoryStore:
         with self._lock:
             return self.engine.compact()
 
+    def verify(self, *, repair: bool = False) -> dict[str, Any]:
+        """Check every record of the log and every index snapshot.
+
+        Reports what the last open recovered (torn tail, corrupt regions skipped), how many
+        records were read, stored vectors that are not finite, and snapshots that fail their
+        checksum. With ``repair``: bad snapshots are deleted (rebuilt on use) and, when the log
+        had damage, it is compacted so the damaged regions are gone from disk.
+        """
+        from .index import UserIndex
+
+        with self._lock:
+            log = self.engine.log
+            recovery = dict(log.recovery)
+            records = 0
+            bad_vectors = 0
+            for record in log.records():
+                records += 1
+                vector = record.get("vector")
+                if vector is not None and not np.isfinite(vector).all():
+                    bad_vectors += 1
+            bad_snapshots = []
+            index_dir = self.path / "indexes"
+            if index_dir.is_dir():
+                for meta_path in sorted(index_dir.glob("*.meta")):
+                    try:
+                        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                        ok = UserIndex.load(index_dir, meta["user_id"], int(meta["dim"]))
+                    except (OSError, ValueError, KeyError, TypeError):
+                        ok = None
+                    if ok is None:
+                        bad_snapshots.append(meta_path.stem)
+            damaged = bool(recovery.get("corrupt_bytes") or recovery.get("torn_tail_bytes"))
+            report: dict[str, Any] = {
+                "ok": not damaged and not bad_vectors and not bad_snapshots,
+                "records": records,
+                "bad_vectors": bad_vectors,
+                "bad_snapshots": len(bad_snapshots),
+                **{f"recovered_{k}": v for k, v in recovery.items()},
+            }
+            if repair:
+                for stem in bad_snapshots:
+                    for suffix in (".meta", ".hnsw"):
+                        with contextlib.suppress(FileNotFoundError):
+                            (index_dir / (stem + suffix)).unlink()
+                if damaged:
+                    self.engine.compact()
+                report["repaired"] = bool(bad_snapshots or damaged)
+            return report
+
+    def reembed(self, embedder: Embedder, *, batch_size: int = 256) -> int:
+        """Migrate the store to another embedding model: every live memory gets a vector of
+        ``embedder`` (history versions keep theirs; they are never searched). Returns how many
+        memories were re-embedded. The store is then bound to the new model."""
+        with self._lock:
+            log = self.engine.log
+            count = 0
+            for user in log.users():
+                rows = log.list(user, 0)
+                for start in range(0, len(rows), batch_size):
+                    chunk = rows[start : start + batch_size]
+                    vectors = np.ascontiguousarray(
+                        embedder.embed([r["text"] for r in chunk]), dtype=np.float32
+                    )
+                    self.engine.append(
+                        [
+                            (OP_REVECTOR, user, r["id"], r["category"], r["source"], 0, "", "",
+                             embedder.model_id, vector)
+                            for r, vector in zip(chunk, vectors, strict=True)
+                        ]
+                    )  # fmt: skip
+                    count += len(chunk)
+                self.engine.drop_user_index(user)
+            wanted = {"model": embedder.model_id, "dim": int(embedder.dim)}
+            self.engine.append(
+                [(OP_CONFIG, "", _CONFIG_EMBEDDING, 0, 0, 0, json.dumps(wanted), "{}", "", None)]
+            )
+            self._embedder = embedder
+        return count
+
     def flush(self) -> None:
         """Make every acknowledged write durable now (fsync), whatever the sync mode."""
         self.engine.log.flush()
