@@ -39,4 +39,6 @@ class HashEmbedder:
             seed = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace")).digest()[:8])
             vec = np.random.default_rng(seed).standard_normal(self._dim).astype(np.float32)
             rows.append(vec / np.linalg.norm(vec))
-        return np.ascontiguousarray(np.stack(rows) if rows else np.empty((0, self._dim), np.float32))
+        return np.ascontiguousarray(
+            np.stack(rows) if rows else np.empty((0, self._dim), np.float32)
+        )

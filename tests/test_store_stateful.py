@@ -139,5 +139,3 @@ StoreMachine.TestCase.settings = settings(
     max_examples=25, stateful_step_count=30, deadline=None, derandomize=False
 )
 TestStoreMachine = StoreMachine.TestCase
-
-

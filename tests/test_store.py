@@ -1,0 +1,246 @@
+"""MemoryStore: the public store API over the real log, with typed errors and real files."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headroom.memory import errors
+from headroom.memory.store import MemoryStore, NewMemory
+from tests.store_helpers import HashEmbedder
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> MemoryStore:
+    s = MemoryStore(tmp_path / "memory.db", embedder=HashEmbedder(), sync="off")
+    yield s
+    s.close()
+
+
+def test_add_get_search_roundtrip(store: MemoryStore) -> None:
+    m = store.add("alice", "  User prefers Python  ", category="preference", metadata={"k": 1})
+    assert m.text == "User prefers Python"
+    assert m.category == "preference" and m.metadata == {"k": 1} and m.user_id == "alice"
+    assert m.created_at.tzinfo is not None
+    assert store.get("alice", m.id) == m
+    results = store.search("alice", "User prefers Python", top_k=5)
+    assert results[0][0].id == m.id and results[0][1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_users_are_isolated(store: MemoryStore) -> None:
+    a = store.add("alice", "alice secret")
+    store.add("bob", "bob secret")
+    assert [m.text for m, _ in store.search("bob", "alice secret", top_k=10)] == ["bob secret"]
+    assert store.get("bob", a.id) is None
+    with pytest.raises(errors.MemoryNotFoundError):
+        store.delete("bob", a.id)
+    with pytest.raises(errors.MemoryNotFoundError):
+        store.update("bob", a.id, "hijacked")
+    assert store.get("alice", a.id) is not None
+    applied = store.apply("bob", deletes=[a.id], updates=[])
+    assert applied.deleted == () and store.get("alice", a.id) is not None
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda s: s.add("alice", ""), errors.InvalidTextError),
+        (lambda s: s.add("alice", "   "), errors.InvalidTextError),
+        (lambda s: s.add("alice", 42), errors.InvalidTextError),
+        (lambda s: s.add("alice", "x" * 20000), errors.InvalidTextError),
+        (lambda s: s.add("", "text"), errors.InvalidUserIdError),
+        (lambda s: s.add("a\x00b", "text"), errors.InvalidUserIdError),
+        (lambda s: s.add("u" * 300, "text"), errors.InvalidUserIdError),
+        (lambda s: s.add(None, "text"), errors.InvalidUserIdError),
+        (lambda s: s.add("alice", "t", category="hobby"), errors.InvalidCategoryError),
+        (lambda s: s.add("alice", "t", metadata={"x": object()}), errors.InvalidMetadataError),
+        (lambda s: s.add("alice", "t", metadata=[1]), errors.InvalidMetadataError),
+        (lambda s: s.add("alice", "\ud800 surrogate"), errors.InvalidTextError),
+        (lambda s: s.search("alice", np.zeros(3, np.float32)), errors.InvalidVectorError),
+        (lambda s: s.search("alice", np.zeros(384, np.float64)), errors.InvalidVectorError),
+        (
+            lambda s: s.search("alice", np.full(384, np.nan, np.float32)),
+            errors.InvalidVectorError,
+        ),
+        (lambda s: s.update("alice", "nope", "text"), errors.MemoryNotFoundError),
+        (lambda s: s.delete("alice", "nope"), errors.MemoryNotFoundError),
+        (lambda s: s.prune("alice"), errors.InvalidInputError),
+    ],
+)
+def test_bad_input_is_a_typed_error_and_writes_nothing(store: MemoryStore, call, error) -> None:
+    store.add("alice", "kept")
+    before = store.engine.log.last_seq
+    with pytest.raises(error):
+        call(store)
+    assert store.engine.log.last_seq == before
+    assert [m.text for m in store.get_all("alice")] == ["kept"]
+
+
+def test_update_keeps_history_and_delete_hides(store: MemoryStore) -> None:
+    m = store.add("alice", "Lives in Paris")
+    store.update("alice", m.id, "Lives in Berlin", category="context")
+    now = store.get("alice", m.id)
+    assert now is not None and now.text == "Lives in Berlin" and now.category == "context"
+    assert now.created_at == m.created_at and now.updated_at >= m.updated_at
+    assert [v.text for v in store.history("alice", m.id)] == ["Lives in Paris", "Lives in Berlin"]
+    store.delete("alice", m.id)
+    assert store.get("alice", m.id) is None and store.search("alice", "Berlin") == []
+    assert [v.operation for v in store.history("alice", m.id)] == ["add", "update", "delete"]
+
+
+def test_dedup_skips_exact_and_supersedes_near_duplicates(tmp_path: Path) -> None:
+    with MemoryStore(tmp_path / "db", embedder=HashEmbedder(), dedup_threshold=0.5) as store:
+        first = store.add_many("u", [NewMemory("User likes tea")]).added[0]
+        again = store.add_many("u", [NewMemory("user likes tea."), NewMemory("User likes tea")])
+        assert again.added == () and len(again.skipped) == 2
+        assert [m.id for m in store.get_all("u")] == [first.id]
+
+
+def test_filters_apply_inside_search(store: MemoryStore) -> None:
+    base = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    for i in range(30):
+        store.add("u", f"memory {i}", category="fact" if i % 10 == 0 else "preference",
+                  created_at=base + timedelta(days=i))  # fmt: skip
+    facts = store.search("u", "memory 7", top_k=3, category="fact")
+    assert {m.text for m, _ in facts} == {"memory 0", "memory 10", "memory 20"}
+    window = store.search("u", "memory", top_k=50, since=base + timedelta(days=5),
+                          until=base + timedelta(days=9))  # fmt: skip
+    assert sorted(m.text for m, _ in window) == [f"memory {i}" for i in range(5, 10)]
+
+
+def test_export_import_reproduces_ids_times_and_history(tmp_path: Path) -> None:
+    emb = HashEmbedder()
+    with MemoryStore(tmp_path / "a", embedder=emb) as src:
+        m = src.add("alice", "v1", category="fact", metadata={"dia": ["D1:1"]})
+        src.update("alice", m.id, "v2")
+        src.add("bob", "bob's", category="context")
+        exported = list(src.export())
+        json.dumps(exported)  # JSON-safe
+    with MemoryStore(tmp_path / "b", embedder=emb) as dst:
+        assert dst.import_(exported) == 2
+        assert list(dst.export()) == exported
+        assert dst.import_(exported) == 0  # ids already live: skipped
+    assert exported[0]["history"][0]["text"] == "v1"
+
+
+def test_forget_is_hard_and_compacts(store: MemoryStore) -> None:
+    keep = store.add("alice", "KEEP-marker-123")
+    gone = store.add("alice", "GONE-marker-456")
+    store.update("alice", gone.id, "GONE-marker-789")
+    assert store.forget("alice", [gone.id]) == 1
+    assert store.history("alice", gone.id) == []
+    blob = b"".join(p.read_bytes() for p in store.path.rglob("*") if p.is_file())
+    assert b"GONE-marker" not in blob and b"KEEP-marker-123" in blob
+    assert store.get("alice", keep.id) is not None
+
+
+def test_model_mismatch_is_a_clear_error(tmp_path: Path) -> None:
+    MemoryStore(tmp_path / "db", embedder=HashEmbedder(dim=384)).close()
+    with pytest.raises(errors.EmbeddingModelMismatchError, match="reembed"):
+        MemoryStore(tmp_path / "db", embedder=HashEmbedder(dim=384, model_id="other"))
+
+
+def test_reembed_migrates(tmp_path: Path) -> None:
+    with MemoryStore(tmp_path / "db", embedder=HashEmbedder()) as store:
+        m = store.add("u", "fact one")
+        new = HashEmbedder(dim=64, model_id="other")
+        assert store.reembed(new) == 1
+        assert store.search("u", "fact one")[0][0].id == m.id
+    with MemoryStore(tmp_path / "db", embedder=HashEmbedder(dim=64, model_id="other")) as again:
+        assert again.get("u", m.id) is not None
+
+
+def test_open_shares_one_store_per_path(tmp_path: Path) -> None:
+    emb = HashEmbedder()
+    a = MemoryStore.open(tmp_path / "db", embedder=emb)
+    b = MemoryStore.open(str(tmp_path / "db"))
+    assert a is b
+    a.close()
+    c = MemoryStore.open(tmp_path / "db", embedder=emb)
+    assert c is not a
+    c.close()
+
+
+def test_pending_jobs_survive_reopen(tmp_path: Path) -> None:
+    with MemoryStore(tmp_path / "db", embedder=HashEmbedder(), sync="always") as store:
+        job = store.enqueue("alice", {"messages": [{"role": "user", "content": "hi"}]})
+        done = store.enqueue("alice", {"n": 2})
+        store.complete("alice", done)
+    with MemoryStore(tmp_path / "db", embedder=HashEmbedder()) as store:
+        assert [(j.id, j.payload["messages"][0]["content"]) for j in store.pending()] == [
+            (job, "hi")
+        ]
+        store.forget("alice")
+        assert store.pending() == []
+
+
+def _child_adds(path: str, n: int, tag: str) -> None:
+    store = MemoryStore.open(path, embedder=HashEmbedder())
+    for i in range(n):
+        store.add("shared-user", f"{tag} {i}")
+    store.close()
+
+
+def test_processes_see_each_others_writes(tmp_path: Path) -> None:
+    path = str(tmp_path / "db")
+    store = MemoryStore.open(path, embedder=HashEmbedder())
+    store.add("shared-user", "parent 0")
+    ctx = mp.get_context("fork")  # also exercises fork-awareness of the open store
+    procs = [ctx.Process(target=_child_adds, args=(path, 50, f"child{k}")) for k in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    texts = {m.text for m in store.get_all("shared-user")}
+    assert len(texts) == 101
+    assert store.search("shared-user", "child1 7", top_k=1)[0][0].text == "child1 7"
+    store.add("shared-user", "parent 1")
+    assert len(store.get_all("shared-user")) == 102
+    store.close()
+    assert os.getpid() > 0
+
+
+def test_ann_index_agrees_with_exact_and_snapshots(tmp_path: Path) -> None:
+    emb = HashEmbedder(dim=32)
+    rng = np.random.default_rng(7)
+    with MemoryStore(tmp_path / "db", embedder=emb, ann_threshold=64) as store:
+        items = [NewMemory(f"item {i}", ["fact", "preference"][i % 2]) for i in range(300)]
+        store.add_many("big", items, dedup=False)
+        queries = [f"item {i}" for i in rng.integers(0, 300, 20)]
+        for q in queries:
+            top = store.search("big", q, top_k=1)
+            assert top[0][0].text == q  # the exact text is its own nearest neighbour
+        only = store.search("big", "item 3", top_k=5, category="preference")
+        assert len(only) == 5 and all(m.category == "preference" for m, _ in only)
+        doomed = store.get_all("big")[0]
+        store.delete("big", doomed.id)
+        assert all(m.id != doomed.id for m, _ in store.search("big", doomed.text, top_k=10))
+    with MemoryStore(tmp_path / "db", embedder=emb, ann_threshold=64) as store:
+        assert store.search("big", "item 5", top_k=1)[0][0].text == "item 5"
+
+
+def test_snapshot_is_written_verified_and_rebuilt_when_bad(tmp_path: Path) -> None:
+    emb = HashEmbedder(dim=32)
+    with MemoryStore(tmp_path / "db", embedder=emb, ann_threshold=64) as store:
+        store.add_many("big", [NewMemory(f"row {i}") for i in range(200)], dedup=False)
+        assert store.search("big", "row 1", top_k=1)[0][0].text == "row 1"
+    (meta,) = (tmp_path / "db" / "indexes").glob("*.meta")
+    assert "big" not in meta.name  # user ids never become file names
+    assert json.loads(meta.read_text())["user_id"] == "big"
+    graph = meta.with_suffix(".hnsw")
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with MemoryStore(tmp_path / "db", embedder=emb, ann_threshold=64) as store:
+        assert store.verify()["bad_snapshots"] == 1
+        for i in (0, 77, 199):
+            assert store.search("big", f"row {i}", top_k=1)[0][0].text == f"row {i}"
+        store.add("big", "row 200")
+        assert store.search("big", "row 200", top_k=1)[0][0].text == "row 200"
