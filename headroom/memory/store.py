@@ -690,13 +690,12 @@ class MemoryStore:
                 yield record
 
     def import_(self, records: Iterable[dict[str, Any]]) -> int:
-        """Import records of the export schema; ids, times and history are reproduced.
+        """Import records of the export schema; ids, times, sources and history are reproduced.
 
         A record whose id is already live for its user is skipped. Each record is written as
         one atomic batch. Returns how many memories were imported.
         """
         count = 0
-        src = T.source_code("import")
         for record in records:
             user_id = T.validate_user_id(record.get("user_id"))
             memory_id = str(record.get("id") or uuid.uuid4().hex)
@@ -715,9 +714,10 @@ class MemoryStore:
                 at = T.to_timestamp_us(_parse_time(version.get("at"))) or 0
                 op = OP_ADD if i == 0 else OP_UPDATE
                 meta = json.dumps(T.validate_metadata(version.get("metadata")), ensure_ascii=False)
+                source = T.source_code(version.get("source") or "import")
                 entries.append(
                     (op, user_id, memory_id, T.category_code(version.get("category", "fact")),
-                     src, created or at if i == 0 else 0, text, meta, self.embedder.model_id,
+                     source, created or at if i == 0 else 0, text, meta, self.embedder.model_id,
                      vector, at)
                 )  # fmt: skip
             self.engine.append(entries)
