@@ -75,7 +75,8 @@ class Conversation:
 def _role(message: object, index: int) -> str:
     if not isinstance(message, Mapping):
         raise InvalidTypeError(
-            f"messages[{index}] must be a mapping (a dict), not {type(message).__name__}"
+            f"messages[{index}] must be a mapping (a dict), not {type(message).__name__}; "
+            "convert SDK objects with .model_dump(exclude_none=True)"
         )
     role = message.get("role")
     if not isinstance(role, str):
