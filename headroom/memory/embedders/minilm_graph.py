@@ -1,0 +1,217 @@
+"""Writes the all-MiniLM-L6-v2 forward pass as an ONNX graph over the untouched safetensors.
+
+The graph is the sentence-transformers pipeline after tokenisation: BERT (6 layers, 384 wide,
+12 heads, exact-erf GELU, LayerNorm eps 1e-12, token type 0), mean pooling over the attention
+mask, then L2 normalisation (eps 1e-12, as ``torch.nn.functional.normalize``).
+
+Every weight is an *external* initializer pointing at its byte range inside
+``model.safetensors``: the graph itself is about 30 KB and nothing is copied. PyTorch stores a
+linear layer's weight as ``(out, in)``; the graph transposes it with a ``Transpose`` node that
+onnxruntime folds into a constant at load. Q, K and V are concatenated into one matmul.
+
+Inputs: ``input_ids`` and ``attention_mask``, int64 ``(batch, seq)``, seq <= 512.
+Output: ``embedding``, float32 ``(batch, 384)``, rows of unit length.
+
+Needs the ``onnx`` package (the ``model`` extra); only the builder imports it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelNotFoundError
+from .safetensors_header import SafetensorsHeader, TensorInfo, read_header
+
+#: Bumped whenever the graph changes, so cached graphs of an older layout are rebuilt.
+GRAPH_VERSION = 1
+OPSET = 20
+IR_VERSION = 9
+FUSED = False
+
+_DTYPES = {"F32": 1, "I64": 7}  # onnx.TensorProto.FLOAT, INT64
+
+
+class _Builder:
+    """Accumulates nodes and initializers; names every intermediate value uniquely."""
+
+    def __init__(self, helper: Any, tensor_proto: Any, header: SafetensorsHeader, weights: str):
+        self.h = helper
+        self.tp = tensor_proto
+        self.header = header
+        self.weights = weights
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self._n = 0
+        self._loaded: set[str] = set()
+
+    def name(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}_{self._n}"
+
+    def op(self, op_type: str, inputs: list[str], hint: str = "", **attrs: Any) -> str:
+        out = self.name(hint or op_type.lower())
+        self.nodes.append(self.h.make_node(op_type, inputs, [out], **attrs))
+        return out
+
+    def ops(self, op_type: str, inputs: list[str], n: int, **attrs: Any) -> list[str]:
+        outs = [self.name(op_type.lower()) for _ in range(n)]
+        self.nodes.append(self.h.make_node(op_type, inputs, outs, **attrs))
+        return outs
+
+    def const(self, value: Any, dtype: Any = np.int64, hint: str = "c") -> str:
+        arr = np.asarray(value, dtype=dtype)
+        name = self.name(hint)
+        tensor = self.h.make_tensor(
+            name, _DTYPES["I64" if arr.dtype == np.int64 else "F32"], arr.shape, arr.flatten()
+        )
+        self.inits.append(tensor)
+        return name
+
+    def weight(self, key: str, shape: tuple[int, ...] | None = None) -> str:
+        """An external initializer for the safetensors tensor ``key``."""
+        info: TensorInfo | None = self.header.tensors.get(key)
+        if info is None or info.dtype not in _DTYPES:
+            raise ModelNotFoundError(f"weights lack tensor {key} (or it is not F32/I64)")
+        if shape is not None and info.shape != shape:
+            raise ModelNotFoundError(f"tensor {key} has shape {info.shape}, expected {shape}")
+        if key not in self._loaded:
+            t = self.tp()
+            t.name = key
+            t.data_type = _DTYPES[info.dtype]
+            t.dims.extend(info.shape)
+            t.data_location = self.tp.EXTERNAL
+            for k, v in (
+                ("location", self.weights),
+                ("offset", str(info.offset)),
+                ("length", str(info.length)),
+            ):
+                entry = t.external_data.add()
+                entry.key, entry.value = k, v
+            self.inits.append(t)
+            self._loaded.add(key)
+        return key
+
+    def linear(self, x: str, prefix: str) -> str:
+        """``x @ W.T + b`` for the torch Linear layer ``prefix``."""
+        w_t = self.op("Transpose", [self.weight(f"{prefix}.weight")], perm=[1, 0])
+        return self.op("Add", [self.op("MatMul", [x, w_t]), self.weight(f"{prefix}.bias")])
+
+    def layer_norm(self, x: str, prefix: str, eps: float) -> str:
+        return self.op(
+            "LayerNormalization",
+            [x, self.weight(f"{prefix}.weight"), self.weight(f"{prefix}.bias")],
+            axis=-1,
+            epsilon=eps,
+        )
+
+
+def _config(model_dir: Path) -> dict[str, Any]:
+    try:
+        cfg: dict[str, Any] = json.loads((model_dir / "config.json").read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"cannot read {model_dir / 'config.json'}: {exc}") from None
+    return cfg
+
+
+def build_graph_bytes(model_dir: Path, weights_name: str = "model.safetensors") -> bytes:
+    """Serialised ONNX model for the BERT sentence encoder in ``model_dir``.
+
+    ``model_dir`` holds ``config.json`` and ``weights_name``. The external-data locations are
+    ``weights_name`` relative to the folder onnxruntime is told to read initializers from.
+    Raises ModelNotFoundError if the files are missing or not a BERT of the expected layout.
+    """
+    from onnx import TensorProto, helper
+
+    cfg = _config(model_dir)
+    hidden = int(cfg["hidden_size"])
+    heads = int(cfg["num_attention_heads"])
+    eps = float(cfg.get("layer_norm_eps", 1e-12))
+    if cfg.get("hidden_act", "gelu") != "gelu" or hidden % heads:
+        raise ModelNotFoundError(f"{model_dir} is not a BERT encoder this builder supports")
+    header = read_header(model_dir / weights_name)
+    b = _Builder(helper, TensorProto, header, weights_name)
+    head_dim = hidden // heads
+
+    ids, mask = "input_ids", "attention_mask"
+    # Embeddings: word + position + token type 0, then LayerNorm.
+    word = b.op("Gather", [b.weight("embeddings.word_embeddings.weight"), ids])
+    seq = b.op("Slice", [b.op("Shape", [ids]), b.const([1]), b.const([2])])
+    pos_ids = b.op("Slice", [b.weight("embeddings.position_ids"), b.const([0]), seq, b.const([1])])
+    pos = b.op("Gather", [b.weight("embeddings.position_embeddings.weight"), pos_ids])
+    typ = b.op("Gather", [b.weight("embeddings.token_type_embeddings.weight"), b.const(0)])
+    x = b.op("Add", [b.op("Add", [word, pos]), typ])
+    x = b.layer_norm(x, "embeddings.LayerNorm", eps)
+
+    # Additive attention bias: 0 where attended, float32 min where padded (as transformers).
+    mask_f = b.op("Cast", [mask], to=TensorProto.FLOAT)
+    inv = b.op("Sub", [b.const(1.0, np.float32), mask_f])
+    bias = b.op("Mul", [inv, b.const(float(np.finfo(np.float32).min), np.float32)])
+    bias = b.op("Unsqueeze", [bias, b.const([1, 2])])  # (batch, 1, 1, seq)
+    split_shape = b.const([0, 0, heads, head_dim])
+    merge_shape = b.const([0, 0, hidden])
+    scale = b.const(1.0 / float(np.sqrt(head_dim)), np.float32)
+
+    mask32 = b.op("Cast", [mask], to=TensorProto.INT32)
+    for i in range(int(cfg["num_hidden_layers"])):
+        p = f"encoder.layer.{i}"
+        names = ("query", "key", "value")
+        qkv_w = b.op(
+            "Concat",
+            [b.weight(f"{p}.attention.self.{n}.weight", (hidden, hidden)) for n in names],
+            axis=0,
+        )
+        qkv_w = b.op("Transpose", [qkv_w], perm=[1, 0])
+        qkv_b = b.op("Concat", [b.weight(f"{p}.attention.self.{n}.bias") for n in names], axis=0)
+        if FUSED:
+            ctx = b.op(
+                "Attention", [x, qkv_w, qkv_b, mask32], domain="com.microsoft", num_heads=heads
+            )
+        else:
+            qkv = b.op("Add", [b.op("MatMul", [x, qkv_w]), qkv_b])
+            q, k, v = b.ops("Split", [qkv], 3, axis=2, num_outputs=3)
+            q = b.op("Transpose", [b.op("Reshape", [q, split_shape])], perm=[0, 2, 1, 3])
+            k = b.op("Transpose", [b.op("Reshape", [k, split_shape])], perm=[0, 2, 3, 1])
+            v = b.op("Transpose", [b.op("Reshape", [v, split_shape])], perm=[0, 2, 1, 3])
+            scores = b.op("Add", [b.op("Mul", [b.op("MatMul", [q, k]), scale]), bias])
+            probs = b.op("Softmax", [scores], axis=-1)
+            ctx = b.op("Transpose", [b.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
+            ctx = b.op("Reshape", [ctx, merge_shape])
+        attn = b.linear(ctx, f"{p}.attention.output.dense")
+        x = b.layer_norm(b.op("Add", [attn, x]), f"{p}.attention.output.LayerNorm", eps)
+        inter = b.op("Gelu", [b.linear(x, f"{p}.intermediate.dense")])
+        out = b.linear(inter, f"{p}.output.dense")
+        x = b.layer_norm(b.op("Add", [out, x]), f"{p}.output.LayerNorm", eps)
+
+    # Mean pooling over the mask: (batch, 1, seq) @ (batch, seq, hidden) / token count.
+    m = b.op("Unsqueeze", [mask_f, b.const([1])])
+    summed = b.op("Squeeze", [b.op("MatMul", [m, x]), b.const([1])])
+    count = b.op("ReduceSum", [mask_f, b.const([1])], keepdims=1)
+    count = b.op("Max", [count, b.const(1e-9, np.float32)])
+    mean = b.op("Div", [summed, count])
+    norm = b.op("ReduceL2", [mean, b.const([1])], keepdims=1)
+    norm = b.op("Max", [norm, b.const(1e-12, np.float32)])
+    b.nodes.append(helper.make_node("Div", [mean, norm], ["embedding"]))
+
+    graph = helper.make_graph(
+        b.nodes,
+        "all-MiniLM-L6-v2",
+        [
+            helper.make_tensor_value_info(ids, TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info(mask, TensorProto.INT64, ["batch", "seq"]),
+        ],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", hidden])],
+        initializer=b.inits,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
+        producer_name="headroom-memory",
+        producer_version=str(GRAPH_VERSION),
+    )
+    model.ir_version = IR_VERSION
+    data: bytes = model.SerializeToString()
+    return data
