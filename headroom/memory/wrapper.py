@@ -1,0 +1,547 @@
+"""with_fast_memory / with_memory: an OpenAI-compatible client with persistent memory.
+
+The wrapped client is used exactly like the original. Only ``chat.completions.create`` is
+memory-aware; every other attribute (embeddings, files, ``with_raw_response``, ...) is the
+wrapped client's own. The caller's client is never modified: the wrapper holds
+``client.copy()`` (which shares the connection pool), so one client can be wrapped for many
+users. ``copy()`` and ``with_options()`` return wrapped copies with the same memory.
+
+Two modes:
+- inline (``with_fast_memory``): inject -> instruct -> call -> parse -> store -> return
+  (``pipeline.py``); the answer's ``<memory>`` block is removed from every choice and
+  choice 0's operations are stored on a background writer after the response returns.
+  With ``response_format`` JSON mode no block can be appended, so that call's extraction
+  goes to the background queue instead.
+- background (``with_memory``): inject, call, return the response untouched; the turn is
+  recorded durably as an extraction job before the response returns, and a worker thread
+  extracts with a separate LLM call (``background.py``).
+
+Per call, ``memory="off" | "read" | "write"`` (default ``"on"``) is consumed before the
+request is forwarded. Failure policy: an error inside the memory layer is logged (logger
+``headroom.memory``) and the call goes on without memory; errors of the provider reach the
+caller unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .background import ExtractionWorker, is_async_client, make_payload, worker_for
+from .embedders.base import Embedder
+from .errors import InvalidInputError
+from .facade import AsyncMemoryFacade, MemoryFacade
+from .pipeline import (
+    MemoryEvent,
+    Mode,
+    Observer,
+    Prepared,
+    Settings,
+    check_mode,
+    clean_completion,
+    content_text,
+    instruct,
+    is_json_mode,
+    last_user_text,
+    parse_choice,
+    prepare,
+    store_ops,
+)
+from .protocol import MemoryOps
+from .store import MemoryStore
+from .types import validate_user_id
+from .wrapper_stream import wrap_async_stream, wrap_stream
+from .wrapper_writer import Writer
+
+logger = logging.getLogger("headroom.memory")
+
+DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_OPENAI_MODEL = "text-embedding-3-small"
+
+_OPTIONS = frozenset(
+    {"min_score", "max_tokens", "role", "observer", "embedder", "sync", "retry_base", "retry_max"}
+)
+
+
+@dataclass
+class _Core:
+    """What every copy of one wrapper shares: the store, settings, writer, worker, hook."""
+
+    store: MemoryStore
+    settings: Settings
+    background: bool
+    extraction_model: str | None
+    observer: Observer | None
+    writer: Writer
+    worker_options: dict[str, Any] = field(default_factory=dict)
+    worker: ExtractionWorker | None = None
+
+    def event(self, event: MemoryEvent) -> None:
+        """Hand ``event`` to the observer; an observer that raises is logged, not raised."""
+        if self.observer is None:
+            return
+        try:
+            self.observer(event)
+        except Exception:
+            logger.exception("headroom.memory: the observer raised; ignored")
+
+    def get_worker(self, client: Any) -> ExtractionWorker:
+        """The store's extraction worker, with ``client`` registered for this user."""
+        if self.worker is None:
+            self.worker = worker_for(self.store, **self.worker_options)
+        self.worker.register(self.settings.user_id, client, self.observer, self.settings)
+        return self.worker
+
+    # --- the request side --------------------------------------------------------------------
+
+    def prepare(self, kwargs: dict[str, Any], mode: Mode) -> Prepared:
+        """Inject/instruct; on a memory-layer failure, log and go on with what is safe."""
+        messages = list(kwargs.get("messages") or [])
+        json_mode = is_json_mode(kwargs.get("response_format"))
+        if self.background:
+            mode_used: Mode = "read" if mode in ("on", "read") else "off"
+        else:
+            mode_used = mode
+        try:
+            prepared = prepare(self.store, self.settings, messages, mode_used, json_mode=json_mode)
+        except Exception as exc:
+            logger.warning("headroom.memory: injection failed, calling without memories: %s", exc)
+            self.event(MemoryEvent(self.settings.user_id, mode, "inline", error=exc))
+            extract = mode_used in ("on", "write") and not json_mode
+            prepared = Prepared(
+                messages=instruct(messages) if extract else messages,
+                context=None,
+                mode=mode_used,
+                extract=extract,
+                background=False,
+            )
+        if self.background and mode in ("on", "write"):
+            prepared = replace(prepared, mode=mode, extract=False, background=True)
+        return prepared
+
+    # --- the response side -------------------------------------------------------------------
+
+    def finish(
+        self,
+        client: Any,
+        prepared: Prepared,
+        request: Mapping[str, Any],
+        result: Any,
+        streamed: bool = False,
+    ) -> None:
+        """Clean a completed ChatCompletion in place and store or queue what it carries."""
+        ops = MemoryOps()
+        problems: tuple[str, ...] = ()
+        answer: str | None = None
+        try:
+            choices = getattr(result, "choices", None) or []
+            first = choices[0] if choices else None
+            answer = getattr(getattr(first, "message", None), "content", None)
+            if not self.background:
+                parsed = clean_completion(result, prepared.id_map)
+                if parsed is not None and prepared.extract and not prepared.background:
+                    ops, problems = parsed.ops, tuple(parsed.problems)
+        except Exception as exc:  # the parser never raises; this guards the unexpected
+            logger.exception("headroom.memory: could not clean the answer")
+            self.event(MemoryEvent(self.settings.user_id, prepared.mode, "inline", error=exc))
+            return
+        self.after(client, prepared, request, answer, ops, problems, streamed)
+
+    def finish_stream(
+        self,
+        client: Any,
+        prepared: Prepared,
+        request: Mapping[str, Any],
+        raw: Mapping[int, str],
+        complete: bool,
+    ) -> None:
+        """End of a stream: parse choice 0's raw text, then store or queue. Never raises."""
+        try:
+            answer = raw.get(0)
+            ops, problems = MemoryOps(), tuple[str, ...]()
+            if not self.background and prepared.extract and not prepared.background:
+                parsed = parse_choice(answer, prepared.id_map)
+                ops, problems = parsed.ops, tuple(parsed.problems)
+            self.after(client, prepared, request, answer, ops, problems, True)
+        except Exception as exc:
+            logger.exception("headroom.memory: finishing a stream failed")
+            self.event(MemoryEvent(self.settings.user_id, prepared.mode, "inline", error=exc))
+
+    def after(
+        self,
+        client: Any,
+        prepared: Prepared,
+        request: Mapping[str, Any],
+        answer: str | None,
+        ops: MemoryOps,
+        problems: tuple[str, ...],
+        streamed: bool,
+    ) -> None:
+        """Queue the extraction (background) or the store write (inline); tell the observer."""
+        user_id = self.settings.user_id
+        if problems:
+            logger.warning(
+                "headroom.memory: memory block for user %r: %s", user_id, "; ".join(problems)
+            )
+        if prepared.background:
+            self.enqueue(client, request, answer, prepared, streamed)
+            return
+        event = MemoryEvent(
+            user_id,
+            prepared.mode,
+            "inline",
+            injected=prepared.shown,
+            ops=ops,
+            problems=problems,
+            streamed=streamed,
+        )
+        if not ops.is_empty():
+            self.writer.submit(lambda: self._write(ops, event))
+        else:
+            self.event(event)
+
+    def _write(self, ops: MemoryOps, event: MemoryEvent) -> None:
+        try:
+            store_ops(self.store, self.settings.user_id, ops, source="inline")
+        except Exception as exc:
+            logger.warning(
+                "headroom.memory: storing memories for user %r failed: %s",
+                self.settings.user_id,
+                exc,
+            )
+            event = replace(event, error=exc)
+        self.event(event)
+
+    def enqueue(
+        self,
+        client: Any,
+        request: Mapping[str, Any],
+        answer: str | None,
+        prepared: Prepared,
+        streamed: bool,
+    ) -> None:
+        """Record the turn as a durable extraction job (before the response returns)."""
+        user_id = self.settings.user_id
+        try:
+            user_text = last_user_text(list(request.get("messages") or []))
+            if not user_text:
+                return
+            turn = [{"role": "user", "content": user_text}]
+            if answer:
+                turn.append({"role": "assistant", "content": content_text(answer)})
+            model = self.extraction_model or request.get("model")
+            worker = self.get_worker(client)
+            worker.submit(user_id, make_payload(turn, model if isinstance(model, str) else None))
+        except Exception as exc:
+            logger.warning(
+                "headroom.memory: queueing extraction for user %r failed: %s", user_id, exc
+            )
+            self.event(MemoryEvent(user_id, prepared.mode, "background", error=exc))
+            return
+        self.event(
+            MemoryEvent(
+                user_id, prepared.mode, "background", injected=prepared.shown, streamed=streamed
+            )
+        )
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait for inline writes and background extractions; True when nothing is left."""
+        done = self.writer.flush(timeout)
+        if self.worker is not None:
+            done = self.worker.flush(timeout) and done
+        return done
+
+
+def _pop_mode(kwargs: dict[str, Any]) -> Mode:
+    return check_mode(kwargs.pop("memory", None))
+
+
+class _Completions:
+    """``client.chat.completions`` with a memory-aware ``create``; all else passes through."""
+
+    def __init__(self, inner: Any, owner: MemoryClient) -> None:
+        self._inner = inner
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def create(self, *args: Any, **kwargs: Any) -> Any:
+        """``create`` of the SDK, with memory; ``memory=`` selects the mode for this call."""
+        mode = _pop_mode(kwargs)
+        if mode == "off" or args:
+            return self._inner.create(*args, **kwargs)
+        core, client = self._owner._core, self._owner._client
+        prepared = core.prepare(kwargs, mode)
+        request = dict(kwargs)
+        kwargs["messages"] = prepared.messages
+        result = self._inner.create(**kwargs)
+        if kwargs.get("stream"):
+            return wrap_stream(
+                result,
+                lambda raw, complete: core.finish_stream(client, prepared, request, raw, complete),
+                clean=not core.background,
+            )
+        core.finish(client, prepared, request, result)
+        return result
+
+
+class _AsyncCompletions(_Completions):
+    """The async twin: the store work runs in a thread so the event loop never blocks."""
+
+    async def create(self, *args: Any, **kwargs: Any) -> Any:
+        """``create`` of the SDK, with memory; ``memory=`` selects the mode for this call."""
+        mode = _pop_mode(kwargs)
+        if mode == "off" or args:
+            return await self._inner.create(*args, **kwargs)
+        core, client = self._owner._core, self._owner._client
+        if mode == "write" and not core.background:
+            prepared = core.prepare(kwargs, mode)  # no search: nothing to wait for
+        else:
+            prepared = await asyncio.to_thread(core.prepare, kwargs, mode)
+        request = dict(kwargs)
+        kwargs["messages"] = prepared.messages
+        result = await self._inner.create(**kwargs)
+        if kwargs.get("stream"):
+            return wrap_async_stream(
+                result,
+                lambda raw, complete: core.finish_stream(client, prepared, request, raw, complete),
+                clean=not core.background,
+            )
+        if prepared.background:
+            await asyncio.to_thread(core.finish, client, prepared, request, result)
+        else:
+            core.finish(client, prepared, request, result)
+        return result
+
+
+class _Chat:
+    """``client.chat`` with memory-aware ``completions``."""
+
+    def __init__(self, inner: Any, owner: MemoryClient, completions: _Completions) -> None:
+        self._inner = inner
+        self.completions = completions
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class MemoryClient:
+    """A sync OpenAI-compatible client with memory; see the module docstring."""
+
+    _facade_class: type[Any] = MemoryFacade
+    _completions_class: type[_Completions] = _Completions
+
+    def __init__(self, client: Any, core: _Core) -> None:
+        self._client = client
+        self._core = core
+        self.memory = self._facade_class(core.store, core.settings.user_id)
+        self.chat = _Chat(client.chat, self, self._completions_class(client.chat.completions, self))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_client", "_core"):
+            raise AttributeError(name)
+        return getattr(self._client, name)
+
+    @property
+    def user_id(self) -> str:
+        """The user whose memory this client uses."""
+        return self._core.settings.user_id
+
+    @property
+    def wrapped(self) -> Any:
+        """The SDK client (a copy of the caller's) that requests go through."""
+        return self._client
+
+    def copy(self, **options: Any) -> Any:
+        """``client.copy(**options)`` of the SDK, still carrying this memory."""
+        return type(self)(self._client.copy(**options), self._core)
+
+    def with_options(self, **options: Any) -> Any:
+        """``client.with_options(**options)`` of the SDK, still carrying this memory."""
+        return type(self)(self._client.with_options(**options), self._core)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait for pending memory writes and extractions; True when none is left."""
+        return self._core.flush(timeout)
+
+    def close(self) -> None:
+        """Flush memory work. The HTTP pool is shared with the caller's client and stays open."""
+        self._core.flush()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "with_memory" if self._core.background else "with_fast_memory"
+        return f"<{mode} user_id={self.user_id!r} client={self._client!r}>"
+
+
+class AsyncMemoryClient(MemoryClient):
+    """The async twin of :class:`MemoryClient`: ``.memory`` methods are coroutines."""
+
+    _facade_class = AsyncMemoryFacade
+    _completions_class = _AsyncCompletions
+
+    async def aflush(self, timeout: float | None = None) -> bool:
+        """:meth:`flush` without blocking the event loop."""
+        return await asyncio.to_thread(self._core.flush, timeout)
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aflush()
+
+
+# --- construction ---------------------------------------------------------------------------
+
+_WRITERS: dict[int, tuple[MemoryStore, Writer]] = {}
+_EMBEDDERS: dict[tuple[Any, ...], Embedder] = {}
+_LOCK = threading.Lock()
+
+
+def _writer_for(store: MemoryStore) -> Writer:
+    with _LOCK:
+        entry = _WRITERS.get(id(store))
+        if entry is None or entry[0] is not store:
+            entry = (store, Writer())
+            _WRITERS[id(store)] = entry
+        return entry[1]
+
+
+def _embedder(client: Any, use_local: bool, model: str) -> Embedder | None:
+    """The embedder to open the store with; None means the store's default (local MiniLM)."""
+    if use_local and model == DEFAULT_LOCAL_MODEL:
+        return None
+    if not use_local and model == DEFAULT_LOCAL_MODEL:
+        model = DEFAULT_OPENAI_MODEL
+    key: tuple[Any, ...] = (use_local, model) if use_local else (use_local, model, id(client))
+    with _LOCK:
+        found = _EMBEDDERS.get(key)
+    if found is not None:
+        return found
+    from .embedders import get_embedder
+
+    made = get_embedder(use_local=use_local, model=model, client=None if use_local else client)
+    with _LOCK:
+        return _EMBEDDERS.setdefault(key, made)
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise InvalidInputError(
+            f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(_OPTIONS))}"
+        )
+
+
+def _build(
+    client: Any,
+    user_id: str,
+    db_path: str | os.PathLike[str],
+    top_k: int,
+    use_local_embeddings: bool,
+    embedding_model: str,
+    background: bool,
+    extraction_model: str | None,
+    options: Mapping[str, Any],
+) -> Any:
+    user_id = validate_user_id(user_id)
+    _check_options(options)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise InvalidInputError(f"top_k must be a non-negative int; got {top_k!r}")
+    chat = getattr(getattr(client, "chat", None), "completions", None)
+    if chat is None or not hasattr(client, "copy"):
+        raise InvalidInputError(
+            "client must be an OpenAI-compatible client (chat.completions.create and copy())"
+        )
+    embedder = options.get("embedder")
+    if embedder is None:
+        embedder = _embedder(client, use_local_embeddings, embedding_model)
+    store = MemoryStore.open(db_path, embedder=embedder, sync=options.get("sync", "interval"))
+    settings = Settings(
+        user_id=user_id,
+        top_k=top_k,
+        min_score=float(options.get("min_score", Settings.min_score)),
+        max_tokens=int(options.get("max_tokens", Settings.max_tokens)),
+        role=str(options.get("role", Settings.role)),
+    )
+    worker_options = {k: float(options[k]) for k in ("retry_base", "retry_max") if k in options}
+    core = _Core(
+        store=store,
+        settings=settings,
+        background=background,
+        extraction_model=extraction_model,
+        observer=options.get("observer"),
+        writer=_writer_for(store),
+        worker_options=worker_options,
+    )
+    own = client.copy()
+    if background:
+        core.get_worker(own)  # resumes jobs left pending by an earlier process
+    if is_async_client(client):
+        return AsyncMemoryClient(own, core)
+    return MemoryClient(own, core)
+
+
+def with_fast_memory(
+    client: Any,
+    user_id: str,
+    db_path: str | os.PathLike[str] = "memory.db",
+    top_k: int = 5,
+    use_local_embeddings: bool = True,
+    embedding_model: str = DEFAULT_LOCAL_MODEL,
+    **options: Any,
+) -> Any:
+    """Wrap ``client`` with inline memory for ``user_id`` (one extra block per answer).
+
+    Options: ``min_score`` (relevance floor, default 0.25), ``max_tokens`` (budget of the
+    injected memories, default 300), ``role`` (of the injected message, default "system"),
+    ``observer`` (callable receiving a :class:`~headroom.memory.pipeline.MemoryEvent` per
+    call), ``embedder`` (an Embedder instance instead of the named model), ``sync`` (store
+    durability: "always" | "interval" | "off"), ``retry_base`` / ``retry_max`` (backoff of
+    background extractions, used by JSON-mode calls). Unknown options raise
+    InvalidInputError. Returns a client used exactly like ``client``; sync or async as it is.
+    """
+    return _build(
+        client, user_id, db_path, top_k, use_local_embeddings, embedding_model, False, None, options
+    )
+
+
+def with_memory(
+    client: Any,
+    user_id: str,
+    db_path: str | os.PathLike[str] = "memory.db",
+    extraction_model: str | None = None,
+    top_k: int = 5,
+    use_local_embeddings: bool = True,
+    embedding_model: str = DEFAULT_LOCAL_MODEL,
+    **options: Any,
+) -> Any:
+    """Wrap ``client`` with background memory for ``user_id``: the response is untouched.
+
+    Relevant memories are injected; each turn becomes a durable extraction job that a worker
+    thread runs with a separate LLM call through this client, using ``extraction_model``
+    (default: the model of the call). Jobs left pending by an earlier process resume now.
+    Options as :func:`with_fast_memory`.
+    """
+    return _build(
+        client,
+        user_id,
+        db_path,
+        top_k,
+        use_local_embeddings,
+        embedding_model,
+        True,
+        extraction_model,
+        options,
+    )

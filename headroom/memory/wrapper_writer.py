@@ -1,0 +1,90 @@
+"""A single background thread that runs store writes after the response has returned.
+
+The inline pipeline's critical path is inject + call + parse; embedding the new memories and
+the durable write run here, in submission order. :meth:`Writer.flush` waits for everything
+submitted so far; every writer is flushed at interpreter exit (``atexit``). A hard crash in
+that window may lose the newest inline memories; ``with_memory``'s durable queue is the mode
+that loses nothing.
+
+A failing task is logged (logger ``headroom.memory``) and never stops the writer. After a
+``fork`` the child starts its own thread on first use.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+
+logger = logging.getLogger("headroom.memory")
+
+_ALL: weakref.WeakSet[Writer] = weakref.WeakSet()
+
+
+class Writer:
+    """Runs submitted callables one at a time on a daemon thread. Thread-safe."""
+
+    def __init__(self, name: str = "headroom-memory-writer") -> None:
+        self._name = name
+        self._cond = threading.Condition()
+        self._tasks: deque[Callable[[], None]] = deque()
+        self._unfinished = 0
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        _ALL.add(self)
+
+    def submit(self, task: Callable[[], None]) -> None:
+        """Queue ``task``; it runs after every task submitted before it."""
+        with self._cond:
+            if self._pid != os.getpid():  # forked: the parent's thread does not exist here
+                self._pid, self._thread = os.getpid(), None
+                self._tasks.clear()
+                self._unfinished = 0
+            self._tasks.append(task)
+            self._unfinished += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every task submitted so far has run; False if ``timeout`` ran out."""
+        with self._cond:
+            if self._thread is threading.current_thread():
+                return self._unfinished <= 1
+            return self._cond.wait_for(lambda: self._unfinished == 0, timeout)
+
+    @property
+    def pending(self) -> int:
+        """Tasks submitted and not finished yet."""
+        with self._cond:
+            return self._unfinished
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._cond.wait_for(lambda: bool(self._tasks), timeout=30.0):
+                    if self._thread is threading.current_thread():
+                        self._thread = None
+                    return  # idle: the next submit starts a new thread
+                task = self._tasks.popleft()
+            try:
+                task()
+            except Exception:
+                logger.exception("headroom.memory: a background store write failed")
+            finally:
+                with self._cond:
+                    self._unfinished -= 1
+                    self._cond.notify_all()
+
+
+def flush_all(timeout: float | None = None) -> bool:
+    """Flush every live writer of this process; False if any timed out."""
+    return all([w.flush(timeout) for w in list(_ALL)])
+
+
+atexit.register(flush_all, 30.0)
