@@ -1,0 +1,172 @@
+"""The retrievers the suite compares, all over one conversation's memory units at a time.
+
+Contract of every retriever: ``fit(units)`` indexes one user's memories (replacing what it
+held); ``rank(question, depth)`` returns up to ``depth`` unit positions, best first. Query
+vectors come from the (cached) embedder, so ``rank`` timings exclude embedding except for
+:class:`StoreRetriever` inside ``CachedEmbedder.bypass()``.
+
+- :class:`BM25Retriever`: rank_bm25's Okapi BM25 over lower-cased word tokens (the baseline).
+- :class:`DenseRetriever`: exact cosine over MiniLM vectors (the plain dense baseline).
+- :class:`HybridRetriever`: dense top-``pool`` plus lexical top-``pool``, reordered by
+  :func:`headroom.memory.ranking.rerank`; exactly what the store can do on its candidate set.
+- :class:`StoreRetriever`: memories ingested with ``MemoryStore.add_many`` (dia_ids, speaker and
+  session in metadata, the session date as ``created_at``) and queried with
+  ``MemoryStore.search``, the same call the wrapper makes for injection.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from bench.locomo.data import Unit
+from headroom.memory.embedders.base import Embedder
+from headroom.memory.ranking import Candidate, LexicalIndex, RankConfig, rerank, rewrite_query
+
+_WORDS = re.compile(r"\w+")
+
+
+class Retriever(Protocol):
+    """What the suite needs of a retriever (see the module docstring)."""
+
+    name: str
+
+    def fit(self, user: str, units: Sequence[Unit]) -> None: ...
+
+    def rank(self, question: str, depth: int) -> list[int]: ...
+
+
+class BM25Retriever:
+    """rank_bm25's BM25Okapi over plain lower-cased word tokens."""
+
+    name = "bm25"
+
+    def __init__(self) -> None:
+        self._bm25: Any = None
+
+    def fit(self, user: str, units: Sequence[Unit]) -> None:
+        bm25_module = importlib.import_module("rank_bm25")  # untyped; the ``bench`` extra
+        self._bm25 = bm25_module.BM25Okapi([_WORDS.findall(u.text.lower()) for u in units])
+
+    def rank(self, question: str, depth: int) -> list[int]:
+        assert self._bm25 is not None, "fit first"
+        scores = np.asarray(self._bm25.get_scores(_WORDS.findall(question.lower())))
+        return [int(i) for i in np.argsort(-scores, kind="stable")[:depth]]
+
+
+class DenseRetriever:
+    """Exact cosine similarity over the embedder's vectors (rows are unit length)."""
+
+    def __init__(self, embedder: Embedder, rewrite: bool = False) -> None:
+        self.embedder = embedder
+        self.rewrite = rewrite
+        self.name = "dense+rewrite" if rewrite else "dense"
+        self._matrix: npt.NDArray[np.float32] = np.empty((0, embedder.dim), np.float32)
+
+    def fit(self, user: str, units: Sequence[Unit]) -> None:
+        self._matrix = self.embedder.embed([u.text for u in units])
+
+    def scores(self, question: str) -> npt.NDArray[np.float32]:
+        """Cosine of the question (rewritten if asked) against every unit."""
+        text = rewrite_query(question) if self.rewrite else question
+        q = self.embedder.embed([text])[0]
+        result: npt.NDArray[np.float32] = self._matrix @ q
+        return result
+
+    def rank(self, question: str, depth: int) -> list[int]:
+        return [int(i) for i in np.argsort(-self.scores(question), kind="stable")[:depth]]
+
+
+@dataclass(frozen=True)
+class HybridSetting:
+    """One configuration of the hybrid ranker: fusion config, pool size, query rewriting."""
+
+    name: str
+    config: RankConfig
+    pool: int = 50
+    rewrite: bool = False
+    exact_dense: bool = False  # score lexical-only candidates exactly instead of the floor
+
+
+class HybridRetriever:
+    """Dense and lexical candidates reordered by :func:`headroom.memory.ranking.rerank`."""
+
+    def __init__(self, embedder: Embedder, setting: HybridSetting) -> None:
+        self.setting = setting
+        self.name = setting.name
+        self._dense = DenseRetriever(embedder, rewrite=setting.rewrite)
+        self._lexical = LexicalIndex()
+        self._units: Sequence[Unit] = ()
+
+    def fit(self, user: str, units: Sequence[Unit]) -> None:
+        self._dense.fit(user, units)
+        self._lexical = LexicalIndex()
+        self._lexical.add_many((str(i), u.text) for i, u in enumerate(units))
+        self._units = units
+
+    def rank(self, question: str, depth: int) -> list[int]:
+        s = self.setting
+        dense = self._dense.scores(question)
+        top = np.argsort(-dense, kind="stable")[: s.pool]
+        chosen = [int(i) for i in top]
+        seen = set(chosen)
+        for key, _ in self._lexical.top(question, s.pool):
+            if int(key) not in seen:
+                chosen.append(int(key))
+                seen.add(int(key))
+        in_dense = {int(i) for i in top}
+        cands = [
+            Candidate(
+                str(i),
+                self._units[i].text,
+                float(dense[i]) if (i in in_dense or s.exact_dense) else None,
+                self._units[i].created_at,
+                self._units[i].speaker,
+            )
+            for i in chosen
+        ]
+        order = rerank(question, cands, self._lexical, s.config)
+        return [chosen[pos] for pos, _ in order[:depth]]
+
+
+class StoreRetriever:
+    """The public store API end to end: ``add_many`` to ingest, ``search`` to rank."""
+
+    name = "store"
+
+    def __init__(self, embedder: Embedder, folder: Path) -> None:
+        from headroom.memory.store import MemoryStore
+
+        self.store = MemoryStore.open(str(folder), embedder=embedder)
+        self._user = ""
+
+    def fit(self, user: str, units: Sequence[Unit]) -> None:
+        from headroom.memory.store import NewMemory
+
+        self.store.clear(user, hard=True)
+        items = [
+            NewMemory(
+                u.text,
+                "fact",
+                {"dia_ids": list(u.dia_ids), "speaker": u.speaker, "session": u.session, "unit": i},
+                u.created_at,
+            )
+            for i, u in enumerate(units)
+        ]
+        self.store.add_many(user, items, source="import", dedup=False)
+        self._user = user
+
+    def rank(self, question: str, depth: int) -> list[int]:
+        hits = self.store.search(self._user, question, top_k=depth)
+        return [int(m.metadata["unit"]) for m, _ in hits]
+
+    def close(self) -> None:
+        """Close the store (flushes and releases its files)."""
+        self.store.close()

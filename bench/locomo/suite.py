@@ -1,0 +1,279 @@
+"""``python -m bench locomo``: evidence retrieval on LoCoMo, per memory unit and retriever.
+
+For each conversation of the split, one user; every retriever indexes that user's memory
+units (observation facts, raw turns or session summaries) and ranks them for each question.
+Scores: evidence recall@1/5/10, hit@k, MRR, nDCG@10 (headline: categories 1-4, with bootstrap
+95% CIs), recall within injected-token budgets, injected tokens at top 5 against the whole
+conversation, and latency (rank-only for in-bench retrievers; the full query path, live query
+embedding included, for the store). Writes ``bench/results/locomo_<split>.json`` and a PNG.
+
+Tune on the ``tune`` split only; ``report`` is held out (``--sweep`` there prints a warning).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    CpuWatch,
+    format_table,
+    percentiles,
+    plot_bars,
+    progress,
+    write_json,
+)
+from bench.locomo.data import SPLITS, UNIT_KINDS, Conversation, UnitKind, load
+from bench.locomo.embed import CachedEmbedder, load_embedder
+from bench.locomo.retrievers import (
+    BM25Retriever,
+    DenseRetriever,
+    HybridRetriever,
+    HybridSetting,
+    Retriever,
+    StoreRetriever,
+)
+from bench.locomo.scoring import BUDGETS, QuestionResult, score_question, summarize
+from headroom.memory.ranking import DEFAULT_CONFIG, RankConfig, rewrite_query
+
+#: How deep every retriever ranks (enough for the largest token budget over facts and turns).
+DEPTH = 40
+
+
+def sweep_settings() -> list[HybridSetting]:
+    """Every hybrid configuration tried on the tune split (kept, winners and losers alike)."""
+    d = DEFAULT_CONFIG
+    out = [
+        HybridSetting(f"linear w={w:g}", RankConfig("linear", w))
+        for w in (0.05, 0.1, 0.2, 0.3, 0.5)
+    ]
+    out += [HybridSetting(f"rrf w={w:g}", RankConfig("rrf", w)) for w in (0.5, 1.0)]
+    out += [
+        HybridSetting(
+            f"tuned +entity {e:g}", RankConfig(d.fusion, d.lexical_weight, entity_weight=e)
+        )
+        for e in (0.02, 0.05)
+    ]
+    out += [
+        HybridSetting(f"tuned +date {t:g}", RankConfig(d.fusion, d.lexical_weight, date_weight=t))
+        for t in (0.03, 0.1)
+    ]
+    out += [
+        HybridSetting("tuned +rewrite", d, rewrite=True),
+        HybridSetting("tuned pool=20", d, pool=20),
+        HybridSetting("tuned pool=100", d, pool=100),
+        HybridSetting("tuned exact-dense", d, exact_dense=True),
+    ]
+    return out
+
+
+def _token_counter() -> tuple[Callable[[str], int], str]:
+    """The project's token counter (tiktoken offline when available, else its estimate)."""
+    try:
+        from headroom.transforms.tokens import default_counter
+    except ImportError:
+        return (lambda text: max(1, len(text) // 4)), "chars/4"
+    counter = default_counter()
+    return counter.count_text, counter.name
+
+
+def _prefetch(
+    embedder: CachedEmbedder, convs: Sequence[Conversation], kinds: Sequence[UnitKind]
+) -> None:
+    """Embed every unit and question once (in batches) so ranking reads the cache."""
+    texts: list[str] = []
+    for conv in convs:
+        for kind in kinds:
+            texts += [u.text for u in conv.units(kind)]
+        texts += [q.question for q in conv.questions]
+        texts += [rewrite_query(q.question) for q in conv.questions]
+    todo = list(dict.fromkeys(texts))
+    batch = 64
+    for start in progress(range(0, len(todo), batch), "embedding", total=-(-len(todo) // batch)):
+        embedder.embed(todo[start : start + batch])
+    embedder.save()
+
+
+def _run_retriever(
+    retriever: Retriever,
+    convs: Sequence[Conversation],
+    kind: UnitKind,
+    count: Callable[[str], int],
+) -> list[QuestionResult]:
+    results: list[QuestionResult] = []
+    for conv in convs:
+        units = conv.units(kind)
+        retriever.fit(conv.sample_id, units)
+        tokens = [count(u.text) for u in units]
+        for q in conv.questions:
+            if not q.evidence:
+                continue
+            t0 = time.perf_counter()
+            ranked = retriever.rank(q.question, DEPTH)
+            ms = (time.perf_counter() - t0) * 1000
+            results.append(
+                score_question(conv.sample_id, q.category, q.evidence, units, ranked, tokens, ms)
+            )
+    return results
+
+
+def _store_query_latency(
+    store: StoreRetriever, embedder: CachedEmbedder, convs: Sequence[Conversation], kind: UnitKind
+) -> dict[str, Any]:
+    """p50/p99 of ``store.search`` with the query embedded live (the wrapper's inject path)."""
+    times: list[float] = []
+    for conv in convs:
+        store.fit(conv.sample_id, conv.units(kind))
+        with embedder.bypass():
+            for q in conv.questions:
+                t0 = time.perf_counter()
+                store.rank(q.question, 5)
+                times.append((time.perf_counter() - t0) * 1000)
+    return {"queries": len(times), **percentiles(times, (50, 99))}
+
+
+def _open_store(embedder: CachedEmbedder, folder: Path) -> StoreRetriever | None:
+    """A fresh MemoryStore in ``folder``, or None (with the reason) when it cannot be built."""
+    try:
+        return StoreRetriever(embedder, folder)
+    except ImportError as exc:  # the compiled core is not built in this checkout
+        print(f"store run skipped: {exc} (build with `pip install -e .`)", file=sys.stderr)
+        return None
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench locomo", description=__doc__)
+    p.add_argument("--split", choices=sorted(SPLITS), default="tune")
+    p.add_argument("--unit", choices=[*UNIT_KINDS, "all"], default="all")
+    p.add_argument("--quick", action="store_true", help="first conversation only, fewer resamples")
+    p.add_argument("--sweep", action="store_true", help="also every hybrid setting tried")
+    p.add_argument("--no-store", action="store_true", help="skip the MemoryStore end-to-end run")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    return p.parse_args(list(argv))
+
+
+def _headline_rows(summary: dict[str, dict[str, Any]]) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for label, s in summary.items():
+        o = s.get("overall")
+        if not o:
+            continue
+        r5 = o["recall@5"]
+        rows.append(
+            [
+                label,
+                s["questions"],
+                o["recall@1"]["mean"],
+                r5["mean"],
+                f"[{r5['ci95'][0]:.3f}, {r5['ci95'][1]:.3f}]",
+                o["recall@10"]["mean"],
+                o["hit@5"]["mean"],
+                o["mrr"]["mean"],
+                o["ndcg@10"]["mean"],
+                *(o[f"recall@{b}tok"]["mean"] for b in BUDGETS),
+                s["injected_tokens_at_5"],
+                s.get("latency_ms", {}).get("p50", float("nan")),
+            ]
+        )
+    return rows
+
+
+HEADERS = [
+    "unit / retriever",
+    "n",
+    "R@1",
+    "R@5",
+    "R@5 95% CI",
+    "R@10",
+    "hit@5",
+    "MRR",
+    "nDCG@10",
+    *(f"R@{b}tok" for b in BUDGETS),
+    "tok@5",
+    "rank p50 ms",
+]
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the suite; print the table; write JSON and PNG. Returns 0."""
+    args = _parse(argv)
+    if args.sweep and args.split != "tune":
+        print("warning: sweeping on a split that includes held-out conversations", file=sys.stderr)
+    ids = SPLITS[args.split][:1] if args.quick else SPLITS[args.split]
+    resamples = 300 if args.quick else args.resamples
+    convs = load(ids=ids)
+    kinds: list[UnitKind] = list(UNIT_KINDS) if args.unit == "all" else [args.unit]
+    embedder = CachedEmbedder(load_embedder())
+    count, counter_name = _token_counter()
+    summary: dict[str, dict[str, Any]] = {}
+    extra: dict[str, Any] = {}
+    with CpuWatch() as watch:
+        _prefetch(embedder, convs, kinds)
+        settings = [HybridSetting("hybrid (tuned)", DEFAULT_CONFIG)]
+        if args.sweep:
+            settings += sweep_settings()
+        with tempfile.TemporaryDirectory(prefix="locomo-store-") as tmp:
+            store = None if args.no_store else _open_store(embedder, Path(tmp) / "memory.db")
+            for kind in kinds:
+                retrievers: list[Retriever] = [
+                    BM25Retriever(),
+                    DenseRetriever(embedder),
+                    DenseRetriever(embedder, rewrite=True),
+                    *(HybridRetriever(embedder, s) for s in settings),
+                ]
+                if store is not None:
+                    retrievers.append(store)
+                for r in progress(retrievers, f"{kind}"):
+                    results = _run_retriever(r, convs, kind, count)
+                    summary[f"{kind} / {r.name}"] = summarize(results, resamples)
+                if store is not None:
+                    extra[f"store_query_latency_ms {kind}"] = _store_query_latency(
+                        store, embedder, convs, kind
+                    )
+            if store is not None:
+                store.close()
+        embedder.save()
+    conv_tokens = {c.sample_id: count(c.full_text()) for c in convs}
+    print(f"LoCoMo evidence retrieval, split={args.split} ({', '.join(ids)}), categories 1-4")
+    print(format_table(HEADERS, _headline_rows(summary)))
+    for key, value in extra.items():
+        print(
+            f"{key}: p50 {value['p50']:.2f}  p99 {value['p99']:.2f}  ({value['queries']} queries)"
+        )
+    mean_conv = sum(conv_tokens.values()) / len(conv_tokens)
+    print(f"whole conversation: {mean_conv:.0f} tokens on average ({counter_name})")
+    rep = watch.report
+    if rep.others_share is not None:
+        print(f"other processes used {rep.others_share:.0%} of the CPU during the run")
+    name = f"locomo_{args.split}_{args.unit}{'_sweep' if args.sweep else ''}"
+    name += "_quick" if args.quick else ""
+    path = write_json(
+        name,
+        {
+            "suite": "locomo",
+            "args": vars(args),
+            "conversations": list(ids),
+            "token_counter": counter_name,
+            "conversation_tokens": conv_tokens,
+            "embedder": embedder.model_id,
+            "cpu": rep,
+            "results": summary,
+            **extra,
+        },
+    )
+    plot_bars(
+        name,
+        {
+            metric: {k: v["overall"][metric]["mean"] for k, v in summary.items() if "overall" in v}
+            for metric in ("recall@5", "recall@10")
+        },
+        f"LoCoMo evidence recall ({args.split})",
+        "recall",
+    )
+    print(f"wrote {path}")
+    return 0
