@@ -11,7 +11,7 @@ from .base import Embedder
 from .factory import clear_embedders, get_embedder
 from .minilm import MiniLMEmbedder
 from .openai_embedder import OpenAIEmbedder
-from .resolve import ENV_VAR, MODEL_ID, ResolvedModel, cache_root, resolve
+from .resolve import ENV_VAR, MODEL_ID, ResolvedModel, cache_root
 
 __all__ = [
     "ENV_VAR",
@@ -23,5 +23,4 @@ __all__ = [
     "cache_root",
     "clear_embedders",
     "get_embedder",
-    "resolve",
 ]
