@@ -61,7 +61,6 @@ from .wrapper_writer import Writer
 logger = logging.getLogger("headroom.memory")
 
 DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
-DEFAULT_OPENAI_MODEL = "text-embedding-3-small"
 
 _OPTIONS = frozenset(
     {"min_score", "max_tokens", "role", "observer", "embedder", "sync", "retry_base", "retry_max"}
@@ -418,22 +417,42 @@ def _writer_for(store: MemoryStore) -> Writer:
         return entry[1]
 
 
+def _embedding_client(client: Any) -> Any:
+    """A sync client for API embeddings: ``client`` itself, or a sync twin of an async one."""
+    if not is_async_client(client):
+        return client
+    import openai
+
+    return openai.OpenAI(
+        api_key=client.api_key,
+        organization=getattr(client, "organization", None),
+        project=getattr(client, "project", None),
+        base_url=client.base_url,
+        timeout=client.timeout,
+        max_retries=client.max_retries,
+    )
+
+
 def _embedder(client: Any, use_local: bool, model: str) -> Embedder | None:
-    """The embedder to open the store with; None means the store's default (local MiniLM)."""
+    """The embedder to open the store with; None means the store's default (local MiniLM).
+
+    API embedders are shared per (model, endpoint, key), so wrapping per request creates
+    one embedder per process, not one per wrap.
+    """
     if use_local and model == DEFAULT_LOCAL_MODEL:
         return None
-    if not use_local and model == DEFAULT_LOCAL_MODEL:
-        model = DEFAULT_OPENAI_MODEL
-    key: tuple[Any, ...] = (use_local, model) if use_local else (use_local, model, id(client))
-    with _LOCK:
-        found = _EMBEDDERS.get(key)
-    if found is not None:
-        return found
     from .embedders import get_embedder
 
-    made = get_embedder(use_local=use_local, model=model, client=None if use_local else client)
+    if use_local:
+        return get_embedder(use_local=True, model=model)
+    key = (model, str(getattr(client, "base_url", "")), hash(str(getattr(client, "api_key", ""))))
     with _LOCK:
-        return _EMBEDDERS.setdefault(key, made)
+        found = _EMBEDDERS.get(key)
+    if found is None:
+        made = get_embedder(use_local=False, model=model, client=_embedding_client(client))
+        with _LOCK:
+            found = _EMBEDDERS.setdefault(key, made)
+    return found
 
 
 def _check_options(options: Mapping[str, Any]) -> None:
