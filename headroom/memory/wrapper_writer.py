@@ -23,6 +23,7 @@ from collections.abc import Callable
 logger = logging.getLogger("headroom.memory")
 
 _ALL: weakref.WeakSet[Writer] = weakref.WeakSet()
+_REGISTERED = False
 
 
 class Writer:
@@ -36,6 +37,7 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         _ALL.add(self)
+        _register_at_exit()
 
     def submit(self, task: Callable[[], None]) -> None:
         """Queue ``task``; it runs after every task submitted before it."""
@@ -87,4 +89,9 @@ def flush_all(timeout: float | None = None) -> bool:
     return all([w.flush(timeout) for w in list(_ALL)])
 
 
-atexit.register(flush_all, 30.0)
+def _register_at_exit() -> None:
+    """Flush at exit; registered on first use, so it runs before the stores close (LIFO)."""
+    global _REGISTERED
+    if not _REGISTERED:
+        _REGISTERED = True
+        atexit.register(flush_all, 30.0)
