@@ -24,10 +24,12 @@ from headroom.memory.ranking import (  # noqa: E402
     Candidate,
     LexicalIndex,
     RankConfig,
+    TimeWindow,
     query_entities,
     query_time_window,
     rerank,
     rewrite_query,
+    time_affinity,
     tokenize,
 )
 
@@ -202,9 +204,29 @@ def test_rewrite_entities_and_time_window() -> None:
     assert rewrite_query("What?") == "What?"
     assert query_entities("What did Caroline tell Melanie's kids?") == {"caroline", "melanie"}
     assert query_entities("What did she do in May?") == set()
-    assert query_time_window("What did Jon do in May 2023?") == (2023, 5)
-    assert query_time_window("What happened in 2022?") == (2022, None)
+    assert query_time_window("What did Jon do in May 2023?") == TimeWindow(2023, 5)
+    assert query_time_window("What happened in 2022?") == TimeWindow(2022)
     assert query_time_window("What happened in May?") is None
+    on_day = query_time_window("What did Gina find on 1 February, 2023?")
+    assert on_day == TimeWindow(2023, 2, 1)
+    assert query_time_window("Who called on October 13, 2023?") == TimeWindow(2023, 10, 13)
+
+
+def test_time_affinity_fades_after_the_named_date() -> None:
+    def at(y: int, m: int, d: int) -> datetime:
+        return datetime(y, m, d, 12, tzinfo=timezone.utc)
+
+    day = TimeWindow(2023, 10, 13)
+    assert time_affinity(at(2023, 10, 14), day) == 1.0
+    assert 0.0 < time_affinity(at(2023, 10, 20), day) < 1.0
+    assert time_affinity(at(2023, 11, 20), day) == 0.0
+    month = TimeWindow(2023, 5)
+    assert time_affinity(at(2023, 5, 30), month) == 1.0
+    assert time_affinity(at(2023, 6, 5), month) == 0.5
+    assert time_affinity(at(2023, 7, 5), month) == 0.0
+    assert time_affinity(at(2022, 5, 5), TimeWindow(2022)) == 1.0
+    assert time_affinity(None, month) == 0.0
+    assert time_affinity(at(2024, 1, 3), TimeWindow(2023, 12)) == 0.5
 
 
 def test_lexical_index_add_remove_replace() -> None:

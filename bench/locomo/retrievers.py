@@ -93,6 +93,7 @@ class HybridSetting:
     pool: int = 50
     rewrite: bool = False
     exact_dense: bool = False  # score lexical-only candidates exactly instead of the floor
+    bm25_b: float = 0.3
 
 
 class HybridRetriever:
@@ -102,12 +103,12 @@ class HybridRetriever:
         self.setting = setting
         self.name = setting.name
         self._dense = DenseRetriever(embedder, rewrite=setting.rewrite)
-        self._lexical = LexicalIndex()
+        self._lexical = LexicalIndex(b=setting.bm25_b)
         self._units: Sequence[Unit] = ()
 
     def fit(self, user: str, units: Sequence[Unit]) -> None:
         self._dense.fit(user, units)
-        self._lexical = LexicalIndex()
+        self._lexical = LexicalIndex(b=self.setting.bm25_b)
         self._lexical.add_many((str(i), u.text) for i, u in enumerate(units))
         self._units = units
 

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,28 +47,29 @@ DEPTH = 40
 
 
 def sweep_settings() -> list[HybridSetting]:
-    """Every hybrid configuration tried on the tune split (kept, winners and losers alike)."""
+    """Every hybrid configuration tried on the tune split (kept, winners and losers alike).
+
+    Each varies one thing from the tuned default (:data:`headroom.memory.ranking.DEFAULT_CONFIG`
+    with BM25 b=0.3 and a pool of 50 dense + 50 lexical candidates).
+    """
     d = DEFAULT_CONFIG
-    out = [
-        HybridSetting(f"linear w={w:g}", RankConfig("linear", w))
-        for w in (0.05, 0.1, 0.2, 0.3, 0.5)
-    ]
-    out += [HybridSetting(f"rrf w={w:g}", RankConfig("rrf", w)) for w in (0.5, 1.0)]
+
+    def cfg(**changes: Any) -> RankConfig:
+        return replace(d, **changes)
+
+    out = [HybridSetting(f"lexical w={w:g}", cfg(lexical_weight=w)) for w in (0.1, 0.2, 0.3, 0.4)]
+    out += [HybridSetting(f"date w={w:g}", cfg(date_weight=w)) for w in (0.0, 0.1, 0.3)]
     out += [
-        HybridSetting(
-            f"tuned +entity {e:g}", RankConfig(d.fusion, d.lexical_weight, entity_weight=e)
-        )
-        for e in (0.02, 0.05)
-    ]
-    out += [
-        HybridSetting(f"tuned +date {t:g}", RankConfig(d.fusion, d.lexical_weight, date_weight=t))
-        for t in (0.03, 0.1)
+        HybridSetting(f"rrf w={w:g}", cfg(fusion="rrf", lexical_weight=w, date_weight=0.0))
+        for w in (0.5, 1.0)
     ]
     out += [
-        HybridSetting("tuned +rewrite", d, rewrite=True),
-        HybridSetting("tuned pool=20", d, pool=20),
-        HybridSetting("tuned pool=100", d, pool=100),
-        HybridSetting("tuned exact-dense", d, exact_dense=True),
+        HybridSetting("entity w=0.05", cfg(entity_weight=0.05)),
+        HybridSetting("bm25 b=0.75", d, bm25_b=0.75),
+        HybridSetting("rewritten query", d, rewrite=True),
+        HybridSetting("pool=20", d, pool=20),
+        HybridSetting("pool=100", d, pool=100),
+        HybridSetting("exact dense for lexical-only", d, exact_dense=True),
     ]
     return out
 
