@@ -30,7 +30,6 @@ from .safetensors_header import SafetensorsHeader, TensorInfo, read_header
 GRAPH_VERSION = 1
 OPSET = 20
 IR_VERSION = 9
-FUSED = False
 
 _DTYPES = {"F32": 1, "I64": 7}  # onnx.TensorProto.FLOAT, INT64
 
@@ -155,7 +154,6 @@ def build_graph_bytes(model_dir: Path, weights_name: str = "model.safetensors") 
     merge_shape = b.const([0, 0, hidden])
     scale = b.const(1.0 / float(np.sqrt(head_dim)), np.float32)
 
-    mask32 = b.op("Cast", [mask], to=TensorProto.INT32)
     for i in range(int(cfg["num_hidden_layers"])):
         p = f"encoder.layer.{i}"
         names = ("query", "key", "value")
@@ -166,20 +164,15 @@ def build_graph_bytes(model_dir: Path, weights_name: str = "model.safetensors") 
         )
         qkv_w = b.op("Transpose", [qkv_w], perm=[1, 0])
         qkv_b = b.op("Concat", [b.weight(f"{p}.attention.self.{n}.bias") for n in names], axis=0)
-        if FUSED:
-            ctx = b.op(
-                "Attention", [x, qkv_w, qkv_b, mask32], domain="com.microsoft", num_heads=heads
-            )
-        else:
-            qkv = b.op("Add", [b.op("MatMul", [x, qkv_w]), qkv_b])
-            q, k, v = b.ops("Split", [qkv], 3, axis=2, num_outputs=3)
-            q = b.op("Transpose", [b.op("Reshape", [q, split_shape])], perm=[0, 2, 1, 3])
-            k = b.op("Transpose", [b.op("Reshape", [k, split_shape])], perm=[0, 2, 3, 1])
-            v = b.op("Transpose", [b.op("Reshape", [v, split_shape])], perm=[0, 2, 1, 3])
-            scores = b.op("Add", [b.op("Mul", [b.op("MatMul", [q, k]), scale]), bias])
-            probs = b.op("Softmax", [scores], axis=-1)
-            ctx = b.op("Transpose", [b.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
-            ctx = b.op("Reshape", [ctx, merge_shape])
+        qkv = b.op("Add", [b.op("MatMul", [x, qkv_w]), qkv_b])
+        q, k, v = b.ops("Split", [qkv], 3, axis=2, num_outputs=3)
+        q = b.op("Transpose", [b.op("Reshape", [q, split_shape])], perm=[0, 2, 1, 3])
+        k = b.op("Transpose", [b.op("Reshape", [k, split_shape])], perm=[0, 2, 3, 1])
+        v = b.op("Transpose", [b.op("Reshape", [v, split_shape])], perm=[0, 2, 1, 3])
+        scores = b.op("Add", [b.op("Mul", [b.op("MatMul", [q, k]), scale]), bias])
+        probs = b.op("Softmax", [scores], axis=-1)
+        ctx = b.op("Transpose", [b.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
+        ctx = b.op("Reshape", [ctx, merge_shape])
         attn = b.linear(ctx, f"{p}.attention.output.dense")
         x = b.layer_norm(b.op("Add", [attn, x]), f"{p}.attention.output.LayerNorm", eps)
         inter = b.op("Gelu", [b.linear(x, f"{p}.intermediate.dense")])
@@ -208,7 +201,7 @@ def build_graph_bytes(model_dir: Path, weights_name: str = "model.safetensors") 
     )
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
+        opset_imports=[helper.make_opsetid("", OPSET)],
         producer_name="headroom-memory",
         producer_version=str(GRAPH_VERSION),
     )
