@@ -55,4 +55,5 @@ def test_seed_example_postgres_is_recalled_and_unrelated_left_out(
     injected = messages[-2]["content"]
     first_note = json.loads(injected.split("<memories>\n")[1].split("\n")[0])
     assert first_note["id"] == "m1" and "PostgreSQL" in first_note["text"]
+    # Unrelated memories stay below the relevance floor (0.02 and 0.14 against 0.15).
     assert "golden retriever" not in injected and "Radiohead" not in injected

@@ -311,7 +311,7 @@ class ExtractionWorker:
 
     def _call(self, client: Any, model: Any, prompt: list[dict[str, Any]]) -> str | None:
         create = client.chat.completions.create
-        kwargs: dict[str, Any] = {"model": model, "messages": prompt, "temperature": 0}
+        kwargs: dict[str, Any] = {"model": model, "messages": prompt}
         if not is_async_client(client):
             completion = create(**kwargs)
         else:

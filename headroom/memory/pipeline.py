@@ -61,7 +61,7 @@ class Settings:
 
     user_id: str
     top_k: int = 5
-    min_score: float = 0.25
+    min_score: float = 0.15
     max_tokens: int = 300
     role: str = "system"
 

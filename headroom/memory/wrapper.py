@@ -523,7 +523,7 @@ def with_fast_memory(
 ) -> Any:
     """Wrap ``client`` with inline memory for ``user_id`` (one extra block per answer).
 
-    Options: ``min_score`` (relevance floor, default 0.25), ``max_tokens`` (budget of the
+    Options: ``min_score`` (relevance floor, default 0.15), ``max_tokens`` (budget of the
     injected memories, default 300), ``role`` (of the injected message, default "system"),
     ``observer`` (callable receiving a :class:`~headroom.memory.pipeline.MemoryEvent` per
     call), ``embedder`` (an Embedder instance instead of the named model), ``sync`` (store
