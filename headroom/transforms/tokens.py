@@ -34,6 +34,8 @@ from headroom.transforms.tiktoken_local import load_local_encoding
 
 __all__ = [
     "AUDIO_TOKENS",
+    "CACHE_MAX_CHARS",
+    "CACHE_SIZE",
     "DEFAULT_ENCODINGS",
     "FILE_TOKENS",
     "IMAGE_TOKENS",
@@ -63,7 +65,26 @@ FILE_TOKENS = 1000
 #: Encodings tried, in order, by :func:`default_counter` (GPT-4o and later, then GPT-4/3.5).
 DEFAULT_ENCODINGS = ("o200k_base", "cl100k_base")
 
+#: The built-in counters remember the counts of this many recent strings of at most
+#: :data:`CACHE_MAX_CHARS` characters: a chat history is re-sent with every request, so its
+#: messages are counted once (at most ~32 MB of strings kept alive, usually far less).
+CACHE_SIZE = 4096
+CACHE_MAX_CHARS = 8192
+
 Message = Mapping[str, Any]
+
+
+def _cached(count: Callable[[str], int]) -> Callable[[str], int]:
+    """``count`` with an LRU cache for short strings (only for pure, built-in counters)."""
+    remembered = functools.lru_cache(maxsize=CACHE_SIZE)(count)
+
+    def cached_count(text: str) -> int:
+        return remembered(text) if len(text) <= CACHE_MAX_CHARS else count(text)
+
+    return cached_count
+
+
+_cached_estimate = _cached(estimate_text_tokens)
 
 
 def _checked_count(value: object, source: str) -> int:
@@ -88,13 +109,13 @@ class TokenCounter:
     @classmethod
     def estimate(cls) -> TokenCounter:
         """The tokenizer-free estimate (see :mod:`headroom.transforms.estimate`)."""
-        return cls(text=estimate_text_tokens, name="estimate")
+        return cls(text=_cached_estimate, name="estimate")
 
     @classmethod
     def tiktoken(cls, encoding: str) -> TokenCounter | None:
         """Exact counts with tiktoken's ``encoding``, or None if it is not available offline."""
         count = load_local_encoding(encoding)
-        return None if count is None else cls(text=count, name=f"tiktoken:{encoding}")
+        return None if count is None else cls(text=_cached(count), name=f"tiktoken:{encoding}")
 
     @classmethod
     def from_text_fn(cls, fn: Callable[[str], int], name: str = "custom") -> TokenCounter:
@@ -111,7 +132,7 @@ class TokenCounter:
         """
         if not callable(fn):
             raise InvalidTypeError(f"token counter must be callable, not {type(fn).__name__}")
-        return cls(text=estimate_text_tokens, name=name, message=fn)
+        return cls(text=_cached_estimate, name=name, message=fn)
 
     def count_text(self, text: str) -> int:
         """Tokens of one string. Raises InvalidTypeError for a non-string."""
