@@ -1,0 +1,464 @@
+// The thin pybind11 binding of the compiled core: module headroom.memory._native.
+// Converts arguments, releases the GIL around every I/O and scan, and maps the core's error
+// kinds onto the classes of headroom.memory.errors in one place (TranslateError).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <memory>
+
+#include "crc32c.h"
+#include "dot.h"
+#include "errors.h"
+#include "log.h"
+
+namespace py = pybind11;
+using headroom::Error;
+using headroom::ErrorKind;
+
+namespace {
+
+// --- errors: the one place where core errors become Python classes -----------------------
+
+py::object* g_errors = nullptr;  // the module headroom.memory.errors (leaked on purpose)
+
+PyObject* ErrorClass(ErrorKind kind) {
+  const char* name = "StoreError";
+  switch (kind) {
+    case ErrorKind::kInvalidInput: name = "InvalidInputError"; break;
+    case ErrorKind::kInvalidVector: name = "InvalidVectorError"; break;
+    case ErrorKind::kNotFound: name = "MemoryNotFoundError"; break;
+    case ErrorKind::kFailed: name = "StoreFailedError"; break;
+    case ErrorKind::kClosed: name = "StoreClosedError"; break;
+    case ErrorKind::kVersion: name = "StoreVersionError"; break;
+    case ErrorKind::kCorruption: name = "StoreCorruptionError"; break;
+    case ErrorKind::kIo: name = "StoreError"; break;
+  }
+  return g_errors->attr(name).ptr();
+}
+
+void TranslateError(std::exception_ptr p) {
+  try {
+    if (p) std::rethrow_exception(p);
+  } catch (const Error& e) {
+    PyErr_SetString(ErrorClass(e.kind()), e.what());
+  }
+}
+
+[[noreturn]] void Bad(ErrorKind kind, const std::string& msg) { throw Error(kind, msg); }
+
+// --- argument conversion -------------------------------------------------------------------
+
+std::string Str(py::handle h, const char* what) {
+  if (!PyUnicode_Check(h.ptr())) Bad(ErrorKind::kInvalidInput, std::string(what) + " must be a str");
+  Py_ssize_t n = 0;
+  const char* s = PyUnicode_AsUTF8AndSize(h.ptr(), &n);
+  if (!s) {
+    PyErr_Clear();
+    Bad(ErrorKind::kInvalidInput, std::string(what) + " is not valid UTF-8 text");
+  }
+  return std::string(s, static_cast<size_t>(n));
+}
+
+int64_t Int(py::handle h, const char* what) {
+  if (!PyLong_Check(h.ptr())) Bad(ErrorKind::kInvalidInput, std::string(what) + " must be an int");
+  int overflow = 0;
+  long long v = PyLong_AsLongLongAndOverflow(h.ptr(), &overflow);
+  if (overflow || (v == -1 && PyErr_Occurred())) {
+    PyErr_Clear();
+    Bad(ErrorKind::kInvalidInput, std::string(what) + " is out of range");
+  }
+  return static_cast<int64_t>(v);
+}
+
+uint8_t Code(py::handle h, const char* what) {
+  int64_t v = Int(h, what);
+  if (v < 0 || v > 255) Bad(ErrorKind::kInvalidInput, std::string(what) + " is out of range");
+  return static_cast<uint8_t>(v);
+}
+
+// A 1-D C-contiguous float32 numpy array (native byte order) -> its values.
+std::vector<float> Vector(py::handle h, const char* what) {
+  if (!py::isinstance<py::array>(h))
+    Bad(ErrorKind::kInvalidVector, std::string(what) + " must be a float32 numpy array");
+  auto arr = py::reinterpret_borrow<py::array>(h);
+  py::dtype dt = arr.dtype();
+  if (dt.kind() != 'f' || dt.itemsize() != 4 || dt.byteorder() == '>')
+    Bad(ErrorKind::kInvalidVector,
+        std::string(what) + " must have dtype float32; got " + std::string(py::str(dt)));
+  if (arr.ndim() != 1)
+    Bad(ErrorKind::kInvalidVector, std::string(what) + " must be 1-D; got " +
+                                       std::to_string(arr.ndim()) + " dimensions");
+  if (!(arr.flags() & py::array::c_style))
+    Bad(ErrorKind::kInvalidVector, std::string(what) + " must be C-contiguous");
+  const auto* p = static_cast<const float*>(arr.data());
+  return std::vector<float>(p, p + arr.shape(0));
+}
+
+headroom::EntryIn ToEntry(py::handle item) {
+  if (!PyTuple_Check(item.ptr()))
+    Bad(ErrorKind::kInvalidInput, "each entry must be a tuple");
+  auto t = py::reinterpret_borrow<py::tuple>(item);
+  if (t.size() != 10 && t.size() != 11)
+    Bad(ErrorKind::kInvalidInput,
+        "an entry is (op, user, memory_id, category, source, created_at_us, text, "
+        "metadata_json, model_id, vector[, ts_us]); got " + std::to_string(t.size()) + " items");
+  headroom::EntryIn e;
+  e.op = Code(t[0], "op");
+  if (e.op < 1 || e.op > headroom::kMaxOp)
+    Bad(ErrorKind::kInvalidInput, "op must be 1..9; got " + std::to_string(e.op));
+  e.user = Str(t[1], "user");
+  e.id = Str(t[2], "memory_id");
+  e.category = Code(t[3], "category");
+  e.source = Code(t[4], "source");
+  e.created_at = Int(t[5], "created_at_us");
+  e.text = Str(t[6], "text");
+  e.meta = Str(t[7], "metadata_json");
+  e.model = Str(t[8], "model_id");
+  if (!t[9].is_none()) {
+    e.vec = Vector(t[9], "vector");
+    e.has_vec = true;
+  }
+  if (t.size() == 11) e.ts = Int(t[10], "ts_us");
+  return e;
+}
+
+// --- results ---------------------------------------------------------------------------------
+
+py::dict MemDict(const headroom::MemOut& m, bool with_op) {
+  py::dict d;
+  d["id"] = m.id;
+  d["user"] = m.user;
+  d["text"] = m.text;
+  d["category"] = m.category;
+  d["source"] = m.source;
+  d["created_at"] = m.created_at;
+  d["updated_at"] = m.updated_at;
+  d["metadata"] = m.meta;
+  d["model"] = m.model;
+  d["seq"] = m.seq;
+  d["version"] = m.version;
+  if (with_op) d["op"] = headroom::OpName(m.op);
+  return d;
+}
+
+template <class T>
+py::array_t<T> Owned(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
+  auto* heap = new std::vector<T>(std::move(v));
+  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>(shape, heap->data(), owner);
+}
+
+headroom::SyncMode ParseSync(const std::string& s) {
+  if (s == "always") return headroom::SyncMode::kAlways;
+  if (s == "interval") return headroom::SyncMode::kInterval;
+  if (s == "off") return headroom::SyncMode::kOff;
+  Bad(ErrorKind::kInvalidInput, "sync must be \"always\", \"interval\" or \"off\"; got \"" + s + "\"");
+}
+
+using Log = headroom::Log;
+using GilRelease = py::gil_scoped_release;
+
+struct Records {
+  std::unique_ptr<headroom::RecordReader> reader;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() = "The compiled core of headroom.memory: the append-only log, replay, live state and "
+            "exact search. The contract is docs/architecture.md, the file format "
+            "docs/log-format.md.";
+  g_errors = new py::object(py::module_::import("headroom.memory.errors"));
+  py::register_exception_translator(&TranslateError);
+
+  m.attr("FORMAT_VERSION") = headroom::kFormatVersion;
+  m.attr("INT64_MIN") = static_cast<int64_t>(INT64_MIN);
+  m.attr("INT64_MAX") = static_cast<int64_t>(INT64_MAX);
+  const char* ops[] = {"ADD", "UPDATE", "DELETE", "CLEAR", "PURGE", "PENDING", "DONE", "CONFIG",
+                       "REVECTOR"};
+  for (int i = 0; i < 9; ++i) m.attr(ops[i]) = i + 1;
+  m.def("crc32c", [](py::bytes b) {
+    std::string s = b;
+    return headroom::Crc32c(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+  }, "CRC32C of bytes (unmasked).");
+  m.def("kernels", [] {
+    py::dict d;
+    d["crc32c"] = headroom::Crc32cIsHardware() ? "sse4.2" : "portable";
+    d["dot"] = headroom::DotKernelName();
+    return d;
+  }, "The SIMD kernels chosen at run time for this CPU.");
+
+  py::class_<Records>(m, "Records")
+      .def("__iter__", [](py::object self) { return self; })
+      .def("__next__", [](Records& r) -> py::dict {
+        headroom::EntryOwned e;
+        bool more;
+        {
+          GilRelease nogil;
+          more = r.reader->Next(&e);
+        }
+        if (!more) throw py::stop_iteration();
+        py::dict d;
+        d["seq"] = e.seq;
+        d["ts"] = e.ts;
+        d["op"] = e.op;
+        d["user"] = e.user;
+        d["id"] = e.id;
+        d["category"] = e.category;
+        d["source"] = e.source;
+        d["created_at"] = e.created_at;
+        d["text"] = e.text;
+        d["metadata"] = e.meta;
+        d["model"] = e.model;
+        if (e.has_vec) {
+          py::ssize_t n = static_cast<py::ssize_t>(e.vec.size());
+          d["vector"] = Owned<float>(std::move(e.vec), {n});
+        } else {
+          d["vector"] = py::none();
+        }
+        return d;
+      });
+
+  py::class_<Log>(m, "Log")
+      .def(py::init([](const std::string& path, const std::string& sync, int sync_interval_ms,
+                       uint64_t segment_bytes) {
+             headroom::SyncMode mode = ParseSync(sync);
+             GilRelease nogil;
+             return std::make_unique<Log>(path, mode, sync_interval_ms, segment_bytes);
+           }),
+           py::arg("path"), py::arg("sync") = "interval", py::arg("sync_interval_ms") = 100,
+           py::arg("segment_bytes") = static_cast<uint64_t>(64) << 20)
+      .def("append", [](Log& log, py::list entries) {
+        std::vector<headroom::EntryIn> in;
+        in.reserve(entries.size());
+        for (py::handle item : entries) in.push_back(ToEntry(item));
+        GilRelease nogil;
+        return log.Append(std::move(in));
+      }, py::arg("entries"))
+      .def("refresh", [](Log& log) {
+        GilRelease nogil;
+        return log.Refresh();
+      })
+      .def("get", [](Log& log, const std::string& user, const std::string& id) -> py::object {
+        std::optional<headroom::MemOut> r;
+        {
+          GilRelease nogil;
+          r = log.Read([&](const headroom::State& s) { return s.Get(user, id); });
+        }
+        if (!r) return py::none();
+        return MemDict(*r, false);
+      }, py::arg("user"), py::arg("memory_id"))
+      .def("list", [](Log& log, const std::string& user, uint32_t categories, int64_t t_min,
+                      int64_t t_max) {
+        std::vector<headroom::MemOut> r;
+        {
+          GilRelease nogil;
+          r = log.Read([&](const headroom::State& s) { return s.List(user, categories, t_min, t_max); });
+        }
+        py::list out;
+        for (const auto& x : r) out.append(MemDict(x, false));
+        return out;
+      }, py::arg("user"), py::arg("categories") = 0, py::arg("t_min") = INT64_MIN,
+         py::arg("t_max") = INT64_MAX)
+      .def("history", [](Log& log, const std::string& user, const std::string& id) {
+        std::vector<headroom::MemOut> r;
+        {
+          GilRelease nogil;
+          r = log.Read([&](const headroom::State& s) { return s.History(user, id); });
+        }
+        py::list out;
+        for (const auto& x : r) out.append(MemDict(x, true));
+        return out;
+      }, py::arg("user"), py::arg("memory_id"))
+      .def("count", [](Log& log, const std::string& user) {
+        GilRelease nogil;
+        return log.Read([&](const headroom::State& s) -> size_t {
+          const headroom::User* u = s.FindUser(user);
+          return u ? u->live : 0;
+        });
+      }, py::arg("user"))
+      .def("users", [](Log& log) {
+        GilRelease nogil;
+        return log.Read([](const headroom::State& s) { return s.Users(); });
+      })
+      .def("user_seq", [](Log& log, const std::string& user) {
+        GilRelease nogil;
+        return log.Read([&](const headroom::State& s) -> uint64_t {
+          const headroom::User* u = s.FindUser(user);
+          return u ? u->last_seq : 0;
+        });
+      }, py::arg("user"))
+      .def_property_readonly("last_seq", [](Log& log) {
+        GilRelease nogil;
+        return log.last_seq();
+      })
+      .def_property_readonly("generation", [](Log& log) {
+        GilRelease nogil;
+        return log.generation();
+      })
+      .def("search", [](Log& log, const std::string& user, py::handle query, int64_t k,
+                        uint32_t categories, int64_t t_min, int64_t t_max) {
+        std::vector<float> q = Vector(query, "query");
+        if (k < 0) Bad(ErrorKind::kInvalidInput, "k must be >= 0");
+        std::vector<headroom::Hit> hits;
+        {
+          GilRelease nogil;
+          hits = log.Read([&](const headroom::State& s) {
+            return s.Search(user, q.data(), static_cast<uint32_t>(q.size()),
+                            static_cast<size_t>(k), categories, t_min, t_max);
+          });
+        }
+        py::list out;
+        for (const auto& h : hits) out.append(py::make_tuple(h.id, h.score));
+        return out;
+      }, py::arg("user"), py::arg("query"), py::arg("k"), py::arg("categories") = 0,
+         py::arg("t_min") = INT64_MIN, py::arg("t_max") = INT64_MAX)
+      .def("vectors", [](Log& log, const std::string& user) {
+        std::vector<uint64_t> labels;
+        std::vector<float> vecs;
+        uint32_t dim;
+        {
+          GilRelease nogil;
+          dim = log.Read([&](const headroom::State& s) { return s.Vectors(user, &labels, &vecs); });
+        }
+        py::ssize_t n = static_cast<py::ssize_t>(labels.size());
+        return py::make_tuple(Owned<uint64_t>(std::move(labels), {n}),
+                              Owned<float>(std::move(vecs), {n, static_cast<py::ssize_t>(dim)}));
+      }, py::arg("user"))
+      .def("changes", [](Log& log, const std::string& user, uint64_t since) {
+        std::vector<uint64_t> removed, added;
+        std::vector<float> vecs;
+        uint32_t dim;
+        {
+          GilRelease nogil;
+          dim = log.Read([&](const headroom::State& s) {
+            return s.Changes(user, since, &removed, &added, &vecs);
+          });
+        }
+        py::ssize_t nr = static_cast<py::ssize_t>(removed.size());
+        py::ssize_t na = static_cast<py::ssize_t>(added.size());
+        return py::make_tuple(Owned<uint64_t>(std::move(removed), {nr}),
+                              Owned<uint64_t>(std::move(added), {na}),
+                              Owned<float>(std::move(vecs), {na, static_cast<py::ssize_t>(dim)}));
+      }, py::arg("user"), py::arg("since_seq"))
+      .def("resolve", [](Log& log, const std::string& user, py::handle labels_obj) {
+        std::vector<uint64_t> labels;
+        for (py::handle h : labels_obj) labels.push_back(h.cast<uint64_t>());
+        std::vector<std::optional<std::tuple<std::string, uint8_t, int64_t>>> r;
+        {
+          GilRelease nogil;
+          r = log.Read([&](const headroom::State& s) { return s.Resolve(user, labels); });
+        }
+        py::list out;
+        for (const auto& x : r) {
+          if (x) {
+            out.append(py::make_tuple(std::get<0>(*x), std::get<1>(*x), std::get<2>(*x)));
+          } else {
+            out.append(py::none());
+          }
+        }
+        return out;
+      }, py::arg("user"), py::arg("labels"))
+      .def("pending", [](Log& log) {
+        std::vector<headroom::Job> jobs;
+        {
+          GilRelease nogil;
+          jobs = log.Read([](const headroom::State& s) { return s.Pending(); });
+        }
+        py::list out;
+        for (const auto& j : jobs) {
+          py::dict d;
+          d["id"] = j.id;
+          d["user"] = j.user;
+          d["text"] = j.text;
+          d["created_at"] = j.created_at;
+          d["seq"] = j.seq;
+          out.append(d);
+        }
+        return out;
+      })
+      .def("config", [](Log& log) {
+        GilRelease nogil;
+        return log.Read([](const headroom::State& s) { return s.Config(); });
+      })
+      .def("records", [](Log& log) {
+        Records r;
+        GilRelease nogil;
+        r.reader = std::make_unique<headroom::RecordReader>(log.LiveSegmentPaths());
+        return r;
+      })
+      .def("compact", [](Log& log) {
+        headroom::CompactResult c;
+        {
+          GilRelease nogil;
+          c = log.Compact();
+        }
+        py::dict d;
+        d["bytes_before"] = c.bytes_before;
+        d["bytes_after"] = c.bytes_after;
+        d["records_before"] = c.records_before;
+        d["records_after"] = c.records_after;
+        d["entries_before"] = c.entries_before;
+        d["entries_after"] = c.entries_after;
+        return d;
+      })
+      .def_property_readonly("recovery", [](Log& log) {
+        headroom::Recovery r = log.recovery();
+        py::dict d;
+        d["torn_tail_bytes"] = r.torn_tail_bytes;
+        d["corrupt_bytes"] = r.corrupt_bytes;
+        d["corrupt_records"] = r.corrupt_records;
+        d["segments"] = r.segments;
+        return d;
+      })
+      .def("stats", [](Log& log) {
+        headroom::LogStats s;
+        {
+          GilRelease nogil;
+          s = log.Stats();
+        }
+        py::dict d;
+        d["users"] = s.users;
+        d["memories"] = s.memories;
+        d["pending"] = s.pending;
+        d["entries"] = s.entries;
+        d["records"] = s.records;
+        d["skipped_entries"] = s.skipped_entries;
+        d["bytes"] = s.bytes;
+        d["segments"] = s.segments;
+        d["last_seq"] = s.last_seq;
+        d["generation"] = s.generation;
+        return d;
+      })
+      .def_property_readonly("failed", &Log::failed)
+      .def_property_readonly("closed", &Log::closed)
+      .def("close", [](Log& log) {
+        GilRelease nogil;
+        log.Close();
+      })
+      .def("abandon", &Log::Abandon)
+      .def("__enter__", [](py::object self) { return self; })
+      .def("__exit__", [](Log& log, py::args) {
+        GilRelease nogil;
+        log.Close();
+        return false;
+      })
+      .def("_set_fault", [](Log& log, const std::string& op, int countdown, int err) {
+        headroom::IoOp o;
+        if (op == "write") {
+          o = headroom::IoOp::kWrite;
+        } else if (op == "fsync") {
+          o = headroom::IoOp::kFsync;
+        } else if (op == "truncate") {
+          o = headroom::IoOp::kTruncate;
+        } else {
+          Bad(ErrorKind::kInvalidInput, "fault op must be write, fsync or truncate");
+        }
+        if (countdown < 0) Bad(ErrorKind::kInvalidInput, "countdown must be >= 0");
+        log.SetFault(o, countdown, err);
+      }, py::arg("op"), py::arg("countdown"), py::arg("errno"));
+}

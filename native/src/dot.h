@@ -1,0 +1,12 @@
+// Dot product of float32 vectors, kernel chosen at run time (AVX2+FMA when the CPU has it,
+// a portable loop otherwise). Never compiled with -march=native.
+#pragma once
+#include <cstddef>
+
+namespace headroom {
+
+float Dot(const float* a, const float* b, size_t n);
+// Name of the kernel in use ("avx2+fma" or "portable"), reported by stats().
+const char* DotKernelName();
+
+}  // namespace headroom

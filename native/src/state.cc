@@ -1,0 +1,539 @@
+#include "state.h"
+
+#include <algorithm>
+#include <cstring>
+#include <queue>
+
+#include "dot.h"
+#include "errors.h"
+
+namespace headroom {
+
+// --- apply ------------------------------------------------------------------------------
+
+User* State::GetUser(std::string_view name, bool create) {
+  if (last_user_ && last_user_name_ == name) return last_user_;
+  std::string key(name);
+  auto it = users_.find(key);
+  if (it == users_.end()) {
+    if (!create) return nullptr;
+    it = users_.emplace(key, std::make_unique<User>()).first;
+  }
+  last_user_name_ = std::move(key);
+  last_user_ = it->second.get();
+  return last_user_;
+}
+
+uint32_t State::Model(std::string_view model) {
+  if (model.empty()) return 0;
+  std::string key(model);
+  auto it = model_idx_.find(key);
+  if (it != model_idx_.end()) return it->second;
+  uint32_t idx = static_cast<uint32_t>(models_.size());
+  models_.push_back(key);
+  model_idx_.emplace(std::move(key), idx);
+  return idx;
+}
+
+void State::AddRow(User* u, uint32_t mi, const float* v, uint32_t dim) {
+  Mem& m = u->mems[mi];
+  if (u->rows.empty()) {
+    u->dim = dim;
+  } else if (u->dim != dim) {
+    ++skipped_;  // a vector of another dim than the user's live ones: never written by us
+    return;
+  }
+  m.row = static_cast<int32_t>(u->rows.size());
+  u->rows.push_back(Row{m.label, m.created_at, mi, m.versions[m.cur].category});
+  u->vecs.insert(u->vecs.end(), v, v + dim);
+}
+
+void State::AddRowBytes(User* u, uint32_t mi, const uint8_t* v, uint32_t dim) {
+  Mem& m = u->mems[mi];
+  if (u->rows.empty()) {
+    u->dim = dim;
+  } else if (u->dim != dim) {
+    ++skipped_;
+    return;
+  }
+  m.row = static_cast<int32_t>(u->rows.size());
+  u->rows.push_back(Row{m.label, m.created_at, mi, m.versions[m.cur].category});
+  size_t at = u->vecs.size();
+  u->vecs.resize(at + dim);
+  std::memcpy(u->vecs.data() + at, v, static_cast<size_t>(dim) * 4);
+}
+
+void State::Unlabel(User* u, uint32_t mi, uint64_t seq, std::vector<float>* saved) {
+  Mem& m = u->mems[mi];
+  u->by_label.erase(m.label);
+  u->removed.emplace_back(seq, m.label);
+  if (m.row < 0) return;
+  size_t r = static_cast<size_t>(m.row);
+  size_t d = u->dim;
+  if (saved) saved->assign(u->vecs.begin() + r * d, u->vecs.begin() + (r + 1) * d);
+  size_t last = u->rows.size() - 1;
+  if (r != last) {
+    u->rows[r] = u->rows[last];
+    std::memcpy(u->vecs.data() + r * d, u->vecs.data() + last * d, d * 4);
+    u->mems[u->rows[r].mem].row = static_cast<int32_t>(r);
+  }
+  u->rows.pop_back();
+  u->vecs.resize(last * d);
+  m.row = -1;
+}
+
+void State::DropJobsOf(const std::string& user) {
+  for (auto it = jobs_.begin(); it != jobs_.end();) {
+    if (it->second.user == user) {
+      job_by_id_.erase(it->second.id);
+      it = jobs_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void State::Apply(const EntryView& e) {
+  if (e.seq <= last_seq_) {
+    ++skipped_;
+    return;
+  }
+  last_seq_ = e.seq;
+  ++entries_;
+  switch (e.op) {
+    case kAdd: {
+      User* u = GetUser(e.user, true);
+      u->last_seq = e.seq;
+      std::string id(e.id);
+      if (u->by_id.count(id)) {
+        ++skipped_;
+        return;
+      }
+      uint32_t mi = static_cast<uint32_t>(u->mems.size());
+      u->mems.emplace_back();
+      Mem& m = u->mems.back();
+      m.id = id;
+      m.created_at = e.created_at;
+      m.label = e.seq;
+      m.first_seq = e.seq;
+      m.live = true;
+      m.model = Model(e.model);
+      m.versions.push_back(Version{e.seq, e.ts, kAdd, e.category, e.source, 1, std::string(e.text),
+                                   std::string(e.meta), m.model});
+      u->by_id.emplace(std::move(id), mi);
+      u->by_label.emplace(e.seq, mi);
+      ++u->live;
+      if (e.vec) AddRowBytes(u, mi, e.vec, e.dim);
+      return;
+    }
+    case kUpdate:
+    case kRevector: {
+      User* u = GetUser(e.user, false);
+      auto it = u ? u->by_id.find(std::string(e.id)) : decltype(u->by_id.end()){};
+      if (!u || it == u->by_id.end() || !u->mems[it->second].live) {
+        ++skipped_;
+        return;
+      }
+      u->last_seq = e.seq;
+      uint32_t mi = it->second;
+      std::vector<float> saved;
+      Unlabel(u, mi, e.seq, e.vec ? nullptr : &saved);
+      Mem& m = u->mems[mi];
+      const Version& cur = m.versions[m.cur];
+      Version v{e.seq, e.ts, e.op, cur.category, cur.source, cur.number, {}, {}, cur.model};
+      if (e.op == kUpdate) {
+        if (e.category) v.category = e.category;
+        if (e.source) v.source = e.source;
+        v.number = cur.number + 1;
+        v.text = std::string(e.text);
+        v.meta = e.meta.empty() ? cur.meta : std::string(e.meta);
+        if (e.created_at) m.created_at = e.created_at;
+      }
+      if (e.vec) m.model = Model(e.model);
+      if (e.op == kUpdate) v.model = m.model;
+      m.versions.push_back(std::move(v));
+      if (e.op == kUpdate) m.cur = static_cast<uint32_t>(m.versions.size() - 1);
+      m.label = e.seq;
+      u->by_label.emplace(e.seq, mi);
+      if (e.vec) {
+        AddRowBytes(u, mi, e.vec, e.dim);
+      } else if (!saved.empty()) {
+        AddRow(u, mi, saved.data(), static_cast<uint32_t>(saved.size()));
+      }
+      return;
+    }
+    case kDelete: {
+      User* u = GetUser(e.user, false);
+      auto it = u ? u->by_id.find(std::string(e.id)) : decltype(u->by_id.end()){};
+      if (!u || it == u->by_id.end() || !u->mems[it->second].live) {
+        ++skipped_;
+        return;
+      }
+      u->last_seq = e.seq;
+      Unlabel(u, it->second, e.seq, nullptr);
+      Mem& m = u->mems[it->second];
+      m.live = false;
+      --u->live;
+      const Version& cur = m.versions[m.cur];
+      m.versions.push_back(
+          Version{e.seq, e.ts, kDelete, cur.category, cur.source, cur.number, {}, {}, cur.model});
+      return;
+    }
+    case kClear: {
+      User* u = GetUser(e.user, false);
+      if (!u) return;
+      u->last_seq = e.seq;
+      for (uint32_t mi = 0; mi < u->mems.size(); ++mi) {
+        Mem& m = u->mems[mi];
+        if (!m.live) continue;
+        Unlabel(u, mi, e.seq, nullptr);
+        m.live = false;
+        const Version& cur = m.versions[m.cur];
+        m.versions.push_back(
+            Version{e.seq, e.ts, kClear, cur.category, cur.source, cur.number, {}, {}, cur.model});
+      }
+      u->live = 0;
+      return;
+    }
+    case kPurge: {
+      std::string user(e.user);
+      DropJobsOf(user);
+      if (e.id.empty()) {
+        last_user_ = nullptr;
+        users_.erase(user);
+        return;
+      }
+      User* u = GetUser(e.user, false);
+      if (!u) return;
+      u->last_seq = e.seq;
+      auto it = u->by_id.find(std::string(e.id));
+      if (it == u->by_id.end()) return;
+      uint32_t mi = it->second;
+      Mem& m = u->mems[mi];
+      if (m.live) {
+        Unlabel(u, mi, e.seq, nullptr);
+        --u->live;
+      }
+      u->by_id.erase(it);
+      m.live = false;
+      m.purged = true;
+      std::string().swap(m.id);
+      std::vector<Version>().swap(m.versions);
+      return;
+    }
+    case kPending: {
+      std::string id(e.id);
+      if (job_by_id_.count(id)) {
+        ++skipped_;
+        return;
+      }
+      if (User* u = GetUser(e.user, true)) u->last_seq = e.seq;
+      job_by_id_.emplace(id, e.seq);
+      jobs_.emplace(e.seq, Job{id, std::string(e.user), std::string(e.text), e.created_at, e.seq});
+      return;
+    }
+    case kDone: {
+      auto it = job_by_id_.find(std::string(e.id));
+      if (it == job_by_id_.end()) return;
+      jobs_.erase(it->second);
+      job_by_id_.erase(it);
+      return;
+    }
+    case kConfig:
+      config_[std::string(e.id)] = {std::string(e.text), e.seq};
+      return;
+    default:
+      ++skipped_;
+  }
+}
+
+// --- queries ----------------------------------------------------------------------------
+
+size_t State::live_total() const {
+  size_t n = 0;
+  for (const auto& kv : users_) n += kv.second->live;
+  return n;
+}
+
+const User* State::FindUser(const std::string& user) const {
+  auto it = users_.find(user);
+  return it == users_.end() ? nullptr : it->second.get();
+}
+
+const Mem* State::FindMem(const std::string& user, const std::string& id) const {
+  const User* u = FindUser(user);
+  if (!u) return nullptr;
+  auto it = u->by_id.find(id);
+  return it == u->by_id.end() ? nullptr : &u->mems[it->second];
+}
+
+MemOut State::Out(const std::string& user, const Mem& m, size_t vi) const {
+  // The content of item vi: its own for ADD/UPDATE, else the last content version before it.
+  size_t ci = vi;
+  while (ci > 0 && m.versions[ci].op != kAdd && m.versions[ci].op != kUpdate) --ci;
+  const Version& v = m.versions[vi];
+  const Version& c = m.versions[ci];
+  MemOut o;
+  o.id = m.id;
+  o.user = user;
+  o.text = c.text;
+  o.meta = c.meta;
+  o.category = v.category;
+  o.source = v.source;
+  o.op = v.op;
+  o.created_at = m.created_at;
+  o.updated_at = v.ts;
+  o.seq = v.seq;
+  o.version = v.number;
+  o.model = models_[v.model];
+  return o;
+}
+
+std::optional<MemOut> State::Get(const std::string& user, const std::string& id) const {
+  const Mem* m = FindMem(user, id);
+  if (!m || !m->live) return std::nullopt;
+  MemOut o = Out(user, *m, m->cur);
+  o.seq = m->label;
+  o.model = models_[m->model];
+  return o;
+}
+
+std::vector<MemOut> State::List(const std::string& user, uint32_t categories, int64_t t_min,
+                                int64_t t_max) const {
+  std::vector<MemOut> out;
+  const User* u = FindUser(user);
+  if (!u) return out;
+  for (const Mem& m : u->mems) {
+    if (!m.live) continue;
+    uint8_t cat = m.versions[m.cur].category;
+    if (categories && !(categories & (1u << cat))) continue;
+    if (m.created_at < t_min || m.created_at > t_max) continue;
+    MemOut o = Out(user, m, m.cur);
+    o.seq = m.label;
+    o.model = models_[m.model];
+    out.push_back(std::move(o));
+  }
+  return out;
+}
+
+std::vector<MemOut> State::History(const std::string& user, const std::string& id) const {
+  std::vector<MemOut> out;
+  const Mem* m = FindMem(user, id);
+  if (!m) return out;
+  for (size_t i = 0; i < m->versions.size(); ++i) out.push_back(Out(user, *m, i));
+  return out;
+}
+
+std::vector<std::string> State::Users() const {
+  std::vector<std::string> out;
+  out.reserve(users_.size());
+  for (const auto& kv : users_) out.push_back(kv.first);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<Hit> State::Search(const std::string& user, const float* q, uint32_t dim, size_t k,
+                               uint32_t categories, int64_t t_min, int64_t t_max) const {
+  std::vector<Hit> out;
+  const User* u = FindUser(user);
+  if (!u || u->rows.empty() || k == 0) return out;
+  if (dim != u->dim)
+    Fail(ErrorKind::kInvalidVector, "query has dim " + std::to_string(dim) +
+                                        "; this user's vectors have dim " + std::to_string(u->dim));
+  struct Cand {
+    float score;
+    uint64_t label;
+    uint32_t row;
+  };
+  // "Worse" first in the heap: lower score, or equal score and newer label.
+  auto worse = [](const Cand& a, const Cand& b) {
+    return a.score != b.score ? a.score > b.score : a.label < b.label;
+  };
+  std::priority_queue<Cand, std::vector<Cand>, decltype(worse)> heap(worse);
+  const size_t n = u->rows.size();
+  const float* base = u->vecs.data();
+  for (size_t r = 0; r < n; ++r) {
+    const Row& row = u->rows[r];
+    if (categories && !(categories & (1u << row.category))) continue;
+    if (row.created_at < t_min || row.created_at > t_max) continue;
+    float s = Dot(q, base + r * dim, dim);
+    Cand c{s, row.label, static_cast<uint32_t>(r)};
+    if (heap.size() < k) {
+      heap.push(c);
+    } else if (worse(c, heap.top())) {
+      heap.pop();
+      heap.push(c);
+    }
+  }
+  std::vector<Cand> cands;
+  cands.reserve(heap.size());
+  while (!heap.empty()) {
+    cands.push_back(heap.top());
+    heap.pop();
+  }
+  std::reverse(cands.begin(), cands.end());
+  out.reserve(cands.size());
+  for (const Cand& c : cands) out.push_back(Hit{u->mems[u->rows[c.row].mem].id, c.score});
+  return out;
+}
+
+uint32_t State::Vectors(const std::string& user, std::vector<uint64_t>* labels,
+                        std::vector<float>* vecs) const {
+  const User* u = FindUser(user);
+  if (!u) return 0;
+  labels->reserve(u->rows.size());
+  for (const Row& r : u->rows) labels->push_back(r.label);
+  *vecs = u->vecs;
+  return u->dim;
+}
+
+uint32_t State::Changes(const std::string& user, uint64_t since, std::vector<uint64_t>* removed,
+                        std::vector<uint64_t>* added, std::vector<float>* vecs) const {
+  const User* u = FindUser(user);
+  if (!u) return 0;
+  for (auto it = u->removed.rbegin(); it != u->removed.rend() && it->first > since; ++it)
+    if (it->second <= since) removed->push_back(it->second);
+  std::sort(removed->begin(), removed->end());
+  for (size_t r = 0; r < u->rows.size(); ++r) {
+    if (u->rows[r].label <= since) continue;
+    added->push_back(u->rows[r].label);
+    vecs->insert(vecs->end(), u->vecs.begin() + r * u->dim, u->vecs.begin() + (r + 1) * u->dim);
+  }
+  return u->dim;
+}
+
+std::vector<std::optional<std::tuple<std::string, uint8_t, int64_t>>> State::Resolve(
+    const std::string& user, const std::vector<uint64_t>& labels) const {
+  std::vector<std::optional<std::tuple<std::string, uint8_t, int64_t>>> out(labels.size());
+  const User* u = FindUser(user);
+  if (!u) return out;
+  for (size_t i = 0; i < labels.size(); ++i) {
+    auto it = u->by_label.find(labels[i]);
+    if (it == u->by_label.end()) continue;
+    const Mem& m = u->mems[it->second];
+    out[i] = std::make_tuple(m.id, m.versions[m.cur].category, m.created_at);
+  }
+  return out;
+}
+
+std::vector<Job> State::Pending() const {
+  std::vector<Job> out;
+  out.reserve(jobs_.size());
+  for (const auto& kv : jobs_) out.push_back(kv.second);
+  return out;
+}
+
+std::map<std::string, std::string> State::Config() const {
+  std::map<std::string, std::string> out;
+  for (const auto& kv : config_) out.emplace(kv.first, kv.second.first);
+  return out;
+}
+
+bool State::Keep(const EntryView& e) const {
+  switch (e.op) {
+    case kAdd:
+    case kUpdate:
+    case kRevector: {
+      const Mem* m = FindMem(std::string(e.user), std::string(e.id));
+      return m && m->live && e.seq >= m->first_seq;
+    }
+    case kPending: {
+      auto it = job_by_id_.find(std::string(e.id));
+      return it != job_by_id_.end() && it->second == e.seq;
+    }
+    case kConfig: {
+      auto it = config_.find(std::string(e.id));
+      return it != config_.end() && it->second.second == e.seq;
+    }
+    default:
+      return false;  // DELETE, CLEAR, PURGE, DONE: their effect is already in what is kept
+  }
+}
+
+// --- validation -------------------------------------------------------------------------
+
+int8_t Validator::MemStatus(const std::string& user, const std::string& id) {
+  auto uit = users_.find(user);
+  if (uit != users_.end()) {
+    auto mit = uit->second.mems.find(id);
+    if (mit != uit->second.mems.end()) return mit->second;
+    if (uit->second.purged) return 2;
+  }
+  const Mem* m = state_->FindMem(user, id);
+  if (!m) return 2;
+  if (uit != users_.end() && uit->second.cleared) return 0;
+  return m->live ? 1 : 0;
+}
+
+void Validator::Check(const EntryIn& e) {
+  switch (e.op) {
+    case kAdd:
+      if (MemStatus(e.user, e.id) != 2)
+        Fail(ErrorKind::kInvalidInput, "memory id " + e.id + " already exists for this user");
+      break;
+    case kUpdate:
+    case kRevector:
+    case kDelete:
+      if (MemStatus(e.user, e.id) != 1)
+        Fail(ErrorKind::kNotFound, "no live memory " + e.id + " for this user");
+      break;
+    case kPending:
+      if (state_->JobPending(e.id) || jobs_.count(e.id))
+        Fail(ErrorKind::kInvalidInput, "job id " + e.id + " is already pending");
+      break;
+    default:
+      break;
+  }
+  if (e.has_vec) {
+    UserOv& ov = users_[e.user];
+    const User* u = state_->FindUser(e.user);
+    uint32_t dim = static_cast<uint32_t>(e.vec.size());
+    uint32_t want = 0;
+    if (u && !u->rows.empty() && !ov.cleared) {
+      // An UPDATE/REVECTOR of the only live vector may change the dim; anything else must
+      // match the user's live vectors.
+      bool only = u->rows.size() == 1 && e.op != kAdd;
+      if (!only) want = u->dim;
+    }
+    if (!want) want = ov.dim;
+    if (want && want != dim)
+      Fail(ErrorKind::kInvalidVector, "vector has dim " + std::to_string(dim) +
+                                          "; this user's vectors have dim " + std::to_string(want));
+    ov.dim = dim;
+  }
+  // Record the effect for later entries of the group.
+  switch (e.op) {
+    case kAdd:
+      users_[e.user].mems[e.id] = 1;
+      break;
+    case kDelete:
+      users_[e.user].mems[e.id] = 0;
+      break;
+    case kClear: {
+      UserOv& ov = users_[e.user];
+      ov.cleared = true;
+      ov.dim = 0;
+      for (auto& kv : ov.mems)
+        if (kv.second == 1) kv.second = 0;
+      break;
+    }
+    case kPurge: {
+      UserOv& ov = users_[e.user];
+      if (e.id.empty()) {
+        ov.cleared = ov.purged = true;
+        ov.dim = 0;
+        ov.mems.clear();
+      } else {
+        ov.mems[e.id] = 2;
+      }
+      break;
+    }
+    case kPending:
+      jobs_.insert(e.id);
+      break;
+    default:
+      break;
+  }
+}
+
+}  // namespace headroom

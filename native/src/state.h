@@ -1,0 +1,169 @@
+// The live state replayed from the log: per user, the memories (current version, history,
+// tombstones), the live vectors as one row-major matrix, and a label index; plus pending
+// jobs and config. Not thread-safe by itself: Log guards it with a shared_mutex.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "format.h"
+
+namespace headroom {
+
+struct Version {
+  uint64_t seq = 0;
+  int64_t ts = 0;
+  uint8_t op = 0;
+  uint8_t category = 0;
+  uint8_t source = 0;
+  uint32_t number = 0;  // version number (1-based) this entry belongs to
+  std::string text;     // empty for DELETE/CLEAR/REVECTOR (they carry the previous content)
+  std::string meta;
+  uint32_t model = 0;   // index into State::models_
+};
+
+struct Mem {
+  std::string id;
+  int64_t created_at = 0;
+  std::vector<Version> versions;
+  uint64_t label = 0;      // seq of the entry that set the live content or vector
+  uint64_t first_seq = 0;  // seq of the ADD that started this memory
+  int32_t row = -1;        // row in User::rows/vecs, -1 when it has no live vector
+  uint32_t cur = 0;        // index in versions of the live content (ADD/UPDATE)
+  uint32_t model = 0;      // model of the live vector
+  bool live = false;
+  bool purged = false;
+};
+
+struct Row {
+  uint64_t label;
+  int64_t created_at;
+  uint32_t mem;
+  uint8_t category;
+};
+
+struct User {
+  std::unordered_map<std::string, uint32_t> by_id;  // every unpurged memory
+  std::vector<Mem> mems;                            // in creation order (purged = holes)
+  std::unordered_map<uint64_t, uint32_t> by_label;  // live labels
+  uint32_t dim = 0;
+  std::vector<float> vecs;  // rows.size() x dim
+  std::vector<Row> rows;
+  uint64_t last_seq = 0;
+  size_t live = 0;
+  std::vector<std::pair<uint64_t, uint64_t>> removed;  // (seq of removal, label)
+};
+
+struct Job {
+  std::string id, user, text;
+  int64_t created_at = 0;
+  uint64_t seq = 0;
+};
+
+// A memory (or a history item) copied out of the state.
+struct MemOut {
+  std::string id, user, text, meta, model;
+  uint8_t category = 0, source = 0, op = 0;
+  int64_t created_at = 0, updated_at = 0;
+  uint64_t seq = 0;
+  uint32_t version = 0;
+};
+
+struct Hit {
+  std::string id;
+  float score;
+};
+
+class State {
+ public:
+  // Applies one decoded entry. Entries whose seq is not above last_seq, or which do not make
+  // sense against the state (never written by this library), are skipped and counted.
+  void Apply(const EntryView& e);
+  void NoteSeqFloor(uint64_t floor) {
+    if (floor > last_seq_) last_seq_ = floor;
+  }
+
+  uint64_t last_seq() const { return last_seq_; }
+  uint64_t entries() const { return entries_; }
+  uint64_t skipped() const { return skipped_; }
+  size_t live_total() const;
+  size_t user_count() const { return users_.size(); }
+  size_t pending_count() const { return jobs_.size(); }
+
+  const User* FindUser(const std::string& user) const;
+  const Mem* FindMem(const std::string& user, const std::string& id) const;
+  bool JobPending(const std::string& id) const { return job_by_id_.count(id) > 0; }
+
+  // Queries.
+  std::optional<MemOut> Get(const std::string& user, const std::string& id) const;
+  std::vector<MemOut> List(const std::string& user, uint32_t categories, int64_t t_min,
+                           int64_t t_max) const;
+  std::vector<MemOut> History(const std::string& user, const std::string& id) const;
+  std::vector<std::string> Users() const;
+  std::vector<Hit> Search(const std::string& user, const float* q, uint32_t dim, size_t k,
+                          uint32_t categories, int64_t t_min, int64_t t_max) const;
+  uint32_t Vectors(const std::string& user, std::vector<uint64_t>* labels,
+                   std::vector<float>* vecs) const;
+  uint32_t Changes(const std::string& user, uint64_t since, std::vector<uint64_t>* removed,
+                   std::vector<uint64_t>* added, std::vector<float>* vecs) const;
+  std::vector<std::optional<std::tuple<std::string, uint8_t, int64_t>>> Resolve(
+      const std::string& user, const std::vector<uint64_t>& labels) const;
+  std::vector<Job> Pending() const;
+  std::map<std::string, std::string> Config() const;
+
+  // Compaction: whether a record's entry is still needed to rebuild this state.
+  bool Keep(const EntryView& e) const;
+
+ private:
+  User* GetUser(std::string_view name, bool create);
+  uint32_t Model(std::string_view model);
+  void AddRow(User* u, uint32_t mi, const float* v, uint32_t dim);
+  void AddRowBytes(User* u, uint32_t mi, const uint8_t* v, uint32_t dim);
+  // Removes the live label of a memory (and its row), recording the removal at `seq`;
+  // copies the row's vector into *saved when given.
+  void Unlabel(User* u, uint32_t mi, uint64_t seq, std::vector<float>* saved);
+  void DropJobsOf(const std::string& user);
+  MemOut Out(const std::string& user, const Mem& m, size_t vi) const;
+
+  std::unordered_map<std::string, std::unique_ptr<User>> users_;
+  std::map<uint64_t, Job> jobs_;
+  std::unordered_map<std::string, uint64_t> job_by_id_;
+  std::map<std::string, std::pair<std::string, uint64_t>> config_;
+  std::vector<std::string> models_{""};
+  std::unordered_map<std::string, uint32_t> model_idx_{{"", 0}};
+  uint64_t last_seq_ = 0;
+  uint64_t entries_ = 0;
+  uint64_t skipped_ = 0;
+  std::string last_user_name_;
+  User* last_user_ = nullptr;
+};
+
+// Checks the meaning of entries against the state plus the entries accepted before them in
+// the same commit group (an overlay), without changing the state. Throws Error(kNotFound /
+// kInvalidInput / kInvalidVector). Copy it to try a batch and keep the copy on success.
+class Validator {
+ public:
+  explicit Validator(const State* state) : state_(state) {}
+  void Check(const EntryIn& e);
+
+ private:
+  struct UserOv {
+    bool cleared = false;  // every memory of the state is dead
+    bool purged = false;   // every memory of the state is gone
+    uint32_t dim = 0;      // dim fixed by a vector earlier in the group (user had none live)
+    std::unordered_map<std::string, int8_t> mems;  // 1 live, 0 dead, 2 gone
+  };
+  int8_t MemStatus(const std::string& user, const std::string& id);  // 1, 0, 2 (absent)
+  const State* state_;
+  std::unordered_map<std::string, UserOv> users_;
+  std::unordered_set<std::string> jobs_;
+};
+
+}  // namespace headroom
