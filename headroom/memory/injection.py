@@ -169,7 +169,7 @@ def _check_args(min_score: float, max_tokens: int, role: str) -> None:
 def _candidates(
     results: Sequence[tuple[Memory, float]], min_score: float
 ) -> list[tuple[Memory, float]]:
-    """Results above the floor, best first (stable), each memory id once."""
+    """Results at or above the floor, best first (stable), each memory id once (its best)."""
     if isinstance(results, (str, bytes)) or not isinstance(results, Sequence):
         raise InvalidTypeError("results must be a sequence of (Memory, score) pairs")
     picked: list[tuple[Memory, float]] = []
@@ -182,12 +182,15 @@ def _candidates(
             raise InvalidTypeError(f"expected a Memory; got {type(memory).__name__}")
         if isinstance(score, bool) or not isinstance(score, (int, float)):
             raise InvalidTypeError(f"a score must be a number; got {score!r}")
-        if math.isnan(score) or score < min_score or memory.id in seen:
-            continue
-        seen.add(memory.id)
-        picked.append((memory, float(score)))
+        if not math.isnan(score) and score >= min_score:
+            picked.append((memory, float(score)))
     picked.sort(key=lambda p: -p[1])
-    return picked
+    unique: list[tuple[Memory, float]] = []
+    for memory, score in picked:
+        if memory.id not in seen:
+            seen.add(memory.id)
+            unique.append((memory, score))
+    return unique
 
 
 def build_injection(

@@ -38,6 +38,7 @@ __all__ = [
     "NewMemory",
     "ParsedAnswer",
     "clean_text",
+    "ends_with_fragment",
     "parse_answer",
     "render_block",
     "strip_debris",
@@ -190,7 +191,7 @@ _TOKEN = re.compile(
     _FLAGS,
 )
 _OPEN_REST = re.compile(r"[^>{]*>", _FLAGS)  # the rest of an opening tag: "<memory ...>"
-_FENCE = re.compile(r"^```[A-Za-z0-9_-]*\s*|\s*```$", _FLAGS)
+_FENCE_OPEN = re.compile(r"```[A-Za-z0-9_-]*", _FLAGS)
 
 
 # What a tag leaves behind when it is cut short: "<", "<m" ... "<memor", "</" ... "</memory".
@@ -213,6 +214,13 @@ def strip_debris(text: str) -> str:
         end = at
 
 
+def ends_with_fragment(text: str) -> bool:
+    """Whether ``text`` ends with a tag cut short (``<``, ``<mem``, ``</memo`` ...): at the
+    end of an answer that is what ``max_tokens`` left of a block, and it is removed."""
+    at = text.rfind("<")
+    return at >= 0 and _FRAGMENT.fullmatch(text, at) is not None
+
+
 def _tokens(text: str) -> list[re.Match[str]]:
     return list(_TOKEN.finditer(text))
 
@@ -222,8 +230,6 @@ def _visible(text: str, tokens: list[re.Match[str]]) -> str:
     right before each token (:func:`strip_debris`), the white space after the last token when
     only white space follows it, and white space after a token when no visible text precedes
     it."""
-    if not tokens:
-        return text
     out: list[str] = []
     emitted = False
     pos = 0
@@ -236,10 +242,13 @@ def _visible(text: str, tokens: list[re.Match[str]]) -> str:
             emitted = True
         pos = token.end()
     tail = text[pos:]
-    if not tail.strip(WHITESPACE):
-        tail = ""
-    elif not emitted:
-        tail = tail.lstrip(WHITESPACE)
+    if ends_with_fragment(tail):
+        tail = strip_debris(tail)
+    if tokens:
+        if not tail.strip(WHITESPACE):
+            tail = ""
+        elif not emitted:
+            tail = tail.lstrip(WHITESPACE)
     out.append(tail)
     return "".join(out)
 
@@ -349,6 +358,18 @@ def _parse_block(
     return ParsedAnswer(visible, valid, True, tuple(problems))
 
 
+def _unfence(text: str) -> str:
+    """``text`` trimmed, without a Markdown code fence around it (string operations only:
+    a regex with white space on both sides of a fence backtracks quadratically)."""
+    text = text.strip(WHITESPACE)
+    opened = _FENCE_OPEN.match(text)
+    if opened:
+        text = text[opened.end() :]
+    if text.endswith("```"):
+        text = text[:-3]
+    return text.strip(WHITESPACE)
+
+
 def _block_json(body: str, problems: list[str]) -> object | None:
     """Decode the JSON object of a block body; None (with a problem) when there is none.
 
@@ -356,7 +377,7 @@ def _block_json(body: str, problems: list[str]) -> object | None:
     """
     opened = _OPEN_REST.match(body)
     inner = body[opened.end() :] if opened else body
-    inner = _FENCE.sub("", inner.strip(WHITESPACE)).strip(WHITESPACE)
+    inner = _unfence(inner)
     if not inner:
         return {}
     if len(inner) > MAX_BLOCK_CHARS:
@@ -394,10 +415,23 @@ def _literal(source: str) -> object:
     Python-style ``True``/``None``): Python's own parser builds the syntax tree and only
     literals are accepted from it. Returns ``_INVALID`` when that fails too."""
     try:
-        tree = ast.parse(source, mode="eval")
+        tree = ast.parse(_ESCAPE.sub(_python_escape, source), mode="eval")
         return _from_node(tree.body)
     except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError):
         return _INVALID
+
+
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_PYTHON_ESCAPES = frozenset("\n\\'\"abfnrtv01234567xNuU")
+
+
+def _python_escape(match: re.Match[str]) -> str:
+    """Keep escapes Python knows; JSON's ``\\/`` is ``/``; any other backslash is a literal
+    backslash (what Python does anyway, minus its warning about it)."""
+    char = match.group(1)
+    if char in _PYTHON_ESCAPES:
+        return match.group(0)
+    return "/" if char == "/" else "\\\\" + char
 
 
 def _from_node(node: ast.AST) -> object:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from .errors import InvalidInputError, InvalidTypeError
-from .protocol import WHITESPACE, strip_debris
+from .protocol import WHITESPACE, ends_with_fragment, strip_debris
 
 __all__ = ["BlockStreamFilter"]
 
@@ -137,6 +137,8 @@ class BlockStreamFilter:
                 self._buffer = buffer[start.end() :]
             return True
         if final:
+            if ends_with_fragment(buffer):  # a tag cut off at the end of the stream
+                buffer = strip_debris(buffer)
             if not (self._after_token and not buffer.strip(WHITESPACE)):
                 self._release(out, buffer)
             self._buffer = ""
