@@ -17,8 +17,8 @@ The estimate walks the text once with one regular expression and charges each pi
 
 It is tuned to err on the high side, so a budget computed with it is rarely exceeded. Measured
 against ``cl100k_base`` (docs/transforms.md has the command): total estimate / exact count is
-1.12 on LoCoMo chat turns (5th percentile per text 1.00), 1.12 on the MiniLM reference texts,
-1.18 on JSON tool arguments and 1.35 on Python source; CJK and Cyrillic text is over-estimated
+1.11 on LoCoMo chat turns (5th percentile per text 1.00), 1.12 on the MiniLM reference texts,
+1.18 on JSON tool arguments and 1.38 on Python source; CJK and Cyrillic text is over-estimated
 by 1.5x or so, emoji are charged 3 tokens each. ``o200k_base`` (GPT-4o and later) needs the
 same or fewer tokens for most text, so the estimate is conservative for it too.
 """
