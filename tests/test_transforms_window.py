@@ -22,7 +22,7 @@ FLAT = TokenCounter.from_message_fn(lambda _message: 10, name="flat")  # every m
 PRIMING = 3
 
 
-def sys(text: str = "You are helpful.") -> dict[str, Any]:
+def system(text: str = "You are helpful.") -> dict[str, Any]:
     return {"role": "system", "content": text}
 
 
@@ -54,7 +54,7 @@ def contents(messages: list[dict[str, Any]]) -> list[Any]:
 
 
 def test_drops_oldest_turns_first_and_keeps_system_messages() -> None:
-    messages = [sys(), user("u1"), bot("a1"), user("u2"), bot("a2"), user("u3")]
+    messages = [system(), user("u1"), bot("a1"), user("u2"), bot("a2"), user("u3")]
     window = RollingWindowTransform(max_tokens=PRIMING + 40, token_counter=FLAT)
     out, report = window.apply_with_report(messages)
     assert contents(out) == ["You are helpful.", "u2", "a2", "u3"]
@@ -68,7 +68,7 @@ def test_drops_oldest_turns_first_and_keeps_system_messages() -> None:
 
 
 def test_fits_without_dropping_returns_an_equal_copy() -> None:
-    messages = [sys(), user("u1"), bot("a1")]
+    messages = [system(), user("u1"), bot("a1")]
     out = RollingWindowTransform(max_tokens=1000, token_counter=FLAT).apply(messages)
     assert out == messages
     assert all(a is not b for a, b in zip(out, messages, strict=True))
@@ -76,7 +76,7 @@ def test_fits_without_dropping_returns_an_equal_copy() -> None:
 
 
 def test_input_is_never_mutated_and_output_is_independent() -> None:
-    messages = [sys(), user("u1"), call("c1"), result("c1"), bot("a1"), user("u2")]
+    messages = [system(), user("u1"), call("c1"), result("c1"), bot("a1"), user("u2")]
     before = copy.deepcopy(messages)
     out = RollingWindowTransform(max_tokens=PRIMING + 20, token_counter=FLAT).apply(messages)
     assert messages == before
@@ -111,7 +111,7 @@ def test_tool_call_and_its_results_go_together() -> None:
 
 def test_trailing_tool_exchange_is_kept_even_when_turns_are_not() -> None:
     loop = [user("do it"), call("a"), result("a"), call("b"), result("b"), call("c"), result("c")]
-    messages = [sys(), user("old"), bot("old answer"), *loop]
+    messages = [system(), user("old"), bot("old answer"), *loop]
     window = RollingWindowTransform(max_tokens=PRIMING + 40, keep_last_turns=0, token_counter=FLAT)
     out, report = window.apply_with_report(messages)
     # system, last user, and the final exchange are kept; middle exchanges go oldest first
@@ -124,7 +124,7 @@ def test_trailing_tool_exchange_is_kept_even_when_turns_are_not() -> None:
     out_default = RollingWindowTransform(max_tokens=PRIMING + 40, token_counter=FLAT).apply(
         messages
     )
-    assert out_default == [sys(), *loop]
+    assert out_default == [system(), *loop]
 
 
 def test_legacy_function_call_and_result_go_together() -> None:
@@ -146,7 +146,7 @@ def test_legacy_function_call_and_result_go_together() -> None:
 
 def test_never_starts_with_assistant_or_creates_adjacent_users() -> None:
     # a greeting before the first user message is a preamble turn and goes first
-    messages = [sys(), bot("Hi! How can I help?"), user("u1"), bot("a1"), user("u2")]
+    messages = [system(), bot("Hi! How can I help?"), user("u1"), bot("a1"), user("u2")]
     out = RollingWindowTransform(max_tokens=PRIMING + 40, token_counter=FLAT).apply(messages)
     assert contents(out) == ["You are helpful.", "u1", "a1", "u2"]
     out = RollingWindowTransform(max_tokens=PRIMING + 35, token_counter=FLAT).apply(messages)
@@ -160,7 +160,7 @@ def test_consecutive_user_messages_in_the_input_are_allowed() -> None:
 
 
 def test_mid_conversation_system_messages_stay_in_place() -> None:
-    messages = [user("u1"), bot("a1"), sys("note"), user("u2"), bot("a2"), user("u3")]
+    messages = [user("u1"), bot("a1"), system("note"), user("u2"), bot("a2"), user("u3")]
     out = RollingWindowTransform(max_tokens=PRIMING + 30, token_counter=FLAT).apply(messages)
     assert contents(out) == ["note", "u3"]
     out = RollingWindowTransform(max_tokens=PRIMING + 40, token_counter=FLAT).apply(messages)
@@ -177,11 +177,11 @@ def test_keep_last_turns_protects_recent_turns() -> None:
 
 def test_a_message_too_large_alone_is_kept_and_flagged(caplog: pytest.LogCaptureFixture) -> None:
     huge = "word " * 5000
-    messages = [sys("short"), user("old"), bot("old answer"), user(huge)]
+    messages = [system("short"), user("old"), bot("old answer"), user(huge)]
     window = RollingWindowTransform(max_tokens=500, token_counter=TokenCounter.estimate())
     with caplog.at_level(logging.WARNING, logger="headroom.transforms"):
         out, report = window.apply_with_report(messages)
-    assert out == [sys("short"), user(huge)]
+    assert out == [system("short"), user(huge)]
     assert report.over_budget
     assert report.oversized == (3,)
     assert report.tokens_after > 500
