@@ -39,6 +39,7 @@ from bench.locomo.retrievers import (
     Retriever,
     StoreRetriever,
 )
+from bench.locomo.scale import scale_latency
 from bench.locomo.scoring import BUDGETS, QuestionResult, score_question, summarize
 from headroom.memory.ranking import DEFAULT_CONFIG, RankConfig, rewrite_query
 
@@ -156,6 +157,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--sweep", action="store_true", help="also every hybrid setting tried")
     p.add_argument("--no-store", action="store_true", help="skip the MemoryStore end-to-end run")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument(
+        "--scale", type=int, default=10_000, help="memories of the one-user latency run (0: skip)"
+    )
     return p.parse_args(list(argv))
 
 
@@ -239,14 +243,20 @@ def main(argv: Sequence[str]) -> int:
                     )
             if store is not None:
                 store.close()
+        if args.scale and not args.quick:
+            extra["scale"] = scale_latency(embedder, load(), args.scale)
         embedder.save()
     conv_tokens = {c.sample_id: count(c.full_text()) for c in convs}
     print(f"LoCoMo evidence retrieval, split={args.split} ({', '.join(ids)}), categories 1-4")
     print(format_table(HEADERS, _headline_rows(summary)))
     for key, value in extra.items():
-        print(
-            f"{key}: p50 {value['p50']:.2f}  p99 {value['p99']:.2f}  ({value['queries']} queries)"
-        )
+        if key.startswith("store_query_latency"):
+            print(f"{key}: p50 {value['p50']:.2f}  p99 {value['p99']:.2f}  ({value['queries']} q)")
+    if "scale" in extra:
+        sc = extra["scale"]
+        print(f"one user with {sc['memories']} memories, {sc['queries']} queries (ms):")
+        rows = [[k, v["p50"], v["p99"]] for k, v in sc["ms"].items()]
+        print(format_table(["part", "p50", "p99"], rows))
     mean_conv = sum(conv_tokens.values()) / len(conv_tokens)
     print(f"whole conversation: {mean_conv:.0f} tokens on average ({counter_name})")
     rep = watch.report
