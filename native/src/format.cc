@@ -125,9 +125,9 @@ void CheckEntryShape(const EntryIn& e) {
   for (unsigned char c : e.user)
     if (c < 0x20 || c == 0x7f)
       Fail(ErrorKind::kInvalidInput, "user id must not contain control characters");
-  const bool needs_user = e.op != kConfig;
+  const bool needs_user = e.op != kConfig && e.op != kDone;  // a job id is global
   if (needs_user && e.user.empty()) Fail(ErrorKind::kInvalidInput, "user id must not be empty");
-  if (!needs_user && !e.user.empty())
+  if (e.op == kConfig && !e.user.empty())
     Fail(ErrorKind::kInvalidInput, "a CONFIG entry has an empty user id");
   const bool needs_id = e.op != kClear && e.op != kPurge;
   if (needs_id && e.id.empty())
