@@ -242,6 +242,21 @@ def test_deep_nesting_does_not_raise() -> None:
         assert parsed.ops.is_empty()
 
 
+def test_large_garbage_never_raises() -> None:
+    garbage = [
+        "<" * 100_000 + "<memory/>x",
+        "<memory" * 20_000,
+        "</memory" + " " * 100_000,
+        "<memory>" + "{" * 50_000 + "</memory>",
+        ("<m \n" * 25_000) + "<memory>{}</memory>",
+        "<memory>" + "'" * 100_000 + "</memory>",
+    ]
+    for text in garbage:
+        parsed = parse_answer(text)
+        assert "<memory" not in parsed.text.lower()
+        assert parsed.ops.is_empty()
+
+
 def test_non_text_input_never_raises() -> None:
     for value in (None, 3, b"<memory>{}</memory>", ["x"]):
         parsed = parse_answer(value)  # type: ignore[arg-type]

@@ -204,14 +204,14 @@ def strip_debris(text: str) -> str:
     """``text`` without its trailing run of white space and tag fragments (``<``, ``<mem``,
     ``</memory`` ...), the part that removing a token right after it must take along: else
     joining the text on both sides of a removed element could spell a tag again."""
-    end = len(text)
+    end = len(text.rstrip(WHITESPACE))
     while True:
-        trimmed = text[:end].rstrip(WHITESPACE)
-        end = len(trimmed)
-        at = trimmed.rfind("<")
-        if at < 0 or not _FRAGMENT.fullmatch(trimmed, at):
-            return trimmed
+        at = text.rfind("<", 0, end)
+        if at < 0 or _FRAGMENT.fullmatch(text, at, end) is None:
+            return text[:end]
         end = at
+        while end > 0 and text[end - 1] in WHITESPACE:
+            end -= 1
 
 
 def ends_with_fragment(text: str) -> bool:
