@@ -463,6 +463,12 @@ def _hashable(key: object) -> object:
     return key
 
 
+def _brief(value: object) -> str:
+    """``repr(value)`` cut to 60 characters: problems are logged, model output can be huge."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 # --- from decoded JSON to ops --------------------------------------------------------------
 
 _TEXT_KEYS = ("text", "content", "memory")
@@ -478,7 +484,7 @@ def _ops_from_json(raw: object, problems: list[str]) -> MemoryOps:
     for key, value in raw.items():
         name = key.strip().lower() if isinstance(key, str) else None
         if name not in _SECTIONS:
-            problems.append(f"unknown key {key!r} in memory block ignored")
+            problems.append(f"unknown key {_brief(key)} in memory block ignored")
             continue
         if value is None:
             continue
@@ -492,7 +498,7 @@ def _ops_from_json(raw: object, problems: list[str]) -> MemoryOps:
         if isinstance(ident, str) and ident.strip():
             deletes.append(ident)
         else:
-            problems.append(f"delete of {item!r} dropped: not an id")
+            problems.append(f"delete of {_brief(item)} dropped: not an id")
     return MemoryOps(tuple(adds), tuple(updates), tuple(deletes))
 
 
@@ -519,14 +525,14 @@ def _category(value: object, default: Category | None, problems: list[str]) -> C
             name = name[:-1]
         if name in CATEGORIES:
             return name
-    problems.append(f"unknown category {value!r} replaced by {default!r}")
+    problems.append(f"unknown category {_brief(value)} replaced by {_brief(default)}")
     return default
 
 
 def _new_memory(item: object, problems: list[str]) -> NewMemory | None:
     text = _item_text(item)
     if not _usable(text) or not isinstance(text, str):
-        problems.append(f"add of {item!r} dropped: no text")
+        problems.append(f"add of {_brief(item)} dropped: no text")
         return None
     raw_category = item.get("category") if isinstance(item, dict) else None
     category = _category(raw_category, "fact", problems) or "fact"
@@ -539,14 +545,14 @@ def _new_memory(item: object, problems: list[str]) -> NewMemory | None:
 
 def _update(item: object, problems: list[str]) -> MemoryUpdate | None:
     if not isinstance(item, dict):
-        problems.append(f"update of {item!r} dropped: not an object")
+        problems.append(f"update of {_brief(item)} dropped: not an object")
         return None
     ident, text = item.get("id"), _item_text(item)
     if not isinstance(ident, str) or not ident.strip():
-        problems.append(f"update of {item!r} dropped: no id")
+        problems.append(f"update of {_brief(item)} dropped: no id")
         return None
     if not _usable(text) or not isinstance(text, str):
-        problems.append(f"update of {ident!r} dropped: no text")
+        problems.append(f"update of {_brief(ident)} dropped: no text")
         return None
     category = _category(item.get("category"), None, problems)
     try:
@@ -596,10 +602,10 @@ def validate_ops(
         ident = resolve(u.id)
         text = _normalise(u.text, max_text_chars, problems)
         if ident is None:
-            problems.append(f"update of unknown id {u.id!r} dropped")
+            problems.append(f"update of unknown id {_brief(u.id)} dropped")
         elif text is not None:
             if ident in updates:
-                problems.append(f"second update of {ident!r} dropped")
+                problems.append(f"second update of {_brief(ident)} dropped")
             else:
                 updates[ident] = MemoryUpdate(ident, text, u.category)
 
@@ -607,9 +613,9 @@ def validate_ops(
     for raw_id in ops.delete:
         ident = resolve(raw_id)
         if ident is None:
-            problems.append(f"delete of unknown id {raw_id!r} dropped")
+            problems.append(f"delete of unknown id {_brief(raw_id)} dropped")
         elif ident in updates:
-            problems.append(f"delete of {ident!r} dropped: the same block updates it")
+            problems.append(f"delete of {_brief(ident)} dropped: the same block updates it")
         elif ident not in deletes:
             deletes[ident] = None
 
@@ -620,7 +626,7 @@ def validate_ops(
         if text is None:
             continue
         if text.casefold() in seen:
-            problems.append(f"duplicate add {text!r} dropped")
+            problems.append(f"duplicate add {_brief(text)} dropped")
             continue
         seen.add(text.casefold())
         adds.append(NewMemory(text, m.category))
