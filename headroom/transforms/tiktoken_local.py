@@ -21,6 +21,7 @@ directory is cleared between runs).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -82,8 +83,8 @@ def load_local_encoding(name: str) -> Callable[[str], int] | None:
     """
     if cached_encoding_file(name) is None:
         return None
-    try:
-        import tiktoken
+    try:  # imported by name: tiktoken is optional, and type checking must pass without it
+        tiktoken = importlib.import_module("tiktoken")
     except ImportError:
         return None
     try:
