@@ -8,14 +8,18 @@ real MiniLM is tested in test_pipeline_minilm.py.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai_server import Reply, ScriptedServer, memory_reply
 from store_helpers import HashEmbedder
 
@@ -544,3 +548,80 @@ def test_bad_arguments_raise_typed_errors(server: ScriptedServer, tmp_path: Path
         wrap(sync_client(server), tmp_path, top_kk=3)
     with pytest.raises(InvalidInputError):
         wrap(object(), tmp_path)
+
+
+class _TinyStream:
+    """A stream object of another SDK: iterable and closeable, no SDK internals."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+        self.closed = False
+
+    def __iter__(self) -> Iterator[ChatCompletionChunk]:
+        for raw in self._response:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            yield ChatCompletionChunk.model_validate(json.loads(line[6:]))
+
+    def close(self) -> None:
+        self.closed = True
+        self._response.close()
+
+
+class _TinyCompletions:
+    def __init__(self, base_url: str) -> None:
+        self._base_url = base_url
+
+    def create(self, **kwargs: Any) -> Any:
+        request = urllib.request.Request(
+            f"{self._base_url}/chat/completions",
+            data=json.dumps(kwargs).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        response = urllib.request.urlopen(request)
+        if kwargs.get("stream"):
+            return _TinyStream(response)
+        with response:
+            return ChatCompletion.model_validate(json.loads(response.read()))
+
+
+class TinyClient:
+    """An OpenAI-shaped client that is not the openai SDK (as Groq or Together are)."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.chat = SimpleNamespace(completions=_TinyCompletions(base_url))
+
+    def copy(self, **options: Any) -> TinyClient:
+        return TinyClient(options.get("base_url", self.base_url))
+
+
+def test_any_client_of_the_same_shape(server: ScriptedServer, tmp_path: Path) -> None:
+    client = wrap(TinyClient(server.base_url), tmp_path)
+    client.memory.add("User prefers Python")
+    server.push(memory_reply("plain", "User one"), memory_reply("streamed", "User two"))
+    result = client.chat.completions.create(model="m", messages=USER_MESSAGES)
+    assert result.choices[0].message.content == "plain"
+    stream = client.chat.completions.create(model="m", messages=USER_MESSAGES, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == "streamed"
+    stream.close()
+    assert client.flush(timeout=30)
+    assert texts_of(client) == {"User prefers Python", "User one", "User two"}
+    assert all("User prefers Python" in injected_text(b) for b in server.chat_requests())
+
+
+def test_stream_abandoned_without_close_finalises_at_collection(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    options: dict[str, Any] = {}
+    events = _events(options)
+    client = wrap(sync_client(server), tmp_path, **options)
+    server.push(LONG)
+    stream = client.chat.completions.create(model="m", messages=USER_MESSAGES, stream=True)
+    for _ in stream:
+        break
+    del stream
+    gc.collect()
+    assert client.flush(timeout=30)
+    assert len(events) == 1 and events[0].streamed
