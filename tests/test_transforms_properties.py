@@ -36,7 +36,7 @@ def user_message(draw: st.DrawFn) -> Message:
     if draw(st.booleans()):
         return {"role": "user", "content": draw(text)}
     parts: list[dict[str, Any]] = [{"type": "text", "text": draw(text)}]
-    for _ in range(draw(st.integers(0, 2))):
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2]))):
         detail = draw(st.sampled_from(["low", "high", "auto"]))
         parts.append(
             {"type": "image_url", "image_url": {"url": "https://e/x.png", "detail": detail}}
@@ -67,7 +67,9 @@ def function_exchange(draw: st.DrawFn) -> list[Message]:
 
 
 @st.composite
-def conversations(draw: st.DrawFn) -> list[Message]:
+def conversations(draw: st.DrawFn, agent_loop: bool = False) -> list[Message]:
+    """A conversation; with ``agent_loop`` its last turn is a user message followed by 2-6
+    tool exchanges and answers (and maybe a final answer)."""
     ids = itertools.count()
     messages: list[Message] = []
     for _ in range(draw(st.integers(0, 2))):
@@ -87,6 +89,12 @@ def conversations(draw: st.DrawFn) -> list[Message]:
                 messages.extend(draw(tool_exchange(ids)))
             else:
                 messages.extend(draw(function_exchange()))
+    if agent_loop:
+        messages.append(draw(user_message()))
+        for _ in range(draw(st.integers(2, 6))):
+            messages.extend(draw(tool_exchange(ids)))
+            if draw(st.integers(0, 3)) == 0:
+                messages.append({"role": "assistant", "content": draw(text)})
     return messages
 
 
@@ -178,14 +186,19 @@ def check_valid_window(
 
 @given(
     conversations(),
-    st.integers(1, 600),
+    st.one_of(st.integers(1, 600), st.floats(0.05, 1.2)),
     st.integers(0, 3),
     st.sampled_from(COUNTERS),
 )
 @SETTINGS
 def test_window_output_is_a_valid_budgeted_subsequence(
-    messages: list[Message], max_tokens: int, keep_last_turns: int, counter: TokenCounter
+    messages: list[Message], budget: int | float, keep_last_turns: int, counter: TokenCounter
 ) -> None:
+    """``budget``: tokens, or (a float) a share of what the whole conversation costs."""
+    if isinstance(budget, float):
+        max_tokens = max(1, int(budget * counter.count_messages(messages)))
+    else:
+        max_tokens = budget
     before = copy.deepcopy(messages)
     window = RollingWindowTransform(
         max_tokens=max_tokens, keep_last_turns=keep_last_turns, token_counter=counter
@@ -193,6 +206,25 @@ def test_window_output_is_a_valid_budgeted_subsequence(
     out = window.apply(messages)
     assert messages == before
     check_valid_window(messages, window, out)
+
+
+@given(conversations(agent_loop=True), st.floats(0.05, 1.0))
+@SETTINGS
+def test_agent_loops_lose_their_oldest_exchanges_first(
+    messages: list[Message], share: float
+) -> None:
+    counter = TokenCounter.estimate()
+    max_tokens = max(1, int(share * counter.count_messages(messages)))
+    window = RollingWindowTransform(max_tokens=max_tokens, keep_last_turns=0, token_counter=counter)
+    out = window.apply(messages)
+    check_valid_window(messages, window, out)
+    report = window.last_report
+    assert report is not None
+    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    inside = [i for i in report.dropped if i > last_user]
+    if inside:  # the loop was cut: every older turn went first, and the oldest exchanges
+        assert all(i in report.dropped for i in range(last_user) if not _is_pinned(messages[i]))
+        assert inside == list(range(last_user + 1, last_user + 1 + len(inside)))
 
 
 @given(conversations(), st.integers(1, 400), st.integers(0, 400), st.integers(0, 2))
