@@ -625,3 +625,33 @@ def test_stream_abandoned_without_close_finalises_at_collection(
     gc.collect()
     assert client.flush(timeout=30)
     assert len(events) == 1 and events[0].streamed
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def test_hostile_memories_stay_quoted_data_end_to_end(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    from test_injection import HOSTILE  # the 50+ hostile texts of the injection tests
+
+    storable = [t for t in HOSTILE if t.strip() and _utf8(t)]  # the store refuses the rest
+    assert len(storable) >= 50
+    client = wrap(sync_client(server), tmp_path, top_k=len(storable), max_tokens=100_000)
+    stored = {client.memory.add(text).text for text in storable}
+    server.push("fine")
+    client.chat.completions.create(model="m", messages=USER_MESSAGES)
+    messages = server.chat_requests()[-1]["messages"]
+    # Exactly one extra message besides the instruction, and the caller's own are intact.
+    assert len(messages) == len(USER_MESSAGES) + 2
+    injected = str(messages[-2]["content"])
+    assert injected.count("<memories>") == 1 and injected.count("</memories>") == 1
+    body = injected.split("<memories>\n", 1)[1].rsplit("\n</memories>", 1)[0]
+    notes = [json.loads(line) for line in body.split("\n")]
+    assert {n["text"] for n in notes} == stored
+    assert all(n["id"] == f"m{i + 1}" for i, n in enumerate(notes))
