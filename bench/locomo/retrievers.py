@@ -9,6 +9,8 @@ vectors come from the (cached) embedder, so ``rank`` timings exclude embedding e
 - :class:`DenseRetriever`: exact cosine over MiniLM vectors (the plain dense baseline).
 - :class:`HybridRetriever`: dense top-``pool`` plus lexical top-``pool``, reordered by
   :func:`headroom.memory.ranking.rerank`; exactly what the store can do on its candidate set.
+- :class:`StoreHybridRetriever`: the hybrid recipe over the store's own search, get_all and
+  get (until ``MemoryStore.search`` runs it inside).
 - :class:`StoreRetriever`: memories ingested with ``MemoryStore.add_many`` (dia_ids, speaker and
   session in metadata, the session date as ``created_at``) and queried with
   ``MemoryStore.search``, the same call the wrapper makes for injection.
@@ -164,6 +166,11 @@ class StoreRetriever:
         self.store.add_many(user, items, source="import", dedup=False)
         self._user = user
 
+    @property
+    def user(self) -> str:
+        """The user id of the conversation last fitted."""
+        return self._user
+
     def rank(self, question: str, depth: int) -> list[int]:
         hits = self.store.search(self._user, question, top_k=depth)
         return [int(m.metadata["unit"]) for m, _ in hits]
@@ -171,3 +178,36 @@ class StoreRetriever:
     def close(self) -> None:
         """Close the store (flushes and releases its files)."""
         self.store.close()
+
+
+class StoreHybridRetriever:
+    """The hybrid recipe on top of the public store API (what ``store.search`` can do inside).
+
+    Dense candidates come from ``MemoryStore.search(user, query, top_k=pool)``; a
+    :class:`LexicalIndex` is built from ``get_all(user)`` at ``fit``; lexical-only candidates are
+    read with ``get``; :func:`rerank` orders the union with the tuned default config.
+    """
+
+    name = "store + hybrid"
+
+    def __init__(self, store: StoreRetriever, pool: int = 50) -> None:
+        self.inner = store
+        self.pool = pool
+        self._lexical = LexicalIndex()
+
+    def fit(self, user: str, units: Sequence[Unit]) -> None:
+        self.inner.fit(user, units)
+        self._lexical = LexicalIndex()
+        self._lexical.add_many((m.id, m.text) for m in self.inner.store.get_all(user))
+
+    def rank(self, question: str, depth: int) -> list[int]:
+        store, user = self.inner.store, self.inner.user
+        hits = store.search(user, question, top_k=self.pool)
+        memories = {m.id: m for m, _ in hits}
+        cands = [Candidate(m.id, m.text, score, m.created_at) for m, score in hits]
+        for key, _ in self._lexical.top(question, self.pool):
+            if key not in memories and (m := store.get(user, key)) is not None:
+                memories[key] = m
+                cands.append(Candidate(key, m.text, None, m.created_at))
+        order = rerank(question, cands, self._lexical)
+        return [int(memories[cands[i].key].metadata["unit"]) for i, _ in order[:depth]]
