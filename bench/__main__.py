@@ -8,6 +8,7 @@ suite whose module (or optional dependency) is missing never breaks the others.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -21,8 +22,19 @@ SUITES: dict[str, str] = {
 }
 
 
+def _available(module: str) -> bool:
+    """True when the suite's module exists in this checkout (found without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def _usage() -> str:
-    names = "\n".join(f"  {name:10s} {module}" for name, module in SUITES.items())
+    names = "\n".join(
+        f"  {name:10s} {module}{'' if _available(module) else '  (not in this checkout)'}"
+        for name, module in SUITES.items()
+    )
     return (
         f"usage: python -m bench SUITE [options]   (SUITE --help for its options)\nsuites:\n{names}"
     )

@@ -13,14 +13,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # bench/ runs from a checkout; it is not an installed package
-    sys.path.insert(0, str(REPO))
-
-from bench.common import CpuWatch, median_of_runs, percentiles  # noqa: E402
-from bench.locomo import data, metrics  # noqa: E402
-from headroom.memory.errors import InvalidInputError, InvalidTypeError  # noqa: E402
-from headroom.memory.ranking import (  # noqa: E402
+from bench.common import CpuWatch, median_of_runs, percentiles
+from bench.locomo import data, metrics
+from headroom.memory.errors import InvalidInputError, InvalidTypeError
+from headroom.memory.ranking import (
     Candidate,
     LexicalIndex,
     RankConfig,
@@ -33,6 +29,7 @@ from headroom.memory.ranking import (  # noqa: E402
     tokenize,
 )
 
+REPO = Path(__file__).resolve().parent.parent
 needs_data = pytest.mark.needs_data
 
 
