@@ -23,21 +23,36 @@ def vec(*values: float) -> np.ndarray:
     return np.array(values, dtype=np.float32)
 
 
-def add(user: str, mid: str, text: str, v: np.ndarray | None = None, category: int = 2,
-        created_at: int = 0, meta: str = "{}", source: int = 2, model: str = "test-model"
-        ) -> tuple[object, ...]:
+def add(
+    user: str,
+    mid: str,
+    text: str,
+    v: np.ndarray | None = None,
+    category: int = 2,
+    created_at: int = 0,
+    meta: str = "{}",
+    source: int = 2,
+    model: str = "test-model",
+) -> tuple[object, ...]:
     """An ADD entry tuple."""
     return (N.ADD, user, mid, category, source, created_at, text, meta, model, v)
 
 
-def update(user: str, mid: str, text: str, v: np.ndarray | None = None, category: int = 0
-           ) -> tuple[object, ...]:
+def update(
+    user: str, mid: str, text: str, v: np.ndarray | None = None, category: int = 0
+) -> tuple[object, ...]:
     """An UPDATE entry tuple (category 0 keeps the old one)."""
     return (N.UPDATE, user, mid, category, 0, 0, text, "", "test-model", v)
 
 
-def op(code: int, user: str = "", mid: str = "", text: str = "", created_at: int = 0,
-       v: np.ndarray | None = None) -> tuple[object, ...]:
+def op(
+    code: int,
+    user: str = "",
+    mid: str = "",
+    text: str = "",
+    created_at: int = 0,
+    v: np.ndarray | None = None,
+) -> tuple[object, ...]:
     """Any other entry tuple."""
     return (code, user, mid, 0, 0, created_at, text, "", "test-model" if v is not None else "", v)
 
@@ -149,9 +164,20 @@ def decode_payload(p: bytes) -> list[dict[str, object]]:
             off += 4 * dim
         user, mid, text, meta, model = fields
         out.append(
-            {"seq": seq, "ts": ts, "created_at": created, "op": opc, "category": cat,
-             "source": src, "user": user, "id": mid, "text": text, "metadata": meta,
-             "model": model, "vector": vector}
+            {
+                "seq": seq,
+                "ts": ts,
+                "created_at": created,
+                "op": opc,
+                "category": cat,
+                "source": src,
+                "user": user,
+                "id": mid,
+                "text": text,
+                "metadata": meta,
+                "model": model,
+                "vector": vector,
+            }
         )
     if off != len(p):
         raise ValueError("trailing bytes in payload")
@@ -166,7 +192,9 @@ def frames(path: Path) -> Iterator[Frame]:
     while pos + FRAME_HEADER <= len(data):
         magic, length, ftype, stored = struct.unpack_from("<IIBI", data, pos)
         ok = (
-            magic == SYNC_MAGIC and ftype == 1 and 4 <= length <= 64 << 20
+            magic == SYNC_MAGIC
+            and ftype == 1
+            and 4 <= length <= 64 << 20
             and pos + FRAME_HEADER + length <= len(data)
         )
         if ok:

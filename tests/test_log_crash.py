@@ -32,8 +32,9 @@ def _child(db: Path, name: str, sync: str, fd: int) -> None:
         batch: list[tuple[object, ...]] = []
         for j in range(k):
             v = rng.standard_normal(8).astype(np.float32)
-            batch.append((N.ADD, name, f"{name}-{n + j}", 1, 2, n + j, f"text {name} {n + j}",
-                          "{}", "m", v))
+            batch.append(
+                (N.ADD, name, f"{name}-{n + j}", 1, 2, n + j, f"text {name} {n + j}", "{}", "m", v)
+            )
         if n >= 3 and n % 5 == 0:  # now and then an update of an acknowledged memory
             batch.append((N.UPDATE, name, f"{name}-{n - 3}", 0, 0, 0, "updated", "", "m", None))
         log.append(batch)

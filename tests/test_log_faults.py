@@ -26,8 +26,10 @@ def reopen_ids(db: Path) -> tuple[list[str], dict[str, int]]:
 
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO])
-@pytest.mark.parametrize(("fault", "sync"), [("write", "always"), ("write", "interval"),
-                                             ("write", "off"), ("fsync", "always")])
+@pytest.mark.parametrize(
+    ("fault", "sync"),
+    [("write", "always"), ("write", "interval"), ("write", "off"), ("fsync", "always")],
+)
 def test_failed_write_or_fsync(tmp_path: Path, fault: str, sync: str, err: int) -> None:
     db = tmp_path / "db"
     log = N.Log(str(db), sync=sync)
@@ -45,8 +47,10 @@ def test_failed_write_or_fsync(tmp_path: Path, fault: str, sync: str, err: int) 
     # Reads keep working and never show the failed batch.
     assert [m["id"] for m in log.list("u")] == ["a", "b"] and log.list("v") == []
     log.close()
-    assert reopen_ids(db) == (["a", "b"], {"torn_tail_bytes": 0, "corrupt_bytes": 0,
-                                           "corrupt_records": 0, "segments": 1})
+    assert reopen_ids(db) == (
+        ["a", "b"],
+        {"torn_tail_bytes": 0, "corrupt_bytes": 0, "corrupt_records": 0, "segments": 1},
+    )
 
 
 def test_failed_write_whose_cleanup_fails_leaves_a_torn_tail(tmp_path: Path) -> None:

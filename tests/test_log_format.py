@@ -45,8 +45,15 @@ def test_add_get_list_and_reopen(db: Path) -> None:
         seqs = log.append(
             [
                 add("alice", "m1", "likes python", vec(1, 0, 0), category=1, created_at=10),
-                add("alice", "m2", "works at acme", vec(0, 1, 0), category=2, created_at=20,
-                    meta='{"k": 1}'),
+                add(
+                    "alice",
+                    "m2",
+                    "works at acme",
+                    vec(0, 1, 0),
+                    category=2,
+                    created_at=20,
+                    meta='{"k": 1}',
+                ),
                 add("bob", "m1", "bob's own m1", vec(0, 0, 1), created_at=5),
             ]
         )
@@ -56,9 +63,19 @@ def test_add_get_list_and_reopen(db: Path) -> None:
     m = log.get("alice", "m2")
     assert m is not None
     assert (m["id"], m["user"], m["text"], m["category"], m["source"]) == (
-        "m2", "alice", "works at acme", 2, 2)
+        "m2",
+        "alice",
+        "works at acme",
+        2,
+        2,
+    )
     assert (m["created_at"], m["metadata"], m["model"], m["seq"], m["version"]) == (
-        20, '{"k": 1}', "test-model", 2, 1)
+        20,
+        '{"k": 1}',
+        "test-model",
+        2,
+        1,
+    )
     assert m["updated_at"] > 0
     assert [x["id"] for x in log.list("alice")] == ["m1", "m2"]
     assert [x["text"] for x in log.list("bob")] == ["bob's own m1"]
@@ -66,19 +83,33 @@ def test_add_get_list_and_reopen(db: Path) -> None:
     assert log.count("alice") == 2 and log.count("carol") == 0
     assert log.users() == ["alice", "bob"]
     assert log.user_seq("alice") == 2 and log.user_seq("bob") == 3 and log.user_seq("x") == 0
-    assert log.recovery == {"torn_tail_bytes": 0, "corrupt_bytes": 0, "corrupt_records": 0,
-                            "segments": 1}
+    assert log.recovery == {
+        "torn_tail_bytes": 0,
+        "corrupt_bytes": 0,
+        "corrupt_records": 0,
+        "segments": 1,
+    }
     log.close()
 
 
 def test_list_filters_by_category_mask_and_time_inclusively(db: Path) -> None:
     with N.Log(str(db)) as log:
-        log.append([add("u", f"m{i}", f"t{i}", vec(1, 0), category=1 + i % 3, created_at=i)
-                    for i in range(9)])
+        log.append(
+            [
+                add("u", f"m{i}", f"t{i}", vec(1, 0), category=1 + i % 3, created_at=i)
+                for i in range(9)
+            ]
+        )
         assert [x["id"] for x in log.list("u", categories=1 << 1)] == ["m0", "m3", "m6"]
         both = (1 << 2) | (1 << 3)
         assert [x["id"] for x in log.list("u", categories=both)] == [
-            "m1", "m2", "m4", "m5", "m7", "m8"]
+            "m1",
+            "m2",
+            "m4",
+            "m5",
+            "m7",
+            "m8",
+        ]
         assert [x["id"] for x in log.list("u", t_min=3, t_max=5)] == ["m3", "m4", "m5"]
 
 
@@ -90,10 +121,18 @@ def test_update_keeps_history_and_relabels(db: Path) -> None:
         m = log.get("u", "m")
         assert m is not None
         assert (m["text"], m["category"], m["version"], m["seq"], m["created_at"]) == (
-            "v3", 3, 3, 3, 7)
+            "v3",
+            3,
+            3,
+            3,
+            7,
+        )
         hist = log.history("u", "m")
         assert [(h["op"], h["text"], h["version"]) for h in hist] == [
-            ("ADD", "v1", 1), ("UPDATE", "v2", 2), ("UPDATE", "v3", 3)]
+            ("ADD", "v1", 1),
+            ("UPDATE", "v2", 2),
+            ("UPDATE", "v3", 3),
+        ]
         labels, vecs = log.vectors("u")
         assert labels.tolist() == [3] and vecs.tolist() == [[0.0, 1.0]]
         removed, added, avecs = log.changes("u", 1)
@@ -128,8 +167,13 @@ def test_delete_clear_and_tombstones_in_history(db: Path) -> None:
 
 def test_purge_memory_and_user_and_their_jobs(db: Path) -> None:
     with N.Log(str(db)) as log:
-        log.append([add("u", "m1", "a", vec(1.0)), add("u", "m2", "b", vec(1.0)),
-                    add("v", "m1", "c", vec(1.0))])
+        log.append(
+            [
+                add("u", "m1", "a", vec(1.0)),
+                add("u", "m2", "b", vec(1.0)),
+                add("v", "m1", "c", vec(1.0)),
+            ]
+        )
         log.append([op(N.PENDING, "u", "j1", '{"x": 1}'), op(N.PENDING, "v", "j2", "{}")])
         log.append([op(N.PURGE, "u", "m1")])
         assert log.get("u", "m1") is None and log.history("u", "m1") == []
@@ -141,13 +185,16 @@ def test_purge_memory_and_user_and_their_jobs(db: Path) -> None:
 
 def test_pending_done_and_config(db: Path) -> None:
     with N.Log(str(db)) as log:
-        log.append([op(N.PENDING, "u", "j1", '{"a": 1}', created_at=5),
-                    op(N.PENDING, "u", "j2", "{}", created_at=6)])
+        log.append(
+            [
+                op(N.PENDING, "u", "j1", '{"a": 1}', created_at=5),
+                op(N.PENDING, "u", "j2", "{}", created_at=6),
+            ]
+        )
         with pytest.raises(E.InvalidInputError, match="already pending"):
             log.append([op(N.PENDING, "u", "j1", "{}")])
         log.append([op(N.DONE, "", "j1")])
-        assert log.pending() == [{"id": "j2", "user": "u", "text": "{}", "created_at": 6,
-                                  "seq": 2}]
+        assert log.pending() == [{"id": "j2", "user": "u", "text": "{}", "created_at": 6, "seq": 2}]
         log.append([op(N.CONFIG, "", "model", '"a"')])
         log.append([op(N.CONFIG, "", "model", '"b"'), op(N.CONFIG, "", "dim", "384")])
         assert log.config() == {"model": '"b"', "dim": "384"}
@@ -171,8 +218,9 @@ def test_search_top_k_filters_and_ties(db: Path) -> None:
     rng = np.random.default_rng(1)
     data = rng.standard_normal((200, 16)).astype(np.float32)
     with N.Log(str(db)) as log:
-        log.append([add("u", f"m{i}", "t", data[i], category=1 + i % 3, created_at=i)
-                    for i in range(200)])
+        log.append(
+            [add("u", f"m{i}", "t", data[i], category=1 + i % 3, created_at=i) for i in range(200)]
+        )
         log.append([add("other", "x", "t", data[0] * 10)])
         q = rng.standard_normal(16).astype(np.float32)
         scores = data @ q
@@ -201,8 +249,11 @@ def test_search_top_k_filters_and_ties(db: Path) -> None:
         (add("u", "m", "t", vec(1, float("inf"), 0, 0)), E.InvalidVectorError, "NaN"),
         (add("u", "m", "t", np.zeros(4, dtype=np.float64)), E.InvalidVectorError, "float32"),
         (add("u", "m", "t", np.zeros((2, 2), dtype=np.float32)), E.InvalidVectorError, "1-D"),
-        (add("u", "m", "t", np.zeros(8, dtype=np.float32)[::2]), E.InvalidVectorError,
-         "contiguous"),
+        (
+            add("u", "m", "t", np.zeros(8, dtype=np.float32)[::2]),
+            E.InvalidVectorError,
+            "contiguous",
+        ),
         (add("u", "m", "t", [1.0, 2.0, 3.0, 4.0]), E.InvalidVectorError, "numpy"),
         (add("u", "m", "t", np.zeros(0, dtype=np.float32)), E.InvalidVectorError, "dim"),
         ((0, "u", "m", 1, 1, 0, "t", "", "", None), E.InvalidInputError, "op"),
@@ -256,7 +307,7 @@ def test_records_match_the_independent_reader(db: Path) -> None:
         assert len(segments(db)) > 1  # rotated
     theirs = read_store(db)
     assert len(ours) == len(theirs) == 63
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         va, vb = a.pop("vector"), b.pop("vector")
         assert a == b
         assert (va is None and vb is None) or np.array_equal(va, vb)
@@ -266,8 +317,13 @@ def test_records_match_the_independent_reader(db: Path) -> None:
 def test_segment_header_layout(db: Path) -> None:
     N.Log(str(db)).close()
     h = read_header(segments(db)[0].read_bytes())
-    assert (h.version, h.size, h.number, h.replaces, h.generation) == (N.FORMAT_VERSION, 48, 1,
-                                                                         0, 0)
+    assert (h.version, h.size, h.number, h.replaces, h.generation) == (
+        N.FORMAT_VERSION,
+        48,
+        1,
+        0,
+        0,
+    )
 
 
 def _rewrite_header(path: Path, version: int) -> None:
@@ -297,8 +353,9 @@ def test_compaction_keeps_live_history_and_seqs(db: Path) -> None:
     with N.Log(str(db)) as log:
         log.append([add("u", "a", "a1", vec(1, 0)), add("u", "b", "b1", vec(0, 1))])
         log.append([update("u", "a", "a2", vec(1, 1))])
-        log.append([op(N.DELETE, "u", "b"), op(N.PENDING, "u", "j1", "{}"),
-                    op(N.PENDING, "u", "j2", "{}")])
+        log.append(
+            [op(N.DELETE, "u", "b"), op(N.PENDING, "u", "j1", "{}"), op(N.PENDING, "u", "j2", "{}")]
+        )
         log.append([op(N.DONE, "", "j1"), op(N.CONFIG, "", "k", "1")])
         log.append([op(N.CONFIG, "", "k", "2")])
         before = [(h["op"], h["text"], h["seq"]) for h in log.history("u", "a")]

@@ -22,6 +22,7 @@ from tests._native_helpers import SYNC_MAGIC, Frame, add, frames, patch, segment
 
 MAGIC = struct.pack("<I", SYNC_MAGIC)
 IDS = ["m0", "m1", "m2", "m3"]
+Store = tuple[Path, Path, bytes, list[Frame]]
 
 
 @pytest.fixture
@@ -47,11 +48,15 @@ def survivors(db: Path) -> tuple[list[str], dict[str, int]]:
 
 
 def report(torn: int = 0, corrupt: int = 0, records: int = 0) -> dict[str, int]:
-    return {"torn_tail_bytes": torn, "corrupt_bytes": corrupt, "corrupt_records": records,
-            "segments": 1}
+    return {
+        "torn_tail_bytes": torn,
+        "corrupt_bytes": corrupt,
+        "corrupt_records": records,
+        "segments": 1,
+    }
 
 
-def test_truncation_at_every_byte_of_the_last_frame(store) -> None:  # type: ignore[no-untyped-def]
+def test_truncation_at_every_byte_of_the_last_frame(store: Store) -> None:
     db, seg, data, frs = store
     last = frs[-1]
     for cut in range(last.offset, last.end):
@@ -66,7 +71,7 @@ def test_truncation_at_every_byte_of_the_last_frame(store) -> None:  # type: ign
     assert survivors(db)[0] == [*IDS[:3], "m9"]
 
 
-def test_without_the_lock_an_incomplete_tail_is_ignored_not_truncated(store) -> None:  # type: ignore[no-untyped-def]
+def test_without_the_lock_an_incomplete_tail_is_ignored_not_truncated(store: Store) -> None:
     db, seg, data, frs = store
     seg.write_bytes(data[: frs[-1].offset + 7])
     fd = os.open(db / "LOCK", os.O_RDWR)
@@ -81,25 +86,28 @@ def test_without_the_lock_an_incomplete_tail_is_ignored_not_truncated(store) -> 
 
 
 @pytest.mark.parametrize("where", [0, 3, 4, 7, 8, 9, 12])  # magic, length, type, crc bytes
-def test_flipped_byte_in_a_middle_frame_header(store, where: int) -> None:  # type: ignore[no-untyped-def]
+def test_flipped_byte_in_a_middle_frame_header(store: Store, where: int) -> None:
     db, seg, data, frs = store
     f = frs[1]
     patch(seg, f.offset + where, bytes([data[f.offset + where] ^ 0x40]))
     magics = 0 if where < 4 else 1
-    assert survivors(db) == (["m0", "m2", "m3"], report(corrupt=f.end - f.offset,
-                                                        records=max(1, magics)))
+    assert survivors(db) == (
+        ["m0", "m2", "m3"],
+        report(corrupt=f.end - f.offset, records=max(1, magics)),
+    )
 
 
-def test_flipped_bytes_anywhere_in_a_middle_payload(store) -> None:  # type: ignore[no-untyped-def]
+def test_flipped_bytes_anywhere_in_a_middle_payload(store: Store) -> None:
     db, seg, data, frs = store
     f = frs[2]
     for pos in range(f.offset + 13, f.end, 7):
         seg.write_bytes(data[:pos] + bytes([data[pos] ^ 0x01]) + data[pos + 1 :])
-        assert survivors(db) == (["m0", "m1", "m3"], report(corrupt=f.end - f.offset,
-                                                            records=1)), pos
+        assert survivors(db) == (["m0", "m1", "m3"], report(corrupt=f.end - f.offset, records=1)), (
+            pos
+        )
 
 
-def test_flipped_byte_in_the_last_frame_is_a_torn_tail(store) -> None:  # type: ignore[no-untyped-def]
+def test_flipped_byte_in_the_last_frame_is_a_torn_tail(store: Store) -> None:
     db, seg, data, frs = store
     f = frs[-1]
     patch(seg, f.offset + 40, bytes([data[f.offset + 40] ^ 0xFF]))
@@ -107,47 +115,46 @@ def test_flipped_byte_in_the_last_frame_is_a_torn_tail(store) -> None:  # type: 
 
 
 @pytest.mark.parametrize("length", [0, 1, 3, 0xFFFFFFFF, 64 << 20, (64 << 20) + 1])
-def test_bad_lengths(store, length: int) -> None:  # type: ignore[no-untyped-def]
-    db, seg, data, frs = store
+def test_bad_lengths(store: Store, length: int) -> None:
+    db, seg, _data, frs = store
     f = frs[1]
     patch(seg, f.offset + 4, struct.pack("<I", length))
     assert survivors(db) == (["m0", "m2", "m3"], report(corrupt=f.end - f.offset, records=1))
 
 
-def test_bad_length_in_the_last_frame_is_a_torn_tail(store) -> None:  # type: ignore[no-untyped-def]
-    db, seg, data, frs = store
+def test_bad_length_in_the_last_frame_is_a_torn_tail(store: Store) -> None:
+    db, seg, _data, frs = store
     f = frs[-1]
     patch(seg, f.offset + 4, struct.pack("<I", 0xFFFFFFF0))
     assert survivors(db) == (IDS[:3], report(torn=f.end - f.offset))
 
 
-def test_zeroed_region_across_frames(store) -> None:  # type: ignore[no-untyped-def]
-    db, seg, data, frs = store
+def test_zeroed_region_across_frames(store: Store) -> None:
+    db, seg, _data, frs = store
     start, end = frs[0].offset + 20, frs[2].offset + 20  # kills frames 0, 1 and 2
     patch(seg, start, bytes(end - start))
     # Frame 0's magic is intact (1 magic in the skipped region); 1 and 2 lost theirs.
     assert survivors(db) == (["m3"], report(corrupt=frs[3].offset - frs[0].offset, records=1))
 
 
-def test_zeroed_whole_frames_count_each_surviving_magic(store) -> None:  # type: ignore[no-untyped-def]
-    db, seg, data, frs = store
+def test_zeroed_whole_frames_count_each_surviving_magic(store: Store) -> None:
+    db, seg, _data, frs = store
     # Zero the payloads (not the headers) of frames 1 and 2: two magics in the region.
     for f in frs[1:3]:
         patch(seg, f.offset + 13, bytes(f.length))
-    assert survivors(db) == (["m0", "m3"], report(corrupt=frs[3].offset - frs[1].offset,
-                                                  records=2))
+    assert survivors(db) == (["m0", "m3"], report(corrupt=frs[3].offset - frs[1].offset, records=2))
 
 
-def test_zeroed_tail_is_torn(store) -> None:  # type: ignore[no-untyped-def]
-    db, seg, data, frs = store
+def test_zeroed_tail_is_torn(store: Store) -> None:
+    db, seg, data, _frs = store
     with open(seg, "ab") as fh:
         fh.write(bytes(4096))  # a crash after the file grew but before data reached it
     assert survivors(db) == (IDS, report(torn=4096))
     assert seg.stat().st_size == len(data)
 
 
-def test_garbage_appended_is_torn_and_removed(store) -> None:  # type: ignore[no-untyped-def]
-    db, seg, data, frs = store
+def test_garbage_appended_is_torn_and_removed(store: Store) -> None:
+    db, seg, data, _frs = store
     garbage = random.Random(7).randbytes(333) + MAGIC + b"\x10\x00\x00\x00\x01junk"
     with open(seg, "ab") as fh:
         fh.write(garbage)
@@ -155,7 +162,7 @@ def test_garbage_appended_is_torn_and_removed(store) -> None:  # type: ignore[no
     assert seg.read_bytes() == data
 
 
-def test_garbage_in_the_middle_is_skipped(store) -> None:  # type: ignore[no-untyped-def]
+def test_garbage_in_the_middle_is_skipped(store: Store) -> None:
     db, seg, data, frs = store
     garbage = random.Random(3).randbytes(500).replace(MAGIC, b"xxxx")
     seg.write_bytes(data[: frs[2].offset] + garbage + data[frs[2].offset :])
@@ -176,27 +183,31 @@ def test_damage_in_an_earlier_segment(tmp_path: Path) -> None:
     with N.Log(str(db)) as log:
         ids = [m["id"] for m in log.list("u")]
         assert ids == [f"m{k}" for k in range(i) if k != 3]
-        assert log.recovery == {"torn_tail_bytes": 0, "corrupt_bytes": f.end - f.offset,
-                                "corrupt_records": 1, "segments": 2}
+        assert log.recovery == {
+            "torn_tail_bytes": 0,
+            "corrupt_bytes": f.end - f.offset,
+            "corrupt_records": 1,
+            "segments": 2,
+        }
 
 
 @pytest.mark.parametrize("size", [0, 10, 47])
-def test_a_short_segment_header_is_a_corruption_error(store, size: int) -> None:  # type: ignore[no-untyped-def]
-    db, seg, data, frs = store
+def test_a_short_segment_header_is_a_corruption_error(store: Store, size: int) -> None:
+    db, seg, data, _frs = store
     seg.write_bytes(data[:size])
     with pytest.raises(E.StoreCorruptionError):
         N.Log(str(db))
 
 
-def test_bad_magic_is_a_corruption_error(store) -> None:  # type: ignore[no-untyped-def]
-    db, seg, data, frs = store
+def test_bad_magic_is_a_corruption_error(store: Store) -> None:
+    db, seg, _data, _frs = store
     patch(seg, 0, b"NOTALOG!")
     with pytest.raises(E.StoreCorruptionError, match="segment header"):
         N.Log(str(db))
 
 
-def test_random_damage_never_crashes_and_never_invents_data(store) -> None:  # type: ignore[no-untyped-def]
-    db, seg, data, frs = store
+def test_random_damage_never_crashes_and_never_invents_data(store: Store) -> None:
+    db, seg, data, _frs = store
     rng = random.Random(12345)
     for _ in range(300):
         buf = bytearray(data)
