@@ -15,7 +15,8 @@ Contract:
   ``Reply.stream_error_after=k`` sends k content chunks and then an error event (the SDK
   raises ``APIError`` while iterating).
 - ``POST /v1/embeddings`` answers with deterministic unit vectors (a hash of each input) of
-  ``embedding_dim`` dimensions.
+  the request's ``dimensions``, else the model's real size (``MODEL_DIMS``), else
+  ``embedding_dim``.
 - Every request body is recorded (``requests``: list of ``(path, body)``), in arrival order,
   before it is answered. Thread-safe.
 """
@@ -64,6 +65,14 @@ class Reply:
         if self.chunks is not None and self.choices is None:
             return list(self.chunks)
         return [text[i : i + 7] for i in range(0, len(text), 7)] or [""]
+
+
+#: Vector sizes of the OpenAI embedding models; other names get ``embedding_dim``.
+MODEL_DIMS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
 
 
 def fake_embedding(text: str, dim: int) -> list[float]:
@@ -191,12 +200,10 @@ class ScriptedServer:
     def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         inputs = body.get("input")
         texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        model = str(body.get("model", ""))
+        dim = int(body.get("dimensions") or MODEL_DIMS.get(model, self.embedding_dim))
         data = [
-            {
-                "object": "embedding",
-                "index": i,
-                "embedding": fake_embedding(str(t), self.embedding_dim),
-            }
+            {"object": "embedding", "index": i, "embedding": fake_embedding(str(t), dim)}
             for i, t in enumerate(texts)
         ]
         usage = {"prompt_tokens": len(texts), "total_tokens": len(texts)}

@@ -655,3 +655,34 @@ def test_hostile_memories_stay_quoted_data_end_to_end(
     notes = [json.loads(line) for line in body.split("\n")]
     assert {n["text"] for n in notes} == stored
     assert all(n["id"] == f"m{i + 1}" for i, n in enumerate(notes))
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_api_embeddings_go_through_the_wrapped_client(
+    server: ScriptedServer, tmp_path: Path, is_async: bool
+) -> None:
+    base = async_client(server) if is_async else sync_client(server)
+    client = with_fast_memory(
+        base,
+        user_id="alice",
+        db_path=tmp_path / "memory.db",
+        use_local_embeddings=False,
+        min_score=-1.0,
+    )
+    facade = client.memory.sync if is_async else client.memory
+    facade.add("User prefers Python")
+    server.push("ok")
+
+    async def run() -> None:
+        if is_async:
+            await client.chat.completions.create(model="m", messages=USER_MESSAGES)
+        else:
+            client.chat.completions.create(model="m", messages=USER_MESSAGES)
+
+    asyncio.run(run())
+    embedded = [body for path, body in server.requests if path.endswith("/embeddings")]
+    assert {body["model"] for body in embedded} == {"text-embedding-3-small"}
+    inputs = [body["input"] for body in embedded]
+    assert any("User prefers Python" in str(i) for i in inputs)
+    assert any("What language should I use?" in str(i) for i in inputs)
+    assert "User prefers Python" in injected_text(server.chat_requests()[-1])
