@@ -62,3 +62,24 @@ def test_four_processes_two_thousand_adds_each(tmp_path: Path) -> None:
             m = log.get("shared", f"p{i}-1998")
             assert m is not None and m["text"] == f"p{i} says 1998"
         assert log.recovery["corrupt_bytes"] == 0 and log.stats()["entries"] == PROCS * ADDS
+
+
+def test_a_reader_follows_rotation_and_another_handles_compaction(tmp_path: Path) -> None:
+    # Two Log objects have separate open file descriptions, so they lock and read exactly as
+    # two processes do.
+    db = str(tmp_path / "db")
+    a = N.Log(db, segment_bytes=4096)
+    b = N.Log(db, segment_bytes=4096)
+    v = np.ones(4, dtype=np.float32)
+    for n in range(200):  # many rotations
+        a.append([(N.ADD, "u", f"m{n}", 1, 1, n, f"t{n}", "{}", "m", v)])
+    assert b.count("u") == 200 and b.stats()["segments"] == a.stats()["segments"] > 3
+    a.append([(N.DELETE, "u", f"m{n}", 0, 0, 0, "", "", "", None) for n in range(100)])
+    assert b.count("u") == 100 and b.generation == 0
+    a.compact()
+    assert b.generation == 1 and b.stats()["segments"] == 1
+    assert [m["id"] for m in b.list("u")] == [f"m{n}" for n in range(100, 200)]
+    assert b.append([(N.ADD, "u", "after", 1, 1, 0, "t", "{}", "m", v)]) == [301]
+    assert a.get("u", "after") is not None and a.last_seq == 301
+    a.close()
+    b.close()
