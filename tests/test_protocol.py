@@ -149,6 +149,31 @@ def test_white_space_around_blocks() -> None:
     assert clean_text("A\n\n<memory>{}</memory>\n\nB") == "A\n\nB"
 
 
+def test_code_fence_around_the_final_block_goes_with_it() -> None:
+    fenced = f"Answer.\n\n```json\n<memory>{ADD}</memory>\n```\n"
+    parsed = parse_answer(fenced)
+    assert parsed.text == "Answer."
+    assert parsed.ops == MemoryOps(add=(PY,))
+    assert clean_text("```\n<memory>{}</memory>\n```") == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        # a code block that closes right before the block keeps its fences
+        ("See:\n```py\nx = 1\n```\n<memory>{}</memory>", "See:\n```py\nx = 1\n```"),
+        # text after the closing fence: the fences are the model's text
+        ("A\n```\n<memory>{}</memory>\n```\nB", "A\n```\n```\nB"),
+        # not at the start of a line: not a fence
+        ("x```\n<memory>{}</memory>\n```", "x```\n```"),
+        # a cut-off block: its opener stays
+        ("A\n```\n<memory>{", "A\n```"),
+    ],
+)
+def test_fences_that_do_not_wrap_the_final_block_stay(text: str, shown: str) -> None:
+    assert clean_text(text) == shown
+
+
 def test_broken_json_is_reported_not_raised() -> None:
     parsed = parse_answer('Ok <memory>{"add": [{"text": "x"}}</memory>')
     assert parsed.text == "Ok"

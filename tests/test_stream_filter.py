@@ -40,6 +40,11 @@ PIECES = [
     "Hello.",
     "\u00e9",
     "\U0001f600",
+    "```",
+    "```json\n",
+    "\n```",
+    "`",
+    "   ",
 ]
 texts = st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=3)), max_size=30).map("".join)
 
@@ -115,6 +120,29 @@ def test_buffer_stays_small_inside_a_long_element() -> None:
         assert flt.feed("x" * 100 + "<") == ""
         assert len(flt._buffer) <= 1
     assert flt.feed("/memory>after") == "after"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Sure.\n\n```json\n<memory>{"add": []}</memory>\n```\n',
+        "Code:\n```py\nx = 1\n```\n<memory>{}</memory>",
+        "```\n<memory>{}</memory>\n```\nMore after it",
+        "A\n```\n<memory/>\n```\n<memory>{}</memory>\n```",
+        "A\n```\n<memory>{}",
+    ],
+)
+def test_fenced_blocks_stream_like_they_parse(text: str) -> None:
+    for size in range(1, len(text) + 1):
+        shown, _, _ = stream(text, list(range(0, len(text), size)))
+        assert shown == clean_text(text), size
+
+
+def test_fence_opener_is_held_only_until_it_cannot_wrap_a_block() -> None:
+    flt = BlockStreamFilter()
+    assert flt.feed("Code:\n```py") == "Code:"
+    assert flt.feed("\nx = 1") == "\n```py\nx = 1"
+    assert flt.finish() == ""
 
 
 def test_none_and_empty_chunks() -> None:

@@ -38,7 +38,9 @@ __all__ = [
     "NewMemory",
     "ParsedAnswer",
     "clean_text",
+    "closes_fence",
     "ends_with_fragment",
+    "fence_opener_start",
     "parse_answer",
     "render_block",
     "strip_debris",
@@ -221,6 +223,40 @@ def ends_with_fragment(text: str) -> bool:
     return at >= 0 and _FRAGMENT.fullmatch(text, at) is not None
 
 
+_CLOSING_FENCE = re.compile(r"\s*```\s*", _FLAGS)
+_INFO_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+.-")
+
+
+def fence_opener_start(text: str, *, partial: bool = False, line_start_at_0: bool = True) -> int:
+    """Where a Markdown fence opener that ends ``text`` starts, else -1.
+
+    An opener is three backticks and an optional info string (``json``) at the start of a
+    line, after at most three spaces. With ``partial``, one or two backticks at the very end
+    count too (they may still grow into an opener). ``line_start_at_0`` says whether the start
+    of ``text`` is the start of a line.
+    """
+    info = len(text)
+    while info > 0 and text[info - 1] in _INFO_CHARS:
+        info -= 1
+    ticks = info
+    while ticks > 0 and text[ticks - 1] == "`":
+        ticks -= 1
+    count = info - ticks
+    if not (count == 3 or (partial and count in (1, 2) and info == len(text))):
+        return -1
+    line = ticks
+    while line > 0 and text[line - 1] == " " and ticks - line < 3:
+        line -= 1
+    if line == 0:
+        return ticks if line_start_at_0 else -1
+    return ticks if text[line - 1] == "\n" else -1
+
+
+def closes_fence(text: str, pos: int = 0) -> bool:
+    """Whether ``text[pos:]`` is only a closing fence (three backticks) and white space."""
+    return _CLOSING_FENCE.fullmatch(text, pos) is not None
+
+
 def _tokens(text: str) -> list[re.Match[str]]:
     return list(_TOKEN.finditer(text))
 
@@ -229,7 +265,8 @@ def _visible(text: str, tokens: list[re.Match[str]]) -> str:
     """The text with every token removed, together with the white space and tag fragments
     right before each token (:func:`strip_debris`), the white space after the last token when
     only white space follows it, and white space after a token when no visible text precedes
-    it."""
+    it. A Markdown code fence around the last block (an opener line right before it, only a
+    closing fence after it) is removed with it."""
     out: list[str] = []
     emitted = False
     pos = 0
@@ -237,6 +274,15 @@ def _visible(text: str, tokens: list[re.Match[str]]) -> str:
         segment = strip_debris(text[pos : token.start()])
         if i > 0 and not emitted:
             segment = segment.lstrip(WHITESPACE)
+        if (
+            i == len(tokens) - 1
+            and token.group("element") is not None
+            and closes_fence(text, token.end())
+        ):  # a code fence around the final block goes with it
+            opener = fence_opener_start(segment)
+            if opener >= 0:
+                out.append(strip_debris(segment[:opener]))
+                return "".join(out)
         if segment:
             out.append(segment)
             emitted = True

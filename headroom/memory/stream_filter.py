@@ -2,9 +2,11 @@
 
 :class:`BlockStreamFilter` releases visible text as soon as it can no longer become part of a
 memory tag. It holds back only a trailing fragment that could still start a tag (``<``,
-``<mem``, ``</memory  `` ...) and the white space before it, or white space that might precede
-a block (the block removes it). Inside an element nothing is released and only a fragment that
-could still start the closing tag is kept, so memory use stays bounded.
+``<mem``, ``</memory  `` ...) and the white space before it, or white space or a Markdown
+fence opener that might precede a block (the block removes them); a fence opener right before
+an element waits until it is clear whether a closing fence ends the answer. Inside an element
+nothing is released and only a fragment that could still start the closing tag is kept, so
+memory use stays bounded.
 
 Contract: for every split of a text into chunks,
 ``"".join(f.feed(c) for c in chunks) + f.finish() == clean_text(text)``
@@ -16,7 +18,13 @@ from __future__ import annotations
 import re
 
 from .errors import InvalidInputError, InvalidTypeError
-from .protocol import WHITESPACE, ends_with_fragment, strip_debris
+from .protocol import (
+    WHITESPACE,
+    closes_fence,
+    ends_with_fragment,
+    fence_opener_start,
+    strip_debris,
+)
 
 __all__ = ["BlockStreamFilter"]
 
@@ -26,6 +34,7 @@ _START = re.compile(r"<memory|</memory\s*>", _FLAGS)
 _CLOSE = re.compile(r"</memory\s*>", _FLAGS)
 _SELF_CLOSE = re.compile(r"\s*/>", _FLAGS)
 _SELF_CLOSE_PREFIX = re.compile(r"\s*/?", _FLAGS)
+_CLOSING_FENCE_PREFIX = re.compile(r"\s*(?:`{1,2}|```\s*)?", _FLAGS)
 # Fragments (from a "<" to the end of the buffer) that more text could turn into a "</memory>".
 _CLOSE_PREFIX = re.compile(r"<(?:/(?:m(?:e(?:m(?:o(?:r(?:y\s*)?)?)?)?)?)?)?", _FLAGS)
 
@@ -50,6 +59,8 @@ class BlockStreamFilter:
         self._self_close_open = False  # could the element still be "<memory />"?
         self._after_token = False  # only white space since the last token
         self._emitted = False  # some visible text has been released
+        self._released_here = False  # ... since the last token (or the start)
+        self._fence: str | None = None  # a fence opener held before the last element
         self._finished = False
 
     @property
@@ -95,13 +106,13 @@ class BlockStreamFilter:
         out: list[str] = []
         while True:
             if self._in_element:
-                if not self._scan_element(final):
+                if not self._scan_element(out, final):
                     break
             elif not self._scan_visible(out, final):
                 break
         return "".join(out)
 
-    def _scan_element(self, final: bool) -> bool:
+    def _scan_element(self, out: list[str], final: bool) -> bool:
         """Consume an element; True when it ended and scanning goes on after it."""
         buffer = self._buffer
         if self._self_close_open:
@@ -118,6 +129,7 @@ class BlockStreamFilter:
             return True
         if final:  # cut off: the rest of the text belongs to the element
             self._buffer = ""
+            self._release_fence(out)
             return False
         at = _close_could_start(buffer)
         self._buffer = buffer[at:] if at >= 0 else ""
@@ -127,25 +139,48 @@ class BlockStreamFilter:
         """Release visible text; True when a token starts and scanning goes on after it."""
         buffer = self._buffer
         start = _START.search(buffer)
+        if self._fence is not None:  # was the element before a fenced final block?
+            if start is None and final and closes_fence(buffer):
+                self._fence = None
+                self._buffer = ""
+                return False
+            if start is None and not final and _CLOSING_FENCE_PREFIX.fullmatch(buffer):
+                return False
+            self._release_fence(out)
         if start:
-            self._release(out, strip_debris(buffer[: start.start()]))
+            segment = self._lstripped(strip_debris(buffer[: start.start()]))
             if start.group(0).startswith("</"):
+                self._emit(out, segment)
                 self._end_token(buffer[start.end() :])
+                return True
+            opener = fence_opener_start(segment, line_start_at_0=not self._released_here)
+            if opener >= 0:  # hold the fence: it goes if the element is the fenced last one
+                kept = strip_debris(segment[:opener])
+                self._emit(out, kept)
+                self._fence = segment[len(kept) :]
             else:
-                self._in_element = True
-                self._self_close_open = True
-                self._buffer = buffer[start.end() :]
+                self._emit(out, segment)
+            self._in_element = True
+            self._self_close_open = True
+            self._buffer = buffer[start.end() :]
             return True
         if final:
             if ends_with_fragment(buffer):  # a tag cut off at the end of the stream
                 buffer = strip_debris(buffer)
             if not (self._after_token and not buffer.strip(WHITESPACE)):
-                self._release(out, buffer)
+                self._emit(out, self._lstripped(buffer))
             self._buffer = ""
             return False
-        # Hold back trailing white space and tag fragments: a token may still follow them.
+        # Hold back trailing white space, tag fragments and a fence opener: a token may follow.
+        skip = len(buffer) - len(self._lstripped(buffer))
         keep = len(strip_debris(buffer))
-        self._release(out, buffer[:keep])
+        if keep > skip:
+            opener = fence_opener_start(
+                buffer[skip:keep], partial=True, line_start_at_0=not self._released_here
+            )
+            if opener >= 0:
+                keep = len(strip_debris(buffer[: skip + opener]))
+        self._emit(out, self._lstripped(buffer[:keep]))
         self._buffer = buffer[keep:]
         return False
 
@@ -153,12 +188,26 @@ class BlockStreamFilter:
         self._in_element = False
         self._self_close_open = False
         self._after_token = True
+        self._released_here = False
         self._buffer = rest
 
-    def _release(self, out: list[str], text: str) -> None:
+    def _lstripped(self, text: str) -> str:
+        """White space right after a token goes while nothing visible has been released."""
         if self._after_token and not self._emitted:
-            text = text.lstrip(WHITESPACE)
+            return text.lstrip(WHITESPACE)
+        return text
+
+    def _emit(self, out: list[str], text: str) -> None:
         if text:
             out.append(text)
             self._emitted = True
             self._after_token = False
+            self._released_here = True
+
+    def _release_fence(self, out: list[str]) -> None:
+        """The held fence opener was ordinary text after all: release it (it came before the
+        element, so the state after the element stays as it is)."""
+        if self._fence:
+            out.append(self._fence)
+            self._emitted = True
+        self._fence = None
