@@ -109,3 +109,17 @@ def test_a_failed_compaction_leaves_the_store_as_it_was(tmp_path: Path) -> None:
         assert [m["id"] for m in log.list("u")] == ["b"]
         log.append([add("u", "z", "still writable")])
     assert reopen_ids(db)[0] == ["b", "z"]
+
+
+def test_flush_fsyncs_and_a_failed_flush_fails_the_store(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    with N.Log(str(db), sync="off") as log:
+        log.append(ACKED)
+        log.flush()
+        log._set_fault("fsync", 1, errno.EIO)
+        with pytest.raises(E.StoreFailedError, match="fsync"):
+            log.flush()
+        assert log.failed
+        with pytest.raises(E.StoreFailedError):
+            log.append([add("u", "x", "refused")])
+    assert reopen_ids(db)[0] == ["a", "b"]

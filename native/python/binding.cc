@@ -406,6 +406,10 @@ PYBIND11_MODULE(_native, m) {
         d["entries_after"] = c.entries_after;
         return d;
       })
+      .def("flush", [](Log& log) {
+        GilRelease nogil;
+        log.Flush();
+      })
       .def_property_readonly("recovery", [](Log& log) {
         headroom::Recovery r = log.recovery();
         py::dict d;

@@ -287,6 +287,7 @@ void Log::LoadAll(bool locked) {
   frames_ = frames;
   if (cur_fd_ >= 0) ::close(cur_fd_);
   cur_fd_ = last_fd;
+  cur_version_ = live.back().second.version;
   cur_num_ = live.back().first;
   cur_pos_ = last_pos;
   segments_.clear();
@@ -349,6 +350,7 @@ uint64_t Log::RefreshLocked(bool locked) {
     cur_fd_ = fd;
     cur_num_ += 1;
     cur_pos_ = h.header_size;
+    cur_version_ = h.version;
     segments_.push_back(cur_num_);
     recovery_.segments = segments_.size();
     {
@@ -527,7 +529,8 @@ void Log::CreateSegment(const SegmentHeader& h) {
 }
 
 void Log::MaybeRotate() {
-  if (cur_pos_ < segment_bytes_) return;
+  // Full, or written by an older format version (never appended to in place).
+  if (cur_pos_ < segment_bytes_ && cur_version_ == kFormatVersion) return;
   if (sync_ != SyncMode::kAlways) {
     if (int err = SyncFile(cur_fd_, &faults_)) {
       SetFailed("fsync failed: " + ErrnoText(err));
@@ -545,6 +548,7 @@ void Log::MaybeRotate() {
   cur_fd_ = fd;
   cur_num_ = h.number;
   cur_pos_ = kSegmentHeaderSize;
+  cur_version_ = kFormatVersion;
   segments_.push_back(h.number);
   recovery_.segments = segments_.size();
 }
@@ -662,6 +666,21 @@ CompactResult Log::Compact() {
   LoadAll(true);
   res.bytes_after = out_pos;
   return res;
+}
+
+void Log::Flush() {
+  CheckOpen();
+  std::lock_guard<std::mutex> io(io_mu_);
+  CheckOpen();
+  if (failed_)
+    Fail(ErrorKind::kFailed, "an earlier write failed (" + failed_why_ +
+                                 "); the store refuses writes until it is reopened");
+  dirty_ = false;
+  if (int err = SyncFile(cur_fd_, &faults_)) {
+    SetFailed("fsync failed: " + ErrnoText(err));
+    Fail(ErrorKind::kFailed, "fsync failed (" + ErrnoText(err) +
+                                 "); the store refuses writes until it is reopened");
+  }
 }
 
 // --- reporting ----------------------------------------------------------------------------

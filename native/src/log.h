@@ -89,6 +89,8 @@ class Log {
     return f(static_cast<const State&>(*state_));
   }
   CompactResult Compact();
+  // fsyncs everything appended so far (any sync mode). Throws kFailed when the fsync fails.
+  void Flush();
   Recovery recovery();
   LogStats Stats();
   uint64_t last_seq();
@@ -137,6 +139,7 @@ class Log {
   int cur_fd_ = -1;         // the last live segment
   uint64_t cur_num_ = 0;
   uint64_t cur_pos_ = 0;    // end of the last valid frame read or written in it
+  uint32_t cur_version_ = kFormatVersion;  // format version of the last segment
   std::vector<uint64_t> segments_;
   uint32_t generation_ = 0;
   uint64_t frames_ = 0;
