@@ -25,235 +25,31 @@ caller unchanged.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .background import ExtractionWorker, is_async_client, make_payload, worker_for
+from .background import is_async_client
 from .embedders.base import Embedder
 from .errors import InvalidInputError
 from .facade import AsyncMemoryFacade, MemoryFacade
 from .pipeline import (
-    MemoryEvent,
     Mode,
-    Observer,
-    Prepared,
     Settings,
     check_mode,
-    clean_completion,
-    content_text,
-    instruct,
-    is_json_mode,
-    last_user_text,
-    parse_choice,
-    prepare,
-    store_ops,
 )
-from .protocol import MemoryOps
 from .store import MemoryStore
 from .types import validate_user_id
+from .wrapper_core import Core
 from .wrapper_stream import wrap_async_stream, wrap_stream
 from .wrapper_writer import Writer
-
-logger = logging.getLogger("headroom.memory")
 
 DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
 
 _OPTIONS = frozenset(
     {"min_score", "max_tokens", "role", "observer", "embedder", "sync", "retry_base", "retry_max"}
 )
-
-
-@dataclass
-class _Core:
-    """What every copy of one wrapper shares: the store, settings, writer, worker, hook."""
-
-    store: MemoryStore
-    settings: Settings
-    background: bool
-    extraction_model: str | None
-    observer: Observer | None
-    writer: Writer
-    worker_options: dict[str, Any] = field(default_factory=dict)
-    worker: ExtractionWorker | None = None
-
-    def event(self, event: MemoryEvent) -> None:
-        """Hand ``event`` to the observer; an observer that raises is logged, not raised."""
-        if self.observer is None:
-            return
-        try:
-            self.observer(event)
-        except Exception:
-            logger.exception("headroom.memory: the observer raised; ignored")
-
-    def get_worker(self, client: Any) -> ExtractionWorker:
-        """The store's extraction worker, with ``client`` registered for this user."""
-        if self.worker is None:
-            self.worker = worker_for(self.store, **self.worker_options)
-        self.worker.register(self.settings.user_id, client, self.observer, self.settings)
-        return self.worker
-
-    # --- the request side --------------------------------------------------------------------
-
-    def prepare(self, kwargs: dict[str, Any], mode: Mode) -> Prepared:
-        """Inject/instruct; on a memory-layer failure, log and go on with what is safe."""
-        messages = list(kwargs.get("messages") or [])
-        json_mode = is_json_mode(kwargs.get("response_format"))
-        if self.background:
-            mode_used: Mode = "read" if mode in ("on", "read") else "off"
-        else:
-            mode_used = mode
-        try:
-            prepared = prepare(self.store, self.settings, messages, mode_used, json_mode=json_mode)
-        except Exception as exc:
-            logger.warning("headroom.memory: injection failed, calling without memories: %s", exc)
-            self.event(MemoryEvent(self.settings.user_id, mode, "inline", error=exc))
-            extract = mode_used in ("on", "write") and not json_mode
-            prepared = Prepared(
-                messages=instruct(messages) if extract else messages,
-                context=None,
-                mode=mode_used,
-                extract=extract,
-                background=False,
-            )
-        if self.background and mode in ("on", "write"):
-            prepared = replace(prepared, mode=mode, extract=False, background=True)
-        return prepared
-
-    # --- the response side -------------------------------------------------------------------
-
-    def finish(
-        self,
-        client: Any,
-        prepared: Prepared,
-        request: Mapping[str, Any],
-        result: Any,
-        streamed: bool = False,
-    ) -> None:
-        """Clean a completed ChatCompletion in place and store or queue what it carries."""
-        ops = MemoryOps()
-        problems: tuple[str, ...] = ()
-        answer: str | None = None
-        try:
-            choices = getattr(result, "choices", None) or []
-            first = choices[0] if choices else None
-            answer = getattr(getattr(first, "message", None), "content", None)
-            if not self.background:
-                parsed = clean_completion(result, prepared.id_map)
-                if parsed is not None and prepared.extract and not prepared.background:
-                    ops, problems = parsed.ops, tuple(parsed.problems)
-        except Exception as exc:  # the parser never raises; this guards the unexpected
-            logger.exception("headroom.memory: could not clean the answer")
-            self.event(MemoryEvent(self.settings.user_id, prepared.mode, "inline", error=exc))
-            return
-        self.after(client, prepared, request, answer, ops, problems, streamed)
-
-    def finish_stream(
-        self,
-        client: Any,
-        prepared: Prepared,
-        request: Mapping[str, Any],
-        raw: Mapping[int, str],
-        complete: bool,
-    ) -> None:
-        """End of a stream: parse choice 0's raw text, then store or queue. Never raises."""
-        try:
-            answer = raw.get(0)
-            ops, problems = MemoryOps(), tuple[str, ...]()
-            if not self.background and prepared.extract and not prepared.background:
-                parsed = parse_choice(answer, prepared.id_map)
-                ops, problems = parsed.ops, tuple(parsed.problems)
-            self.after(client, prepared, request, answer, ops, problems, True)
-        except Exception as exc:
-            logger.exception("headroom.memory: finishing a stream failed")
-            self.event(MemoryEvent(self.settings.user_id, prepared.mode, "inline", error=exc))
-
-    def after(
-        self,
-        client: Any,
-        prepared: Prepared,
-        request: Mapping[str, Any],
-        answer: str | None,
-        ops: MemoryOps,
-        problems: tuple[str, ...],
-        streamed: bool,
-    ) -> None:
-        """Queue the extraction (background) or the store write (inline); tell the observer."""
-        user_id = self.settings.user_id
-        if problems:
-            logger.warning(
-                "headroom.memory: memory block for user %r: %s", user_id, "; ".join(problems)
-            )
-        if prepared.background:
-            self.enqueue(client, request, answer, prepared, streamed)
-            return
-        event = MemoryEvent(
-            user_id,
-            prepared.mode,
-            "inline",
-            injected=prepared.shown,
-            ops=ops,
-            problems=problems,
-            streamed=streamed,
-        )
-        if not ops.is_empty():
-            self.writer.submit(lambda: self._write(ops, event))
-        else:
-            self.event(event)
-
-    def _write(self, ops: MemoryOps, event: MemoryEvent) -> None:
-        try:
-            store_ops(self.store, self.settings.user_id, ops, source="inline")
-        except Exception as exc:
-            logger.warning(
-                "headroom.memory: storing memories for user %r failed: %s",
-                self.settings.user_id,
-                exc,
-            )
-            event = replace(event, error=exc)
-        self.event(event)
-
-    def enqueue(
-        self,
-        client: Any,
-        request: Mapping[str, Any],
-        answer: str | None,
-        prepared: Prepared,
-        streamed: bool,
-    ) -> None:
-        """Record the turn as a durable extraction job (before the response returns)."""
-        user_id = self.settings.user_id
-        try:
-            user_text = last_user_text(list(request.get("messages") or []))
-            if not user_text:
-                return
-            turn = [{"role": "user", "content": user_text}]
-            if answer:
-                turn.append({"role": "assistant", "content": content_text(answer)})
-            model = self.extraction_model or request.get("model")
-            worker = self.get_worker(client)
-            worker.submit(user_id, make_payload(turn, model if isinstance(model, str) else None))
-        except Exception as exc:
-            logger.warning(
-                "headroom.memory: queueing extraction for user %r failed: %s", user_id, exc
-            )
-            self.event(MemoryEvent(user_id, prepared.mode, "background", error=exc))
-            return
-        self.event(
-            MemoryEvent(
-                user_id, prepared.mode, "background", injected=prepared.shown, streamed=streamed
-            )
-        )
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait for inline writes and background extractions; True when nothing is left."""
-        done = self.writer.flush(timeout)
-        if self.worker is not None:
-            done = self.worker.flush(timeout) and done
-        return done
 
 
 def _pop_mode(kwargs: dict[str, Any]) -> Mode:
@@ -336,7 +132,7 @@ class MemoryClient:
     _facade_class: type[Any] = MemoryFacade
     _completions_class: type[_Completions] = _Completions
 
-    def __init__(self, client: Any, core: _Core) -> None:
+    def __init__(self, client: Any, core: Core) -> None:
         self._client = client
         self._core = core
         self.memory = self._facade_class(core.store, core.settings.user_id)
@@ -495,7 +291,7 @@ def _build(
         role=str(options.get("role", Settings.role)),
     )
     worker_options = {k: float(options[k]) for k in ("retry_base", "retry_max") if k in options}
-    core = _Core(
+    core = Core(
         store=store,
         settings=settings,
         background=background,
