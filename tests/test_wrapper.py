@@ -23,7 +23,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai_server import Reply, ScriptedServer, memory_reply
 from store_helpers import HashEmbedder
 
-from headroom.memory import MemoryEvent, MemoryStore, with_fast_memory
+from headroom.memory import MemoryClient, MemoryEvent, MemoryStore, with_fast_memory
 from headroom.memory.errors import InvalidInputError, InvalidUserIdError
 from headroom.memory.protocol import MEMORY_INSTRUCTION, clean_text
 
@@ -686,3 +686,18 @@ def test_api_embeddings_go_through_the_wrapped_client(
     assert any("User prefers Python" in str(i) for i in inputs)
     assert any("What language should I use?" in str(i) for i in inputs)
     assert "User prefers Python" in injected_text(server.chat_requests()[-1])
+
+
+def test_isinstance_and_rewrapping(server: ScriptedServer, tmp_path: Path) -> None:
+    base = sync_client(server)
+    alice = wrap(base, tmp_path, user="alice")
+    assert isinstance(alice, openai.OpenAI) and isinstance(alice, MemoryClient)
+    assert isinstance(wrap(async_client(server), tmp_path), openai.AsyncOpenAI)
+    alice.memory.add("User is alice")
+    bob = wrap(alice, tmp_path, user="bob")  # wraps the SDK client, not alice's wrapper
+    assert bob.wrapped is not alice.wrapped and type(bob.wrapped) is openai.OpenAI
+    server.push("hi")
+    bob.chat.completions.create(model="m", messages=USER_MESSAGES)
+    body = server.chat_requests()[-1]
+    assert "User is alice" not in json.dumps(body)
+    assert json.dumps(body).count(json.dumps(MEMORY_INSTRUCTION)) == 1

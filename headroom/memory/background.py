@@ -233,6 +233,8 @@ class ExtractionWorker:
                 job.last_round = mark
                 if ok:
                     self._jobs.pop(job.id, None)
+                elif self._round != mark:  # a flush began during the attempt: try again now
+                    job.due = 0.0
                 else:
                     delay = min(self.retry_max, self.retry_base * 2 ** (job.attempts - 1))
                     job.due = time.monotonic() + delay * (0.75 + 0.25 * random.random())

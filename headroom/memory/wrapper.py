@@ -69,7 +69,7 @@ class _Completions:
     def create(self, *args: Any, **kwargs: Any) -> Any:
         """``create`` of the SDK, with memory; ``memory=`` selects the mode for this call."""
         mode = _pop_mode(kwargs)
-        if mode == "off" or args:
+        if mode == "off" or args or "messages" not in kwargs:
             return self._inner.create(*args, **kwargs)
         core, client = self._owner._core, self._owner._client
         prepared = core.prepare(kwargs, mode)
@@ -92,7 +92,7 @@ class _AsyncCompletions(_Completions):
     async def create(self, *args: Any, **kwargs: Any) -> Any:
         """``create`` of the SDK, with memory; ``memory=`` selects the mode for this call."""
         mode = _pop_mode(kwargs)
-        if mode == "off" or args:
+        if mode == "off" or args or "messages" not in kwargs:
             return await self._inner.create(*args, **kwargs)
         core, client = self._owner._core, self._owner._client
         if mode == "write" and not core.background:
@@ -142,6 +142,14 @@ class MemoryClient:
         if name.startswith("__") or name in ("_client", "_core"):
             raise AttributeError(name)
         return getattr(self._client, name)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type[Any]:
+        """The SDK client's class, so ``isinstance(wrapped, OpenAI)`` holds as it did.
+
+        ``type(wrapped)`` is still this class, and ``isinstance(wrapped, MemoryClient)`` too.
+        """
+        return type(self._client)
 
     @property
     def user_id(self) -> str:
@@ -272,6 +280,8 @@ def _build(
 ) -> Any:
     user_id = validate_user_id(user_id)
     _check_options(options)
+    if isinstance(client, MemoryClient):  # re-wrapping: wrap the SDK client, not the wrapper
+        client = client.wrapped
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise InvalidInputError(f"top_k must be a non-negative int; got {top_k!r}")
     chat = getattr(getattr(client, "chat", None), "completions", None)
