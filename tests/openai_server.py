@@ -13,7 +13,8 @@ Contract:
   reason, a usage chunk when ``stream_options.include_usage`` is set, and ``data: [DONE]``.
 - ``Reply.status`` other than 200 answers with an OpenAI-shaped error body and that status.
   ``Reply.stream_error_after=k`` sends k content chunks and then an error event (the SDK
-  raises ``APIError`` while iterating).
+  raises ``APIError`` while iterating); ``Reply.omit_finish`` leaves out the finish-reason
+  chunk (a provider that ends a stream without one).
 - ``POST /v1/embeddings`` answers with deterministic unit vectors (a hash of each input) of
   the request's ``dimensions``, else the model's real size (``MODEL_DIMS``), else
   ``embedding_dim``.
@@ -52,6 +53,7 @@ class Reply:
     status: int = 200
     error_message: str = "scripted error"
     stream_error_after: int | None = None
+    omit_finish: bool = False
     usage: dict[str, int] = field(
         default_factory=lambda: {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
     )
@@ -278,7 +280,8 @@ def _stream_events(reply: Reply, body: dict[str, Any]) -> Iterator[str]:
             yield _chunk(
                 body, [{"index": index, "delta": {"content": piece}, "finish_reason": None}]
             )
-        yield _chunk(body, [{"index": index, "delta": {}, "finish_reason": _finish(reply)}])
+        if not reply.omit_finish:
+            yield _chunk(body, [{"index": index, "delta": {}, "finish_reason": _finish(reply)}])
     if (body.get("stream_options") or {}).get("include_usage"):
         yield _chunk(body, [], usage=reply.usage)
     yield "[DONE]"

@@ -701,3 +701,18 @@ def test_isinstance_and_rewrapping(server: ScriptedServer, tmp_path: Path) -> No
     body = server.chat_requests()[-1]
     assert "User is alice" not in json.dumps(body)
     assert json.dumps(body).count(json.dumps(MEMORY_INSTRUCTION)) == 1
+
+
+@pytest.mark.parametrize("text", ["answer <mem", "answer <memory>{}</memory", "trailing space  "])
+def test_stream_without_finish_reason_releases_held_back_text(
+    server: ScriptedServer, tmp_path: Path, text: str
+) -> None:
+    client = wrap(sync_client(server), tmp_path)
+    server.push(Reply(text, omit_finish=True))
+    stream = client.chat.completions.create(
+        model="m", messages=USER_MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == clean_text(text)
+    assert any(c.usage is not None for c in chunks)

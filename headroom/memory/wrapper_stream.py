@@ -47,7 +47,8 @@ class _Cleaner:
 
     def clean(self, chunk: Any) -> None:
         """Replace each choice's delta content by what may be shown now (in place)."""
-        self.last_chunk = chunk
+        if getattr(chunk, "choices", None):
+            self.last_chunk = chunk  # the template of a tail chunk (a usage chunk has no choices)
         for choice in getattr(chunk, "choices", None) or ():
             index = getattr(choice, "index", 0) or 0
             delta = getattr(choice, "delta", None)
