@@ -22,7 +22,7 @@ import pytest
 from openai_server import Reply, ScriptedServer
 from store_helpers import HashEmbedder
 
-from headroom.memory import MemoryStore, with_memory
+from headroom.memory import MemoryEvent, MemoryStore, with_memory
 from headroom.memory.background import EXTRACTION_PROMPT
 from headroom.memory.protocol import MEMORY_INSTRUCTION
 
@@ -77,7 +77,8 @@ def test_response_untouched_and_memory_extracted_later(
     server: ScriptedServer, tmp_path: Path
 ) -> None:
     server.responder = Extractor()
-    client = wrap(client_for(server), tmp_path)
+    events: list[MemoryEvent] = []
+    client = wrap(client_for(server), tmp_path, observer=events.append)
     client.memory.add("User prefers Python")
     result = client.chat.completions.create(
         model="chat-model", messages=[{"role": "user", "content": "I work at a fintech startup"}]
@@ -98,6 +99,13 @@ def test_response_untouched_and_memory_extracted_later(
     assert set(memories) == {"User prefers Python", "User said I work at a fintech startup"}
     assert memories["User said I work at a fintech startup"].source == "background"
     assert MemoryStore.open(tmp_path / "memory.db").pending() == []
+    assert len(events) == 2  # queued (by the call) and extracted (by the worker), any order
+    [queued] = [e for e in events if e.ops.is_empty()]
+    [extracted] = [e for e in events if not e.ops.is_empty()]
+    assert queued.kind == extracted.kind == "background"
+    assert [m.text for _, m, _ in queued.injected] == ["User prefers Python"]
+    assert queued.ops.is_empty()
+    assert [a.text for a in extracted.ops.add] == ["User said I work at a fintech startup"]
 
 
 def test_llm_error_leaves_job_pending_then_retried(server: ScriptedServer, tmp_path: Path) -> None:
@@ -106,8 +114,9 @@ def test_llm_error_leaves_job_pending_then_retried(server: ScriptedServer, tmp_p
     server.responder = extractor
     client = wrap(client_for(server), tmp_path, extraction_model="small-model")
     client.chat.completions.create(model="m", messages=[{"role": "user", "content": "I use vim"}])
-    assert client.flush(timeout=30) is False
     store = MemoryStore.open(tmp_path / "memory.db")
+    assert len(store.pending()) == 1  # recorded before the response returned
+    assert client.flush(timeout=30) is False
     [job] = store.pending()
     assert job.user_id == "alice"
     assert client.memory.get_all() == []
