@@ -43,7 +43,8 @@ from .types import Memory, MemoryVersion
 OP_ADD, OP_UPDATE, OP_DELETE, OP_CLEAR, OP_PURGE, OP_PENDING, OP_DONE, OP_CONFIG, OP_REVECTOR = (
     range(1, 10)
 )
-_OP_NAMES = {OP_ADD: "add", OP_UPDATE: "update", OP_DELETE: "delete", OP_CLEAR: "clear"}
+#: History entries as the public API names them (the log names ops ADD, UPDATE, ...).
+_OP_NAMES = {"ADD": "add", "UPDATE": "update", "DELETE": "delete", "CLEAR": "clear"}
 
 #: A new memory this similar (cosine) to an existing one of the same user supersedes it instead
 #: of being stored beside it. MiniLM paraphrases of one fact score 0.85-0.95; distinct facts
@@ -111,6 +112,7 @@ class Job:
 _REGISTRY: dict[str, MemoryStore] = {}
 _REGISTRY_LOCK = threading.Lock()
 _ALL_STORES: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
+_ABANDONED: list[Engine] = []
 
 
 def _after_fork_in_child() -> None:
@@ -224,6 +226,9 @@ class MemoryStore:
         if self._engine is not None:
             with contextlib.suppress(Exception):
                 self._engine.abandon()
+            # Keep the inherited engine alive for the child's lifetime: its handles belong to
+            # the parent, and nothing of it may run again here (not even a destructor).
+            _ABANDONED.append(self._engine)
             self._engine = None
 
     @property
@@ -582,7 +587,7 @@ class MemoryStore:
         user_id = T.validate_user_id(user_id)
         versions = []
         for row in self.engine.log.history(user_id, str(memory_id)):
-            op = _OP_NAMES.get(row["op"])
+            op = _OP_NAMES.get(str(row["op"]))
             if op is None:
                 continue
             versions.append(
