@@ -27,13 +27,22 @@ texts = st.lists(words, min_size=1, max_size=4).map(" ".join)
 
 
 class StoreMachine(RuleBasedStateMachine):
+    #: None: the default (exact search for users this small); a small number forces the
+    #: hnswlib path, its catch-up from the log, and its snapshots.
+    ann_threshold: int | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="hm-stateful-"))
         self.embedder = HashEmbedder()
-        self.store = MemoryStore(self.dir / "db", embedder=self.embedder, sync="off")
+        self.store = self._open()
         self.model: dict[str, dict[str, tuple[str, str]]] = {u: {} for u in USERS}
         self.history: dict[str, int] = {}
+
+    def _open(self) -> MemoryStore:
+        return MemoryStore(
+            self.dir / "db", embedder=self.embedder, sync="off", ann_threshold=self.ann_threshold
+        )
 
     def teardown(self) -> None:
         self.store.close()
@@ -97,7 +106,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule()
     def reopen(self) -> None:
         self.store.close()
-        self.store = MemoryStore(self.dir / "db", embedder=self.embedder, sync="off")
+        self.store = self._open()
 
     @invariant()
     def listings_match(self) -> None:
@@ -135,7 +144,12 @@ class StoreMachine(RuleBasedStateMachine):
             assert all(m.category == "fact" and m.id in facts for m, _ in results)
 
 
-StoreMachine.TestCase.settings = settings(
-    max_examples=25, stateful_step_count=30, deadline=None, derandomize=False
-)
+class AnnStoreMachine(StoreMachine):
+    ann_threshold = 3
+
+
+_settings = settings(max_examples=30, stateful_step_count=35, deadline=None)
+StoreMachine.TestCase.settings = _settings
+AnnStoreMachine.TestCase.settings = _settings
 TestStoreMachine = StoreMachine.TestCase
+TestAnnStoreMachine = AnnStoreMachine.TestCase
