@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 #: Modules (relative to headroom.memory) whose ``register`` adds subcommands.
-COMMAND_MODULES: tuple[str, ...] = ("cli_store", "cli_model", "demo")
+COMMAND_MODULES: tuple[str, ...] = ("cli_store", "cli_model", "cli_chat", "demo")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:

@@ -35,7 +35,7 @@ def _open(args: argparse.Namespace) -> MemoryStore:
     return MemoryStore(args.db)
 
 
-def _guard(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def guard(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         try:
             return run(args)
@@ -79,7 +79,7 @@ def _print_json(value: Any) -> None:
 # --- commands ---------------------------------------------------------------------------------
 
 
-@_guard
+@guard
 def _stats(args: argparse.Namespace) -> int:
     with _open(args) as store:
         stats = store.stats(args.user if args.user != "*" else None)
@@ -94,7 +94,7 @@ def _stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guard
+@guard
 def _list(args: argparse.Namespace) -> int:
     with _open(args) as store:
         memories = store.get_all(args.user, category=args.category)
@@ -105,7 +105,7 @@ def _list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guard
+@guard
 def _search(args: argparse.Namespace) -> int:
     with _open(args) as store:
         results = store.search(args.user, args.query, top_k=args.top_k, category=args.category)
@@ -119,7 +119,7 @@ def _search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guard
+@guard
 def _add(args: argparse.Namespace) -> int:
     metadata = json.loads(args.metadata) if args.metadata else None
     with _open(args) as store:
@@ -131,7 +131,7 @@ def _add(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guard
+@guard
 def _show(args: argparse.Namespace) -> int:
     with _open(args) as store:
         memory = store.get(args.user, args.id)
@@ -154,7 +154,7 @@ def _version_dict(version: MemoryVersion) -> dict[str, Any]:
     }
 
 
-@_guard
+@guard
 def _history(args: argparse.Namespace) -> int:
     with _open(args) as store:
         versions = store.history(args.user, args.id)
@@ -173,7 +173,7 @@ def _history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guard
+@guard
 def _delete(args: argparse.Namespace) -> int:
     with _open(args) as store:
         store.delete(args.user, args.id)
@@ -181,7 +181,7 @@ def _delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guard
+@guard
 def _forget(args: argparse.Namespace) -> int:
     with _open(args) as store:
         removed = store.forget(args.user, args.id or None)
@@ -189,7 +189,7 @@ def _forget(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guard
+@guard
 def _prune(args: argparse.Namespace) -> int:
     from datetime import datetime, timedelta, timezone
 
@@ -210,7 +210,7 @@ def _prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guard
+@guard
 def _export(args: argparse.Namespace) -> int:
     count = 0
     with contextlib.ExitStack() as stack:
@@ -226,7 +226,7 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guard
+@guard
 def _import(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         source: TextIO = sys.stdin
@@ -239,7 +239,7 @@ def _import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guard
+@guard
 def _compact(args: argparse.Namespace) -> int:
     with _open(args) as store:
         report = store.compact()
@@ -250,7 +250,7 @@ def _compact(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guard
+@guard
 def _verify(args: argparse.Namespace) -> int:
     with _open(args) as store:
         report = store.verify(repair=args.repair)

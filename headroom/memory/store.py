@@ -237,12 +237,25 @@ class MemoryStore:
         if self._embedder is None:
             with self._lock:
                 if self._embedder is None:
-                    from .embedders import get_embedder
-
-                    embedder = get_embedder()
+                    embedder = self._recorded_embedder()
                     self._check_model(embedder)
                     self._embedder = embedder
         return self._embedder
+
+    def _recorded_embedder(self) -> Embedder:
+        """The embedder of the model this store was written with (MiniLM for a new store).
+
+        An ``openai/<model>@<dim>`` store gets an OpenAI embedder with a default client
+        (configured from the environment, as the openai SDK does).
+        """
+        from .embedders import get_embedder
+
+        recorded = self.engine.log.config().get(_CONFIG_EMBEDDING)
+        model = json.loads(recorded)["model"] if recorded else ""
+        if model.startswith("openai/"):
+            name, _, dim = model.removeprefix("openai/").rpartition("@")
+            return get_embedder(use_local=False, model=name, dimensions=int(dim))
+        return get_embedder()
 
     def _check_model(self, embedder: Embedder) -> None:
         """Record the embedding model in a new store; refuse a store of another model."""
