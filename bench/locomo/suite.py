@@ -13,6 +13,7 @@ Tune on the ``tune`` split only; ``report`` is held out (``--sweep`` there print
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ from bench.common import (
     progress,
     write_json,
 )
+from bench.locomo.anchors import ANCHORS, run_anchor
 from bench.locomo.data import SPLITS, UNIT_KINDS, Conversation, UnitKind, load
 from bench.locomo.embed import CachedEmbedder, load_embedder
 from bench.locomo.retrievers import (
@@ -141,6 +143,26 @@ def _query_path_latency(
     return {"queries": len(times), **percentiles(times, (50, 99))}
 
 
+def _run_anchors(
+    convs: Sequence[Conversation],
+    kind: UnitKind,
+    count: Callable[[str], int],
+    summary: dict[str, dict[str, Any]],
+    extra: dict[str, Any],
+    resamples: int,
+) -> None:
+    """Run every installed anchor; a missing or failing one is reported, never fatal."""
+    for name in ANCHORS:
+        try:
+            run = run_anchor(name, convs, kind, DEPTH, count)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            print(f"anchor {name} skipped: {exc}", file=sys.stderr)
+            extra[f"anchor {name} {kind}"] = {"skipped": str(exc)[-500:]}
+            continue
+        summary[f"{kind} / {name} {run.version}"] = summarize(run.results, resamples)
+        extra[f"anchor {name} {kind}"] = {"version": run.version, "ingest_s": run.ingest_s}
+
+
 def _open_store(embedder: CachedEmbedder, folder: Path) -> StoreRetriever | None:
     """A fresh MemoryStore in ``folder``, or None (with the reason) when it cannot be built."""
     try:
@@ -157,6 +179,11 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="first conversation only, fewer resamples")
     p.add_argument("--sweep", action="store_true", help="also every hybrid setting tried")
     p.add_argument("--no-store", action="store_true", help="skip the MemoryStore end-to-end run")
+    p.add_argument(
+        "--anchors",
+        action="store_true",
+        help="also headroom-ai 0.2.15 and mem0 from their venvs under bench/.venvs/",
+    )
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument(
         "--scale", type=int, default=10_000, help="memories of the one-user latency run (0: skip)"
@@ -240,6 +267,8 @@ def main(argv: Sequence[str]) -> int:
                 for r in progress(retrievers, f"{kind}"):
                     results = _run_retriever(r, convs, kind, count)
                     summary[f"{kind} / {r.name}"] = summarize(results, resamples)
+                if args.anchors:
+                    _run_anchors(convs, kind, count, summary, extra, resamples)
                 for r in store_based:
                     extra[f"query path ms {kind} / {r.name}"] = _query_path_latency(
                         r, embedder, convs, kind
