@@ -8,6 +8,7 @@ by sentence-transformers with torch: ``$HEADROOM_SHARED_DIR/data/minilm_referenc
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import threading
 from collections.abc import Iterator
@@ -186,3 +187,22 @@ def test_warmup_loads_at_construction(cache_home: Path) -> None:
     warm = MiniLMEmbedder(warmup=True, threads=2)
     assert warm.loaded and warm.threads == 2
     assert warm.embed(["hello"]).shape == (1, 384)
+
+
+def _child_embed(embedder: MiniLMEmbedder, text: str, queue: mp.Queue[object]) -> None:
+    queue.put((os.getpid(), embedder.embed([text])[0].tolist()))
+
+
+def test_forked_child_gets_its_own_session(cache_home: Path) -> None:
+    # Two threads: the parent's session owns a thread pool, which does not survive fork.
+    embedder = MiniLMEmbedder(threads=2, cache_size=0)
+    text = "a memory embedded after fork"
+    parent = embedder.embed([text])[0]
+    ctx = mp.get_context("fork")
+    queue: mp.Queue[object] = ctx.Queue()
+    child = ctx.Process(target=_child_embed, args=(embedder, text, queue))
+    child.start()
+    pid, vector = queue.get(timeout=30)
+    child.join(timeout=60)
+    assert child.exitcode == 0 and pid != os.getpid()
+    np.testing.assert_allclose(np.asarray(vector, dtype=np.float32), parent, atol=1e-6)

@@ -31,6 +31,8 @@ MAX_TOKENS = 256
 #: Calls with at most this many texts fill the LRU cache (queries, single adds); larger
 #: batches (imports, re-embedding) only read it, so they never evict hot query texts.
 CACHE_MAX_BATCH = 16
+#: Sessions inherited from a parent process across fork; see MiniLMEmbedder._get_runtime.
+_FORKED_AWAY: list[object] = []
 
 
 class _Runtime:
@@ -41,6 +43,7 @@ class _Runtime:
         from tokenizers import Tokenizer
 
         self.model = model
+        self.pid = os.getpid()
         try:
             tokenizer = Tokenizer.from_file(str(model.tokenizer))
         except Exception as exc:  # tokenizers raises a bare Exception on a bad file
@@ -113,6 +116,7 @@ class MiniLMEmbedder:
         warmup: load the model and run one text now instead of at the first call.
 
     Thread-safe: the first load happens once however many threads call at the same time.
+    Fork-safe: a forked child loads its own session on first use (the parent's is not reused).
     """
 
     def __init__(
@@ -199,10 +203,16 @@ class MiniLMEmbedder:
 
     def _get_runtime(self) -> _Runtime:
         runtime = self._runtime
-        if runtime is None:
+        if runtime is None or runtime.pid != os.getpid():
             with self._lock:
                 runtime = self._runtime
-                if runtime is None:
+                if runtime is None or runtime.pid != os.getpid():
+                    # First use, or first use in a forked child: onnxruntime's thread pools do
+                    # not survive fork, so a child loads its own session. The parent's session
+                    # is kept, never destroyed: its destructor would join threads that do not
+                    # exist in the child and hang.
+                    if runtime is not None:
+                        _FORKED_AWAY.append(runtime)
                     model = resolve(self._model_path)
                     runtime = _Runtime(model, self._threads, self._max_tokens)
                     self._dim = runtime.dim
