@@ -5,7 +5,7 @@
 Measures, on the same texts (the first ``--texts`` rows of the shared MiniLM reference set):
 
 - single text: p50/p99 latency of ``embed([text])`` over every text, per run;
-- batch: texts/s embedding all texts in batches of 32, per run;
+- batch: texts/s embedding all texts in one call, which runs length-sorted batches of 32;
 - every figure as the median of ``--runs`` runs with its spread, plus the CPU time other
   processes used during each run (``bench.common.CpuWatch``): a busy machine says so;
 - cold start: import + load + first vector, in fresh processes (median of 3), and the whole
@@ -116,11 +116,14 @@ def matmul_peak(threads: int, seconds: float = 1.0) -> float:
 # --- measurements (shared by both sides; the worker runs them in the other venv) ---------------
 
 
-def measure(embed: EmbedFn, texts: list[str], runs: int, batch: int = 32) -> dict[str, Any]:
-    """Single-text latencies and batch throughput, ``runs`` times, with CPU contention."""
+def measure(embed: EmbedFn, texts: list[str], runs: int) -> dict[str, Any]:
+    """Single-text latencies and batch throughput, ``runs`` times, with CPU contention.
+
+    ``embed`` must run many texts in batches of 32 (sorted by length, as both libraries do).
+    """
     for t in texts[:20]:
         embed([t])
-    embed(texts[:batch])
+    embed(texts[:32])
     single: list[dict[str, float]] = []
     batched: list[dict[str, float]] = []
     for _ in range(runs):
@@ -141,8 +144,7 @@ def measure(embed: EmbedFn, texts: list[str], runs: int, batch: int = 32) -> dic
         )
         with CpuWatch() as watch:
             t0 = time.perf_counter()
-            for i in range(0, len(texts), batch):
-                embed(texts[i : i + batch])
+            embed(texts)  # one call; both sides sort by length and run batches of 32
             elapsed = time.perf_counter() - t0
         batched.append(
             {

