@@ -60,7 +60,10 @@ def _run_headroom_ai(job: dict[str, Any], folder: str) -> list[dict[str, Any]]:
 
 
 def _run_mem0(job: dict[str, Any], folder: str) -> list[dict[str, Any]]:
-    """mem0 open source: Memory with the huggingface embedder, local qdrant, infer=False."""
+    """mem0 open source: Memory with the huggingface embedder, local qdrant, infer=False.
+
+    ``threshold=0.0`` so mem0 returns its full top-k (its default 0.1 drops weak matches).
+    """
     mem0 = importlib.import_module("mem0")
     memory = mem0.Memory.from_config(
         {
@@ -95,7 +98,9 @@ def _run_mem0(job: dict[str, Any], folder: str) -> list[dict[str, Any]]:
         latency: list[float] = []
         for question in user["questions"]:
             t0 = time.perf_counter()
-            found = memory.search(question, user_id=user["user"], limit=job["depth"])
+            found = memory.search(
+                question, top_k=job["depth"], filters={"user_id": user["user"]}, threshold=0.0
+            )
             latency.append((time.perf_counter() - t0) * 1000)
             hits = found["results"] if isinstance(found, dict) else found
             rankings.append([int(h["metadata"]["unit"]) for h in hits])
