@@ -210,3 +210,13 @@ def test_get_embedder_shares_one_instance_per_configuration(client: openai.OpenA
     assert local.model_id == "sentence-transformers/all-MiniLM-L6-v2"
     with pytest.raises(InvalidInputError):
         get_embedder(model="bert-base-uncased")
+
+
+def test_without_a_client_uses_base_url(server: EmbeddingServer) -> None:
+    emb = get_embedder(use_local=False, base_url=server.base_url, api_key="k", dimensions=64)
+    assert emb.embed(["hello"]).shape == (1, 64)
+    sent = server.requests[-1]
+    assert sent["input"] == ["hello"] and sent["dimensions"] == 64
+    assert sent["model"] == "text-embedding-3-small"
+    with pytest.raises(InvalidInputError):
+        OpenAIEmbedder(openai.OpenAI(api_key="k"), base_url=server.base_url)

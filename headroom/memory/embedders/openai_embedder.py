@@ -49,7 +49,8 @@ class OpenAIEmbedder:
 
     Args:
         client: an ``openai.OpenAI`` (or compatible) client; None creates ``openai.OpenAI()``
-            on first use (reads ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``).
+            on first use, with ``base_url``/``api_key`` when given (else the SDK reads
+            ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``).
         model: the embedding model name.
         dimensions: sent as ``dimensions`` (text-embedding-3 models can shorten vectors).
             When None, the dimension is the model's native one if known, else learned from
@@ -60,6 +61,7 @@ class OpenAIEmbedder:
         max_backoff: longest single delay in seconds.
         max_input_bytes: per-text cut, in UTF-8 bytes.
         model_id: override the recorded id (default ``openai/<model>@<dim>``).
+        base_url, api_key: for the client created when ``client`` is None.
     """
 
     def __init__(
@@ -74,6 +76,8 @@ class OpenAIEmbedder:
         max_backoff: float = 20.0,
         max_input_bytes: int = 8191,
         model_id: str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         if not isinstance(model, str) or not model:
             raise InvalidInputError(f"model must be a non-empty str; got {model!r}")
@@ -81,9 +85,13 @@ class OpenAIEmbedder:
             isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1
         ):
             raise InvalidInputError(f"dimensions must be a positive int; got {dimensions!r}")
+        if client is not None and (base_url is not None or api_key is not None):
+            raise InvalidInputError("give either client or base_url/api_key, not both")
         if not 1 <= batch_size <= 2048 or max_retries < 0 or backoff < 0 or max_input_bytes < 1:
             raise InvalidInputError("batch_size, max_retries, backoff or max_input_bytes is bad")
         self._client = client
+        self._base_url = base_url
+        self._api_key = api_key
         self._model = model
         self._dimensions = dimensions
         self._dim: int | None = dimensions or KNOWN_DIMS.get(model)
@@ -121,7 +129,9 @@ class OpenAIEmbedder:
                     if client is None:
                         import openai
 
-                        client = openai.OpenAI(max_retries=0)
+                        client = openai.OpenAI(
+                            api_key=self._api_key, base_url=self._base_url, max_retries=0
+                        )
                     elif hasattr(client, "with_options"):
                         client = client.with_options(max_retries=0)
                     self._api = client.embeddings
