@@ -346,3 +346,13 @@ def test_locomo_quick_run_scores_hybrid_above_dense() -> None:
     # conv-26 (tune split): 0.671 dense against 0.850 hybrid when this test was written
     assert hybrid["mean"] > dense["mean"] + 0.1
     assert doc["conversations"] == ["conv-26"] and doc["machine"]["logical_cores"]
+
+
+def test_anchor_driver_rejects_bad_arguments() -> None:
+    # The driver runs under an anchor's own venv; with bad arguments it must say how to use it.
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench/locomo/anchor_driver.py"), "nosuch", "a", "b"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and "anchor_driver.py" in run.stderr
