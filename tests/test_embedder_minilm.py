@@ -176,6 +176,12 @@ def test_query_cache_hits_and_hands_out_copies(cache_home: Path) -> None:
     assert len(cached.cache) == 2
     cached.embed(["what language do I like?"])
     assert cached.cache.hits == 1
+    # A bulk call (more than 16 texts) reads the cache but never fills it.
+    bulk = MiniLMEmbedder(cache_size=100)
+    bulk.embed([f"imported memory {i}" for i in range(20)])
+    assert len(bulk.cache) == 0
+    bulk.embed(["imported memory 3"])
+    assert len(bulk.cache) == 1 and bulk.cache.hits == 0
 
 
 def test_missing_model_says_what_to_run(tmp_path: Path) -> None:
