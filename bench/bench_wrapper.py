@@ -1,0 +1,861 @@
+"""The ``wrapper`` suite: what ``with_fast_memory`` adds to a chat call (issue 4's benchmark).
+
+``python -m bench wrapper [--quick] [--sizes 100,10000,100000] [--calls N] [--no-anchor]``
+
+Every call goes through the real openai SDK over real HTTP to a scripted OpenAI-compatible
+endpoint on 127.0.0.1 (:class:`BenchLLM`, built on ``headroom.memory.scripted_llm``) that
+answers at once with about 60 words and a ``<memory>`` block of 1, 2 or 3 new memories (in
+turn), written in the format the request's instruction asks for. Queries are distinct real
+sentences (no hit in the embedder's cache); the block's memories are distinct real sentences
+too. Before each size the user gets ``size`` memories through ``MemoryStore.add_many`` with
+the real MiniLM vectors of real sentences (:mod:`bench.corpus`, served from its cache by
+:class:`CorpusEmbedder`); an index the store builds for a large user is built then, not
+during the calls.
+
+Figures, per size (milliseconds, p50/p99, one onnxruntime thread):
+- ``critical path``: wrapped call minus the bare call of the same request, measured
+  interleaved (the order alternates call by call): inject + instruct + parse, what the caller
+  waits for beyond the call itself.
+- its parts, timed on the pipeline functions directly (``headroom.memory.pipeline``):
+  ``query embedding`` (``store.embedder.embed``), ``search`` (``store.search`` with that
+  vector, memories read back), ``injection rendering`` (``build_injection``), ``parse``
+  (``parse_choice`` of an answer with its block).
+- ``store path``: ``client.flush()`` right after each call (the background writer embeds the
+  block's memories and appends them durably: the log's default ``interval`` sync), by block
+  size; and ``store.apply`` called directly with 1, 2 and 3 new memories.
+- The anchor, headroom-ai 0.2.15's ``with_fast_memory`` on the same queries, blocks and
+  memories in its own venv (:mod:`bench.wrapper_anchor`), and the ratio ours/theirs. It
+  stores synchronously, so its critical path includes its store path.
+
+Targets at 10k memories (issue 4): critical path p50 < 6 ms and p99 < 15 ms; store path
+p50 < 10 ms for 3 memories. Printed beside the figures with pass/fail, with the CPU time other
+processes used while each part ran (``bench.common.CpuWatch``). Results go to
+``bench/results/wrapper.json`` (``wrapper-quick.json``) with a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import openai
+
+from bench.common import (
+    RESULTS_DIR,
+    CpuReport,
+    CpuWatch,
+    format_table,
+    machine_info,
+    percentiles,
+    plot_bars,
+    write_json,
+)
+from bench.corpus import Corpus, load_corpus
+from bench.locomo.anchors import anchor_python
+from headroom.memory import with_fast_memory
+from headroom.memory.errors import InvalidInputError
+from headroom.memory.injection import build_injection
+from headroom.memory.pipeline import parse_choice
+from headroom.memory.protocol import MEMORY_INSTRUCTION, MemoryOps, render_block
+from headroom.memory.protocol import NewMemory as BlockMemory
+from headroom.memory.scripted_llm import ScriptedLLM
+from headroom.memory.store import MemoryStore, NewMemory
+from headroom.memory.types import Category
+
+Vectors = npt.NDArray[np.float32]
+
+#: The benchmark's user (one user per store; other users do not change a user's search).
+USER = "bench-user"
+DEFAULT_SIZES = (100, 10_000, 100_000)
+#: Targets of issue 4 at this many memories: critical p50 and p99, store path p50 (3 memories).
+TARGET_SIZE = 10_000
+TARGET_CRITICAL_P50_MS = 6.0
+TARGET_CRITICAL_P99_MS = 15.0
+TARGET_STORE_P50_MS = 10.0
+#: Words of a block's memory (a memory is one short sentence).
+FACT_WORDS = (6, 30)
+FACT_MAX_CHARS = 200
+CATEGORIES: tuple[Category, ...] = ("preference", "fact", "context")
+#: Pre-fill batch: one add_many (one embed call and one durable append) per batch.
+PREFILL_BATCH = 5_000
+#: What the scripted model says before its block: about 60 words.
+ANSWER = (
+    "Here is a short answer to your question. The usual approach is to start with the "
+    "simplest thing that works, measure it under a realistic load, and only then decide "
+    "whether the extra complexity pays for itself. Keep the configuration in one place, write "
+    "a test for the behaviour you rely on, and document the trade-off you chose so that the "
+    "next reader understands why."
+)
+SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """One run: sizes, calls per size, warm-up calls, the anchor's budget, where results go."""
+
+    sizes: tuple[int, ...]
+    calls: int
+    warmup: int
+    parts: int
+    applies: int
+    anchor: bool
+    anchor_budget_s: float
+    anchor_min_calls: int
+    seed: int
+    name: str
+    results_dir: Path
+
+
+def parse_args(argv: Sequence[str]) -> Config:
+    """The run's configuration from the command line; InvalidInputError for bad values."""
+    parser = argparse.ArgumentParser(prog="python -m bench wrapper", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="sizes 100 and 10000, 40 calls")
+    parser.add_argument("--sizes", help="comma-separated memories per user")
+    parser.add_argument("--calls", type=int, help="measured calls per size (default 200)")
+    parser.add_argument("--no-anchor", action="store_true", help="skip headroom-ai 0.2.15")
+    parser.add_argument(
+        "--anchor-budget", type=float, default=45.0, help="seconds of anchor calls per size"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="output folder")
+    args = parser.parse_args(list(argv))
+    quick = bool(args.quick)
+    try:
+        sizes = (
+            tuple(int(v) for v in args.sizes.split(","))
+            if args.sizes
+            else ((100, 10_000) if quick else DEFAULT_SIZES)
+        )
+    except ValueError:
+        raise InvalidInputError(f"--sizes takes integers; got {args.sizes!r}") from None
+    calls = args.calls if args.calls is not None else (40 if quick else 200)
+    if calls < 2 or any(s < 1 for s in sizes):
+        raise InvalidInputError("--calls must be >= 2 and every size >= 1")
+    return Config(
+        sizes=sizes,
+        calls=calls,
+        warmup=3,
+        parts=max(10, calls),
+        applies=max(6, calls // 2 // 3 * 3),
+        anchor=not args.no_anchor,
+        anchor_budget_s=float(args.anchor_budget),
+        anchor_min_calls=min(calls, 20),
+        seed=int(args.seed),
+        name="wrapper-quick" if quick else "wrapper",
+        results_dir=Path(args.results),
+    )
+
+
+# --- the workload --------------------------------------------------------------------------------
+
+
+Block = tuple[tuple[str, Category], ...]  # (text, category) per memory of one block
+
+
+@dataclass(frozen=True)
+class SizeScript:
+    """Distinct sentences for one size: queries of the calls and of the parts, and blocks."""
+
+    warmup: tuple[str, ...]
+    warmup_blocks: tuple[Block, ...]
+    calls: tuple[str, ...]
+    blocks: tuple[Block, ...]  # blocks[i] is the block of calls[i]
+    part_queries: tuple[str, ...]
+    apply_blocks: tuple[Block, ...]  # 1, 2, 3 memories in turn
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The memories every size draws from (size n uses the first n) and one script per size."""
+
+    memories: tuple[str, ...]
+    vectors: Vectors
+    model_id: str
+    scripts: Mapping[int, SizeScript]
+
+    def script_blocks(self) -> dict[str, Block]:
+        """Query -> the block the scripted model answers it with (every size, warm-up too)."""
+        out: dict[str, Block] = {}
+        for script in self.scripts.values():
+            out.update(zip(script.calls, script.blocks, strict=True))
+            out.update(zip(script.warmup, script.warmup_blocks, strict=True))
+        return out
+
+
+def is_fact(sentence: str) -> bool:
+    """True for a sentence short enough to be one memory (6-30 words, at most 200 chars)."""
+    return FACT_WORDS[0] <= len(sentence.split()) <= FACT_WORDS[1] and len(sentence) <= (
+        FACT_MAX_CHARS
+    )
+
+
+def _blocks(facts: Iterator[str], count: int, offset: int = 0) -> tuple[Block, ...]:
+    """``count`` blocks of 1, 2, 3, 1, ... memories, categories in turn."""
+    out: list[Block] = []
+    for i in range(count):
+        n = (i + offset) % 3 + 1
+        out.append(tuple((next(facts), CATEGORIES[(i + j) % 3]) for j in range(n)))
+    return tuple(out)
+
+
+def needed_sentences(cfg: Config) -> int:
+    """Corpus sentences a run needs: the largest user plus every size's held-out sentences.
+
+    Block memories are drawn from held-out sentences that pass :func:`is_fact` (about 3 in 4
+    docstring sentences do), so the count leaves room for twice as many candidates.
+    """
+    queries = cfg.warmup + cfg.calls + cfg.parts
+    facts = 2 * (cfg.warmup + cfg.calls + cfg.applies)
+    return max(cfg.sizes) + len(cfg.sizes) * (queries + facts * 3 // 2)
+
+
+def build_workload(cfg: Config, corpus: Corpus) -> Workload:
+    """Split ``corpus`` (seeded) into held-out scripts per size and the memories to pre-fill.
+
+    Raises InvalidInputError when the corpus is too small for the run.
+    """
+    order = np.random.default_rng(cfg.seed).permutation(len(corpus)).tolist()
+    held_out = (len(corpus) - max(cfg.sizes)) if len(corpus) > max(cfg.sizes) else 0
+    pool = iter(corpus.sentences[i] for i in order[:held_out])
+    memory_rows = order[held_out : held_out + max(cfg.sizes)]
+    facts = (s for s in pool if is_fact(s))
+
+    def take(n: int, source: Iterator[str]) -> tuple[str, ...]:
+        got = tuple(s for _, s in zip(range(n), source, strict=False))
+        if len(got) < n:
+            raise InvalidInputError(
+                f"the corpus of {len(corpus)} sentences is too small for this run "
+                f"(build a larger one: python -m bench.corpus --size {needed_sentences(cfg)})"
+            )
+        return got
+
+    scripts: dict[int, SizeScript] = {}
+    for size in cfg.sizes:
+        queries = take(cfg.warmup + cfg.calls + cfg.parts, pool)
+        warmup_facts = iter(take(2 * cfg.warmup, facts))
+        call_facts = iter(take(2 * cfg.calls, facts))
+        apply_facts = iter(take(2 * cfg.applies, facts))
+        scripts[size] = SizeScript(
+            warmup=queries[: cfg.warmup],
+            warmup_blocks=_blocks(warmup_facts, cfg.warmup),
+            calls=queries[cfg.warmup : cfg.warmup + cfg.calls],
+            blocks=_blocks(call_facts, cfg.calls),
+            part_queries=queries[cfg.warmup + cfg.calls :],
+            apply_blocks=_blocks(apply_facts, cfg.applies),
+        )
+    if len(memory_rows) < max(cfg.sizes):
+        raise InvalidInputError(f"the corpus has no room for {max(cfg.sizes)} memories")
+    rows = np.asarray(memory_rows, dtype=np.int64)
+    return Workload(
+        memories=tuple(corpus.sentences[i] for i in memory_rows),
+        vectors=np.ascontiguousarray(corpus.vectors[rows], dtype=np.float32),
+        model_id=corpus.model_id,
+        scripts=scripts,
+    )
+
+
+# --- the scripted endpoint -----------------------------------------------------------------------
+
+
+def user_query(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The caller's own text of the last user message.
+
+    headroom-ai puts its ``<context>`` in front of the user's text, separated by a blank line;
+    the query is what follows the last blank line.
+    """
+    for message in reversed(messages):
+        if message.get("role") == "user" and isinstance(message.get("content"), str):
+            return str(message["content"]).rsplit("\n\n", 1)[-1].strip()
+    return ""
+
+
+def asks_our_format(messages: Sequence[Mapping[str, Any]]) -> bool:
+    """True when the request carries our memory instruction (else: the seed-era format)."""
+    return any(
+        m.get("role") == "system" and MEMORY_INSTRUCTION in str(m.get("content", ""))
+        for m in messages
+    )
+
+
+def answer_text(block: Block, ours: bool) -> str:
+    """The scripted answer: :data:`ANSWER` and the block in the format the caller asked for."""
+    if ours:
+        ops = MemoryOps(add=tuple(BlockMemory(text, cat) for text, cat in block))
+        return f"{ANSWER}\n\n{render_block(ops)}"
+    body = {"memories": [{"content": text, "category": cat} for text, cat in block]}
+    return f"{ANSWER}\n\n<memory>{json.dumps(body)}</memory>"
+
+
+@dataclass
+class BenchLLM(ScriptedLLM):
+    """The scripted endpoint answering each query with its block (empty when unknown).
+
+    It does not keep the request bodies (``requests`` stays empty): a long run would grow.
+    """
+
+    blocks: Mapping[str, Block] = field(default_factory=dict)
+
+    def reply(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        """About 60 words and the query's block, in the format the instruction asks for."""
+        self.requests.clear()
+        block = self.blocks.get(user_query(messages), ())
+        return answer_text(block, asks_our_format(messages))
+
+
+# --- pre-filling a store -------------------------------------------------------------------------
+
+
+class CorpusEmbedder:
+    """An :class:`~headroom.memory.embedders.base.Embedder` serving cached corpus vectors.
+
+    Used only to pre-fill a store: the vectors are the real MiniLM vectors of the corpus
+    sentences, so ``model_id`` is the corpus's model. A text not in the corpus raises
+    InvalidInputError (this embedder never computes a vector).
+    """
+
+    def __init__(self, texts: Sequence[str], vectors: Vectors, model_id: str) -> None:
+        if len(texts) != len(vectors):
+            raise InvalidInputError(f"{len(texts)} texts but {len(vectors)} vectors")
+        self._rows = {text: i for i, text in enumerate(texts)}
+        self._vectors = vectors
+        self._model_id = model_id
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def dim(self) -> int:
+        return int(self._vectors.shape[1])
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        try:
+            rows = [self._rows[t] for t in texts]
+        except KeyError as exc:
+            raise InvalidInputError(f"not a corpus sentence: {exc.args[0]!r}") from None
+        return np.ascontiguousarray(self._vectors[rows], dtype=np.float32)
+
+
+def prefill(path: Path, texts: Sequence[str], vectors: Vectors, model_id: str) -> dict[str, float]:
+    """Give :data:`USER` the memories ``texts`` in a new store at ``path``; close it.
+
+    Goes through ``MemoryStore.add_many`` (no dedup: corpus sentences are distinct) in
+    batches, then runs one search so an index the engine keeps for a large user is built (and
+    snapshotted at close) before anything is timed. Returns the seconds of each step.
+    """
+    embedder = CorpusEmbedder(texts, vectors, model_id)
+    store = MemoryStore(path, embedder=embedder)
+    try:
+        t0 = time.perf_counter()
+        for start in range(0, len(texts), PREFILL_BATCH):
+            batch = [NewMemory(t) for t in texts[start : start + PREFILL_BATCH]]
+            store.add_many(USER, batch, source="import", dedup=False)
+        t1 = time.perf_counter()
+        store.search(USER, vectors[0], top_k=5)
+        t2 = time.perf_counter()
+        count = store.engine.log.count(USER)
+    finally:
+        store.close()
+    if count != len(texts):
+        raise InvalidInputError(f"pre-fill stored {count} memories; expected {len(texts)}")
+    return {"add_many_s": t1 - t0, "first_search_s": t2 - t1, "close_s": time.perf_counter() - t2}
+
+
+# --- measuring ours ------------------------------------------------------------------------------
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _request(query: str) -> dict[str, Any]:
+    return {
+        "model": "bench-llm",
+        "messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": query},
+        ],
+    }
+
+
+@dataclass
+class Samples:
+    """Per-call times (ms) of one size, by figure name."""
+
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, name: str, ms: float) -> None:
+        self.values.setdefault(name, []).append(ms)
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """``{name: {"n", "p50", "p99"}}`` of every figure with samples."""
+        return {
+            name: {"n": float(len(v)), **percentiles(v, (50, 99))}
+            for name, v in self.values.items()
+            if v
+        }
+
+
+@dataclass
+class OursResult:
+    """Everything measured for our wrapper at one size."""
+
+    size: int
+    prefill: dict[str, float]
+    stats: dict[str, dict[str, float]]
+    cpu: dict[str, CpuReport]
+    checks: dict[str, Any]
+
+
+def measure_calls(wrapped: Any, bare: Any, script: SizeScript, samples: Samples) -> dict[str, int]:
+    """Interleaved wrapped and bare calls, ``flush()`` timed after each wrapped one.
+
+    Returns counts to check the run did what it claims: answers that still showed block text
+    (must be 0) and the memories the blocks carried.
+    """
+    leaked = carried = 0
+    for i, (query, block) in enumerate(zip(script.calls, script.blocks, strict=True)):
+        for wrapped_turn in (True, False) if i % 2 == 0 else (False, True):
+            if wrapped_turn:
+                t0 = time.perf_counter()
+                response = wrapped.chat.completions.create(**_request(query))
+                wrapped_ms = _ms(t0)
+                t1 = time.perf_counter()
+                wrapped.flush()
+                samples.add("wrapped call", wrapped_ms)
+                samples.add("store path: flush after the call", _ms(t1))
+                samples.add(f"store path: flush, block of {len(block)}", _ms(t1))
+                leaked += "<memory" in (response.choices[0].message.content or "")
+                carried += len(block)
+            else:
+                t0 = time.perf_counter()
+                bare.chat.completions.create(**_request(query))
+                samples.add("bare call", _ms(t0))
+    wrapped_ms_all = samples.values["wrapped call"][-len(script.calls) :]
+    bare_ms_all = samples.values["bare call"][-len(script.calls) :]
+    for w, b in zip(wrapped_ms_all, bare_ms_all, strict=True):
+        samples.add("critical path (wrapped - bare)", w - b)
+    return {"leaked_block_text": leaked, "memories_in_blocks": carried}
+
+
+def measure_parts(store: MemoryStore, script: SizeScript, samples: Samples) -> None:
+    """The critical path's parts on the pipeline functions, one fresh query each."""
+    for query, block in zip(script.part_queries, script.blocks * 2, strict=False):
+        t0 = time.perf_counter()
+        vector = store.embedder.embed([query])[0]
+        embed_ms = _ms(t0)
+        t0 = time.perf_counter()
+        results = store.search(USER, vector, top_k=5, min_score=0.15)
+        search_ms = _ms(t0)
+        t0 = time.perf_counter()
+        context = build_injection(results, min_score=0.15, max_tokens=300, role="system")
+        render_ms = _ms(t0)
+        text = answer_text(block, ours=True)
+        t0 = time.perf_counter()
+        parse_choice(text, context.id_map)
+        parse_ms = _ms(t0)
+        samples.add("part: query embedding", embed_ms)
+        samples.add("part: search (top 5)", search_ms)
+        samples.add("part: embedding + search", embed_ms + search_ms)
+        samples.add("part: injection rendering", render_ms)
+        samples.add("part: parse", parse_ms)
+
+
+def measure_apply(store: MemoryStore, script: SizeScript, samples: Samples) -> None:
+    """``store.apply`` of fresh memories, directly: embed the block + one durable append."""
+    for block in script.apply_blocks:
+        adds = [NewMemory(text, cat) for text, cat in block]
+        t0 = time.perf_counter()
+        store.apply(USER, adds=adds)
+        samples.add(f"store path: apply, {len(block)} memories", _ms(t0))
+
+
+@contextmanager
+def _watched(cpu: dict[str, CpuReport], name: str) -> Iterator[None]:
+    with CpuWatch() as watch:
+        yield
+    cpu[name] = watch.report
+
+
+def measure_ours(
+    size: int, workload: Workload, base_url: str, folder: Path, cfg: Config
+) -> OursResult:
+    """Pre-fill a store with ``size`` memories, then time calls, parts and applies."""
+    script = workload.scripts[size]
+    path = folder / f"ours-{size}"
+    filled = prefill(path, workload.memories[:size], workload.vectors[:size], workload.model_id)
+    bare = openai.OpenAI(base_url=base_url, api_key="bench-no-key", max_retries=0)
+    t0 = time.perf_counter()
+    wrapped = with_fast_memory(bare, user_id=USER, db_path=path)
+    filled["wrap_s"] = time.perf_counter() - t0
+    store = MemoryStore.open(path)
+    samples = Samples()
+    cpu: dict[str, CpuReport] = {}
+    try:
+        for query in script.warmup:  # model load, connection, index load: not measured
+            wrapped.chat.completions.create(**_request(query))
+            wrapped.flush()
+            bare.chat.completions.create(**_request(query))
+        with _watched(cpu, "calls"):
+            checks: dict[str, Any] = measure_calls(wrapped, bare, script, samples)
+        with _watched(cpu, "parts"):
+            measure_parts(store, script, samples)
+        with _watched(cpu, "apply"):
+            measure_apply(store, script, samples)
+        checks["memories_after"] = store.engine.log.count(USER)
+        checks["embedder_threads"] = getattr(store.embedder, "threads", None)
+        checks["sync"] = store.sync
+    finally:
+        wrapped.flush()
+        store.close()
+    return OursResult(size, filled, samples.stats(), cpu, checks)
+
+
+# --- the anchor ----------------------------------------------------------------------------------
+
+
+ANCHOR = "headroom-ai"
+ANCHOR_DRIVER = Path(__file__).with_name("wrapper_anchor.py")
+
+
+def _weights_folder() -> str:
+    """The folder of the local MiniLM weights (what the anchor loads with sentence-transformers)."""
+    from headroom.memory.embedders.resolve import resolve
+
+    return str(resolve().folder)
+
+
+def run_anchor(
+    cfg: Config, workload: Workload, base_url: str, folder: Path
+) -> tuple[dict[str, Any] | None, str | None, CpuReport | None]:
+    """headroom-ai 0.2.15 on the same workload in its venv: ``(output, why_not, cpu)``.
+
+    ``why_not`` says exactly why it did not run (no venv, failed, timed out); then the output
+    is None.
+    """
+    python = anchor_python(ANCHOR)
+    if python is None:
+        return (
+            None,
+            f"no venv with {ANCHOR} 0.2.15 at bench/.venvs/{ANCHOR} (bench/README.md)",
+            None,
+        )
+    memories_file = folder / "anchor-memories.json"
+    vectors_file = folder / "anchor-vectors.npy"
+    memories_file.write_text(json.dumps(list(workload.memories)))
+    np.save(vectors_file, workload.vectors)
+    job = {
+        "model_path": _weights_folder(),
+        "base_url": base_url,
+        "user": USER,
+        "memories_file": str(memories_file),
+        "vectors_file": str(vectors_file),
+        "sizes": [
+            {
+                "size": size,
+                "warmup": list(s.warmup),
+                "calls": list(s.calls),
+                "part_queries": list(s.part_queries),
+                "store_blocks": [list(map(list, b)) for b in s.apply_blocks],
+                "budget_s": cfg.anchor_budget_s,
+                "min_calls": cfg.anchor_min_calls,
+            }
+            for size, s in workload.scripts.items()
+        ],
+    }
+    in_path, out_path = folder / "anchor-in.json", folder / "anchor-out.json"
+    in_path.write_text(json.dumps(job))
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+    )
+    timeout = 600.0 + len(cfg.sizes) * (cfg.anchor_budget_s * 3 + 120.0)
+    with CpuWatch() as watch:
+        try:
+            proc = subprocess.run(
+                [str(python), str(ANCHOR_DRIVER), str(in_path), str(out_path)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                env=env,
+            )
+        except subprocess.TimeoutExpired:
+            return None, f"{ANCHOR} did not finish within {timeout:.0f} s", None
+    if proc.returncode != 0 or not out_path.is_file():
+        tail = (proc.stderr or proc.stdout)[-1500:]
+        return None, f"{ANCHOR} failed (exit {proc.returncode}):\n{tail}", watch.report
+    output: dict[str, Any] = json.loads(out_path.read_text())
+    return output, None, watch.report
+
+
+def anchor_stats(size_out: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """The anchor's per-call lists of one size as ``{name: {n, p50, p99}}``, in our names.
+
+    Its ``FastMemoryStore.search`` (query embedding included) is ``part: embedding +
+    search``; its wrapper's ``_store_memories`` (embed and commit one memory at a time) is
+    ``store path: apply, n memories``.
+    """
+    samples = Samples()
+    wrapped, bare = size_out["wrapped_ms"], size_out["bare_ms"]
+    for w, b in zip(wrapped, bare, strict=False):
+        samples.add("critical path (wrapped - bare)", w - b)
+    samples.values["wrapped call"] = list(wrapped)
+    samples.values["bare call"] = list(bare)
+    samples.values["part: query embedding"] = list(size_out["embed_ms"])
+    samples.values["part: embedding + search"] = list(size_out["search_ms"])
+    samples.values["part: parse"] = list(size_out["parse_ms"])
+    for n, values in size_out["store_ms"].items():
+        samples.values[f"store path: apply, {n} memories"] = list(values)
+    return samples.stats()
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def _pass(value: float, limit: float) -> str:
+    return f"{'pass' if value < limit else 'FAIL'} (< {limit:g})"
+
+
+def targets(ours: Mapping[int, OursResult]) -> list[dict[str, Any]]:
+    """The three targets of issue 4 at :data:`TARGET_SIZE` (absent when that size did not run)."""
+    result = ours.get(TARGET_SIZE)
+    if result is None:
+        return []
+    crit = result.stats["critical path (wrapped - bare)"]
+    store = result.stats.get("store path: flush, block of 3", {"p50": float("nan")})
+    apply3 = result.stats.get("store path: apply, 3 memories", {"p50": float("nan")})
+    rows = [
+        ("critical path p50", crit["p50"], TARGET_CRITICAL_P50_MS),
+        ("critical path p99", crit["p99"], TARGET_CRITICAL_P99_MS),
+        ("store path p50, 3 memories (flush)", store["p50"], TARGET_STORE_P50_MS),
+        ("store path p50, 3 memories (apply)", apply3["p50"], TARGET_STORE_P50_MS),
+    ]
+    return [
+        {"target": name, "ms": value, "limit_ms": limit, "passed": bool(value < limit)}
+        for name, value, limit in rows
+    ]
+
+
+def _others(report: CpuReport | None) -> str:
+    if report is None or report.others_cpu_s is None:
+        return "n/a"
+    share = (
+        f" ({report.others_share:.0%} of the machine)" if report.others_share is not None else ""
+    )
+    return f"{report.others_cpu_s:.1f} s{share}"
+
+
+#: Row order of the tables: the critical path and its parts, then the store path.
+ROW_ORDER = (
+    "critical path (wrapped - bare)",
+    "wrapped call",
+    "bare call",
+    "part: query embedding",
+    "part: search (top 5)",
+    "part: embedding + search",
+    "part: injection rendering",
+    "part: parse",
+    "store path: flush after the call",
+    "store path: flush, block of 1",
+    "store path: flush, block of 2",
+    "store path: flush, block of 3",
+    "store path: apply, 1 memories",
+    "store path: apply, 2 memories",
+    "store path: apply, 3 memories",
+)
+
+
+def _row_order(name: str) -> int:
+    return ROW_ORDER.index(name) if name in ROW_ORDER else len(ROW_ORDER)
+
+
+def size_table(result: OursResult, anchor: Mapping[str, dict[str, float]] | None) -> str:
+    """One size's figures, ours beside the anchor's and the ratios where both exist."""
+    limits: dict[str, tuple[float | None, float | None]] = {}
+    if result.size == TARGET_SIZE:
+        limits = {
+            "critical path (wrapped - bare)": (TARGET_CRITICAL_P50_MS, TARGET_CRITICAL_P99_MS),
+            "store path: flush, block of 3": (TARGET_STORE_P50_MS, None),
+            "store path: apply, 3 memories": (TARGET_STORE_P50_MS, None),
+        }
+    rows: list[list[object]] = []
+    for name in sorted(result.stats, key=_row_order):
+        st = result.stats[name]
+        theirs = (anchor or {}).get(name)
+        p50_limit, p99_limit = limits.get(name, (None, None))
+        target = ", ".join(
+            f"{label} {_pass(st[label], lim)}"
+            for label, lim in (("p50", p50_limit), ("p99", p99_limit))
+            if lim is not None
+        )
+        row: list[object] = [name, int(st["n"]), st["p50"], st["p99"], target]
+        if theirs:
+            row += [int(theirs["n"]), theirs["p50"], theirs["p99"]]
+            row += [_ratio(st["p50"], theirs["p50"]), _ratio(st["p99"], theirs["p99"])]
+        rows.append(row + [""] * (10 - len(row)))
+    headers = ["figure", "n", "p50 ms", "p99 ms", "target (issue 4)"]
+    headers += ["theirs n", "theirs p50", "theirs p99", "ours/theirs p50", "p99"]
+    return format_table(headers, rows)
+
+
+def _ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.3f}" if theirs > 0 else "n/a"
+
+
+def report(
+    cfg: Config,
+    ours: Mapping[int, OursResult],
+    anchor_out: dict[str, Any] | None,
+    why_not: str | None,
+    anchor_cpu: CpuReport | None,
+) -> dict[str, Any]:
+    """Print every table; return the JSON payload."""
+    anchor_by_size: dict[int, dict[str, dict[str, float]]] = {}
+    anchor_raw: dict[int, Mapping[str, Any]] = {}
+    if anchor_out is not None:
+        for entry in anchor_out["sizes"]:
+            anchor_by_size[int(entry["size"])] = anchor_stats(entry)
+            anchor_raw[int(entry["size"])] = entry
+    for size, result in ours.items():
+        print(
+            f"\n== {size:,} memories: pre-fill {result.prefill['add_many_s']:.1f} s "
+            f"(+ first search {result.prefill['first_search_s']:.1f} s); other processes used "
+            f"{_others(result.cpu.get('calls'))} of CPU during the calls, "
+            f"{_others(result.cpu.get('parts'))} during the parts, "
+            f"{_others(result.cpu.get('apply'))} during the applies"
+        )
+        if size in anchor_by_size:
+            print("theirs = headroom-ai 0.2.15's with_fast_memory on the same calls")
+        print(size_table(result, anchor_by_size.get(size)))
+        checks = result.checks
+        line = (
+            f"checks: block text shown to the caller {checks['leaked_block_text']} times; "
+            f"{checks['memories_in_blocks']} memories in blocks; user has "
+            f"{checks['memories_after']:,} memories after the run (sync={checks['sync']}, "
+            f"onnxruntime threads={checks['embedder_threads']})"
+        )
+        if size in anchor_raw:
+            raw = anchor_raw[size]
+            line += (
+                f"; anchor: {len(raw['wrapped_ms'])} calls, block text shown "
+                f"{raw['leaked']} times, {raw['stored']:,} memories after, its store loaded "
+                f"in {raw['load_s']:.1f} s"
+            )
+        print(line)
+    if anchor_out is not None:
+        print(
+            f"\nanchor: headroom-ai {anchor_out['version']} (torch {anchor_out['torch']}, one "
+            f"thread) in its own venv; other processes used {_others(anchor_cpu)} of CPU "
+            "during its run. Its critical path includes its store path (it stores before "
+            "returning); ours stores on a background writer after the return."
+        )
+    else:
+        print(f"\nanchor: not run: {why_not}")
+    rows = targets(ours)
+    if rows:
+        print(f"\nTargets at {TARGET_SIZE:,} memories (issue 4)")
+        print(
+            format_table(
+                ["target", "ms", "limit ms", "result"],
+                [
+                    [r["target"], r["ms"], r["limit_ms"], "pass" if r["passed"] else "FAIL"]
+                    for r in rows
+                ],
+            )
+        )
+    return {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "ours": {str(size): asdict(result) for size, result in ours.items()},
+        "anchor": {
+            "ran": anchor_out is not None,
+            "why_not": why_not,
+            "version": anchor_out["version"] if anchor_out else None,
+            "cpu": anchor_cpu,
+            "stats": {str(k): v for k, v in anchor_by_size.items()},
+        },
+        "targets": rows,
+    }
+
+
+def _plot(cfg: Config, payload: Mapping[str, Any]) -> Path | None:
+    series: dict[str, dict[str, float]] = {"ours": {}, "headroom-ai 0.2.15": {}}
+    name = "critical path (wrapped - bare)"
+    for size, result in payload["ours"].items():
+        series["ours"][f"{int(size):,}"] = result["stats"][name]["p50"]
+    for size, stats in payload["anchor"]["stats"].items():
+        series["headroom-ai 0.2.15"][f"{int(size):,}"] = stats[name]["p50"]
+    return plot_bars(
+        cfg.name,
+        {k: v for k, v in series.items() if v},
+        "critical path p50 (ms) by memories per user",
+        "ms",
+        cfg.results_dir,
+    )
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+
+def run(cfg: Config, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the suite for ``cfg``; print the tables; return the JSON payload (also written)."""
+    info = machine_info()
+    progress(
+        f"wrapper suite: {info['cpu_model']}, {info['usable_cores']} usable cores, load "
+        f"{info['loadavg_1m']:.2f}; sizes {', '.join(f'{s:,}' for s in cfg.sizes)}; "
+        f"{cfg.calls} calls per size; one onnxruntime thread"
+    )
+    corpus = load_corpus(needed_sentences(cfg))
+    workload = build_workload(cfg, corpus)
+    del corpus
+    llm = BenchLLM(turns=(), blocks=workload.script_blocks()).start()
+    ours: dict[int, OursResult] = {}
+    anchor_out: dict[str, Any] | None = None
+    why_not: str | None = "not asked for (--no-anchor)"
+    anchor_cpu: CpuReport | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-wrapper-") as tmp:
+            folder = Path(tmp)
+            for size in cfg.sizes:
+                progress(f"ours: {size:,} memories ...")
+                ours[size] = measure_ours(size, workload, llm.base_url, folder, cfg)
+            if cfg.anchor:
+                progress("headroom-ai 0.2.15 in its own venv ...")
+                anchor_out, why_not, anchor_cpu = run_anchor(cfg, workload, llm.base_url, folder)
+    finally:
+        llm.stop()
+    payload = report(cfg, ours, anchor_out, why_not, anchor_cpu)
+    _plot(cfg, payload)
+    path = write_json(cfg.name, payload, cfg.results_dir)
+    progress(f"\nwrote {path}")
+    return payload
+
+
+def main(argv: list[str]) -> int:
+    """``python -m bench wrapper [options]``; 0 when the run completed (targets or not)."""
+    try:
+        cfg = parse_args(argv)
+    except InvalidInputError as exc:
+        print(f"python -m bench wrapper: {exc}", file=sys.stderr)
+        return 2
+    run(cfg)
+    return 0

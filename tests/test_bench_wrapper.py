@@ -1,0 +1,242 @@
+"""The ``wrapper`` bench suite: its workload, scripted endpoint, pre-fill and a real small run.
+
+Everything is real: the openai SDK over HTTP to the suite's own endpoint on 127.0.0.1, stores
+on disk, MiniLM for the end-to-end run, and headroom-ai 0.2.15 in its venv for the anchor test
+(skipped when bench/.venvs/headroom-ai is not installed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+
+from bench import bench_wrapper as bw
+from bench.corpus import Corpus
+from bench.locomo.anchors import anchor_python
+from headroom.memory import with_fast_memory
+from headroom.memory.errors import InvalidInputError
+from headroom.memory.protocol import MEMORY_INSTRUCTION
+from headroom.memory.store import MemoryStore
+
+
+def synthetic_corpus(n: int, seed: int = 1) -> Corpus:
+    """``n`` distinct sentences (each a valid block memory) with random unit vectors."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sentences = [f"The user keeps note number {i} about project {i * 7}." for i in range(n)]
+    return Corpus(
+        sentences, np.ascontiguousarray(vectors), "sentence-transformers/all-MiniLM-L6-v2"
+    )
+
+
+def small_config(tmp_path: Path, **changes: object) -> bw.Config:
+    cfg = bw.parse_args(["--sizes", "100", "--calls", "6", "--no-anchor"])
+    return bw.Config(**{**cfg.__dict__, "results_dir": tmp_path, **changes})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def llm() -> Iterator[bw.BenchLLM]:
+    server = bw.BenchLLM(
+        turns=(),
+        blocks={
+            "Which database should I use?": (
+                ("The user runs PostgreSQL in production.", "fact"),
+                ("The user prefers managed services.", "preference"),
+            )
+        },
+    ).start()
+    yield server
+    server.stop()
+
+
+# --- workload -----------------------------------------------------------------------------------
+
+
+def test_workload_sentences_are_disjoint_and_users_nested(tmp_path: Path) -> None:
+    cfg = small_config(tmp_path, sizes=(10, 40), calls=6)
+    corpus = synthetic_corpus(bw.needed_sentences(cfg))
+    work = bw.build_workload(cfg, corpus)
+    assert len(work.memories) == 40 and work.vectors.shape == (40, 384)
+    row = corpus.sentences.index(work.memories[3])
+    assert np.array_equal(work.vectors[3], corpus.vectors[row])
+    seen: set[str] = set(work.memories)
+    for script in work.scripts.values():
+        assert len(script.calls) == 6 and len(script.part_queries) == cfg.parts
+        assert [len(b) for b in script.blocks] == [1, 2, 3, 1, 2, 3]
+        assert [len(b) for b in script.apply_blocks][:3] == [1, 2, 3]
+        texts = [
+            *script.warmup,
+            *(t for b in script.warmup_blocks for t, _ in b),
+            *script.calls,
+            *script.part_queries,
+            *(t for b in script.blocks for t, _ in b),
+            *(t for b in script.apply_blocks for t, _ in b),
+        ]
+        assert len(set(texts)) == len(texts)
+        assert not seen & set(texts)
+        seen |= set(texts)
+
+
+def test_workload_refuses_a_corpus_too_small(tmp_path: Path) -> None:
+    cfg = small_config(tmp_path, sizes=(10,), calls=6)
+    with pytest.raises(InvalidInputError, match="too small"):
+        bw.build_workload(cfg, synthetic_corpus(30))
+
+
+def test_bad_arguments_are_typed_errors_and_exit_2(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError):
+        bw.parse_args(["--sizes", "10,x"])
+    with pytest.raises(InvalidInputError):
+        bw.parse_args(["--calls", "1"])
+    assert bw.main(["--sizes", "0"]) == 2
+
+
+def test_is_fact_keeps_short_sentences_only() -> None:
+    assert bw.is_fact("The user prefers short answers to long ones.")
+    assert not bw.is_fact("Too short here.")
+    assert not bw.is_fact(" ".join(["word"] * 31))
+
+
+# --- scripted endpoint --------------------------------------------------------------------------
+
+
+def test_endpoint_answers_in_the_format_the_instruction_asks_for(llm: bw.BenchLLM) -> None:
+    client = openai.OpenAI(base_url=llm.base_url, api_key="k", max_retries=0)
+    query = "Which database should I use?"
+    ours = client.chat.completions.create(
+        model="m",
+        messages=[
+            {"role": "system", "content": MEMORY_INSTRUCTION},
+            {"role": "user", "content": query},
+        ],
+    )
+    text = ours.choices[0].message.content or ""
+    assert text.startswith(bw.ANSWER) and 50 <= len(bw.ANSWER.split()) <= 70
+    assert '<memory>{"add":' in text and "PostgreSQL" in text
+    theirs = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": f"<context>\n- a note\n</context>\n\n{query}"}],
+    )
+    body = (theirs.choices[0].message.content or "").split("<memory>")[1].split("</memory>")[0]
+    assert [m["content"] for m in json.loads(body)["memories"]] == [
+        "The user runs PostgreSQL in production.",
+        "The user prefers managed services.",
+    ]
+    unknown = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert (unknown.choices[0].message.content or "").endswith('<memory>{"memories": []}</memory>')
+
+
+def test_wrapped_call_hides_the_block_and_stores_it(llm: bw.BenchLLM, tmp_path: Path) -> None:
+    corpus = synthetic_corpus(20)
+    texts = [*corpus.sentences, "Which database should I use?"]
+    texts += ["The user runs PostgreSQL in production.", "The user prefers managed services."]
+    vectors = np.concatenate([corpus.vectors, synthetic_corpus(3, seed=2).vectors])
+    embedder = bw.CorpusEmbedder(texts, vectors, corpus.model_id)
+    bw.prefill(tmp_path / "db", corpus.sentences, corpus.vectors, corpus.model_id)
+    client = openai.OpenAI(base_url=llm.base_url, api_key="k", max_retries=0)
+    wrapped = with_fast_memory(client, user_id=bw.USER, db_path=tmp_path / "db", embedder=embedder)
+    response = wrapped.chat.completions.create(**bw._request("Which database should I use?"))
+    assert response.choices[0].message.content == bw.ANSWER
+    assert wrapped.flush(timeout=30)
+    assert len(wrapped.memory.get_all()) == 22
+    MemoryStore.open(tmp_path / "db").close()
+
+
+# --- pre-fill -----------------------------------------------------------------------------------
+
+
+def test_corpus_embedder_serves_rows_and_refuses_other_texts() -> None:
+    corpus = synthetic_corpus(5)
+    embedder = bw.CorpusEmbedder(corpus.sentences, corpus.vectors, corpus.model_id)
+    got = embedder.embed([corpus.sentences[3], corpus.sentences[0]])
+    assert got.dtype == np.float32 and np.array_equal(got, corpus.vectors[[3, 0]])
+    assert embedder.dim == 384 and embedder.model_id == corpus.model_id
+    with pytest.raises(InvalidInputError, match="not a corpus sentence"):
+        embedder.embed(["something else"])
+    with pytest.raises(InvalidInputError):
+        bw.CorpusEmbedder(corpus.sentences[:2], corpus.vectors, corpus.model_id)
+
+
+def test_prefill_gives_the_user_every_memory_with_its_vector(tmp_path: Path) -> None:
+    corpus = synthetic_corpus(60)
+    seconds = bw.prefill(tmp_path / "db", corpus.sentences, corpus.vectors, corpus.model_id)
+    assert set(seconds) == {"add_many_s", "first_search_s", "close_s"}
+    embedder = bw.CorpusEmbedder(corpus.sentences, corpus.vectors, corpus.model_id)
+    with MemoryStore(tmp_path / "db", embedder=embedder) as store:
+        assert store.stats(bw.USER)["total_chunks"] == 60
+        for i in (0, 17, 59):
+            (memory, score), *_ = store.search(bw.USER, corpus.vectors[i], top_k=1)
+            assert memory.text == corpus.sentences[i] and score == pytest.approx(1.0, abs=1e-5)
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_small_run_measures_every_figure(tmp_path: Path) -> None:
+    cfg = small_config(tmp_path)
+    payload = bw.run(cfg, progress=lambda _: None)
+    written = json.loads((tmp_path / "wrapper.json").read_text())
+    assert written["ours"]["100"]["size"] == 100
+    result = payload["ours"]["100"]
+    stats, checks = result["stats"], result["checks"]
+    for name in bw.ROW_ORDER:
+        assert name in stats, name
+        assert math.isfinite(stats[name]["p50"]) and stats[name]["p99"] >= stats[name]["p50"]
+    assert stats["critical path (wrapped - bare)"]["n"] == 6
+    assert stats["store path: flush, block of 3"]["n"] == 2
+    assert stats["part: query embedding"]["p50"] > 0
+    assert checks["leaked_block_text"] == 0
+    assert checks["memories_in_blocks"] == 12
+    script = bw.build_workload(cfg, _corpus_for(cfg)).scripts[100]
+    applied = sum(len(b) for b in (*script.warmup_blocks, *script.apply_blocks))
+    # every block memory is a new memory or supersedes a near-duplicate of one
+    assert 100 + 12 <= checks["memories_after"] <= 100 + 12 + applied
+    assert checks["embedder_threads"] == 1
+    assert payload["targets"] == []  # no 10k user in this run
+    assert payload["anchor"] == {
+        "ran": False,
+        "why_not": "not asked for (--no-anchor)",
+        "version": None,
+        "cpu": None,
+        "stats": {},
+    }
+
+
+def _corpus_for(cfg: bw.Config) -> Corpus:
+    from bench.corpus import load_corpus
+
+    return load_corpus(bw.needed_sentences(cfg))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(anchor_python(bw.ANCHOR) is None, reason="no headroom-ai 0.2.15 venv")
+def test_anchor_runs_offline_on_the_same_workload(tmp_path: Path) -> None:
+    cfg = small_config(tmp_path, sizes=(30,), calls=4, anchor=True, anchor_min_calls=4)
+    work = bw.build_workload(cfg, synthetic_corpus(bw.needed_sentences(cfg)))
+    llm = bw.BenchLLM(turns=(), blocks=work.script_blocks()).start()
+    try:
+        out, why_not, cpu = bw.run_anchor(cfg, work, llm.base_url, tmp_path)
+    finally:
+        llm.stop()
+    assert why_not is None and out is not None and cpu is not None, why_not
+    assert out["version"] == "0.2.15"
+    (size,) = out["sizes"]
+    assert size["size"] == 30 and len(size["wrapped_ms"]) == len(size["bare_ms"]) == 4
+    assert size["leaked"] == 0
+    in_blocks = sum(len(b) for b in work.scripts[30].blocks)
+    applied = sum(len(b) for b in work.scripts[30].apply_blocks)
+    warmup = sum(len(b) for b in work.scripts[30].warmup_blocks)
+    assert size["stored"] == 30 + warmup + in_blocks + applied  # it never dedups
+    stats = bw.anchor_stats(size)
+    assert stats["critical path (wrapped - bare)"]["n"] == 4
+    assert stats["store path: apply, 3 memories"]["p50"] > 0
