@@ -23,7 +23,7 @@ from openai_server import Reply, ScriptedServer
 from store_helpers import HashEmbedder
 
 from headroom.memory import MemoryEvent, MemoryStore, with_memory
-from headroom.memory.background import EXTRACTION_PROMPT
+from headroom.memory.background import EXTRACTION_PROMPT, close_all
 from headroom.memory.protocol import MEMORY_INSTRUCTION
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +34,24 @@ EMBEDDER = HashEmbedder(dim=32)
 def server() -> Iterator[ScriptedServer]:
     with ScriptedServer() as s:
         yield s
+    close_all()  # no worker thread outlives its test
+
+
+def test_close_all_stops_workers_and_keeps_jobs(server: ScriptedServer, tmp_path: Path) -> None:
+    extractor = Extractor()
+    extractor.failing = True
+    server.responder = extractor
+    client = wrap(client_for(server), tmp_path)
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "keep me"}])
+    worker = client._core.worker
+    close_all()
+    assert worker._thread is None or not worker._thread.is_alive()
+    assert len(MemoryStore.open(tmp_path / "memory.db").pending()) == 1
+    extractor.failing = False
+    again = wrap(client_for(server), tmp_path)  # a new worker resumes the job
+    assert again._core.worker is not worker
+    assert again.flush(timeout=30)
+    assert [m.text for m in again.memory.get_all()] == ["User said keep me"]
 
 
 def is_extraction(body: dict[str, Any]) -> bool:

@@ -163,10 +163,13 @@ class ExtractionWorker:
             return len(self._jobs)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Attempt every known job now and wait for those attempts; True if none is left."""
+        """Attempt every known job now and wait for those attempts; True if none is left.
+
+        A closed worker attempts nothing and answers at once.
+        """
         with self._cond:
-            if not self._jobs:
-                return True
+            if not self._jobs or self._closed:
+                return not self._jobs
             self._round += 1
             mark = self._round
             for job in self._jobs.values():
@@ -389,3 +392,12 @@ def worker_for(store: MemoryStore, **options: Any) -> ExtractionWorker:
     except Exception:
         logger.exception("headroom.memory: could not load pending extraction jobs")
     return worker
+
+
+def close_all() -> None:
+    """Stop every worker of this process (pending jobs stay in their stores, to be resumed)."""
+    with _WORKERS_LOCK:
+        workers = [worker for _, worker in _WORKERS.values()]
+        _WORKERS.clear()
+    for worker in workers:
+        worker.close()

@@ -64,9 +64,11 @@ class Core:
             logger.exception("headroom.memory: the observer raised; ignored")
 
     def get_worker(self, client: Any) -> ExtractionWorker:
-        """The store's extraction worker, with ``client`` registered for this user."""
-        if self.worker is None:
-            self.worker = worker_for(self.store, **self.worker_options)
+        """The store's extraction worker, with ``client`` registered for this user.
+
+        Looked up in the registry each time, so a worker stopped by ``close_all`` is replaced.
+        """
+        self.worker = worker_for(self.store, **self.worker_options)
         self.worker.register(self.settings.user_id, client, self.observer, self.settings)
         return self.worker
 
