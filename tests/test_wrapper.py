@@ -24,6 +24,7 @@ from openai_server import Reply, ScriptedServer, memory_reply
 from store_helpers import HashEmbedder
 
 from headroom.memory import MemoryClient, MemoryEvent, MemoryStore, with_fast_memory
+from headroom.memory.background import close_all
 from headroom.memory.errors import InvalidInputError, InvalidUserIdError
 from headroom.memory.protocol import MEMORY_INSTRUCTION, clean_text
 
@@ -34,6 +35,7 @@ EMBEDDER = HashEmbedder(dim=32)
 def server() -> Iterator[ScriptedServer]:
     with ScriptedServer() as s:
         yield s
+    close_all()  # no extraction worker outlives its test
 
 
 def sync_client(server: ScriptedServer) -> openai.OpenAI:
