@@ -366,6 +366,7 @@ def test_async_stream_closed_early_finalises_once(server: ScriptedServer, tmp_pa
             async for _ in second:
                 break
         assert await client.aflush(timeout=30)
+        await client.close()  # awaitable, as AsyncOpenAI.close is
 
     asyncio.run(run())
     assert len(events) == 2

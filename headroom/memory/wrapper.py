@@ -198,6 +198,13 @@ class AsyncMemoryClient(MemoryClient):
         """:meth:`flush` without blocking the event loop."""
         return await asyncio.to_thread(self._core.flush, timeout)
 
+    async def close(self) -> None:  # type: ignore[override]
+        """Flush memory work without blocking the loop (awaitable, as the SDK's ``close``).
+
+        The HTTP pool is shared with the caller's client and stays open.
+        """
+        await self.aflush()
+
     async def __aenter__(self) -> Any:
         return self
 
