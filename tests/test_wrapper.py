@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import multiprocessing
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -719,3 +720,32 @@ def test_stream_without_finish_reason_releases_held_back_text(
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == clean_text(text)
     assert any(c.usage is not None for c in chunks)
+
+
+def _child_call(base_url: str, path: str, queue: Any) -> None:
+    client = with_fast_memory(
+        openai.OpenAI(base_url=base_url, api_key="test", max_retries=0),
+        user_id="child",
+        db_path=path,
+        embedder=EMBEDDER,
+        min_score=-1.0,
+    )
+    answer = client.chat.completions.create(model="m", messages=USER_MESSAGES)
+    queue.put((answer.choices[0].message.content, client.flush(timeout=30)))
+
+
+def test_forked_child_writes_through_its_own_writer(server: ScriptedServer, tmp_path: Path) -> None:
+    path = tmp_path / "memory.db"
+    parent = wrap(sync_client(server), tmp_path, user="child")
+    server.push(memory_reply("in parent", "User was in the parent"))
+    parent.chat.completions.create(model="m", messages=USER_MESSAGES)
+    assert parent.flush(timeout=30)  # the parent's writer thread has run
+    server.push(memory_reply("in child", "User was in the child"))
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_call, args=(server.base_url, str(path), queue))
+    child.start()
+    assert queue.get(timeout=60) == ("in child", True)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert texts_of(parent) == {"User was in the parent", "User was in the child"}
