@@ -29,8 +29,10 @@ def test_add_get_search_roundtrip(store: MemoryStore) -> None:
     assert m.category == "preference" and m.metadata == {"k": 1} and m.user_id == "alice"
     assert m.created_at.tzinfo is not None
     assert store.get("alice", m.id) == m
-    results = store.search("alice", "User prefers Python", top_k=5)
+    results = store.search("alice", "User prefers Python", top_k=5, hybrid=False)
     assert results[0][0].id == m.id and results[0][1] == pytest.approx(1.0, abs=1e-5)
+    fused = store.search("alice", "User prefers Python", top_k=5)  # + the lexical bonus
+    assert fused[0][0].id == m.id and fused[0][1] == pytest.approx(1.25, abs=1e-5)
 
 
 def test_users_are_isolated(store: MemoryStore) -> None:

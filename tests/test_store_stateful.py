@@ -121,7 +121,7 @@ class StoreMachine(RuleBasedStateMachine):
         query = "python coffee berlin"
         qv = self.embedder.embed([query])[0]
         for user in USERS:
-            results = self.store.search(user, query, top_k=3)
+            results = self.store.search(user, query, top_k=3, hybrid=False)
             mems = self.model[user]
             scored = sorted(
                 ((float(self.embedder.embed([t])[0] @ qv), i) for i, (t, _) in mems.items()),
@@ -134,6 +134,16 @@ class StoreMachine(RuleBasedStateMachine):
                 assert abs(score - want_score) < 1e-4
             got_scores = [s for _, s in results]
             assert got_scores == sorted(got_scores, reverse=True)
+
+    @invariant()
+    def hybrid_search_returns_own_live_memories(self) -> None:
+        for user in USERS:
+            results = self.store.search(user, "tea in paris", top_k=4)
+            assert len(results) == min(4, len(self.model[user]))
+            assert all(m.id in self.model[user] and m.user_id == user for m, _ in results)
+            assert len({m.id for m, _ in results}) == len(results)
+            scores = [s for _, s in results]
+            assert scores == sorted(scores, reverse=True)
 
     @invariant()
     def category_filter_returns_k(self) -> None:
