@@ -246,3 +246,23 @@ def test_snapshot_is_written_verified_and_rebuilt_when_bad(tmp_path: Path) -> No
             assert store.search("big", f"row {i}", top_k=1)[0][0].text == f"row {i}"
         store.add("big", "row 200")
         assert store.search("big", "row 200", top_k=1)[0][0].text == "row 200"
+
+
+def test_hybrid_lexical_side_follows_updates_deletes_and_other_writers(tmp_path: Path) -> None:
+    # HashEmbedder vectors carry no meaning, so what ranks first here is the lexical side.
+    emb = HashEmbedder()
+    with MemoryStore(tmp_path / "db", embedder=emb) as store:
+        filler = [NewMemory(f"note number {i} about nothing") for i in range(30)]
+        store.add_many("u", filler, dedup=False)
+        m = store.add("u", "User keeps zebras in the garden")
+        assert store.search("u", "zebras", top_k=1)[0][0].id == m.id
+        store.update("u", m.id, "User keeps giraffes in the garden")
+        assert store.search("u", "giraffes", top_k=1)[0][0].id == m.id
+        assert store.search("u", "zebras", top_k=1)[0][1] < 1.0  # no lexical bonus left
+        with MemoryStore(tmp_path / "db", embedder=emb) as other:  # another writer
+            n = other.add("u", "User collects vintage typewriters")
+        assert store.search("u", "typewriters", top_k=1)[0][0].id == n.id
+        store.delete("u", n.id)
+        assert all(mem.id != n.id for mem, _ in store.search("u", "typewriters", top_k=40))
+        only = store.search("u", "giraffes", top_k=3, category="preference")
+        assert only == []  # filters apply to lexical candidates too
