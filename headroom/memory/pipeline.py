@@ -96,7 +96,8 @@ class Prepared:
 
     ``messages`` is what to send; ``context`` is the injection (None when nothing was
     injected); ``extract`` says whether the answer's block is to be stored; ``background``
-    says the extraction must be queued instead (JSON mode: no inline block possible).
+    says the extraction must be queued instead (JSON mode: no inline block possible);
+    ``error`` is the failure that made the wrapper go on without injection, if any.
     """
 
     messages: list[Any]
@@ -104,6 +105,7 @@ class Prepared:
     mode: Mode
     extract: bool
     background: bool
+    error: BaseException | None = None
 
     @property
     def id_map(self) -> Mapping[str, str]:

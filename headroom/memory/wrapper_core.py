@@ -86,7 +86,6 @@ class Core:
             prepared = prepare(self.store, self.settings, messages, mode_used, json_mode=json_mode)
         except Exception as exc:
             logger.warning("headroom.memory: injection failed, calling without memories: %s", exc)
-            self.event(MemoryEvent(self.settings.user_id, mode, "inline", error=exc))
             extract = mode_used in ("on", "write") and not json_mode
             prepared = Prepared(
                 messages=instruct(messages) if extract else messages,
@@ -94,6 +93,7 @@ class Core:
                 mode=mode_used,
                 extract=extract,
                 background=False,
+                error=exc,
             )
         if self.background and mode in ("on", "write"):
             prepared = replace(prepared, mode=mode, extract=False, background=True)
@@ -174,6 +174,7 @@ class Core:
             ops=ops,
             problems=problems,
             streamed=streamed,
+            error=prepared.error,
         )
         if not ops.is_empty():
             self.writer.submit(lambda: self._write(ops, event))
@@ -205,6 +206,7 @@ class Core:
         try:
             user_text = last_user_text(list(request.get("messages") or []))
             if not user_text:
+                self.event(MemoryEvent(user_id, prepared.mode, "background", error=prepared.error))
                 return
             turn = [{"role": "user", "content": user_text}]
             if answer:
@@ -220,7 +222,12 @@ class Core:
             return
         self.event(
             MemoryEvent(
-                user_id, prepared.mode, "background", injected=prepared.shown, streamed=streamed
+                user_id,
+                prepared.mode,
+                "background",
+                injected=prepared.shown,
+                streamed=streamed,
+                error=prepared.error,
             )
         )
 
