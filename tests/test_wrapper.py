@@ -553,6 +553,24 @@ def test_bad_arguments_raise_typed_errors(server: ScriptedServer, tmp_path: Path
         wrap(sync_client(server), tmp_path, top_kk=3)
     with pytest.raises(InvalidInputError):
         wrap(object(), tmp_path)
+    bad: list[dict[str, Any]] = [
+        {"top_k": -1},
+        {"top_k": "5"},
+        {"min_score": float("nan")},
+        {"min_score": "high"},
+        {"max_tokens": -1},
+        {"role": ""},
+        {"observer": "print"},
+        {"embedder": object()},
+        {"sync": "sometimes"},
+        {"retry_base": -1},
+    ]
+    for options in bad:
+        with pytest.raises(InvalidInputError):
+            wrap(sync_client(server), tmp_path, **options)
+    with pytest.raises(InvalidInputError):
+        with_fast_memory(sync_client(server), user_id="alice", db_path=42)  # type: ignore[arg-type]
+    assert not (tmp_path / "memory.db").exists()  # nothing was opened for bad input
 
 
 class _TinyStream:

@@ -34,11 +34,7 @@ from .background import is_async_client
 from .embedders.base import Embedder
 from .errors import InvalidInputError
 from .facade import AsyncMemoryFacade, MemoryFacade
-from .pipeline import (
-    Mode,
-    Settings,
-    check_mode,
-)
+from .pipeline import Mode, Settings, check_mode
 from .store import MemoryStore
 from .types import validate_user_id
 from .wrapper_core import Core
@@ -118,7 +114,7 @@ class _AsyncCompletions(_Completions):
 class _Chat:
     """``client.chat`` with memory-aware ``completions``."""
 
-    def __init__(self, inner: Any, owner: MemoryClient, completions: _Completions) -> None:
+    def __init__(self, inner: Any, completions: _Completions) -> None:
         self._inner = inner
         self.completions = completions
 
@@ -136,7 +132,7 @@ class MemoryClient:
         self._client = client
         self._core = core
         self.memory = self._facade_class(core.store, core.settings.user_id)
-        self.chat = _Chat(client.chat, self, self._completions_class(client.chat.completions, self))
+        self.chat = _Chat(client.chat, self._completions_class(client.chat.completions, self))
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in ("_client", "_core"):
@@ -266,12 +262,47 @@ def _embedder(client: Any, use_local: bool, model: str) -> Embedder | None:
     return found
 
 
-def _check_options(options: Mapping[str, Any]) -> None:
+def _number(options: Mapping[str, Any], name: str, default: float, low: float) -> float:
+    value = options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
+        raise InvalidInputError(f"{name} must be a number >= {low}; got {value!r}")
+    if value == float("inf"):
+        raise InvalidInputError(f"{name} must be finite")
+    return float(value)
+
+
+def _check_options(user_id: str, top_k: object, options: Mapping[str, Any]) -> Settings:
+    """Validate the wrap-time options (typed errors, before anything is opened)."""
     unknown = sorted(set(options) - _OPTIONS)
     if unknown:
         raise InvalidInputError(
             f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(_OPTIONS))}"
         )
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise InvalidInputError(f"top_k must be a non-negative int; got {top_k!r}")
+    max_tokens = options.get("max_tokens", Settings.max_tokens)
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+        raise InvalidInputError(f"max_tokens must be a non-negative int; got {max_tokens!r}")
+    role = options.get("role", Settings.role)
+    if not isinstance(role, str) or not role.strip():
+        raise InvalidInputError(f"role must be a non-empty str; got {role!r}")
+    observer = options.get("observer")
+    if observer is not None and not callable(observer):
+        raise InvalidInputError("observer must be callable")
+    embedder = options.get("embedder")
+    if embedder is not None and not isinstance(embedder, Embedder):
+        raise InvalidInputError("embedder must implement the Embedder protocol")
+    if options.get("sync", "interval") not in ("always", "interval", "off"):
+        raise InvalidInputError(f"sync must be always, interval or off; got {options['sync']!r}")
+    _number(options, "retry_base", 1.0, 0.0)
+    _number(options, "retry_max", 300.0, 0.0)
+    return Settings(
+        user_id=user_id,
+        top_k=top_k,
+        min_score=_number(options, "min_score", Settings.min_score, float("-inf")),
+        max_tokens=max_tokens,
+        role=role,
+    )
 
 
 def _build(
@@ -285,12 +316,13 @@ def _build(
     extraction_model: str | None,
     options: Mapping[str, Any],
 ) -> Any:
-    user_id = validate_user_id(user_id)
-    _check_options(options)
+    settings = _check_options(validate_user_id(user_id), top_k, options)
+    if not isinstance(db_path, (str, os.PathLike)):
+        raise InvalidInputError(f"db_path must be a path; got {type(db_path).__name__}")
+    if extraction_model is not None and not isinstance(extraction_model, str):
+        raise InvalidInputError(f"extraction_model must be a str; got {extraction_model!r}")
     if isinstance(client, MemoryClient):  # re-wrapping: wrap the SDK client, not the wrapper
         client = client.wrapped
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise InvalidInputError(f"top_k must be a non-negative int; got {top_k!r}")
     chat = getattr(getattr(client, "chat", None), "completions", None)
     if chat is None or not hasattr(client, "copy"):
         raise InvalidInputError(
@@ -300,13 +332,6 @@ def _build(
     if embedder is None:
         embedder = _embedder(client, use_local_embeddings, embedding_model)
     store = MemoryStore.open(db_path, embedder=embedder, sync=options.get("sync", "interval"))
-    settings = Settings(
-        user_id=user_id,
-        top_k=top_k,
-        min_score=float(options.get("min_score", Settings.min_score)),
-        max_tokens=int(options.get("max_tokens", Settings.max_tokens)),
-        role=str(options.get("role", Settings.role)),
-    )
     worker_options = {k: float(options[k]) for k in ("retry_base", "retry_max") if k in options}
     core = Core(
         store=store,
