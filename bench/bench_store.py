@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,6 @@ class Config:
     corpus_size: int
     seed: int = 0
     name: str = "store"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def make_config(args: argparse.Namespace) -> Config:
@@ -595,7 +594,12 @@ def bench_crossover(cfg: Config, source: VectorSource, out: dict[str, Any]) -> N
         "(exact and hnswlib timed alternately, query by query)\n"
         + format_table(["memories", "exact p50", "hnsw p50", "exact/hnsw", "recall@10"], table)
     )
-    print(f"measured crossover: {cross['text']}")
+    from headroom.memory.engine import DEFAULT_ANN_THRESHOLD
+
+    print(
+        f"measured crossover: {cross['text']} "
+        f"(the engine's DEFAULT_ANN_THRESHOLD is {DEFAULT_ANN_THRESHOLD})"
+    )
     plot_bars(
         f"{cfg.name}-crossover",
         {
