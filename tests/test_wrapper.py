@@ -621,15 +621,21 @@ class TinyClient:
 
 
 def test_any_client_of_the_same_shape(server: ScriptedServer, tmp_path: Path) -> None:
-    client = wrap(TinyClient(server.base_url), tmp_path)
+    options: dict[str, Any] = {}
+    events = _events(options)
+    client = wrap(TinyClient(server.base_url), tmp_path, **options)
     client.memory.add("User prefers Python")
-    server.push(memory_reply("plain", "User one"), memory_reply("streamed", "User two"))
+    server.push(memory_reply("plain", "User one"), memory_reply("streamed", "User two"), LONG)
     result = client.chat.completions.create(model="m", messages=USER_MESSAGES)
     assert result.choices[0].message.content == "plain"
     stream = client.chat.completions.create(model="m", messages=USER_MESSAGES, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream) == "streamed"
-    stream.close()
+    with client.chat.completions.create(model="m", messages=USER_MESSAGES, stream=True) as cut:
+        next(iter(cut))
+    assert cut.closed  # the proxy closed the other SDK's own stream
+    cut.close()
     assert client.flush(timeout=30)
+    assert len(events) == 3  # each call finalised once, the early-closed one included
     assert texts_of(client) == {"User prefers Python", "User one", "User two"}
     assert all("User prefers Python" in injected_text(b) for b in server.chat_requests())
 

@@ -18,7 +18,7 @@ once per class adds the finalising ``close``), iterating over cleaned chunks:
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
 from typing import Any
 
 from .stream_filter import BlockStreamFilter
@@ -104,7 +104,7 @@ class _Cleaner:
         self._on_end(raw, complete)
 
 
-def _sync_gen(source: Iterator[Any], cleaner: _Cleaner) -> Iterator[Any]:
+def _sync_gen(source: Iterator[Any], cleaner: _Cleaner) -> Generator[Any, None, None]:
     complete = False
     try:
         for chunk in source:
@@ -118,7 +118,7 @@ def _sync_gen(source: Iterator[Any], cleaner: _Cleaner) -> Iterator[Any]:
         cleaner.end(complete)
 
 
-async def _async_gen(source: AsyncIterator[Any], cleaner: _Cleaner) -> AsyncIterator[Any]:
+async def _async_gen(source: AsyncIterator[Any], cleaner: _Cleaner) -> AsyncGenerator[Any, None]:
     complete = False
     try:
         async for chunk in source:
@@ -167,9 +167,13 @@ def _async_class(base: type) -> type:
 
 
 class _ProxyStream:
-    """Fallback for a stream object without the SDK's ``_iterator`` slot: an iterator proxy."""
+    """Fallback for a sync stream without the SDK's ``_iterator`` slot: an iterator proxy.
 
-    def __init__(self, stream: Any, gen: Any, cleaner: _Cleaner) -> None:
+    Iterates the cleaned chunks; ``close()`` and ``with`` finalise, then close the stream;
+    every other attribute is the stream's own.
+    """
+
+    def __init__(self, stream: Any, gen: Generator[Any, None, None], cleaner: _Cleaner) -> None:
         self._stream = stream
         self._gen = gen
         self._memory_cleaner = cleaner
@@ -178,36 +182,62 @@ class _ProxyStream:
         return getattr(self._stream, name)
 
     def __iter__(self) -> Iterator[Any]:
-        return self._gen  # type: ignore[no-any-return]
+        return self._gen
 
     def __next__(self) -> Any:
         return next(self._gen)
 
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._gen  # type: ignore[no-any-return]
-
-    async def __anext__(self) -> Any:
-        return await self._gen.__anext__()
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """Finalise (once) and close the underlying stream."""
         self._gen.close()
         self._memory_cleaner.end(False)
         close = getattr(self._stream, "close", None)
         if close is not None:
             close()
 
-    async def __aenter__(self) -> Any:
+    def __enter__(self) -> Any:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _AsyncProxyStream:
+    """The async twin of :class:`_ProxyStream`."""
+
+    def __init__(self, stream: Any, gen: AsyncGenerator[Any, None], cleaner: _Cleaner) -> None:
+        self._stream = stream
+        self._gen = gen
+        self._memory_cleaner = cleaner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._gen
+
+    async def __anext__(self) -> Any:
+        return await self._gen.__anext__()
+
+    async def close(self) -> None:
+        """Finalise (once) and close the underlying stream."""
         await self._gen.aclose()
         self._memory_cleaner.end(False)
         close = getattr(self._stream, "close", None)
         if close is not None:
-            await close()
+            result = close()
+            if hasattr(result, "__await__"):
+                await result
+
+    async def aclose(self) -> None:
+        """Alias of :meth:`close`."""
+        await self.close()
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 def wrap_stream(stream: Any, on_end: OnEnd, *, clean: bool = True) -> Any:
@@ -228,7 +258,7 @@ def wrap_async_stream(stream: Any, on_end: OnEnd, *, clean: bool = True) -> Any:
     """Clean an async stream in place and return it; see :func:`wrap_stream`."""
     cleaner = _Cleaner(on_end, clean)
     if not hasattr(stream, "_iterator"):
-        return _ProxyStream(stream, _async_gen(stream.__aiter__(), cleaner), cleaner)
+        return _AsyncProxyStream(stream, _async_gen(stream.__aiter__(), cleaner), cleaner)
     stream._iterator = _async_gen(stream._iterator, cleaner)
     stream._memory_cleaner = cleaner
     stream.__class__ = _async_class(type(stream))
