@@ -107,8 +107,8 @@ def make_config(args: argparse.Namespace) -> Config:
     """The run's configuration from the parsed command line."""
     quick = bool(args.quick)
 
-    def ints(text: str | None, default: list[int]) -> list[int]:
-        return [int(v) for v in text.split(",")] if text else default
+    def ints(given: list[int] | None, default: list[int]) -> list[int]:
+        return given if given else default
 
     return Config(
         quick=quick,
@@ -959,6 +959,30 @@ SECTIONS: dict[str, str] = {
 }
 
 
+def count(text: str) -> int:
+    """An int >= 0 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {value}")
+    return value
+
+
+def positive(text: str) -> int:
+    """An int >= 1 (argparse type)."""
+    value = count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {value}")
+    return value
+
+
+def size_list(text: str) -> list[int]:
+    """A comma list of ints >= 1 (argparse type)."""
+    return [positive(part.strip()) for part in text.split(",") if part.strip()]
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The suite's command line."""
     parser = argparse.ArgumentParser(
@@ -968,21 +992,25 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="smoke run, about a minute")
     parser.add_argument("--sections", help=f"comma list of {','.join(SECTIONS)} (default all)")
-    parser.add_argument("--sizes", help="user sizes for 'search' (default 100,10k,50k,100k,1M)")
-    parser.add_argument("--ann-max", type=int, help="largest size searched with hnswlib")
-    parser.add_argument("--sqlite-max", type=int, help="largest size searched with SQLite")
-    parser.add_argument("--crossover", help="sizes for 'crossover' (comma list)")
-    parser.add_argument("--queries", type=int, help="queries per latency loop (max)")
+    parser.add_argument(
+        "--sizes", type=size_list, help="user sizes for 'search' (default 100,10k,50k,100k,1M)"
+    )
+    parser.add_argument("--ann-max", type=count, help="largest size searched with hnswlib")
+    parser.add_argument("--sqlite-max", type=count, help="largest size searched with SQLite")
+    parser.add_argument("--crossover", type=size_list, help="sizes for 'crossover' (comma list)")
+    parser.add_argument("--queries", type=positive, help="queries per latency loop (max)")
     parser.add_argument("--budget", type=float, help="seconds per latency loop (max)")
-    parser.add_argument("--add-batches", type=int, help="durable adds per mode (max)")
-    parser.add_argument("--open-records", type=int, help="records of the 'open' store")
-    parser.add_argument("--open-users", type=int, help="users of the 'open' store")
-    parser.add_argument("--corpus", type=int, help="real sentences to load (default 60000)")
+    parser.add_argument("--add-batches", type=positive, help="durable adds per mode (max)")
+    parser.add_argument("--open-records", type=positive, help="records of the 'open' store")
+    parser.add_argument("--open-users", type=positive, help="users of the 'open' store")
+    parser.add_argument("--corpus", type=positive, help="real sentences to load (default 60000)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(list(argv))
     unknown = set(args.sections.split(",")) - set(SECTIONS) if args.sections else set()
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    if args.budget is not None and args.budget <= 0:
+        parser.error("--budget must be > 0")
     return args
 
 
@@ -995,6 +1023,12 @@ def _need(source: VectorSource | None) -> VectorSource:
 def main(argv: list[str]) -> int:
     """Run the suite; print the tables; write the JSON (and plots) under bench/results."""
     cfg = make_config(parse_args(argv))
+    if cfg.open_users > cfg.open_records:
+        print(
+            f"--open-users ({cfg.open_users}) must not exceed --open-records ({cfg.open_records})",
+            file=sys.stderr,
+        )
+        return 2
     info = machine_info()
     print(
         f"store suite ({'quick' if cfg.quick else 'full'}): {info['cpu_model']}, "
