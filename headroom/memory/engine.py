@@ -28,8 +28,9 @@ import numpy.typing as npt
 
 from .index import LabelInfo, UserIndex
 
-#: Users with fewer live memories than this are searched exactly (bench/bench_log.py measures
-#: the crossover: exact top-k over n 384-d vectors against hnswlib at ef=100).
+#: Users with fewer live memories than this are searched exactly. `python -m bench store`
+#: measured the crossover (exact compiled scan against hnswlib at ef=100, real MiniLM vectors,
+#: one thread) at about 4,100 memories; recall@10 of hnswlib stayed >= 0.995 from 1k to 20k.
 DEFAULT_ANN_THRESHOLD = 4096
 
 INT64_MIN = -(2**63)
