@@ -417,3 +417,27 @@ def test_threads_group_commit_all_entries_once(db: Path) -> None:
         assert sorted(seqs) == list(range(1, 201))
         assert sum(log.count(f"user{t}") for t in range(4)) == 200
         assert log.stats()["records"] <= 200
+
+
+def test_a_forked_child_cannot_use_or_hang_on_the_parents_handle(db: Path) -> None:
+    import os
+
+    log = N.Log(str(db), sync="interval")  # has a background fsync thread
+    log.append([add("u", "m", "t")])
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            try:
+                log.get("u", "m")
+            except E.StoreClosedError:
+                code = 2
+            log.close()  # must not join the parent's thread (it does not exist here)
+            del log
+            code = code + 1 if code == 2 else code
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 3
+    assert log.get("u", "m") is not None  # the parent's handle is untouched
+    log.close()

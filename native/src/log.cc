@@ -80,7 +80,11 @@ SegmentHeader ReadHeader(int fd, const std::string& path) {
 // --- open / close -------------------------------------------------------------------------
 
 Log::Log(const std::string& path, SyncMode sync, int sync_interval_ms, uint64_t segment_bytes)
-    : dir_(path), sync_(sync), interval_ms_(sync_interval_ms), segment_bytes_(segment_bytes) {
+    : dir_(path),
+      sync_(sync),
+      interval_ms_(sync_interval_ms),
+      segment_bytes_(segment_bytes),
+      pid_(::getpid()) {
   if (path.empty()) Fail(ErrorKind::kInvalidInput, "the store path must not be empty");
   if (sync_interval_ms < 1) Fail(ErrorKind::kInvalidInput, "sync_interval_ms must be >= 1");
   if (segment_bytes < 4096) Fail(ErrorKind::kInvalidInput, "segment_bytes must be >= 4096");
@@ -113,15 +117,20 @@ Log::~Log() {
     Close();
   } catch (...) {
   }
+  if (::getpid() == pid_) delete bg_cv_;
 }
 
 void Log::Close() {
+  if (::getpid() != pid_) {  // a fork child: the parent's threads and locks are not ours
+    Abandon();
+    return;
+  }
   if (closed_.exchange(true)) return;
   {
     std::lock_guard<std::mutex> lk(bg_mu_);
     stop_ = true;
   }
-  bg_cv_.notify_all();
+  bg_cv_->notify_all();
   if (sync_thread_) {
     sync_thread_->join();
     delete sync_thread_;
@@ -135,6 +144,10 @@ void Log::Close() {
 }
 
 void Log::Abandon() {
+  if (::getpid() == pid_) {  // not a fork child: a normal close (never leak a live thread)
+    Close();
+    return;
+  }
   // In a fork child: the threads do not exist here and mutexes may be held by threads of the
   // parent. Touch neither; drop the descriptors (the parent's copies stay open and locked).
   if (closed_.exchange(true)) return;
@@ -146,6 +159,9 @@ void Log::Abandon() {
 
 void Log::CheckOpen() const {
   if (closed_) Fail(ErrorKind::kClosed, "the store is closed (or was opened by a parent process)");
+  if (::getpid() != pid_)
+    Fail(ErrorKind::kClosed, "this store handle was opened by the parent of this forked process; "
+                             "open the store again in the child");
 }
 
 void Log::Lock() {
@@ -558,7 +574,7 @@ void Log::MaybeRotate() {
 void Log::SyncLoop() {
   std::unique_lock<std::mutex> lk(bg_mu_);
   while (!stop_) {
-    bg_cv_.wait_for(lk, std::chrono::milliseconds(interval_ms_));
+    bg_cv_->wait_for(lk, std::chrono::milliseconds(interval_ms_));
     if (stop_) break;
     if (!dirty_.exchange(false)) continue;
     lk.unlock();

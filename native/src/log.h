@@ -12,6 +12,8 @@
 #include <shared_mutex>
 #include <string>
 #include <thread>
+
+#include <sys/types.h>
 #include <vector>
 
 #include "fileio.h"
@@ -151,6 +153,7 @@ class Log {
   std::mutex q_mu_;
   std::deque<Writer*> queue_;
 
+  const pid_t pid_;  // the process that opened it; in a fork child the Log is unusable
   std::atomic<bool> closed_{false};
   std::atomic<bool> failed_{false};
   std::atomic<bool> dirty_{false};
@@ -159,7 +162,9 @@ class Log {
 
   std::thread* sync_thread_ = nullptr;  // leaked on purpose by Abandon() (fork child)
   std::mutex bg_mu_;
-  std::condition_variable bg_cv_;
+  // On the heap: in a fork child it is leaked, because destroying a condition variable that
+  // had a waiter (the parent's sync thread) blocks forever in glibc.
+  std::condition_variable* bg_cv_ = new std::condition_variable;
   bool stop_ = false;
 };
 
