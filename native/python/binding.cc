@@ -436,6 +436,7 @@ PYBIND11_MODULE(_native, m) {
         d["segments"] = s.segments;
         d["last_seq"] = s.last_seq;
         d["generation"] = s.generation;
+        d["fsyncs"] = s.fsyncs;
         return d;
       })
       .def_property_readonly("failed", &Log::failed)

@@ -512,6 +512,7 @@ void Log::CommitGroup(const std::vector<Writer*>& group) {
       fail_all("fsync", err);
       return;
     }
+    ++fsyncs_;
   } else {
     dirty_ = true;
   }
@@ -584,7 +585,11 @@ void Log::SyncLoop() {
       if (!closed_ && cur_fd_ >= 0) fd = ::dup(cur_fd_);
     }
     if (fd >= 0) {
-      if (int err = SyncFile(fd, &faults_)) SetFailed("background fsync failed: " + ErrnoText(err));
+      if (int err = SyncFile(fd, &faults_)) {
+        SetFailed("background fsync failed: " + ErrnoText(err));
+      } else {
+        ++fsyncs_;
+      }
       ::close(fd);
     }
     lk.lock();
@@ -732,6 +737,7 @@ LogStats Log::Stats() {
   s.segments = segments_.size();
   s.last_seq = state_->last_seq();
   s.generation = generation_;
+  s.fsyncs = fsyncs_.load();
   for (uint64_t n : segments_) {
     struct stat st;
     if (::stat(SegPath(n).c_str(), &st) == 0) s.bytes += static_cast<uint64_t>(st.st_size);

@@ -39,7 +39,7 @@ struct CompactResult {
 
 struct LogStats {
   uint64_t users = 0, memories = 0, pending = 0, entries = 0, records = 0, skipped_entries = 0;
-  uint64_t bytes = 0, segments = 0, last_seq = 0, generation = 0;
+  uint64_t bytes = 0, segments = 0, last_seq = 0, generation = 0, fsyncs = 0;
 };
 
 // One entry read back from the files (records()).
@@ -157,6 +157,7 @@ class Log {
   std::atomic<bool> closed_{false};
   std::atomic<bool> failed_{false};
   std::atomic<bool> dirty_{false};
+  std::atomic<uint64_t> fsyncs_{0};  // successful fsyncs of appended data (stats)
   std::string failed_why_;
   FaultHook faults_;
 
