@@ -233,3 +233,17 @@ def test_sigkill_with_pending_jobs_then_resume(server: ScriptedServer, tmp_path:
     assert client.flush(timeout=30)
     assert {m.text for m in client.memory.get_all()} == {f"User said topic {i}" for i in range(3)}
     assert MemoryStore.open(tmp_path / "memory.db").pending() == []
+
+
+def test_forget_cancels_queued_extractions(server: ScriptedServer, tmp_path: Path) -> None:
+    extractor = Extractor()
+    extractor.failing = True
+    server.responder = extractor
+    client = wrap(client_for(server), tmp_path)
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "secret"}])
+    assert client.flush(timeout=30) is False
+    client.memory.forget()  # hard delete of the user: their pending jobs go too
+    extractor.failing = False
+    assert client.flush(timeout=30)
+    assert client.memory.get_all() == []
+    assert MemoryStore.open(tmp_path / "memory.db").pending() == []

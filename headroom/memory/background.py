@@ -15,6 +15,9 @@ Contract:
   (:func:`worker_for` creates one worker per store per process). Two processes on one
   store may both run an old job; applying it twice at worst stores a near-duplicate, which
   the store's dedup supersedes.
+- A job no longer pending in the store (completed by another process, or purged by a hard
+  ``forget`` of its user) is dropped without a call: forgetting a user also cancels the
+  extractions queued for them.
 - :meth:`ExtractionWorker.flush` makes every known job due now and waits until each has
   been attempted once more (or completed); it returns True when none is left pending.
 """
@@ -247,6 +250,8 @@ class ExtractionWorker:
         """One extraction of ``job``; True when it is done (completed in the store)."""
         settings = self._settings.get(job.user_id) or Settings(user_id=job.user_id)
         try:
+            if job.id not in {j.id for j in self._store.pending(job.user_id)}:
+                return True  # done elsewhere, or purged by forget(): never extract it
             messages = list(job.payload.get("messages") or [])
             model = job.payload.get("model")
             prompt, id_map, shown = self._prompt(settings, messages)
