@@ -774,3 +774,23 @@ def test_forked_child_writes_through_its_own_writer(server: ScriptedServer, tmp_
     child.join(timeout=60)
     assert child.exitcode == 0
     assert texts_of(parent) == {"User was in the parent", "User was in the child"}
+
+
+def test_facade_reads_its_own_writes(server: ScriptedServer, tmp_path: Path) -> None:
+    seen: list[int] = []
+    client: Any = None
+
+    def observer(event: MemoryEvent) -> None:  # runs on the writer thread: must not deadlock
+        seen.append(len(client.memory.get_all()))
+
+    client = wrap(sync_client(server), tmp_path, observer=observer)
+    server.push(memory_reply("ok", "User reads their writes"))
+    client.chat.completions.create(model="m", messages=USER_MESSAGES)
+    # No flush: the facade waits for the pending write itself.
+    assert [m.text for m in client.memory.get_all()] == ["User reads their writes"]
+    assert seen == [1]
+    server.push(memory_reply("ok", "User wants this gone"))
+    client.chat.completions.create(model="m", messages=USER_MESSAGES)
+    assert client.memory.forget() == 2  # the queued write landed first, then went
+    assert client.flush(timeout=30)
+    assert client.memory.get_all() == []

@@ -3,7 +3,9 @@
 :class:`MemoryFacade` (sync clients) calls the store directly. :class:`AsyncMemoryFacade`
 (async clients) has the same methods as coroutines that run the store call in a worker thread
 (``asyncio.to_thread``), so nothing blocks the event loop. Both only ever touch their own
-user's memories: every call passes the bound ``user_id`` first.
+user's memories: every call passes the bound ``user_id`` first. Each call first waits for
+the wrapper's pending inline writes (``settle``), so it sees the memories of every call that
+returned before it, and a delete or forget is never undone by a write queued earlier.
 
 Semantics are the store's (docs/architecture.md): ``delete`` and ``clear()`` are soft,
 ``forget`` and ``clear(hard=True)`` are hard deletes. Bad input raises the typed errors of
@@ -13,7 +15,7 @@ Semantics are the store's (docs/architecture.md): ``delete`` and ``clear()`` are
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -44,9 +46,19 @@ def _own_records(user_id: str, records: Iterable[Mapping[str, Any]]) -> Iterator
 class MemoryFacade:
     """The store's operations for one user (sync)."""
 
-    def __init__(self, store: MemoryStore, user_id: str) -> None:
+    def __init__(
+        self, store: MemoryStore, user_id: str, settle: Callable[[], object] | None = None
+    ) -> None:
         self._store = store
+        self._settle = settle
         self.user_id = validate_user_id(user_id)
+
+    def _ready(self) -> MemoryStore:
+        """The store, once the wrapper's pending inline writes have landed (read your writes;
+        and a delete or forget is never undone by a write queued before it)."""
+        if self._settle is not None:
+            self._settle()
+        return self._store
 
     def search(
         self,
@@ -58,7 +70,7 @@ class MemoryFacade:
         min_score: float | None = None,
     ) -> list[tuple[Memory, float]]:
         """Up to ``top_k`` ``(memory, score)`` pairs most similar to ``query``, best first."""
-        return self._store.search(
+        return self._ready().search(
             self.user_id,
             query,
             top_k=top_k,
@@ -76,7 +88,7 @@ class MemoryFacade:
         created_at: TimeLike = None,
     ) -> Memory:
         """Store one memory and return it."""
-        return self._store.add(
+        return self._ready().add(
             self.user_id,
             text,
             category=category,
@@ -86,11 +98,11 @@ class MemoryFacade:
 
     def get_all(self, category: str | None = None) -> list[Memory]:
         """Every live memory of the user, oldest first (optionally of one category)."""
-        return self._store.get_all(self.user_id, category=category)
+        return self._ready().get_all(self.user_id, category=category)
 
     def get(self, memory_id: str) -> Memory | None:
         """The memory with this id, or None."""
-        return self._store.get(self.user_id, memory_id)
+        return self._ready().get(self.user_id, memory_id)
 
     def update(
         self,
@@ -100,7 +112,7 @@ class MemoryFacade:
         metadata: Mapping[str, Any] | None = None,
     ) -> Memory:
         """Write a new version of a memory (the old one goes to its history)."""
-        return self._store.update(
+        return self._ready().update(
             self.user_id,
             memory_id,
             text,
@@ -110,15 +122,15 @@ class MemoryFacade:
 
     def delete(self, memory_id: str) -> None:
         """Soft delete: hidden at once, purged at the next compaction."""
-        self._store.delete(self.user_id, memory_id)
+        self._ready().delete(self.user_id, memory_id)
 
     def clear(self, hard: bool = False) -> int:
         """Delete every memory of the user (soft unless ``hard``); returns how many."""
-        return self._store.clear(self.user_id, hard=hard)
+        return self._ready().clear(self.user_id, hard=hard)
 
     def forget(self, memory_ids: Sequence[str] | None = None) -> int:
         """Hard delete (every version, then compaction); None means all of the user's."""
-        return self._store.forget(self.user_id, memory_ids)
+        return self._ready().forget(self.user_id, memory_ids)
 
     def prune(
         self,
@@ -129,7 +141,7 @@ class MemoryFacade:
     ) -> int:
         """Delete by age (created before ``older_than``), category and/or beyond the newest
         ``keep_last``; criteria combine with AND. Soft unless ``hard``. Returns how many."""
-        return self._store.prune(
+        return self._ready().prune(
             self.user_id,
             older_than=older_than,
             category=category,
@@ -139,26 +151,28 @@ class MemoryFacade:
 
     def history(self, memory_id: str) -> list[MemoryVersion]:
         """Every version of a memory, oldest first."""
-        return self._store.history(self.user_id, memory_id)
+        return self._ready().history(self.user_id, memory_id)
 
     def stats(self) -> dict[str, Any]:
         """Counts for the user: ``total_chunks``, ``categories`` (count per category), sizes."""
-        return self._store.stats(self.user_id)
+        return self._ready().stats(self.user_id)
 
     def export(self, include_vectors: bool = False) -> list[dict[str, Any]]:
         """The user's memories in the one JSONL schema (one dict per line)."""
-        return list(self._store.export(self.user_id, include_vectors=include_vectors))
+        return list(self._ready().export(self.user_id, include_vectors=include_vectors))
 
     def import_(self, records: Iterable[Mapping[str, Any]]) -> int:
         """Import records of an export into this user; returns how many memories."""
-        return self._store.import_(list(_own_records(self.user_id, records)))
+        return self._ready().import_(list(_own_records(self.user_id, records)))
 
 
 class AsyncMemoryFacade:
     """The same operations as :class:`MemoryFacade`, as coroutines (run in a thread)."""
 
-    def __init__(self, store: MemoryStore, user_id: str) -> None:
-        self.sync = MemoryFacade(store, user_id)
+    def __init__(
+        self, store: MemoryStore, user_id: str, settle: Callable[[], object] | None = None
+    ) -> None:
+        self.sync = MemoryFacade(store, user_id, settle)
         self.user_id = self.sync.user_id
 
     async def search(

@@ -131,7 +131,7 @@ class MemoryClient:
     def __init__(self, client: Any, core: Core) -> None:
         self._client = client
         self._core = core
-        self.memory = self._facade_class(core.store, core.settings.user_id)
+        self.memory = self._facade_class(core.store, core.settings.user_id, core.writer.flush)
         self.chat = _Chat(client.chat, self._completions_class(client.chat.completions, self))
 
     def __getattr__(self, name: str) -> Any:
