@@ -346,8 +346,12 @@ PYBIND11_MODULE(_native, m) {
                               Owned<float>(std::move(vecs), {na, static_cast<py::ssize_t>(dim)}));
       }, py::arg("user"), py::arg("since_seq"))
       .def("resolve", [](Log& log, const std::string& user, py::handle labels_obj) {
-        std::vector<uint64_t> labels;
-        for (py::handle h : labels_obj) labels.push_back(h.cast<uint64_t>());
+        // Any sequence of non-negative ints; a uint64 numpy array is read without a loop.
+        auto arr = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>::ensure(
+            labels_obj);
+        if (!arr || arr.ndim() != 1)
+          Bad(ErrorKind::kInvalidInput, "labels must be a 1-D sequence of non-negative ints");
+        std::vector<uint64_t> labels(arr.data(), arr.data() + arr.shape(0));
         std::vector<std::optional<std::tuple<std::string, uint8_t, int64_t>>> r;
         {
           GilRelease nogil;
