@@ -36,6 +36,10 @@ def test_crc32c_matches_the_standard_check_value_and_the_python_reader() -> None
     assert N.crc32c(b"123456789") == 0xE3069283
     data = bytes(range(256)) * 5
     assert N.crc32c(data) == crc32c(data)
+    rng = np.random.default_rng(0)
+    for n in (7, 8, 4095, 12287, 12288, 12289, 24576 + 13, 50_001):  # 3-way blocks and tails
+        chunk = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert N.crc32c(chunk) == crc32c(chunk), n
     assert N.kernels()["crc32c"] in ("sse4.2", "portable")
     assert N.kernels()["dot"] in ("avx2+fma", "portable")
 

@@ -244,8 +244,12 @@ void SealFrame(std::string* buf) {
 FrameScanner::FrameScanner(int fd, uint64_t start, uint64_t end)
     : fd_(fd), pos_(start), end_(end), valid_end_(start) {}
 
+FrameScanner::FrameScanner(const uint8_t* map, uint64_t start, uint64_t end)
+    : fd_(-1), pos_(start), end_(end), valid_end_(start), map_(map) {}
+
 const uint8_t* FrameScanner::Get(uint64_t off, size_t n) {
   if (off + n > end_) return nullptr;
+  if (map_) return map_ + off;
   if (off >= buf_off_ && off + n <= buf_off_ + buf_len_) return buf_.data() + (off - buf_off_);
   size_t want = n < (4u << 20) ? (4u << 20) : n;
   if (off + want > end_) want = static_cast<size_t>(end_ - off);

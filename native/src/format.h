@@ -119,6 +119,9 @@ struct ScanStats {
 class FrameScanner {
  public:
   FrameScanner(int fd, uint64_t start, uint64_t end);
+  // Scans a mapping of the file's bytes [0, end) instead of reading through pread(2). Only for
+  // files nobody can truncate meanwhile (a truncation under a mapping raises SIGBUS).
+  FrameScanner(const uint8_t* map, uint64_t start, uint64_t end);
   // Next valid frame: true and sets *payload/*len/*offset (valid until the next call), or
   // false at the end; then ValidEnd() is the end of the last valid frame (bytes after it are
   // a tail no valid frame follows).
@@ -136,6 +139,7 @@ class FrameScanner {
   uint64_t pos_;
   uint64_t end_;
   uint64_t valid_end_;
+  const uint8_t* map_ = nullptr;
   std::vector<uint8_t> buf_;
   uint64_t buf_off_ = 0;
   size_t buf_len_ = 0;

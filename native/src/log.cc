@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -265,7 +266,24 @@ void Log::LoadAll(bool locked) {
       SegmentHeader h = live[i].second;
       if (h.generation > gen) gen = h.generation;
       uint64_t size = FileSize(fd);
-      FrameScanner sc(fd, h.header_size, size);
+      // Map what nobody can truncate under us: an earlier segment (only the last one is ever
+      // truncated), or the last one while we hold the lock. Else read through pread(2).
+      void* map = MAP_FAILED;
+      if ((!last || locked) && size > 0)
+        map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+      struct Unmap {
+        void* p;
+        size_t n;
+        ~Unmap() {
+          if (p != MAP_FAILED) ::munmap(p, n);
+        }
+      } unmap{map, static_cast<size_t>(size)};
+      std::unique_ptr<FrameScanner> scp =
+          map != MAP_FAILED
+              ? std::make_unique<FrameScanner>(static_cast<const uint8_t*>(map), h.header_size,
+                                               size)
+              : std::make_unique<FrameScanner>(fd, h.header_size, size);
+      FrameScanner& sc = *scp;
       uint64_t applied = 0;
       ApplyFrames(fresh.get(), false, &sc, &applied, &rec, &frames);
       // After the segment's own records: a compaction output holds seqs below its floor.
