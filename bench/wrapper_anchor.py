@@ -23,7 +23,7 @@ anchor's SQLite table with the same texts and vectors our store gets):
   run out (never fewer than ``min_calls``). The anchor stores synchronously, so its wrapped
   call includes embedding and writing the block's memories.
 - ``embed_ms``: its embed function on a query; ``search_ms``: ``FastMemoryStore.search``
-  (query embedding included, as its wrapper calls it); ``parse_ms``:
+  (query embedding included, as its wrapper calls it; within the same budget); ``parse_ms``:
   ``parse_response_with_memory`` on the answers of the bare calls; ``store_ms``: its
   wrapper's ``_store_memories`` for blocks of 1, 2 and 3 memories.
 
@@ -130,7 +130,10 @@ def _run_size(job: dict[str, Any], spec: dict[str, Any], folder: str, memories: 
         t0 = time.perf_counter()
         store.embed_fn(query)
         embed_ms.append(_ms(t0))
-    for query in spec["part_queries"][half:]:
+    start = time.perf_counter()
+    for i, query in enumerate(spec["part_queries"][half:]):
+        if i >= int(spec["min_calls"]) and time.perf_counter() - start > float(spec["budget_s"]):
+            break
         t0 = time.perf_counter()
         store.search(user, query, top_k=5)
         search_ms.append(_ms(t0))

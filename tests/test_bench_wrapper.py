@@ -202,6 +202,7 @@ def test_small_run_measures_every_figure(tmp_path: Path) -> None:
     # every block memory is a new memory or supersedes a near-duplicate of one
     assert 100 + 12 <= checks["memories_after"] <= 100 + 12 + applied
     assert checks["embedder_threads"] == 1
+    assert 0 < checks["injected_per_call"] <= 5  # top_k=5 above the relevance floor
     assert payload["targets"] == []  # no 10k user in this run
     assert payload["anchor"] == {
         "ran": False,
@@ -209,6 +210,7 @@ def test_small_run_measures_every_figure(tmp_path: Path) -> None:
         "version": None,
         "cpu": None,
         "stats": {},
+        "samples": {},
     }
 
 
