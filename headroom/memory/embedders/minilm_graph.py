@@ -14,7 +14,7 @@ run as one Gemm over their concatenated weights (folded into a constant at load)
 Inputs: ``input_ids`` and ``attention_mask``, int64 ``(batch, seq)``, seq <= 512.
 Output: ``embedding``, float32 ``(batch, 384)``, rows of unit length.
 
-Needs the ``onnx`` package (the ``model`` extra); only the builder imports it.
+Written with :mod:`.onnx_writer`, so building needs neither ``onnx`` nor ``protobuf``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelNotFoundError
+from . import onnx_writer
 from .safetensors_header import SafetensorsHeader, TensorInfo, read_header
 
 #: Bumped whenever the graph changes, so cached graphs of an older layout are rebuilt.
@@ -33,15 +34,14 @@ GRAPH_VERSION = 2
 OPSET = 20
 IR_VERSION = 9
 
-_DTYPES = {"F32": 1, "I64": 7}  # onnx.TensorProto.FLOAT, INT64
+_DTYPES = {"F32": onnx_writer.FLOAT, "I64": onnx_writer.INT64}
 
 
 class _Builder:
     """Accumulates nodes and initializers; names every intermediate value uniquely."""
 
-    def __init__(self, helper: Any, tensor_proto: Any, header: SafetensorsHeader, weights: str):
+    def __init__(self, helper: Any, header: SafetensorsHeader, weights: str):
         self.h = helper
-        self.tp = tensor_proto
         self.header = header
         self.weights = weights
         self.nodes: list[Any] = []
@@ -66,9 +66,8 @@ class _Builder:
     def const(self, value: Any, dtype: Any = np.int64, hint: str = "c") -> str:
         arr = np.asarray(value, dtype=dtype)
         name = self.name(hint)
-        tensor = self.h.make_tensor(
-            name, _DTYPES["I64" if arr.dtype == np.int64 else "F32"], arr.shape, arr.flatten()
-        )
+        dtype_code = _DTYPES["I64" if arr.dtype == np.int64 else "F32"]
+        tensor = self.h.make_tensor(name, dtype_code, arr.shape, arr.flatten().tolist())
         self.inits.append(tensor)
         return name
 
@@ -80,18 +79,9 @@ class _Builder:
         if shape is not None and info.shape != shape:
             raise ModelNotFoundError(f"tensor {key} has shape {info.shape}, expected {shape}")
         if key not in self._loaded:
-            t = self.tp()
-            t.name = key
-            t.data_type = _DTYPES[info.dtype]
-            t.dims.extend(info.shape)
-            t.data_location = self.tp.EXTERNAL
-            for k, v in (
-                ("location", self.weights),
-                ("offset", str(info.offset)),
-                ("length", str(info.length)),
-            ):
-                entry = t.external_data.add()
-                entry.key, entry.value = k, v
+            t = self.h.make_external_tensor(
+                key, _DTYPES[info.dtype], info.shape, self.weights, info.offset, info.length
+            )
             self.inits.append(t)
             self._loaded.add(key)
         return key
@@ -118,15 +108,19 @@ def _config(model_dir: Path) -> dict[str, Any]:
     return cfg
 
 
-def build_graph_bytes(model_dir: Path, weights_name: str = "model.safetensors") -> bytes:
+def build_graph_bytes(
+    model_dir: Path, weights_name: str = "model.safetensors", proto: Any = None
+) -> bytes:
     """Serialised ONNX model for the BERT sentence encoder in ``model_dir``.
+
+    ``proto`` writes the protobuf messages: :mod:`.onnx_writer` by default (no ``onnx``
+    package needed); the tests pass an ``onnx.helper`` adapter and compare the bytes.
 
     ``model_dir`` holds ``config.json`` and ``weights_name``. The external-data locations are
     ``weights_name`` relative to the folder onnxruntime is told to read initializers from.
     Raises ModelNotFoundError if the files are missing or not a BERT of the expected layout.
     """
-    from onnx import TensorProto, helper
-
+    helper: Any = proto if proto is not None else onnx_writer
     cfg = _config(model_dir)
     hidden = int(cfg["hidden_size"])
     heads = int(cfg["num_attention_heads"])
@@ -134,7 +128,7 @@ def build_graph_bytes(model_dir: Path, weights_name: str = "model.safetensors") 
     if cfg.get("hidden_act", "gelu") != "gelu" or hidden % heads:
         raise ModelNotFoundError(f"{model_dir} is not a BERT encoder this builder supports")
     header = read_header(model_dir / weights_name)
-    b = _Builder(helper, TensorProto, header, weights_name)
+    b = _Builder(helper, header, weights_name)
     head_dim = hidden // heads
 
     ids, mask = "input_ids", "attention_mask"
@@ -148,7 +142,7 @@ def build_graph_bytes(model_dir: Path, weights_name: str = "model.safetensors") 
     x = b.layer_norm(x, "embeddings.LayerNorm", eps)
 
     # Additive attention bias: 0 where attended, float32 min where padded (as transformers).
-    mask_f = b.op("Cast", [mask], to=TensorProto.FLOAT)
+    mask_f = b.op("Cast", [mask], to=helper.FLOAT)
     inv = b.op("Sub", [b.const(1.0, np.float32), mask_f])
     bias = b.op("Mul", [inv, b.const(float(np.finfo(np.float32).min), np.float32)])
     bias = b.op("Unsqueeze", [bias, b.const([1, 2])])  # (batch, 1, 1, seq)
@@ -198,18 +192,17 @@ def build_graph_bytes(model_dir: Path, weights_name: str = "model.safetensors") 
         b.nodes,
         "all-MiniLM-L6-v2",
         [
-            helper.make_tensor_value_info(ids, TensorProto.INT64, ["batch", "seq"]),
-            helper.make_tensor_value_info(mask, TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info(ids, helper.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info(mask, helper.INT64, ["batch", "seq"]),
         ],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", hidden])],
+        [helper.make_tensor_value_info("embedding", helper.FLOAT, ["batch", hidden])],
         initializer=b.inits,
     )
-    model = helper.make_model(
+    data: bytes = helper.make_model_bytes(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
         producer_name="headroom-memory",
         producer_version=str(GRAPH_VERSION),
     )
-    model.ir_version = IR_VERSION
-    data: bytes = model.SerializeToString()
     return data
