@@ -83,23 +83,23 @@ def token_counts(texts: Sequence[str]) -> list[int]:
 def matmul_peak(threads: int, seconds: float = 1.0) -> float:
     """onnxruntime's MatMul GFLOP/s with a constant (pre-packed) B, (512x384)@(384x1536)."""
     import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+
+    from headroom.memory.embedders import onnx_writer as w
 
     m, k, n = 512, 384, 1536
     rng = np.random.default_rng(0)
-    b = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "B")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["A", "B"], ["C"])],
+    b = w.make_tensor("B", w.FLOAT, (k, n), rng.standard_normal(k * n).astype(np.float32))
+    graph = w.make_graph(
+        [w.make_node("MatMul", ["A", "B"], ["C"])],
         "peak",
-        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
-        [helper.make_tensor_value_info("C", TensorProto.FLOAT, [m, n])],
+        [w.make_tensor_value_info("A", w.FLOAT, [m, k])],
+        [w.make_tensor_value_info("C", w.FLOAT, [m, n])],
         initializer=[b],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = w.make_model_bytes(graph, [w.make_opsetid("", 17)], 8, "bench", "1")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     a = rng.standard_normal((m, k)).astype(np.float32)
     for _ in range(5):
         sess.run(None, {"A": a})
