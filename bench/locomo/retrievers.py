@@ -9,8 +9,7 @@ vectors come from the (cached) embedder, so ``rank`` timings exclude embedding e
 - :class:`DenseRetriever`: exact cosine over MiniLM vectors (the plain dense baseline).
 - :class:`HybridRetriever`: dense top-``pool`` plus lexical top-``pool``, reordered by
   :func:`headroom.memory.ranking.rerank`; exactly what the store can do on its candidate set.
-- :class:`StoreHybridRetriever`: the hybrid recipe over the store's own search, get_all and
-  get (until ``MemoryStore.search`` runs it inside).
+- :class:`StoreDenseRetriever`: the same store searched with ``hybrid=False`` (dense only).
 - :class:`StoreRetriever`: memories ingested with ``MemoryStore.add_many`` (dia_ids, speaker and
   session in metadata, the session date as ``created_at``) and queried with
   ``MemoryStore.search``, the same call the wrapper makes for injection.
@@ -19,7 +18,9 @@ vectors come from the (cached) embedder, so ``rank`` timings exclude embedding e
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,10 +150,19 @@ class StoreRetriever:
 
         self.store = MemoryStore.open(str(folder), embedder=embedder)
         self._user = ""
+        self._fitted: dict[str, int] = {}
+        #: Seconds spent ingesting (``add_many``, embedding included) since the store opened.
+        self.ingest_s = 0.0
 
     def fit(self, user: str, units: Sequence[Unit]) -> None:
+        """Ingest ``units`` as ``user``'s memories, unless that user already holds exactly them."""
         from headroom.memory.store import NewMemory
 
+        self._user = user
+        key = hash(tuple(u.text for u in units))
+        if self._fitted.get(user) == key:
+            return
+        t0 = time.perf_counter()
         self.store.clear(user, hard=True)
         items = [
             NewMemory(
@@ -164,7 +174,8 @@ class StoreRetriever:
             for i, u in enumerate(units)
         ]
         self.store.add_many(user, items, source="import", dedup=False)
-        self._user = user
+        self._fitted[user] = key
+        self.ingest_s += time.perf_counter() - t0
 
     @property
     def user(self) -> str:
@@ -180,34 +191,22 @@ class StoreRetriever:
         self.store.close()
 
 
-class StoreHybridRetriever:
-    """The hybrid recipe on top of the public store API (what ``store.search`` can do inside).
+class StoreDenseRetriever:
+    """``MemoryStore.search(..., hybrid=False)`` on the same store: the dense-only diagnostic."""
 
-    Dense candidates come from ``MemoryStore.search(user, query, top_k=pool)``; a
-    :class:`LexicalIndex` is built from ``get_all(user)`` at ``fit``; lexical-only candidates are
-    read with ``get``; :func:`rerank` orders the union with the tuned default config.
-    """
+    name = "store, hybrid=False"
 
-    name = "store + hybrid"
-
-    def __init__(self, store: StoreRetriever, pool: int = 50) -> None:
+    def __init__(self, store: StoreRetriever) -> None:
         self.inner = store
-        self.pool = pool
-        self._lexical = LexicalIndex()
+
+    @staticmethod
+    def supported(store: StoreRetriever) -> bool:
+        """True when this checkout's ``MemoryStore.search`` takes ``hybrid=``."""
+        return "hybrid" in inspect.signature(store.store.search).parameters
 
     def fit(self, user: str, units: Sequence[Unit]) -> None:
         self.inner.fit(user, units)
-        self._lexical = LexicalIndex()
-        self._lexical.add_many((m.id, m.text) for m in self.inner.store.get_all(user))
 
     def rank(self, question: str, depth: int) -> list[int]:
-        store, user = self.inner.store, self.inner.user
-        hits = store.search(user, question, top_k=self.pool)
-        memories = {m.id: m for m, _ in hits}
-        cands = [Candidate(m.id, m.text, score, m.created_at) for m, score in hits]
-        for key, _ in self._lexical.top(question, self.pool):
-            if key not in memories and (m := store.get(user, key)) is not None:
-                memories[key] = m
-                cands.append(Candidate(key, m.text, None, m.created_at))
-        order = rerank(question, cands, self._lexical)
-        return [int(memories[cands[i].key].metadata["unit"]) for i, _ in order[:depth]]
+        hits = self.inner.store.search(self.inner.user, question, top_k=depth, hybrid=False)
+        return [int(m.metadata["unit"]) for m, _ in hits]
