@@ -290,7 +290,7 @@ def main(argv: Sequence[str]) -> int:
         if key.startswith("query path"):
             print(f"{key}: p50 {value['p50']:.2f}  p99 {value['p99']:.2f}  ({value['queries']} q)")
         elif key.startswith("store ingest"):
-            print(f"{key}: {value:.1f} (add_many, live embedding, all conversations)")
+            print(f"{key}: {value:.2f} (add_many of every conversation; vectors from the cache)")
     if "scale" in extra:
         sc = extra["scale"]
         print(f"one user with {sc['memories']} memories, {sc['queries']} queries (ms):")
