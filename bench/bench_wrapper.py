@@ -500,6 +500,10 @@ def measure_parts(store: MemoryStore, script: SizeScript, samples: Samples) -> N
         samples.add("diag: dense-only search (hybrid=False)", dense_ms)
 
 
+def _mean_words(texts: Sequence[str]) -> float:
+    return float(np.mean([len(t.split()) for t in texts])) if texts else 0.0
+
+
 @contextmanager
 def _watched(cpu: dict[str, CpuReport], name: str) -> Iterator[None]:
     with CpuWatch() as watch:
@@ -539,6 +543,8 @@ def measure_ours(
         measured = injected[len(script.warmup) :][: len(script.calls)]
         checks["injected_per_call"] = float(np.mean(measured)) if measured else 0.0
         checks["memories_after"] = store.engine.log.count(USER)
+        checks["query_words_mean"] = _mean_words(script.calls)
+        checks["block_memory_words_mean"] = _mean_words([t for b in script.blocks for t, _ in b])
         checks["embedder_threads"] = getattr(store.embedder, "threads", None)
         checks["sync"] = store.sync
     finally:
@@ -772,7 +778,9 @@ def report(
         line = (
             f"checks: block text shown to the caller {checks['leaked_block_text']} times; "
             f"{checks['injected_per_call']:.2f} memories injected per call; "
-            f"{checks['memories_in_blocks']} memories in blocks; user has "
+            f"{checks['memories_in_blocks']} memories in blocks (mean "
+            f"{checks['block_memory_words_mean']:.1f} words; queries "
+            f"{checks['query_words_mean']:.1f}); user has "
             f"{checks['memories_after']:,} memories after the run (sync={checks['sync']}, "
             f"onnxruntime threads={checks['embedder_threads']})"
         )
