@@ -18,6 +18,7 @@ vectors come from the (cached) embedder, so ``rank`` timings exclude embedding e
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import re
 import time
@@ -53,6 +54,11 @@ class BM25Retriever:
 
     def __init__(self) -> None:
         self._bm25: Any = None
+
+    @staticmethod
+    def available() -> bool:
+        """True when rank_bm25 (the ``bench`` extra) is installed."""
+        return importlib.util.find_spec("rank_bm25") is not None
 
     def fit(self, user: str, units: Sequence[Unit]) -> None:
         bm25_module = importlib.import_module("rank_bm25")  # untyped; the ``bench`` extra

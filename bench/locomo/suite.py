@@ -243,6 +243,10 @@ def main(argv: Sequence[str]) -> int:
     convs = load(ids=ids)
     kinds: list[UnitKind] = list(UNIT_KINDS) if args.unit == "all" else [args.unit]
     embedder = CachedEmbedder(load_embedder())
+    if not BM25Retriever.available():
+        print(
+            "bm25 baseline skipped: rank_bm25 is not installed (the bench extra)", file=sys.stderr
+        )
     count, counter_name = _token_counter()
     summary: dict[str, dict[str, Any]] = {}
     extra: dict[str, Any] = {}
@@ -255,7 +259,7 @@ def main(argv: Sequence[str]) -> int:
             store = None if args.no_store else _open_store(embedder, Path(tmp) / "memory.db")
             for kind in kinds:
                 retrievers: list[Retriever] = [
-                    BM25Retriever(),
+                    *([BM25Retriever()] if BM25Retriever.available() else []),
                     DenseRetriever(embedder),
                     DenseRetriever(embedder, rewrite=True),
                     *(HybridRetriever(embedder, s) for s in settings),
