@@ -7,10 +7,12 @@ on disk, MiniLM for the end-to-end run, and headroom-ai 0.2.15 in its venv for t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import openai
@@ -36,9 +38,9 @@ def synthetic_corpus(n: int, seed: int = 1) -> Corpus:
     )
 
 
-def small_config(tmp_path: Path, **changes: object) -> bw.Config:
+def small_config(tmp_path: Path, **changes: Any) -> bw.Config:
     cfg = bw.parse_args(["--sizes", "100", "--calls", "6", "--no-anchor"])
-    return bw.Config(**{**cfg.__dict__, "results_dir": tmp_path, **changes})  # type: ignore[arg-type]
+    return dataclasses.replace(cfg, results_dir=tmp_path, **changes)
 
 
 @pytest.fixture
@@ -51,7 +53,8 @@ def llm() -> Iterator[bw.BenchLLM]:
                 ("The user prefers managed services.", "preference"),
             )
         },
-    ).start()
+    )
+    server.start()
     yield server
     server.stop()
 
