@@ -179,8 +179,8 @@ void Log::SetFailed(const std::string& why) {
 
 // --- loading and catching up ----------------------------------------------------------------
 
-void Log::ApplyFrames(State* target, bool lock, FrameScanner* scanner, uint64_t* applied,
-                      Recovery* rec, uint64_t* frames) {
+void Log::ApplyFrames(State* target, bool lock, bool pinned, FrameScanner* scanner,
+                      uint64_t* applied, Recovery* rec, uint64_t* frames) {
   const uint8_t* payload;
   uint32_t len;
   uint64_t off;
@@ -189,7 +189,7 @@ void Log::ApplyFrames(State* target, bool lock, FrameScanner* scanner, uint64_t*
   std::unique_lock<std::shared_mutex> lk(state_mu_, std::defer_lock);
   while (scanner->Next(&payload, &len, &off, &st, &entries)) {
     if (lock && !lk.owns_lock()) lk.lock();
-    for (const EntryView& e : entries) target->Apply(e);
+    for (const EntryView& e : entries) target->Apply(e, pinned);
     *applied += entries.size();
     ++*frames;
   }
@@ -267,25 +267,19 @@ void Log::LoadAll(bool locked) {
       if (h.generation > gen) gen = h.generation;
       uint64_t size = FileSize(fd);
       // Map what nobody can truncate under us: an earlier segment (only the last one is ever
-      // truncated), or the last one while we hold the lock. Else read through pread(2).
-      void* map = MAP_FAILED;
-      if ((!last || locked) && size > 0)
-        map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
-      struct Unmap {
-        void* p;
-        size_t n;
-        ~Unmap() {
-          if (p != MAP_FAILED) ::munmap(p, n);
-        }
-      } unmap{map, static_cast<size_t>(size)};
+      // truncated), or the last one while we hold the lock (a later writer truncates only
+      // beyond the valid end we read: a torn tail or its own failed batch). The state keeps
+      // pointing into the mapping (zero-copy replay) and pins it: an unlink by a compaction
+      // leaves it readable. Else read through pread(2), and the state copies what it keeps.
+      std::shared_ptr<const Mapping> map;
+      if (!last || locked) map = Mapping::Map(fd, static_cast<size_t>(size));
+      if (map) fresh->Pin(map);
       std::unique_ptr<FrameScanner> scp =
-          map != MAP_FAILED
-              ? std::make_unique<FrameScanner>(static_cast<const uint8_t*>(map), h.header_size,
-                                               size)
+          map ? std::make_unique<FrameScanner>(map->data(), h.header_size, size)
               : std::make_unique<FrameScanner>(fd, h.header_size, size);
       FrameScanner& sc = *scp;
       uint64_t applied = 0;
-      ApplyFrames(fresh.get(), false, &sc, &applied, &rec, &frames);
+      ApplyFrames(fresh.get(), false, map != nullptr, &sc, &applied, &rec, &frames);
       // After the segment's own records: a compaction output holds seqs below its floor.
       fresh->NoteSeqFloor(h.seq_floor);
       uint64_t end = sc.ValidEnd();
@@ -345,7 +339,7 @@ uint64_t Log::RefreshLocked(bool locked) {
     if (next && ::fstat(cur_fd_, &st) == 0) size = static_cast<uint64_t>(st.st_size);
     if (size > cur_pos_) {
       FrameScanner sc(cur_fd_, cur_pos_, size);
-      ApplyFrames(state_.get(), true, &sc, &applied, &recovery_, &frames_);
+      ApplyFrames(state_.get(), true, false, &sc, &applied, &recovery_, &frames_);
       uint64_t end = sc.ValidEnd();
       if (end < size) {
         if (next) {

@@ -121,8 +121,10 @@ class Log {
   void RefreshForRead();
   void LoadAll(bool locked);
   uint64_t RefreshLocked(bool locked);
-  void ApplyFrames(State* target, bool lock, FrameScanner* scanner, uint64_t* applied,
-                   Recovery* rec, uint64_t* frames);
+  // Applies every frame the scanner yields; `pinned` when its bytes are a mapping the target
+  // pins (else the target copies what it keeps).
+  void ApplyFrames(State* target, bool lock, bool pinned, FrameScanner* scanner,
+                   uint64_t* applied, Recovery* rec, uint64_t* frames);
   void CommitGroup(const std::vector<Writer*>& group);
   void MaybeRotate();
   void CreateSegment(const SegmentHeader& h);

@@ -44,42 +44,24 @@ void State::AddRow(User* u, uint32_t mi, const float* v, uint32_t dim) {
     return;
   }
   m.row = static_cast<int32_t>(u->rows.size());
-  u->rows.push_back(Row{m.label, m.created_at, mi, m.versions[m.cur].category});
-  u->vecs.insert(u->vecs.end(), v, v + dim);
+  u->rows.push_back(Row{v, m.label, m.created_at, mi, m.versions[m.cur].category});
 }
 
-void State::AddRowBytes(User* u, uint32_t mi, const uint8_t* v, uint32_t dim) {
-  Mem& m = u->mems[mi];
-  if (u->rows.empty()) {
-    u->dim = dim;
-  } else if (u->dim != dim) {
-    ++skipped_;
-    return;
-  }
-  m.row = static_cast<int32_t>(u->rows.size());
-  u->rows.push_back(Row{m.label, m.created_at, mi, m.versions[m.cur].category});
-  size_t at = u->vecs.size();
-  u->vecs.resize(at + dim);
-  std::memcpy(u->vecs.data() + at, v, static_cast<size_t>(dim) * 4);
-}
-
-void State::Unlabel(User* u, uint32_t mi, uint64_t seq, std::vector<float>* saved) {
+const float* State::Unlabel(User* u, uint32_t mi, uint64_t seq) {
   Mem& m = u->mems[mi];
   u->by_label.erase(m.label);
   u->removed.emplace_back(seq, m.label);
-  if (m.row < 0) return;
+  if (m.row < 0) return nullptr;
   size_t r = static_cast<size_t>(m.row);
-  size_t d = u->dim;
-  if (saved) saved->assign(u->vecs.begin() + r * d, u->vecs.begin() + (r + 1) * d);
+  const float* vec = u->rows[r].vec;
   size_t last = u->rows.size() - 1;
   if (r != last) {
     u->rows[r] = u->rows[last];
-    std::memcpy(u->vecs.data() + r * d, u->vecs.data() + last * d, d * 4);
     u->mems[u->rows[r].mem].row = static_cast<int32_t>(r);
   }
   u->rows.pop_back();
-  u->vecs.resize(last * d);
   m.row = -1;
+  return vec;
 }
 
 void State::DropJobsOf(const std::string& user) {
@@ -93,51 +75,77 @@ void State::DropJobsOf(const std::string& user) {
   }
 }
 
-void State::Apply(const EntryView& e) {
-  if (e.seq <= last_seq_) {
+namespace {
+
+// The entry's views moved from its bytes at e.raw to the same bytes at `to`.
+EntryView Rebase(const EntryView& e, const uint8_t* to) {
+  auto move = [&](std::string_view v) {
+    if (v.empty()) return std::string_view();
+    return std::string_view(reinterpret_cast<const char*>(to) +
+                                (reinterpret_cast<const uint8_t*>(v.data()) - e.raw),
+                            v.size());
+  };
+  EntryView o = e;
+  o.user = move(e.user);
+  o.id = move(e.id);
+  o.text = move(e.text);
+  o.meta = move(e.meta);
+  o.model = move(e.model);
+  if (e.vec) o.vec = to + (e.vec - e.raw);
+  o.raw = to;
+  return o;
+}
+
+}  // namespace
+
+void State::Apply(const EntryView& in, bool pinned) {
+  if (in.seq <= last_seq_) {
     ++skipped_;
     return;
   }
-  last_seq_ = e.seq;
+  last_seq_ = in.seq;
   ++entries_;
+  // Only these ops keep views of the entry's bytes in the state.
+  const bool keeps = in.op == kAdd || in.op == kUpdate || in.op == kRevector;
+  const EntryView e = keeps && !pinned ? Rebase(in, arena_.Copy(in.raw, in.raw_len)) : in;
+  const float* vec = reinterpret_cast<const float*>(e.vec);
   switch (e.op) {
     case kAdd: {
       User* u = GetUser(e.user, true);
       u->last_seq = e.seq;
-      std::string id(e.id);
-      if (u->by_id.count(id)) {
+      if (u->by_id.count(e.id)) {
         ++skipped_;
         return;
       }
       uint32_t mi = static_cast<uint32_t>(u->mems.size());
       u->mems.emplace_back();
       Mem& m = u->mems.back();
-      m.id = id;
+      m.id = e.id;
       m.created_at = e.created_at;
       m.label = e.seq;
       m.first_seq = e.seq;
       m.live = true;
       m.model = Model(e.model);
-      m.versions.push_back(Version{e.seq, e.ts, kAdd, e.category, e.source, 1, std::string(e.text),
-                                   std::string(e.meta), m.model});
-      u->by_id.emplace(std::move(id), mi);
+      m.versions.push_back(Version{e.seq, e.ts, kAdd, e.category, e.source, 1, e.text, e.meta,
+                                   m.model});
+      u->by_id.emplace(e.id, mi);
       u->by_label.emplace(e.seq, mi);
       ++u->live;
-      if (e.vec) AddRowBytes(u, mi, e.vec, e.dim);
+      if (vec) AddRow(u, mi, vec, e.dim);
       return;
     }
     case kUpdate:
     case kRevector: {
       User* u = GetUser(e.user, false);
-      auto it = u ? u->by_id.find(std::string(e.id)) : decltype(u->by_id.end()){};
+      auto it = u ? u->by_id.find(e.id) : decltype(u->by_id.end()){};
       if (!u || it == u->by_id.end() || !u->mems[it->second].live) {
         ++skipped_;
         return;
       }
       u->last_seq = e.seq;
       uint32_t mi = it->second;
-      std::vector<float> saved;
-      Unlabel(u, mi, e.seq, e.vec ? nullptr : &saved);
+      const uint32_t old_dim = u->dim;
+      const float* saved = Unlabel(u, mi, e.seq);
       Mem& m = u->mems[mi];
       const Version& cur = m.versions[m.cur];
       Version v{e.seq, e.ts, e.op, cur.category, cur.source, cur.number, {}, {}, cur.model};
@@ -145,8 +153,8 @@ void State::Apply(const EntryView& e) {
         if (e.category) v.category = e.category;
         if (e.source) v.source = e.source;
         v.number = cur.number + 1;
-        v.text = std::string(e.text);
-        v.meta = e.meta.empty() ? cur.meta : std::string(e.meta);
+        v.text = e.text;
+        v.meta = e.meta.empty() ? cur.meta : e.meta;
         if (e.created_at) m.created_at = e.created_at;
       }
       if (e.vec) m.model = Model(e.model);
@@ -155,22 +163,22 @@ void State::Apply(const EntryView& e) {
       if (e.op == kUpdate) m.cur = static_cast<uint32_t>(m.versions.size() - 1);
       m.label = e.seq;
       u->by_label.emplace(e.seq, mi);
-      if (e.vec) {
-        AddRowBytes(u, mi, e.vec, e.dim);
-      } else if (!saved.empty()) {
-        AddRow(u, mi, saved.data(), static_cast<uint32_t>(saved.size()));
+      if (vec) {
+        AddRow(u, mi, vec, e.dim);
+      } else if (saved) {
+        AddRow(u, mi, saved, old_dim);
       }
       return;
     }
     case kDelete: {
       User* u = GetUser(e.user, false);
-      auto it = u ? u->by_id.find(std::string(e.id)) : decltype(u->by_id.end()){};
+      auto it = u ? u->by_id.find(e.id) : decltype(u->by_id.end()){};
       if (!u || it == u->by_id.end() || !u->mems[it->second].live) {
         ++skipped_;
         return;
       }
       u->last_seq = e.seq;
-      Unlabel(u, it->second, e.seq, nullptr);
+      Unlabel(u, it->second, e.seq);
       Mem& m = u->mems[it->second];
       m.live = false;
       --u->live;
@@ -186,7 +194,7 @@ void State::Apply(const EntryView& e) {
       for (uint32_t mi = 0; mi < u->mems.size(); ++mi) {
         Mem& m = u->mems[mi];
         if (!m.live) continue;
-        Unlabel(u, mi, e.seq, nullptr);
+        Unlabel(u, mi, e.seq);
         m.live = false;
         const Version& cur = m.versions[m.cur];
         m.versions.push_back(
@@ -206,18 +214,18 @@ void State::Apply(const EntryView& e) {
       User* u = GetUser(e.user, false);
       if (!u) return;
       u->last_seq = e.seq;
-      auto it = u->by_id.find(std::string(e.id));
+      auto it = u->by_id.find(e.id);
       if (it == u->by_id.end()) return;
       uint32_t mi = it->second;
       Mem& m = u->mems[mi];
       if (m.live) {
-        Unlabel(u, mi, e.seq, nullptr);
+        Unlabel(u, mi, e.seq);
         --u->live;
       }
       u->by_id.erase(it);
       m.live = false;
       m.purged = true;
-      std::string().swap(m.id);
+      m.id = {};
       std::vector<Version>().swap(m.versions);
       return;
     }
@@ -351,12 +359,11 @@ std::vector<Hit> State::Search(const std::string& user, const float* q, uint32_t
   };
   std::priority_queue<Cand, std::vector<Cand>, decltype(worse)> heap(worse);
   const size_t n = u->rows.size();
-  const float* base = u->vecs.data();
   for (size_t r = 0; r < n; ++r) {
     const Row& row = u->rows[r];
     if (categories && !(categories & (1u << row.category))) continue;
     if (row.created_at < t_min || row.created_at > t_max) continue;
-    float s = Dot(q, base + r * dim, dim);
+    float s = Dot(q, row.vec, dim);
     Cand c{s, row.label, static_cast<uint32_t>(r)};
     if (heap.size() < k) {
       heap.push(c);
@@ -373,7 +380,8 @@ std::vector<Hit> State::Search(const std::string& user, const float* q, uint32_t
   }
   std::reverse(cands.begin(), cands.end());
   out.reserve(cands.size());
-  for (const Cand& c : cands) out.push_back(Hit{u->mems[u->rows[c.row].mem].id, c.score});
+  for (const Cand& c : cands)
+    out.push_back(Hit{std::string(u->mems[u->rows[c.row].mem].id), c.score});
   return out;
 }
 
@@ -381,9 +389,15 @@ uint32_t State::Vectors(const std::string& user, std::vector<uint64_t>* labels,
                         std::vector<float>* vecs) const {
   const User* u = FindUser(user);
   if (!u) return 0;
+  const size_t d = u->dim;
   labels->reserve(u->rows.size());
-  for (const Row& r : u->rows) labels->push_back(r.label);
-  *vecs = u->vecs;
+  vecs->resize(u->rows.size() * d);
+  float* out = vecs->data();
+  for (const Row& r : u->rows) {
+    labels->push_back(r.label);
+    std::memcpy(out, r.vec, d * 4);
+    out += d;
+  }
   return u->dim;
 }
 
@@ -397,7 +411,9 @@ uint32_t State::Changes(const std::string& user, uint64_t since, std::vector<uin
   for (size_t r = 0; r < u->rows.size(); ++r) {
     if (u->rows[r].label <= since) continue;
     added->push_back(u->rows[r].label);
-    vecs->insert(vecs->end(), u->vecs.begin() + r * u->dim, u->vecs.begin() + (r + 1) * u->dim);
+    size_t at = vecs->size();
+    vecs->resize(at + u->dim);
+    std::memcpy(vecs->data() + at, u->rows[r].vec, static_cast<size_t>(u->dim) * 4);
   }
   return u->dim;
 }
@@ -411,7 +427,7 @@ std::vector<std::optional<std::tuple<std::string, uint8_t, int64_t>>> State::Res
     auto it = u->by_label.find(labels[i]);
     if (it == u->by_label.end()) continue;
     const Mem& m = u->mems[it->second];
-    out[i] = std::make_tuple(m.id, m.versions[m.cur].category, m.created_at);
+    out[i] = std::make_tuple(std::string(m.id), m.versions[m.cur].category, m.created_at);
   }
   return out;
 }

@@ -1,9 +1,14 @@
 // The live state replayed from the log: per user, the memories (current version, history,
-// tombstones), the live vectors as one row-major matrix, and a label index; plus pending
-// jobs and config. Not thread-safe by itself: Log guards it with a shared_mutex.
+// tombstones), the live vectors as rows pointing at their bytes, and a label index; plus
+// pending jobs and config. Not thread-safe by itself: Log guards it with a shared_mutex.
+//
+// Zero-copy replay: texts, ids and vectors are views of the entry bytes they came from. Those
+// bytes are either a segment mapping the State pins (Pin) or a copy in the State's Arena, so
+// every view stays valid for the life of the State, whatever happens to the files.
 #pragma once
 #include <cstdint>
 #include <map>
+#include <string_view>
 #include <memory>
 #include <optional>
 #include <string>
@@ -13,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "arena.h"
 #include "format.h"
 
 namespace headroom {
@@ -24,18 +30,18 @@ struct Version {
   uint8_t category = 0;
   uint8_t source = 0;
   uint32_t number = 0;  // version number (1-based) this entry belongs to
-  std::string text;     // empty for DELETE/CLEAR/REVECTOR (they carry the previous content)
-  std::string meta;
+  std::string_view text;  // empty for DELETE/CLEAR/REVECTOR (they carry the previous content)
+  std::string_view meta;
   uint32_t model = 0;   // index into State::models_
 };
 
 struct Mem {
-  std::string id;
+  std::string_view id;
   int64_t created_at = 0;
   std::vector<Version> versions;
   uint64_t label = 0;      // seq of the entry that set the live content or vector
   uint64_t first_seq = 0;  // seq of the ADD that started this memory
-  int32_t row = -1;        // row in User::rows/vecs, -1 when it has no live vector
+  int32_t row = -1;        // row in User::rows, -1 when it has no live vector
   uint32_t cur = 0;        // index in versions of the live content (ADD/UPDATE)
   uint32_t model = 0;      // model of the live vector
   bool live = false;
@@ -43,6 +49,7 @@ struct Mem {
 };
 
 struct Row {
+  const float* vec;  // dim floats (little-endian, possibly unaligned) in a pinned mapping or arena
   uint64_t label;
   int64_t created_at;
   uint32_t mem;
@@ -50,12 +57,11 @@ struct Row {
 };
 
 struct User {
-  std::unordered_map<std::string, uint32_t> by_id;  // every unpurged memory
+  std::unordered_map<std::string_view, uint32_t> by_id;  // every unpurged memory
   std::vector<Mem> mems;                            // in creation order (purged = holes)
   std::unordered_map<uint64_t, uint32_t> by_label;  // live labels
   uint32_t dim = 0;
-  std::vector<float> vecs;  // rows.size() x dim
-  std::vector<Row> rows;
+  std::vector<Row> rows;  // the live vectors, in no particular order
   uint64_t last_seq = 0;
   size_t live = 0;
   std::vector<std::pair<uint64_t, uint64_t>> removed;  // (seq of removal, label)
@@ -85,7 +91,11 @@ class State {
  public:
   // Applies one decoded entry. Entries whose seq is not above last_seq, or which do not make
   // sense against the state (never written by this library), are skipped and counted.
-  void Apply(const EntryView& e);
+  // `pinned`: e's bytes lie in a mapping passed to Pin() (kept as views); otherwise the bytes
+  // the state keeps are copied into its arena first.
+  void Apply(const EntryView& e, bool pinned = false);
+  // Keeps a mapping alive as long as this State: entries applied with pinned=true point into it.
+  void Pin(std::shared_ptr<const Mapping> m) { pins_.push_back(std::move(m)); }
   void NoteSeqFloor(uint64_t floor) {
     if (floor > last_seq_) last_seq_ = floor;
   }
@@ -125,13 +135,14 @@ class State {
   User* GetUser(std::string_view name, bool create);
   uint32_t Model(std::string_view model);
   void AddRow(User* u, uint32_t mi, const float* v, uint32_t dim);
-  void AddRowBytes(User* u, uint32_t mi, const uint8_t* v, uint32_t dim);
   // Removes the live label of a memory (and its row), recording the removal at `seq`;
-  // copies the row's vector into *saved when given.
-  void Unlabel(User* u, uint32_t mi, uint64_t seq, std::vector<float>* saved);
+  // returns the row's vector (nullptr when it had none).
+  const float* Unlabel(User* u, uint32_t mi, uint64_t seq);
   void DropJobsOf(const std::string& user);
   MemOut Out(const std::string& user, const Mem& m, size_t vi) const;
 
+  std::vector<std::shared_ptr<const Mapping>> pins_;  // before users_: destroyed after them
+  Arena arena_;
   std::unordered_map<std::string, std::unique_ptr<User>> users_;
   std::map<uint64_t, Job> jobs_;
   std::unordered_map<std::string, uint64_t> job_by_id_;
