@@ -142,6 +142,17 @@ class Engine:
             return fallback
         return results
 
+    def warm(self, user_id: str) -> None:
+        """Bring the user's derived index (if one is loaded) up to date with the log now.
+
+        Called right after a write, on the writer's thread, so the next search does not pay
+        for adding the new vectors to the hnswlib graph on the caller's critical path.
+        """
+        with self._indexes_lock:
+            index = self._indexes.get(user_id)
+        if index is not None:
+            self._catch_up(index)
+
     def _current_index(self, user_id: str, dim: int) -> UserIndex:
         with self._indexes_lock:
             index = self._indexes.get(user_id)

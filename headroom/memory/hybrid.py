@@ -57,6 +57,13 @@ class HybridSearcher:
             else:
                 self._lexicons.pop(user_id, None)
 
+    def warm(self, log: Any, user_id: str) -> None:
+        """Catch the user's lexical index up with the log now, if it is loaded."""
+        with self._lock:
+            loaded = user_id in self._lexicons
+        if loaded:
+            self._lexicon(log, user_id)
+
     def _lexicon(self, log: Any, user_id: str) -> _Lexicon:
         generation = int(log.generation)
         with self._lock:

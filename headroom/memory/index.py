@@ -97,14 +97,18 @@ class UserIndex:
     new_covered_seq)``; the index applies them under its write lock.
     """
 
-    def __init__(self, user_id: str, dim: int) -> None:
+    def __init__(self, user_id: str, dim: int, *, empty: bool = True) -> None:
+        """An index for ``user_id``; ``empty=False`` leaves it to be filled by ``load_index``."""
         self.user_id = user_id
         self.dim = dim
         self.covered_seq = 0
         self.lock = RWLock()
         self._index: Any = hnswlib.Index(space="ip", dim=dim)
-        self._index.init_index(max_elements=1024, ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M)
-        self._index.set_num_threads(1)
+        if empty:
+            self._index.init_index(
+                max_elements=1024, ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M
+            )
+            self._index.set_num_threads(1)
         #: label -> (memory id, category code, created_at) of every live label in the graph.
         self.info: dict[int, LabelInfo] = {}
         self.deleted_since_build = 0
@@ -217,8 +221,10 @@ class UserIndex:
                 or _file_crc32(graph) != meta.get("crc32")
             ):
                 return None
-            index = cls(user_id, dim)
-            index._index.load_index(str(graph), max_elements=max(int(meta["count"]), 1024))
+            index = cls(user_id, dim, empty=False)
+            # Headroom to grow before the first resize (a resize copies the whole graph).
+            capacity = max(int(meta["count"]) * 5 // 4 + 256, 1024)
+            index._index.load_index(str(graph), max_elements=capacity)
             index._index.set_num_threads(1)
             if int(index._index.get_current_count()) != int(meta["count"]):
                 return None

@@ -191,9 +191,9 @@ class LexicalIndex:
                 doc = self._docs[key]
                 length = self._lengths[key]
                 for term in common:
-                    tf = doc.get(term)
-                    if tf:
-                        acc[key] += self._idf(term) * self._term_score(tf, length, avg)
+                    count = doc.get(term, 0)
+                    if count:
+                        acc[key] += self._idf(term) * self._term_score(count, length, avg)
         order = {key: i for i, key in enumerate(acc)}
         return heapq.nsmallest(k, acc.items(), key=lambda kv: (-kv[1], order[kv[0]]))
 

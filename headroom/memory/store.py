@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import math
 import os
 import threading
@@ -53,6 +54,8 @@ _OP_NAMES = {"ADD": "add", "UPDATE": "update", "DELETE": "delete", "CLEAR": "cle
 DEFAULT_DEDUP_THRESHOLD = 0.92
 
 _CONFIG_EMBEDDING = "embedding"
+
+logger = logging.getLogger("headroom.memory")
 
 
 class NewMemoryLike(Protocol):
@@ -424,6 +427,7 @@ class MemoryStore:
                 deleted.append(memory_id)
             if entries:
                 engine.append(entries)
+                self._warm(user_id)
             added: list[Memory] = []
             updated: list[Memory] = []
             for memory_id, (op, _) in touched.items():
@@ -432,6 +436,14 @@ class MemoryStore:
                     continue
                 (added if op == OP_ADD else updated).append(self._memory(row))
         return AppliedOps(tuple(added), tuple(updated), tuple(deleted), tuple(skipped))
+
+    def _warm(self, user_id: str) -> None:
+        """Fold a write into the user's derived indexes now, not in the next search."""
+        try:
+            self.engine.warm(user_id)
+            self._hybrid.warm(self.engine.log, user_id)
+        except Exception:  # the next search catches up anyway
+            logger.debug("warming the indexes of %r failed", user_id, exc_info=True)
 
     def update(
         self,
