@@ -20,7 +20,6 @@ import pytest
 
 from bench import bench_wrapper as bw
 from bench.corpus import Corpus
-from bench.locomo.anchors import anchor_python
 from headroom.memory import with_fast_memory
 from headroom.memory.errors import InvalidInputError
 from headroom.memory.protocol import MEMORY_INSTRUCTION
@@ -221,27 +220,3 @@ def _corpus_for(cfg: bw.Config) -> Corpus:
     from bench.corpus import load_corpus
 
     return load_corpus(bw.needed_sentences(cfg))
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(anchor_python(bw.ANCHOR) is None, reason="no headroom-ai 0.2.15 venv")
-def test_anchor_runs_offline_on_the_same_workload(tmp_path: Path) -> None:
-    cfg = small_config(tmp_path, sizes=(30,), calls=4, anchor=True, anchor_min_calls=4)
-    work = bw.build_workload(cfg, synthetic_corpus(bw.needed_sentences(cfg)))
-    llm = bw.BenchLLM(turns=(), blocks=work.script_blocks()).start()
-    try:
-        out, why_not, cpu = bw.run_anchor(cfg, work, llm.base_url, tmp_path)
-    finally:
-        llm.stop()
-    assert why_not is None and out is not None and cpu is not None, why_not
-    assert out["version"] == "0.2.15"
-    (size,) = out["sizes"]
-    assert size["size"] == 30 and len(size["wrapped_ms"]) == len(size["bare_ms"]) == 4
-    assert size["leaked"] == 0
-    in_blocks = sum(len(b) for b in work.scripts[30].blocks)
-    applied = sum(len(b) for b in work.scripts[30].apply_blocks)
-    warmup = sum(len(b) for b in work.scripts[30].warmup_blocks)
-    assert size["stored"] == 30 + warmup + in_blocks + applied  # it never dedups
-    stats = bw.anchor_stats(size)
-    assert stats["critical path (wrapped - bare)"]["n"] == 4
-    assert stats["store path: apply, 3 memories"]["p50"] > 0
