@@ -49,7 +49,7 @@ void State::AddRow(User* u, uint32_t mi, const float* v, uint32_t dim) {
 
 const float* State::Unlabel(User* u, uint32_t mi, uint64_t seq) {
   Mem& m = u->mems[mi];
-  u->by_label.erase(m.label);
+  u->by_label.Erase(m.label);
   u->removed.emplace_back(seq, m.label);
   if (m.row < 0) return nullptr;
   size_t r = static_cast<size_t>(m.row);
@@ -129,7 +129,7 @@ void State::Apply(const EntryView& in, bool pinned) {
       m.versions.push_back(Version{e.seq, e.ts, kAdd, e.category, e.source, 1, e.text, e.meta,
                                    m.model});
       u->by_id.emplace(e.id, mi);
-      u->by_label.emplace(e.seq, mi);
+      u->by_label.Add(e.seq, mi);
       ++u->live;
       if (vec) AddRow(u, mi, vec, e.dim);
       return;
@@ -159,10 +159,10 @@ void State::Apply(const EntryView& in, bool pinned) {
       }
       if (e.vec) m.model = Model(e.model);
       if (e.op == kUpdate) v.model = m.model;
-      m.versions.push_back(std::move(v));
+      m.versions.push_back(v);
       if (e.op == kUpdate) m.cur = static_cast<uint32_t>(m.versions.size() - 1);
       m.label = e.seq;
-      u->by_label.emplace(e.seq, mi);
+      u->by_label.Add(e.seq, mi);
       if (vec) {
         AddRow(u, mi, vec, e.dim);
       } else if (saved) {
@@ -226,7 +226,7 @@ void State::Apply(const EntryView& in, bool pinned) {
       m.live = false;
       m.purged = true;
       m.id = {};
-      std::vector<Version>().swap(m.versions);
+      m.versions.clear();
       return;
     }
     case kPending: {
@@ -424,9 +424,9 @@ std::vector<std::optional<std::tuple<std::string, uint8_t, int64_t>>> State::Res
   const User* u = FindUser(user);
   if (!u) return out;
   for (size_t i = 0; i < labels.size(); ++i) {
-    auto it = u->by_label.find(labels[i]);
-    if (it == u->by_label.end()) continue;
-    const Mem& m = u->mems[it->second];
+    int64_t mi = u->by_label.Find(labels[i]);
+    if (mi < 0) continue;
+    const Mem& m = u->mems[static_cast<size_t>(mi)];
     out[i] = std::make_tuple(std::string(m.id), m.versions[m.cur].category, m.created_at);
   }
   return out;

@@ -6,6 +6,7 @@
 // bytes are either a segment mapping the State pins (Pin) or a copy in the State's Arena, so
 // every view stays valid for the life of the State, whatever happens to the files.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string_view>
@@ -35,10 +36,81 @@ struct Version {
   uint32_t model = 0;   // index into State::models_
 };
 
+// A memory's versions, oldest first: the first inline (most memories never get a second, and
+// replay then makes no allocation for them), later ones on the heap.
+class VersionList {
+ public:
+  size_t size() const { return n_; }
+  const Version& operator[](size_t i) const { return i == 0 ? first_ : rest_[i - 1]; }
+  void push_back(const Version& v) {
+    if (n_ == 0) {
+      first_ = v;
+    } else {
+      rest_.push_back(v);
+    }
+    ++n_;
+  }
+  void clear() {
+    first_ = Version{};
+    std::vector<Version>().swap(rest_);
+    n_ = 0;
+  }
+
+ private:
+  Version first_;
+  std::vector<Version> rest_;
+  uint32_t n_ = 0;
+};
+
+// label -> index in User::mems for the live labels. Labels are seqs, so they arrive in
+// increasing order: a sorted vector (append, binary search), removals marked and swept when
+// they are the majority.
+class LabelIndex {
+ public:
+  void Add(uint64_t label, uint32_t mem) {
+    if (!items_.empty() && items_.back().first >= label) return;  // cannot happen (seq order)
+    items_.emplace_back(label, mem);
+  }
+  void Erase(uint64_t label) {
+    auto it = Lower(label);
+    if (it == items_.end() || it->first != label || it->second == kGone) return;
+    it->second = kGone;
+    if (++gone_ > 64 && gone_ * 2 > items_.size()) Sweep();
+  }
+  // The mem of a live label, or -1.
+  int64_t Find(uint64_t label) const {
+    auto it = std::lower_bound(items_.begin(), items_.end(), label,
+                               [](const std::pair<uint64_t, uint32_t>& a, uint64_t b) {
+                                 return a.first < b;
+                               });
+    if (it == items_.end() || it->first != label || it->second == kGone) return -1;
+    return it->second;
+  }
+
+ private:
+  static constexpr uint32_t kGone = UINT32_MAX;
+  std::vector<std::pair<uint64_t, uint32_t>>::iterator Lower(uint64_t label) {
+    return std::lower_bound(items_.begin(), items_.end(), label,
+                            [](const std::pair<uint64_t, uint32_t>& a, uint64_t b) {
+                              return a.first < b;
+                            });
+  }
+  void Sweep() {
+    items_.erase(std::remove_if(items_.begin(), items_.end(),
+                                [](const std::pair<uint64_t, uint32_t>& a) {
+                                  return a.second == kGone;
+                                }),
+                 items_.end());
+    gone_ = 0;
+  }
+  std::vector<std::pair<uint64_t, uint32_t>> items_;
+  size_t gone_ = 0;
+};
+
 struct Mem {
   std::string_view id;
   int64_t created_at = 0;
-  std::vector<Version> versions;
+  VersionList versions;
   uint64_t label = 0;      // seq of the entry that set the live content or vector
   uint64_t first_seq = 0;  // seq of the ADD that started this memory
   int32_t row = -1;        // row in User::rows, -1 when it has no live vector
@@ -59,7 +131,7 @@ struct Row {
 struct User {
   std::unordered_map<std::string_view, uint32_t> by_id;  // every unpurged memory
   std::vector<Mem> mems;                            // in creation order (purged = holes)
-  std::unordered_map<uint64_t, uint32_t> by_label;  // live labels
+  LabelIndex by_label;                              // live labels
   uint32_t dim = 0;
   std::vector<Row> rows;  // the live vectors, in no particular order
   uint64_t last_seq = 0;
