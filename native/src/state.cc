@@ -9,6 +9,66 @@
 
 namespace headroom {
 
+// --- IdIndex ----------------------------------------------------------------------------
+
+uint32_t IdIndex::Hash(std::string_view id) {
+  return static_cast<uint32_t>(std::hash<std::string_view>()(id));
+}
+
+size_t IdIndex::Locate(std::string_view id, uint32_t h, const std::vector<Mem>& mems) const {
+  const size_t mask = slots_.size() - 1;
+  for (size_t i = h & mask;; i = (i + 1) & mask) {
+    const Slot& s = slots_[i];
+    if (s.mem == kEmpty || (s.hash == h && mems[s.mem].id == id)) return i;
+  }
+}
+
+int64_t IdIndex::Find(std::string_view id, const std::vector<Mem>& mems) const {
+  if (n_ == 0) return -1;
+  const Slot& s = slots_[Locate(id, Hash(id), mems)];
+  return s.mem == kEmpty ? -1 : static_cast<int64_t>(s.mem);
+}
+
+void IdIndex::Grow() {
+  std::vector<Slot> old(slots_.empty() ? 16 : slots_.size() * 2, Slot{0, kEmpty});
+  old.swap(slots_);
+  const size_t mask = slots_.size() - 1;
+  for (const Slot& s : old) {
+    if (s.mem == kEmpty) continue;
+    size_t i = s.hash & mask;
+    while (slots_[i].mem != kEmpty) i = (i + 1) & mask;
+    slots_[i] = s;
+  }
+}
+
+void IdIndex::Insert(std::string_view id, uint32_t mem, const std::vector<Mem>& mems) {
+  if ((n_ + 1) * 2 > slots_.size()) Grow();
+  const uint32_t h = Hash(id);
+  size_t i = Locate(id, h, mems);
+  if (slots_[i].mem != kEmpty) return;  // present already: the caller checked it is not
+  slots_[i] = Slot{h, mem};
+  ++n_;
+}
+
+void IdIndex::Erase(std::string_view id, const std::vector<Mem>& mems) {
+  if (n_ == 0) return;
+  const size_t mask = slots_.size() - 1;
+  size_t i = Locate(id, Hash(id), mems);
+  if (slots_[i].mem == kEmpty) return;
+  // Backward-shift deletion: move later members of the probe run into the hole when their
+  // home slot is at or before it (cyclically), so no tombstones are needed.
+  for (size_t j = (i + 1) & mask; slots_[j].mem != kEmpty; j = (j + 1) & mask) {
+    const size_t home = slots_[j].hash & mask;
+    const bool movable = i <= j ? (home <= i || home > j) : (home <= i && home > j);
+    if (movable) {
+      slots_[i] = slots_[j];
+      i = j;
+    }
+  }
+  slots_[i] = Slot{0, kEmpty};
+  --n_;
+}
+
 // --- apply ------------------------------------------------------------------------------
 
 User* State::GetUser(std::string_view name, bool create) {
@@ -113,7 +173,7 @@ void State::Apply(const EntryView& in, bool pinned) {
     case kAdd: {
       User* u = GetUser(e.user, true);
       u->last_seq = e.seq;
-      if (u->by_id.count(e.id)) {
+      if (u->by_id.Find(e.id, u->mems) >= 0) {
         ++skipped_;
         return;
       }
@@ -128,7 +188,7 @@ void State::Apply(const EntryView& in, bool pinned) {
       m.model = Model(e.model);
       m.versions.push_back(Version{e.seq, e.ts, kAdd, e.category, e.source, 1, e.text, e.meta,
                                    m.model});
-      u->by_id.emplace(e.id, mi);
+      u->by_id.Insert(e.id, mi, u->mems);
       u->by_label.Add(e.seq, mi);
       ++u->live;
       if (vec) AddRow(u, mi, vec, e.dim);
@@ -137,13 +197,13 @@ void State::Apply(const EntryView& in, bool pinned) {
     case kUpdate:
     case kRevector: {
       User* u = GetUser(e.user, false);
-      auto it = u ? u->by_id.find(e.id) : decltype(u->by_id.end()){};
-      if (!u || it == u->by_id.end() || !u->mems[it->second].live) {
+      const int64_t found = u ? u->by_id.Find(e.id, u->mems) : -1;
+      if (found < 0 || !u->mems[static_cast<size_t>(found)].live) {
         ++skipped_;
         return;
       }
       u->last_seq = e.seq;
-      uint32_t mi = it->second;
+      const uint32_t mi = static_cast<uint32_t>(found);
       const uint32_t old_dim = u->dim;
       const float* saved = Unlabel(u, mi, e.seq);
       Mem& m = u->mems[mi];
@@ -172,14 +232,15 @@ void State::Apply(const EntryView& in, bool pinned) {
     }
     case kDelete: {
       User* u = GetUser(e.user, false);
-      auto it = u ? u->by_id.find(e.id) : decltype(u->by_id.end()){};
-      if (!u || it == u->by_id.end() || !u->mems[it->second].live) {
+      const int64_t found = u ? u->by_id.Find(e.id, u->mems) : -1;
+      if (found < 0 || !u->mems[static_cast<size_t>(found)].live) {
         ++skipped_;
         return;
       }
       u->last_seq = e.seq;
-      Unlabel(u, it->second, e.seq);
-      Mem& m = u->mems[it->second];
+      const uint32_t mi = static_cast<uint32_t>(found);
+      Unlabel(u, mi, e.seq);
+      Mem& m = u->mems[mi];
       m.live = false;
       --u->live;
       const Version& cur = m.versions[m.cur];
@@ -214,15 +275,15 @@ void State::Apply(const EntryView& in, bool pinned) {
       User* u = GetUser(e.user, false);
       if (!u) return;
       u->last_seq = e.seq;
-      auto it = u->by_id.find(e.id);
-      if (it == u->by_id.end()) return;
-      uint32_t mi = it->second;
+      const int64_t found = u->by_id.Find(e.id, u->mems);
+      if (found < 0) return;
+      const uint32_t mi = static_cast<uint32_t>(found);
       Mem& m = u->mems[mi];
       if (m.live) {
         Unlabel(u, mi, e.seq);
         --u->live;
       }
-      u->by_id.erase(it);
+      u->by_id.Erase(e.id, u->mems);
       m.live = false;
       m.purged = true;
       m.id = {};
@@ -271,8 +332,8 @@ const User* State::FindUser(const std::string& user) const {
 const Mem* State::FindMem(const std::string& user, const std::string& id) const {
   const User* u = FindUser(user);
   if (!u) return nullptr;
-  auto it = u->by_id.find(id);
-  return it == u->by_id.end() ? nullptr : &u->mems[it->second];
+  const int64_t mi = u->by_id.Find(id, u->mems);
+  return mi < 0 ? nullptr : &u->mems[static_cast<size_t>(mi)];
 }
 
 MemOut State::Out(const std::string& user, const Mem& m, size_t vi) const {

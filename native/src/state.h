@@ -120,6 +120,31 @@ struct Mem {
   bool purged = false;
 };
 
+// id -> index in User::mems for every unpurged memory. Open addressing (linear probing,
+// backward-shift deletion, load <= 1/2) over (hash, mem index) slots; the ids themselves are
+// the mems' views, so an insert allocates nothing but an occasional doubling.
+class IdIndex {
+ public:
+  // The mem index of `id`, or -1.
+  int64_t Find(std::string_view id, const std::vector<Mem>& mems) const;
+  // Adds `id` (which must be absent) for mems[mem].
+  void Insert(std::string_view id, uint32_t mem, const std::vector<Mem>& mems);
+  // Removes `id` if present.
+  void Erase(std::string_view id, const std::vector<Mem>& mems);
+
+ private:
+  struct Slot {
+    uint32_t hash;
+    uint32_t mem;  // kEmpty when free
+  };
+  static constexpr uint32_t kEmpty = UINT32_MAX;
+  static uint32_t Hash(std::string_view id);
+  size_t Locate(std::string_view id, uint32_t h, const std::vector<Mem>& mems) const;
+  void Grow();
+  std::vector<Slot> slots_;  // size 0 or a power of two
+  size_t n_ = 0;
+};
+
 struct Row {
   const float* vec;  // dim floats (little-endian, possibly unaligned) in a pinned mapping or arena
   uint64_t label;
@@ -129,7 +154,7 @@ struct Row {
 };
 
 struct User {
-  std::unordered_map<std::string_view, uint32_t> by_id;  // every unpurged memory
+  IdIndex by_id;                                    // every unpurged memory
   std::vector<Mem> mems;                            // in creation order (purged = holes)
   LabelIndex by_label;                              // live labels
   uint32_t dim = 0;
