@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <future>
+#include <utility>
 
 #include "errors.h"
 
@@ -75,6 +77,32 @@ SegmentHeader ReadHeader(int fd, const std::string& path) {
                   "file out of the store directory to open the rest (its records are lost)");
   }
 }
+
+// A segment file opened for replay, with its mapping when it may be mapped. Owns the fd.
+struct OpenedSegment {
+  int fd = -1;
+  uint64_t size = 0;
+  std::shared_ptr<const Mapping> map;
+
+  OpenedSegment() = default;
+  OpenedSegment(OpenedSegment&& o) noexcept
+      : fd(std::exchange(o.fd, -1)), size(o.size), map(std::move(o.map)) {}
+  OpenedSegment& operator=(OpenedSegment&& o) noexcept {
+    if (this != &o) {
+      if (fd >= 0) ::close(fd);
+      fd = std::exchange(o.fd, -1);
+      size = o.size;
+      map = std::move(o.map);
+    }
+    return *this;
+  }
+  OpenedSegment(const OpenedSegment&) = delete;
+  OpenedSegment& operator=(const OpenedSegment&) = delete;
+  ~OpenedSegment() {
+    if (fd >= 0) ::close(fd);
+  }
+  int Release() { return std::exchange(fd, -1); }
+};
 
 }  // namespace
 
@@ -256,30 +284,41 @@ void Log::LoadAll(bool locked) {
   uint32_t gen = 0;
   int last_fd = -1;
   uint64_t last_pos = 0;
-  try {
+  // Opens (and maps) segment i. Map what nobody can truncate under us: an earlier segment
+  // (only the last one is ever truncated), or the last one while we hold the lock (a later
+  // writer truncates only beyond the valid end we read: a torn tail or its own failed batch).
+  // The state keeps pointing into the mapping (zero-copy replay) and pins it: an unlink by a
+  // compaction leaves it readable. Else it is read through pread(2) and the state copies what
+  // it keeps.
+  auto open_segment = [this, &live, locked](size_t i) {
+    const bool last = i + 1 == live.size();
+    std::string p = SegPath(live[i].first);
+    OpenedSegment o;
+    o.fd = OpenFile(p, last ? O_RDWR : O_RDONLY);
+    if (o.fd < 0) Fail(ErrorKind::kIo, "cannot open " + p + ": " + ErrnoText(errno));
+    o.size = FileSize(o.fd);
+    if (!last || locked) o.map = Mapping::Map(o.fd, static_cast<size_t>(o.size));
+    return o;
+  };
+  {
+    OpenedSegment cur = open_segment(0);
+    // Segment i+1 is opened and mapped (MAP_POPULATE: the kernel's page-table work) on a
+    // helper thread while segment i is checked and applied here. Declared after `cur`: on an
+    // exception it is destroyed first, which waits for the helper and closes what it opened.
+    std::future<OpenedSegment> ahead;
     for (size_t i = 0; i < live.size(); ++i) {
       const bool last = i + 1 == live.size();
-      std::string p = SegPath(live[i].first);
-      int fd = OpenFile(p, last ? O_RDWR : O_RDONLY);
-      if (fd < 0) Fail(ErrorKind::kIo, "cannot open " + p + ": " + ErrnoText(errno));
-      if (last) last_fd = fd;
+      if (!last) ahead = std::async(std::launch::async, open_segment, i + 1);
       SegmentHeader h = live[i].second;
       if (h.generation > gen) gen = h.generation;
-      uint64_t size = FileSize(fd);
-      // Map what nobody can truncate under us: an earlier segment (only the last one is ever
-      // truncated), or the last one while we hold the lock (a later writer truncates only
-      // beyond the valid end we read: a torn tail or its own failed batch). The state keeps
-      // pointing into the mapping (zero-copy replay) and pins it: an unlink by a compaction
-      // leaves it readable. Else read through pread(2), and the state copies what it keeps.
-      std::shared_ptr<const Mapping> map;
-      if (!last || locked) map = Mapping::Map(fd, static_cast<size_t>(size));
-      if (map) fresh->Pin(map);
+      const uint64_t size = cur.size;
+      if (cur.map) fresh->Pin(cur.map);
       std::unique_ptr<FrameScanner> scp =
-          map ? std::make_unique<FrameScanner>(map->data(), h.header_size, size)
-              : std::make_unique<FrameScanner>(fd, h.header_size, size);
+          cur.map ? std::make_unique<FrameScanner>(cur.map->data(), h.header_size, size)
+                  : std::make_unique<FrameScanner>(cur.fd, h.header_size, size);
       FrameScanner& sc = *scp;
       uint64_t applied = 0;
-      ApplyFrames(fresh.get(), false, map != nullptr, &sc, &applied, &rec, &frames);
+      ApplyFrames(fresh.get(), false, cur.map != nullptr, &sc, &applied, &rec, &frames);
       // After the segment's own records: a compaction output holds seqs below its floor.
       fresh->NoteSeqFloor(h.seq_floor);
       uint64_t end = sc.ValidEnd();
@@ -289,18 +328,16 @@ void Log::LoadAll(bool locked) {
           rec.corrupt_records += 1;
         } else if (locked) {
           rec.torn_tail_bytes += size - end;
-          TruncateFile(fd, end, nullptr);
+          TruncateFile(cur.fd, end, nullptr);
         }
       }
       if (last) {
         last_pos = end;
+        last_fd = cur.Release();
       } else {
-        ::close(fd);
+        cur = ahead.get();
       }
     }
-  } catch (...) {
-    if (last_fd >= 0) ::close(last_fd);
-    throw;
   }
   // The report is cumulative over the life of this Log object.
   recovery_.torn_tail_bytes += rec.torn_tail_bytes;
