@@ -86,13 +86,14 @@ User* State::GetUser(std::string_view name, bool create) {
 
 uint32_t State::Model(std::string_view model) {
   if (model.empty()) return 0;
+  if (model == models_[last_model_]) return last_model_;  // replay: mostly one model
   std::string key(model);
   auto it = model_idx_.find(key);
-  if (it != model_idx_.end()) return it->second;
+  if (it != model_idx_.end()) return last_model_ = it->second;
   uint32_t idx = static_cast<uint32_t>(models_.size());
   models_.push_back(key);
   model_idx_.emplace(std::move(key), idx);
-  return idx;
+  return last_model_ = idx;
 }
 
 void State::AddRow(User* u, uint32_t mi, const float* v, uint32_t dim) {

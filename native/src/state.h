@@ -246,6 +246,7 @@ class State {
   std::map<std::string, std::pair<std::string, uint64_t>> config_;
   std::vector<std::string> models_{""};
   std::unordered_map<std::string, uint32_t> model_idx_{{"", 0}};
+  uint32_t last_model_ = 0;  // the model of the last Model() call
   uint64_t last_seq_ = 0;
   uint64_t entries_ = 0;
   uint64_t skipped_ = 0;
