@@ -1,0 +1,126 @@
+"""Zero-copy replay (native/src/state.h, arena.h): the state keeps texts, ids and vectors as
+views of the bytes they were read from, either a segment mapping it pins (segments opened
+while no one else can truncate them) or a copy in its arena (appended batches, and frames read
+through pread(2) when another process holds the lock). Every path must give the same answers,
+and the id index (open addressing with backward-shift deletion) must survive many purges.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headroom.memory import _native as N
+from tests._native_helpers import add, op, segments, update
+
+DIM = 8
+USERS = ["alice", "bob", "carol"]
+
+
+def _revector(user: str, mid: str, v: np.ndarray) -> tuple[object, ...]:
+    return (N.REVECTOR, user, mid, 0, 0, 0, "", "", "test-model", v)
+
+
+def _answers(log: Any, queries: np.ndarray) -> dict[str, object]:
+    """Everything a reader can ask, in comparable form."""
+    out: dict[str, object] = {"users": log.users(), "last_seq": log.last_seq}
+    for u in USERS:
+        labels, vecs = log.vectors(u)
+        order = np.argsort(labels)
+        out[u] = {
+            "list": log.list(u),
+            "search": [log.search(u, q, 5) for q in queries],
+            "labels": labels[order].tolist(),
+            "vectors": vecs[order].tolist(),
+            "history": [log.history(u, m["id"]) for m in log.list(u)],
+            "resolve": log.resolve(u, np.asarray(labels, dtype=np.uint64)),
+        }
+    return out
+
+
+@contextmanager
+def _lock_held_elsewhere(db: Path) -> Iterator[None]:
+    """Holds LOCK as a writer in another process would: an opener then maps no last segment."""
+    fd = os.open(db / "LOCK", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def test_appended_mapped_and_pread_replays_give_the_same_answers(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    rng = np.random.default_rng(7)
+    queries = rng.standard_normal((4, DIM)).astype(np.float32)
+    # Small segments: the store spans many, so an opener maps the earlier ones and (without
+    # the lock) reads the last one through pread.
+    with N.Log(str(db), sync="off", segment_bytes=4096) as log:
+        for n in range(60):
+            u = USERS[n % 3]
+            v = rng.standard_normal(DIM).astype(np.float32)
+            log.append([add(u, f"m{n}", f"text {n} of {u}", v, created_at=n, meta=f'{{"n":{n}}}')])
+        for n in range(0, 60, 7):  # new text, vector kept (the row moves, its vector stays)
+            log.append([update(USERS[n % 3], f"m{n}", f"updated {n}")])
+        for n in range(1, 60, 9):  # new text and vector
+            v = rng.standard_normal(DIM).astype(np.float32)
+            log.append([update(USERS[n % 3], f"m{n}", f"updated {n}", v)])
+        for n in range(2, 60, 8):
+            v = rng.standard_normal(DIM).astype(np.float32)
+            log.append([_revector(USERS[n % 3], f"m{n}", v)])
+        log.append([op(N.DELETE, USERS[n % 3], f"m{n}") for n in range(3, 60, 10)])
+        log.append([op(N.PURGE, USERS[n % 3], f"m{n}") for n in range(4, 60, 11)])
+        written = _answers(log, queries)
+    assert len(segments(db)) >= 3
+    with N.Log(str(db), sync="off") as log:
+        assert _answers(log, queries) == written
+    with _lock_held_elsewhere(db), N.Log(str(db), sync="off") as log:
+        assert _answers(log, queries) == written
+    # Appended after a mapped open: both kinds of views in one user.
+    v = np.full(DIM, 0.5, dtype=np.float32)
+    with N.Log(str(db), sync="off") as log:
+        log.append([add("alice", "late", "appended after open", v)])
+        after = _answers(log, queries)
+        assert log.get("alice", "late")["text"] == "appended after open"
+    with N.Log(str(db), sync="off") as log:
+        assert _answers(log, queries) == after
+
+
+def test_many_purged_ids_are_gone_and_free_and_the_rest_stay_found(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    ids = [f"id-{n:05d}" for n in range(3000)]
+    rnd = random.Random(3)
+    purged = set(rnd.sample(ids, 1500))
+    v = np.ones(4, dtype=np.float32)
+    with N.Log(str(db), sync="off") as log:
+        for s in range(0, len(ids), 500):
+            log.append([add("u", i, f"text {i}", v) for i in ids[s : s + 500]])
+        order = sorted(purged)
+        rnd.shuffle(order)
+        for s in range(0, len(order), 100):  # one PURGE entry per id, in random order
+            log.append([op(N.PURGE, "u", i) for i in order[s : s + 100]])
+        again = sorted(purged)[:200]
+        log.append([add("u", i, f"again {i}", v) for i in again])
+
+    def check(log: Any) -> None:
+        for i in ids:
+            m = log.get("u", i)
+            if i in again:
+                assert m is not None and m["text"] == f"again {i}"
+            elif i in purged:
+                assert m is None and log.history("u", i) == []
+            else:
+                assert m is not None and m["text"] == f"text {i}"
+        assert log.count("u") == len(ids) - len(purged) + len(again)
+
+    with N.Log(str(db), sync="off") as log:
+        check(log)
+        log.compact()
+        check(log)
