@@ -35,14 +35,18 @@ OPEN_CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 from headroom.memory import _native as N
+r0 = resource.getrusage(resource.RUSAGE_SELF)
 t0 = time.perf_counter()
 log = N.Log(sys.argv[1], sync="off")
 t1 = time.perf_counter()
+r1 = resource.getrusage(resource.RUSAGE_SELF)
 q = np.ones(int(sys.argv[3]), dtype=np.float32)
 hits = log.search(sys.argv[2], q, 10)
 t2 = time.perf_counter()
 st = log.stats()
-print(json.dumps({"open_s": t1 - t0, "first_search_s": t2 - t1, "entries": st["entries"],
+cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+print(json.dumps({"open_s": t1 - t0, "open_cpu_s": cpu, "first_search_s": t2 - t1,
+                  "entries": st["entries"],
                   "bytes": st["bytes"], "hits": len(hits),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -162,6 +166,7 @@ def bench_open(db: Path, dim: int, runs: int) -> dict[str, Any]:
     open_s = median_of_runs([r["open_s"] for r in results])
     return {
         "open_s": open_s,
+        "open_cpu_s": median_of_runs([r["open_cpu_s"] for r in results]),
         "first_search_ms": median_of_runs([r["first_search_s"] * 1e3 for r in results]),
         "replay_records_per_s": results[0]["entries"] / open_s.median,
         "entries": results[0]["entries"],
@@ -181,7 +186,19 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3, help="opens to take the median of")
     ap.add_argument("--quick", action="store_true", help="100k records, 500 appends")
+    ap.add_argument(
+        "--sections", default="append,group,open", help="comma list of append,group,open"
+    )
+    ap.add_argument(
+        "--store",
+        type=Path,
+        help="open this store instead of building one in a temporary directory (built there "
+        "first when it does not exist, and kept: repeated open measurements skip the build)",
+    )
     args = ap.parse_args(argv)
+    sections = set(args.sections.split(","))
+    if not sections <= {"append", "group", "open"}:
+        ap.error("--sections takes a comma list of append, group, open")
     if args.quick:
         args.records, args.appends = 100_000, 500
     if args.users < 1 or args.records < args.users:
@@ -192,71 +209,27 @@ def main(argv: list[str]) -> int:
         f"{info['loadavg_1m']:.2f}; kernels {N.kernels()}; synthetic vectors of dim {args.dim}"
     )
     root = Path(tempfile.mkdtemp(prefix="bench-log-"))
+    app: list[dict[str, Any]] = []
+    grp: list[dict[str, Any]] = []
+    build: dict[str, Any] = {}
+    opened: dict[str, Any] = {}
     try:
-        app = bench_append(args.dim, args.appends, root)
-        print("\nDurable add of 3 memories (vectors given), one thread:")
-        print(
-            format_table(
-                ["mode", "batches", "p50 µs", "p99 µs", "batches/s", "others' CPU"],
-                [
-                    [
-                        r["mode"],
-                        r["batches"],
-                        r["p50_us"],
-                        r["p99_us"],
-                        r["batches_per_s"],
-                        r["others_share"],
-                    ]
-                    for r in app
-                ],
-            )
-        )
-        grp = bench_group_commit(args.dim, args.appends, args.threads, root)
-        print('\nGroup commit, sync="always", one memory per add:')
-        print(
-            format_table(
-                ["threads", "adds", "adds/s", "fsyncs", "others' CPU"],
-                [
-                    [r["threads"], r["adds"], r["adds_per_s"], r["fsyncs"], r["others_share"]]
-                    for r in grp
-                ],
-            )
-        )
-        db = root / "big"
-        build = build_store(db, args.records, args.users, args.dim)
-        opened = bench_open(db, args.dim, args.runs)
-        print(
-            f"\nOpen a store of {opened['entries']:,} records across {args.users:,} users "
-            f"({opened['bytes'] / 2**20:,.0f} MiB; page cache warm; fresh process):"
-        )
-        print(
-            format_table(
-                [
-                    "open s (median)",
-                    "spread",
-                    "replay records/s",
-                    "first search ms",
-                    "peak RSS MB",
-                    "others' CPU",
-                    "bulk build records/s",
-                ],
-                [
-                    [
-                        opened["open_s"].median,
-                        opened["open_s"].rel_spread,
-                        f"{opened['replay_records_per_s']:,.0f}",
-                        opened["first_search_ms"].median,
-                        opened["peak_rss_mb"],
-                        opened["others_share"],
-                        f"{build['records_per_s']:,.0f}",
-                    ]
-                ],
-            )
-        )
+        if "append" in sections:
+            app = bench_append(args.dim, args.appends, root)
+            _print_append(app)
+        if "group" in sections:
+            grp = bench_group_commit(args.dim, args.appends, args.threads, root)
+            _print_group(grp)
+        if "open" in sections:
+            db = args.store if args.store else root / "big"
+            if not db.exists():
+                build = build_store(db, args.records, args.users, args.dim)
+            opened = bench_open(db, args.dim, args.runs)
+            _print_open(opened, args.users, build)
         path = write_json(
             "log",
             {
-                "args": vars(args),
+                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                 "append": app,
                 "group_commit": grp,
                 "build": build,
@@ -267,6 +240,72 @@ def main(argv: list[str]) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+def _print_append(app: list[dict[str, Any]]) -> None:
+    print("\nDurable add of 3 memories (vectors given), one thread:")
+    print(
+        format_table(
+            ["mode", "batches", "p50 µs", "p99 µs", "batches/s", "others' CPU"],
+            [
+                [
+                    r["mode"],
+                    r["batches"],
+                    r["p50_us"],
+                    r["p99_us"],
+                    r["batches_per_s"],
+                    r["others_share"],
+                ]
+                for r in app
+            ],
+        )
+    )
+
+
+def _print_group(grp: list[dict[str, Any]]) -> None:
+    print('\nGroup commit, sync="always", one memory per add:')
+    print(
+        format_table(
+            ["threads", "adds", "adds/s", "fsyncs", "others' CPU"],
+            [
+                [r["threads"], r["adds"], r["adds_per_s"], r["fsyncs"], r["others_share"]]
+                for r in grp
+            ],
+        )
+    )
+
+
+def _print_open(opened: dict[str, Any], users: int, build: dict[str, Any]) -> None:
+    print(
+        f"\nOpen a store of {opened['entries']:,} records across {users:,} users "
+        f"({opened['bytes'] / 2**20:,.0f} MiB; page cache warm; fresh process):"
+    )
+    print(
+        format_table(
+            [
+                "open s (median)",
+                "spread",
+                "open CPU s",
+                "replay records/s",
+                "first search ms",
+                "peak RSS MB",
+                "others' CPU",
+                "bulk build records/s",
+            ],
+            [
+                [
+                    opened["open_s"].median,
+                    opened["open_s"].rel_spread,
+                    opened["open_cpu_s"].median,
+                    f"{opened['replay_records_per_s']:,.0f}",
+                    opened["first_search_ms"].median,
+                    opened["peak_rss_mb"],
+                    opened["others_share"],
+                    f"{build['records_per_s']:,.0f}" if build else "(reused store)",
+                ]
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":
