@@ -307,7 +307,7 @@ PYBIND11_MODULE(_native, m) {
         std::vector<headroom::Hit> hits;
         {
           GilRelease nogil;
-          hits = log.Read([&](const headroom::State& s) {
+          hits = log.ReadPacked(user, [&](const headroom::State& s) {
             return s.Search(user, q.data(), static_cast<uint32_t>(q.size()),
                             static_cast<size_t>(k), categories, t_min, t_max);
           });

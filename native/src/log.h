@@ -90,6 +90,19 @@ class Log {
     std::shared_lock<std::shared_mutex> lk(state_mu_);
     return f(static_cast<const State&>(*state_));
   }
+  // As Read, for an exact search over `user`'s vectors: first packs them into one block when
+  // they lie scattered (State::NeedsPack), which makes the scan stream through memory.
+  template <class F>
+  auto ReadPacked(const std::string& user, F&& f) {
+    RefreshForRead();
+    {
+      std::shared_lock<std::shared_mutex> lk(state_mu_);
+      if (!state_->NeedsPack(user)) return f(static_cast<const State&>(*state_));
+    }
+    std::unique_lock<std::shared_mutex> lk(state_mu_);
+    if (state_->NeedsPack(user)) state_->Pack(user);
+    return f(static_cast<const State&>(*state_));
+  }
   CompactResult Compact();
   // fsyncs everything appended so far (any sync mode). Throws kFailed when the fsync fails.
   void Flush();

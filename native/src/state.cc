@@ -106,6 +106,7 @@ void State::AddRow(User* u, uint32_t mi, const float* v, uint32_t dim) {
   }
   m.row = static_cast<int32_t>(u->rows.size());
   u->rows.push_back(Row{v, m.label, m.created_at, mi, m.versions[m.cur].category});
+  ++u->loose;
 }
 
 const float* State::Unlabel(User* u, uint32_t mi, uint64_t seq) {
@@ -445,6 +446,29 @@ std::vector<Hit> State::Search(const std::string& user, const float* q, uint32_t
   for (const Cand& c : cands)
     out.push_back(Hit{std::string(u->mems[u->rows[c.row].mem].id), c.score});
   return out;
+}
+
+bool State::NeedsPack(const std::string& user) const {
+  const User* u = FindUser(user);
+  // Small users are cheap to scan wherever their vectors lie; otherwise pack when more than
+  // an eighth are loose (a user receiving a steady trickle of adds repacks rarely).
+  return u && u->rows.size() >= 64 && u->loose * 8 > u->rows.size();
+}
+
+void State::Pack(const std::string& user) {
+  auto it = users_.find(user);
+  if (it == users_.end()) return;
+  User* u = it->second.get();
+  const size_t d = u->dim;
+  std::vector<float> block(u->rows.size() * d);
+  float* out = block.data();
+  for (Row& r : u->rows) {
+    std::memcpy(out, r.vec, d * 4);
+    r.vec = out;
+    out += d;
+  }
+  u->packed.swap(block);
+  u->loose = 0;
 }
 
 uint32_t State::Vectors(const std::string& user, std::vector<uint64_t>* labels,

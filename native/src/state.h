@@ -159,6 +159,8 @@ struct User {
   LabelIndex by_label;                              // live labels
   uint32_t dim = 0;
   std::vector<Row> rows;  // the live vectors, in no particular order
+  std::vector<float> packed;  // a contiguous copy of vectors made by State::Pack (rows point in)
+  size_t loose = 0;           // rows added since the last Pack (their vectors lie elsewhere)
   uint64_t last_seq = 0;
   size_t live = 0;
   std::vector<std::pair<uint64_t, uint64_t>> removed;  // (seq of removal, label)
@@ -216,6 +218,12 @@ class State {
   std::vector<std::string> Users() const;
   std::vector<Hit> Search(const std::string& user, const float* q, uint32_t dim, size_t k,
                           uint32_t categories, int64_t t_min, int64_t t_max) const;
+  // Whether exact search would gain from Pack: enough of the user's live vectors lie scattered
+  // (in the segment mappings or the arena, one page walk each) rather than in one block.
+  bool NeedsPack(const std::string& user) const;
+  // Copies the user's live vectors into one contiguous block the user owns and points the rows
+  // at it (the previous block is freed: nothing else points into it).
+  void Pack(const std::string& user);
   uint32_t Vectors(const std::string& user, std::vector<uint64_t>* labels,
                    std::vector<float>* vecs) const;
   uint32_t Changes(const std::string& user, uint64_t since, std::vector<uint64_t>* removed,
