@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from operator import itemgetter
 
 from .errors import InvalidInputError, InvalidTypeError
 
@@ -174,6 +175,8 @@ class LexicalIndex:
             return []
         avg = self._total_len / len(self._docs) or 1.0
         limit = max(COMMON_TERM_MIN_DF, COMMON_TERM_SHARE * len(self._docs))
+        # _term_score inlined (the same arithmetic, so scores match scores() to the bit).
+        k1, k1p1, b, lengths = self.k1, self.k1 + 1, self.b, self._lengths
         acc: dict[str, float] = {}
         common: list[str] = []
         for term in terms:
@@ -185,7 +188,8 @@ class LexicalIndex:
                 continue
             idf = self._idf(term)
             for key, tf in posting.items():
-                acc[key] = acc.get(key, 0.0) + idf * self._term_score(tf, self._lengths[key], avg)
+                part = tf * k1p1 / (tf + k1 * (1 - b + b * lengths[key] / avg))
+                acc[key] = acc.get(key, 0.0) + idf * part
         if common and acc:
             for key in acc:
                 doc = self._docs[key]
@@ -194,8 +198,8 @@ class LexicalIndex:
                     count = doc.get(term, 0)
                     if count:
                         acc[key] += self._idf(term) * self._term_score(count, length, avg)
-        order = {key: i for i, key in enumerate(acc)}
-        return heapq.nsmallest(k, acc.items(), key=lambda kv: (-kv[1], order[kv[0]]))
+        # nlargest is stable: equal scores keep their first-seen order.
+        return heapq.nlargest(k, acc.items(), key=itemgetter(1))
 
 
 #: A term in more memories than this (and than COMMON_TERM_SHARE of them) does not generate
