@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from .ranking import DEFAULT_CONFIG, Candidate, LexicalIndex, RankConfig, rerank
+from .ranking import (
+    DEFAULT_CONFIG,
+    Candidate,
+    LexicalIndex,
+    RankConfig,
+    query_time_window,
+    rerank,
+)
 from .types import from_timestamp_us
 
 #: Candidates taken from each side (dense and lexical) before fusion; measured: 20 lost at
@@ -107,48 +114,65 @@ class HybridSearcher:
         user_id: str,
         query: str,
         top_k: int,
-        accept: Callable[[Row], bool],
+        accept: Callable[[Row], bool] | None = None,
     ) -> list[tuple[Row, float]]:
         """Top-k ``(row, fused score)`` of the user's live memories, best first.
 
         ``dense_search(n)`` returns the engine's filtered dense top-n ``(id, cosine)``;
-        ``accept(row)`` applies the same filters to lexical-only candidates.
+        ``accept(row)`` (None when the search has no filters) applies the same filters to
+        lexical-only candidates. Rows are read only where the ranking needs them (a query
+        that names a date, or a filter) and for the memories returned.
         """
         dense = dense_search(max(self.pool, top_k))
         lexicon = self._lexicon(log, user_id)
         with lexicon.lock:
             lexical = lexicon.index.top(query, self.pool)
-        rows: list[Row] = []
+        need_rows = bool(self.config.entity_weight) or (
+            bool(self.config.date_weight) and query_time_window(query) is not None
+        )
+        ids: list[str] = []
         scores: list[float | None] = []
-        seen: set[str] = set()
+        rows: dict[str, Row] = {}
         for memory_id, score in dense:
-            row = log.get(user_id, memory_id)
-            if row is not None and memory_id not in seen:
-                seen.add(memory_id)
-                rows.append(row)
+            if memory_id not in rows and memory_id not in ids:
+                ids.append(memory_id)
                 scores.append(score)
+        dense_ids = set(ids)
         for memory_id, _ in lexical:
-            if memory_id in seen:
+            if memory_id in dense_ids or memory_id in rows:
                 continue
-            row = log.get(user_id, memory_id)
-            if row is not None and accept(row):
-                seen.add(memory_id)
-                rows.append(row)
-                scores.append(None)
-        if not rows:
+            if accept is not None:
+                row = log.get(user_id, memory_id)
+                if row is None or not accept(row):
+                    continue
+                rows[memory_id] = row
+            ids.append(memory_id)
+            scores.append(None)
+        if need_rows:
+            for memory_id in ids:
+                if memory_id not in rows and (row := log.get(user_id, memory_id)) is not None:
+                    rows[memory_id] = row
+        if not ids:
             return []
         candidates = [
             Candidate(
-                key=row["id"],
-                text=row["text"],
+                key=memory_id,
+                text=rows[memory_id]["text"] if memory_id in rows else "",
                 dense_score=score,
-                created_at=_created(row),
+                created_at=_created(rows[memory_id]) if memory_id in rows else None,
             )
-            for row, score in zip(rows, scores, strict=True)
+            for memory_id, score in zip(ids, scores, strict=True)
         ]
         with lexicon.lock:
             order = rerank(query, candidates, lexicon.index, self.config)
-        return [(rows[i], float(score)) for i, score in order[:top_k]]
+        results: list[tuple[Row, float]] = []
+        for i, score in order:
+            row = rows.get(ids[i]) or log.get(user_id, ids[i])
+            if row is not None:  # None: deleted by another writer meanwhile
+                results.append((row, float(score)))
+                if len(results) == top_k:
+                    break
+        return results
 
 
 def _created(row: Row) -> datetime | None:

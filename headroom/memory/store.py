@@ -597,8 +597,11 @@ class MemoryStore:
             created = int(row["created_at"])
             return (lo is None or created >= lo) and (hi is None or created <= hi)
 
+        filtered = bool(mask) or lo is not None or hi is not None
         if isinstance(query, str) and hybrid:
-            pairs = self._hybrid.search(log, dense, user_id, query, top_k, accept)
+            pairs = self._hybrid.search(
+                log, dense, user_id, query, top_k, accept if filtered else None
+            )
         else:
             pairs = [
                 (row, score)
