@@ -1,8 +1,9 @@
 """Zero-copy replay (native/src/state.h, arena.h): the state keeps texts, ids and vectors as
-views of the bytes they were read from, either a segment mapping it pins (segments opened
-while no one else can truncate them) or a copy in its arena (appended batches, and frames read
-through pread(2) when another process holds the lock). Every path must give the same answers,
-and the id index (open addressing with backward-shift deletion) must survive many purges.
+views of the bytes they were read from, either a segment mapping it pins (every segment but
+the last, which no writer ever truncates) or a copy in its arena (appended batches, the last
+segment, and frames read through pread(2)). Every path must give the same answers, the id
+index (open addressing with backward-shift deletion) must survive many purges, and exact search
+must stay exact while a user's vectors are packed into one block and repacked.
 """
 
 from __future__ import annotations

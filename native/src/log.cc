@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <future>
+#include <system_error>
 #include <utility>
 
 #include "errors.h"
@@ -284,12 +285,13 @@ void Log::LoadAll(bool locked) {
   uint32_t gen = 0;
   int last_fd = -1;
   uint64_t last_pos = 0;
-  // Opens (and maps) segment i. Map what nobody can truncate under us: an earlier segment
-  // (only the last one is ever truncated), or the last one while we hold the lock (a later
-  // writer truncates only beyond the valid end we read: a torn tail or its own failed batch).
-  // The state keeps pointing into the mapping (zero-copy replay) and pins it: an unlink by a
-  // compaction leaves it readable. Else it is read through pread(2) and the state copies what
-  // it keeps.
+  // Opens (and maps) segment i. Map what nobody can truncate while we scan it: an earlier
+  // segment (only the last one is ever truncated), or the last one while we hold the lock.
+  // Else it is read through pread(2). The state keeps pointing into the mapping of an earlier
+  // segment (zero-copy replay) and pins it: an unlink by a compaction leaves it readable, and
+  // no writer ever truncates it. From the last segment it copies what it keeps: after we let
+  // go of the lock, a writer that finds a damaged frame there truncates from it on (torn
+  // tail), and a page of a mapping past the end of its file must never be touched.
   auto open_segment = [this, &live, locked](size_t i) {
     const bool last = i + 1 == live.size();
     std::string p = SegPath(live[i].first);
@@ -308,17 +310,24 @@ void Log::LoadAll(bool locked) {
     std::future<OpenedSegment> ahead;
     for (size_t i = 0; i < live.size(); ++i) {
       const bool last = i + 1 == live.size();
-      if (!last) ahead = std::async(std::launch::async, open_segment, i + 1);
+      if (!last) {
+        try {
+          ahead = std::async(std::launch::async, open_segment, i + 1);
+        } catch (const std::system_error&) {  // no thread to be had: open it when needed
+          ahead = std::async(std::launch::deferred, open_segment, i + 1);
+        }
+      }
       SegmentHeader h = live[i].second;
       if (h.generation > gen) gen = h.generation;
       const uint64_t size = cur.size;
-      if (cur.map) fresh->Pin(cur.map);
+      const bool pinned = cur.map && !last;
+      if (pinned) fresh->Pin(cur.map);
       std::unique_ptr<FrameScanner> scp =
           cur.map ? std::make_unique<FrameScanner>(cur.map->data(), h.header_size, size)
                   : std::make_unique<FrameScanner>(cur.fd, h.header_size, size);
       FrameScanner& sc = *scp;
       uint64_t applied = 0;
-      ApplyFrames(fresh.get(), false, cur.map != nullptr, &sc, &applied, &rec, &frames);
+      ApplyFrames(fresh.get(), false, pinned, &sc, &applied, &rec, &frames);
       // After the segment's own records: a compaction output holds seqs below its floor.
       fresh->NoteSeqFloor(h.seq_floor);
       uint64_t end = sc.ValidEnd();
