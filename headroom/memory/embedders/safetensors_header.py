@@ -1,6 +1,6 @@
 """Reads the header of a ``.safetensors`` file: tensor names, dtypes, shapes and byte offsets.
 
-The format (https://huggingface.co/docs/safetensors) is an 8-byte little-endian header length,
+The format (specified by the huggingface/safetensors project) is an 8-byte header length,
 a JSON header, then the raw tensor bytes. Offsets in the header are relative to the end of the
 header; :func:`read_header` turns them into absolute file offsets, which is what an ONNX
 external-data reference needs. Nothing here reads tensor data.
