@@ -1,9 +1,9 @@
 """Reads the header of a ``.safetensors`` file: tensor names, dtypes, shapes and byte offsets.
 
-The format (specified by the huggingface/safetensors project) is an 8-byte header length,
-a JSON header, then the raw tensor bytes. Offsets in the header are relative to the end of the
-header; :func:`read_header` turns them into absolute file offsets, which is what an ONNX
-external-data reference needs. Nothing here reads tensor data.
+The format (specified by the huggingface/safetensors project) is an 8-byte little-endian
+header length, a JSON header, then the raw tensor bytes. Offsets in the header are relative to
+the end of the header; :func:`read_header` turns them into absolute file offsets, which is what
+an ONNX external-data reference needs. Nothing here reads tensor data.
 """
 
 from __future__ import annotations
