@@ -194,6 +194,13 @@ void Log::CheckOpen() const {
                              "open the store again in the child");
 }
 
+void Log::CheckWritable() const {
+  CheckOpen();
+  if (failed_)
+    Fail(ErrorKind::kFailed, "an earlier write failed (" + failed_why_ +
+                                 "); the store refuses writes until it is reopened");
+}
+
 void Log::Lock() {
   while (::flock(lock_fd_, LOCK_EX) != 0) {
     if (errno != EINTR) Fail(ErrorKind::kIo, "flock(LOCK_EX) failed: " + ErrnoText(errno));
@@ -506,15 +513,8 @@ std::vector<uint64_t> Log::Append(std::vector<EntryIn> entries) {
 
 void Log::CommitGroup(const std::vector<Writer*>& group) {
   std::lock_guard<std::mutex> io(io_mu_);
-  CheckOpen();
-  if (failed_)
-    Fail(ErrorKind::kFailed, "an earlier write failed (" + failed_why_ +
-                                 "); the store refuses writes until it is reopened");
-  Lock();
-  struct Unlocker {
-    Log* log;
-    ~Unlocker() { log->Unlock(); }
-  } unlocker{this};
+  CheckWritable();
+  FileLock file_lock(this);
   RefreshLocked(true);
 
   Validator accepted(state_.get());
@@ -659,15 +659,8 @@ void Log::SyncLoop() {
 CompactResult Log::Compact() {
   CheckOpen();
   std::lock_guard<std::mutex> io(io_mu_);
-  CheckOpen();
-  if (failed_)
-    Fail(ErrorKind::kFailed, "an earlier write failed (" + failed_why_ +
-                                 "); the store refuses writes until it is reopened");
-  Lock();
-  struct Unlocker {
-    Log* log;
-    ~Unlocker() { log->Unlock(); }
-  } unlocker{this};
+  CheckWritable();
+  FileLock file_lock(this);
   RefreshLocked(true);
 
   CompactResult res;
@@ -750,10 +743,7 @@ CompactResult Log::Compact() {
 void Log::Flush() {
   CheckOpen();
   std::lock_guard<std::mutex> io(io_mu_);
-  CheckOpen();
-  if (failed_)
-    Fail(ErrorKind::kFailed, "an earlier write failed (" + failed_why_ +
-                                 "); the store refuses writes until it is reopened");
+  CheckWritable();
   dirty_ = false;
   if (int err = SyncFile(cur_fd_, &faults_)) {
     SetFailed("fsync failed: " + ErrnoText(err));

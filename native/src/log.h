@@ -131,6 +131,8 @@ class Log {
   };
 
   void CheckOpen() const;
+  // CheckOpen, and refuses when an earlier write or fsync failed (StoreFailedError).
+  void CheckWritable() const;
   void RefreshForRead();
   void LoadAll(bool locked);
   uint64_t RefreshLocked(bool locked);
@@ -144,6 +146,14 @@ class Log {
   void SetFailed(const std::string& why);
   void Lock();
   void Unlock();
+  // Holds the cross-process file lock (Lock/Unlock) for its scope.
+  struct FileLock {
+    explicit FileLock(Log* log) : log_(log) { log_->Lock(); }
+    ~FileLock() { log_->Unlock(); }
+    FileLock(const FileLock&) = delete;
+    FileLock& operator=(const FileLock&) = delete;
+    Log* log_;
+  };
   void SyncLoop();
   std::string SegPath(uint64_t n) const { return dir_ + "/" + SegmentName(n); }
 

@@ -109,6 +109,19 @@ void State::AddRow(User* u, uint32_t mi, const float* v, uint32_t dim) {
   ++u->loose;
 }
 
+bool State::FindLive(const EntryView& e, User** user, uint32_t* mi) {
+  User* u = GetUser(e.user, false);
+  const int64_t found = u ? u->by_id.Find(e.id, u->mems) : -1;
+  if (found < 0 || !u->mems[static_cast<size_t>(found)].live) {
+    ++skipped_;  // an op on a memory that is not live: replay skips it
+    return false;
+  }
+  u->last_seq = e.seq;
+  *user = u;
+  *mi = static_cast<uint32_t>(found);
+  return true;
+}
+
 const float* State::Unlabel(User* u, uint32_t mi, uint64_t seq) {
   Mem& m = u->mems[mi];
   u->by_label.Erase(m.label);
@@ -198,14 +211,9 @@ void State::Apply(const EntryView& in, bool pinned) {
     }
     case kUpdate:
     case kRevector: {
-      User* u = GetUser(e.user, false);
-      const int64_t found = u ? u->by_id.Find(e.id, u->mems) : -1;
-      if (found < 0 || !u->mems[static_cast<size_t>(found)].live) {
-        ++skipped_;
-        return;
-      }
-      u->last_seq = e.seq;
-      const uint32_t mi = static_cast<uint32_t>(found);
+      User* u = nullptr;
+      uint32_t mi = 0;
+      if (!FindLive(e, &u, &mi)) return;
       const uint32_t old_dim = u->dim;
       const float* saved = Unlabel(u, mi, e.seq);
       Mem& m = u->mems[mi];
@@ -233,14 +241,9 @@ void State::Apply(const EntryView& in, bool pinned) {
       return;
     }
     case kDelete: {
-      User* u = GetUser(e.user, false);
-      const int64_t found = u ? u->by_id.Find(e.id, u->mems) : -1;
-      if (found < 0 || !u->mems[static_cast<size_t>(found)].live) {
-        ++skipped_;
-        return;
-      }
-      u->last_seq = e.seq;
-      const uint32_t mi = static_cast<uint32_t>(found);
+      User* u = nullptr;
+      uint32_t mi = 0;
+      if (!FindLive(e, &u, &mi)) return;
       Unlabel(u, mi, e.seq);
       Mem& m = u->mems[mi];
       m.live = false;

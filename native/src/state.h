@@ -238,6 +238,9 @@ class State {
 
  private:
   User* GetUser(std::string_view name, bool create);
+  // The live memory an UPDATE/REVECTOR/DELETE names: sets *user and *mi, records the entry's
+  // seq on the user and returns true; counts the entry as skipped and returns false otherwise.
+  bool FindLive(const EntryView& e, User** user, uint32_t* mi);
   uint32_t Model(std::string_view model);
   void AddRow(User* u, uint32_t mi, const float* v, uint32_t dim);
   // Removes the live label of a memory (and its row), recording the removal at `seq`;
