@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from block_fragments import PIECES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,43 +38,6 @@ answers = st.text(alphabet=st.characters(blacklist_characters="<", blacklist_cat
 
 # Pieces that model output is made of when it goes wrong: tags in any case, halves of tags,
 # braces, quotes, white space, fences.
-PIECES = [
-    "<memory>",
-    "</memory>",
-    "<MEMORY>",
-    "</Memory >",
-    "<memory",
-    "</memory",
-    "<memory/>",
-    "<memory />",
-    "<",
-    ">",
-    "/",
-    "<m",
-    "emory",
-    "mem",
-    "ory",
-    "{",
-    "}",
-    "[",
-    "]",
-    '"',
-    "'",
-    ",",
-    ":",
-    '"add"',
-    '"text"',
-    "```",
-    "```json",
-    "\n```\n",
-    "`",
-    " ",
-    "\n",
-    "\t",
-    "x",
-    "\u00e9",
-    "\u4e2d",
-]
 free_text = st.text(alphabet=st.characters(blacklist_characters=SENTINEL), max_size=4)
 noise = st.lists(st.one_of(st.sampled_from(PIECES), free_text), max_size=25).map("".join)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from block_fragments import PIECES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -12,40 +13,6 @@ from headroom.memory.errors import InvalidInputError, InvalidTypeError
 from headroom.memory.protocol import MemoryOps, NewMemory, clean_text, parse_answer, render_block
 from headroom.memory.stream_filter import BlockStreamFilter
 
-PIECES = [
-    "<memory>",
-    "</memory>",
-    "<MeMoRy >",
-    "</MEMORY\n>",
-    "<memory",
-    "</memory",
-    "<memory/>",
-    "<memory />",
-    "<",
-    ">",
-    "/",
-    "<m",
-    "<mem",
-    "emory",
-    "ory",
-    "y",
-    "{",
-    "}",
-    '"add": []',
-    " ",
-    "  ",
-    "\n",
-    "\t",
-    "x",
-    "Hello.",
-    "\u00e9",
-    "\U0001f600",
-    "```",
-    "```json\n",
-    "\n```",
-    "`",
-    "   ",
-]
 texts = st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=3)), max_size=30).map("".join)
 
 
