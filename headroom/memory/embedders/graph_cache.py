@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 
-from .minilm_graph import GRAPH_VERSION, build_graph_bytes
 from .resolve import ResolvedModel, cache_root
 from .safetensors_header import read_header
+
+#: Bumped whenever the graph changes, so cached graphs of an older layout are rebuilt. Kept here
+#: (not beside the builder) so that loading a cached graph never imports the builder.
+GRAPH_VERSION = 2
 
 
 def graph_path(model: ResolvedModel) -> Path:
@@ -29,6 +31,8 @@ def graph_path(model: ResolvedModel) -> Path:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and rename (readers never see half)."""
+    import tempfile  # only writers need it; a cached graph loads without it
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -50,6 +54,8 @@ def ensure_graph(model: ResolvedModel) -> Path:
     """
     path = graph_path(model)
     if not path.is_file():
+        from .minilm_graph import build_graph_bytes
+
         write_atomic(path, build_graph_bytes(model.folder))
     return path
 
@@ -62,6 +68,8 @@ def graph_bytes(model: ResolvedModel) -> bytes:
     path = graph_path(model)
     if path.is_file():
         return path.read_bytes()
+    from .minilm_graph import build_graph_bytes  # ~15 ms of imports, paid only on a miss
+
     data = build_graph_bytes(model.folder)
     with contextlib.suppress(OSError):
         write_atomic(path, data)

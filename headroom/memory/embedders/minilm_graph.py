@@ -27,10 +27,9 @@ import numpy as np
 
 from ..errors import ModelNotFoundError
 from . import onnx_writer
+from .graph_cache import GRAPH_VERSION
 from .safetensors_header import SafetensorsHeader, TensorInfo, read_header
 
-#: Bumped whenever the graph changes, so cached graphs of an older layout are rebuilt.
-GRAPH_VERSION = 2
 OPSET = 20
 IR_VERSION = 9
 
