@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from headroom.memory import errors
+from headroom.memory import errors, hybrid
 from headroom.memory.store import MemoryStore, NewMemory
 from tests.store_helpers import HashEmbedder
+
+WORDS = ["zebra", "typewriter", "violin", "harbour", "lantern"]
 
 
 @pytest.fixture
@@ -266,3 +270,70 @@ def test_hybrid_lexical_side_follows_updates_deletes_and_other_writers(tmp_path:
         assert all(mem.id != n.id for mem, _ in store.search("u", "typewriters", top_k=40))
         only = store.search("u", "giraffes", top_k=3, category="preference")
         assert only == []  # filters apply to lexical candidates too
+
+
+def _texts(results: list[tuple[Any, float]]) -> list[tuple[str, float]]:
+    return [(m.text, round(s, 9)) for m, s in results]
+
+
+def test_prefetched_lexical_side_ranks_exactly_as_the_inline_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with MemoryStore(tmp_path / "db", embedder=HashEmbedder()) as store:
+        rows = [NewMemory(f"{w} note {i} on the {w} garden") for i, w in enumerate(WORDS * 6)]
+        store.add_many("u", rows, dedup=False)
+        queries = [f"{w} garden" for w in WORDS] + ["note 7", "nothing matches this"]
+        prefetched = [_texts(store.search("u", q, top_k=8)) for q in queries]
+        # The same searches with the prefetch turned off (lexical side run inline).
+        monkeypatch.setattr(hybrid.HybridSearcher, "prefetch", lambda *a, **k: None)
+        assert [_texts(store.search("u", q, top_k=8)) for q in queries] == prefetched
+        assert prefetched[0][0][0].startswith(WORDS[0])
+
+
+def test_search_does_not_wait_for_a_busy_prefetch_pool(tmp_path: Path) -> None:
+    release = threading.Event()
+    pool = hybrid._prefetch_pool()
+    blockers = [pool.submit(release.wait, 30) for _ in range(hybrid.PREFETCH_THREADS)]
+    try:
+        with MemoryStore(tmp_path / "db", embedder=HashEmbedder()) as store:
+            m = store.add("u", "User keeps zebras in the garden")
+            store.add("u", "User reads about trains")
+            # Every pool thread is blocked: the search runs its lexical side inline, now.
+            assert store.search("u", "zebras", top_k=1)[0][0].id == m.id
+            assert not any(b.done() for b in blockers)  # it did not wait for the pool
+    finally:
+        release.set()
+        for b in blockers:
+            b.result(30)
+
+
+def _child_searches(path: str, queue: Any) -> None:
+    store = MemoryStore.open(path, embedder=HashEmbedder())
+    found = [m.text for m, _ in store.search("u", "zebras", top_k=1)]
+    # The parent's pool threads do not exist here: the child's pool must be a working one.
+    pool = hybrid._prefetch_pool()
+    jobs = [pool.submit(os.getpid) for _ in range(2 * hybrid.PREFETCH_THREADS)]
+    queue.put((found, all(job.result(timeout=20) == os.getpid() for job in jobs)))
+
+
+def test_a_forked_child_searches_with_its_own_prefetch_pool(tmp_path: Path) -> None:
+    path = str(tmp_path / "db")
+    store = MemoryStore.open(path, embedder=HashEmbedder())
+    store.add("u", "User keeps zebras in the garden")
+    store.add("u", "User reads about trains")
+    assert store.search("u", "zebras", top_k=1)[0][0].text.endswith("garden")
+    # Start every thread of the parent's pool (each task waits until all are running).
+    barrier = threading.Barrier(hybrid.PREFETCH_THREADS)
+    pool = hybrid._prefetch_pool()
+    for job in [pool.submit(barrier.wait, 20) for _ in range(hybrid.PREFETCH_THREADS)]:
+        job.result(30)
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child_searches, args=(path, queue))
+    proc.start()
+    try:
+        assert queue.get(timeout=60) == (["User keeps zebras in the garden"], True)
+    finally:
+        proc.join(60)
+    assert proc.exitcode == 0
+    store.close()

@@ -9,12 +9,20 @@ The lexical index is derived from the log exactly like the vector index: built f
 live memories on first use, then kept current from the log's ``changes`` (labels are the
 sequence numbers of live versions), and dropped when the log is compacted. It is held in
 memory only; rebuilding costs ~70 µs per memory on first use.
+
+The lexical side needs only the query text, so :meth:`HybridSearcher.prefetch` starts it on a
+small shared thread pool while the caller embeds the query: onnxruntime releases the GIL while
+it runs, so on a machine with a free core the lexical candidates cost no wall time. A prefetch
+that has not started by the time the caller needs it is cancelled and run inline instead (a
+busy pool never makes a search wait).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,7 +43,32 @@ from .types import from_timestamp_us
 #: R@10, 100 tied 50 and cost more.
 DEFAULT_POOL = 50
 
+#: Threads of the shared prefetch pool: lexical work holds the GIL, so more would only queue.
+PREFETCH_THREADS = 2
+
 Row = dict[str, Any]
+Lexical = list[tuple[str, float]]
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _prefetch_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="headroom-lexical")
+        return _pool
+
+
+def _forget_pool_in_child() -> None:
+    # The parent's worker threads do not exist in a forked child; a new pool starts on demand.
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 @dataclass
@@ -107,6 +140,16 @@ class HybridSearcher:
             lexicon.covered_seq = target
         return lexicon
 
+    def lexical_candidates(self, log: Any, user_id: str, query: str) -> Lexical:
+        """The user's lexical top-``pool`` ``(id, BM25)`` for ``query`` (index caught up first)."""
+        lexicon = self._lexicon(log, user_id)
+        with lexicon.lock:
+            return lexicon.index.top(query, self.pool)
+
+    def prefetch(self, log: Any, user_id: str, query: str) -> Future[Lexical]:
+        """Start :meth:`lexical_candidates` on the shared pool; hand the future to search()."""
+        return _prefetch_pool().submit(self.lexical_candidates, log, user_id, query)
+
     def search(
         self,
         log: Any,
@@ -115,18 +158,23 @@ class HybridSearcher:
         query: str,
         top_k: int,
         accept: Callable[[Row], bool] | None = None,
+        prefetched: Future[Lexical] | None = None,
     ) -> list[tuple[Row, float]]:
         """Top-k ``(row, fused score)`` of the user's live memories, best first.
 
         ``dense_search(n)`` returns the engine's filtered dense top-n ``(id, cosine)``;
         ``accept(row)`` (None when the search has no filters) applies the same filters to
-        lexical-only candidates. Rows are read only where the ranking needs them (a query
-        that names a date, or a filter) and for the memories returned.
+        lexical-only candidates. ``prefetched`` is :meth:`prefetch` of the same query (its
+        result, or its exception, is what the lexical side returns). Rows are read only where
+        the ranking needs them (a query that names a date, or a filter) and for the memories
+        returned.
         """
         dense = dense_search(max(self.pool, top_k))
+        if prefetched is None or prefetched.cancel():
+            lexical = self.lexical_candidates(log, user_id, query)
+        else:
+            lexical = prefetched.result()
         lexicon = self._lexicon(log, user_id)
-        with lexicon.lock:
-            lexical = lexicon.index.top(query, self.pool)
         need_rows = bool(self.config.entity_weight) or (
             bool(self.config.date_weight) and query_time_window(query) is not None
         )

@@ -579,14 +579,17 @@ class MemoryStore:
             raise InvalidInputError(f"top_k must be a non-negative int; got {top_k!r}")
         if top_k == 0:
             return []
-        if isinstance(query, str):
-            vector = self._embed([query])[0]
-        else:
-            vector = _check_vector(query, self.embedder.dim)
         mask = _category_mask(category)
         lo, hi = T.to_timestamp_us(since), T.to_timestamp_us(until)
         engine = self.engine
         log = engine.log
+        text = query if isinstance(query, str) and hybrid else None
+        # The lexical side needs only the text: it runs while the query is embedded.
+        prefetched = self._hybrid.prefetch(log, user_id, text) if text is not None else None
+        if isinstance(query, str):
+            vector = self._embed([query])[0]
+        else:
+            vector = _check_vector(query, self.embedder.dim)
 
         def dense(n: int) -> list[tuple[str, float]]:
             return engine.search(user_id, vector, n, categories=mask, t_min=lo, t_max=hi)
@@ -598,9 +601,9 @@ class MemoryStore:
             return (lo is None or created >= lo) and (hi is None or created <= hi)
 
         filtered = bool(mask) or lo is not None or hi is not None
-        if isinstance(query, str) and hybrid:
+        if text is not None:
             pairs = self._hybrid.search(
-                log, dense, user_id, query, top_k, accept if filtered else None
+                log, dense, user_id, text, top_k, accept if filtered else None, prefetched
             )
         else:
             pairs = [
