@@ -794,3 +794,52 @@ def test_facade_reads_its_own_writes(server: ScriptedServer, tmp_path: Path) -> 
     assert client.memory.forget() == 2  # the queued write landed first, then went
     assert client.flush(timeout=30)
     assert client.memory.get_all() == []
+
+
+class _GatedEmbedder(HashEmbedder):
+    """HashEmbedder whose writer-thread calls for texts containing ``gated`` wait for ``gate``."""
+
+    def __init__(self, gated: str) -> None:
+        super().__init__(dim=32)
+        self.gated = gated
+        self.gate = threading.Event()
+
+    def embed(self, texts: Any) -> Any:
+        on_writer = threading.current_thread().name.startswith("headroom-memory-writer")
+        if on_writer and any(self.gated in t for t in texts):
+            assert self.gate.wait(30)
+        return super().embed(texts)
+
+
+def test_next_injection_sees_the_previous_answers_memories(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    embedder = _GatedEmbedder("teal")
+    client = wrap(sync_client(server), tmp_path, embedder=embedder)
+    server.push(memory_reply("noted", "User's favourite colour is teal"), "sure")
+    client.chat.completions.create(model="m", messages=USER_MESSAGES)
+    # The write is held on the writer thread until the gate opens, after a short while.
+    threading.Timer(0.3, embedder.gate.set).start()
+    client.chat.completions.create(model="m", messages=USER_MESSAGES)
+    assert "teal" in injected_text(server.chat_requests()[1])
+
+
+def test_a_users_injection_never_waits_for_another_users_write(
+    server: ScriptedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    embedder = _GatedEmbedder("teal")
+    alice = wrap(sync_client(server), tmp_path, user="alice", embedder=embedder)
+    bob = wrap(sync_client(server), tmp_path, user="bob", embedder=embedder)
+    server.push(memory_reply("noted", "User's favourite colour is teal"), "hello bob")
+    try:
+        alice.chat.completions.create(model="m", messages=USER_MESSAGES)
+        with caplog.at_level("WARNING", logger="headroom.memory"):
+            answer = bob.chat.completions.create(model="m", messages=USER_MESSAGES)
+        assert answer.choices[0].message.content == "hello bob"
+        store = MemoryStore.open(tmp_path / "memory.db")  # the same open store (registry)
+        assert store.engine.log.count("alice") == 0  # still held: bob did not wait
+        assert "before their previous memories were stored" not in caplog.text
+    finally:
+        embedder.gate.set()
+    assert alice.flush(timeout=30)
+    assert texts_of(alice) == {"User's favourite colour is teal"}

@@ -40,6 +40,9 @@ from .wrapper_writer import Writer
 
 logger = logging.getLogger("headroom.memory")
 
+#: How long an injection waits for the same user's previous inline writes (seconds).
+OWN_WRITES_WAIT_S = 5.0
+
 
 @dataclass
 class Core:
@@ -82,6 +85,8 @@ class Core:
             mode_used: Mode = "read" if mode in ("on", "read") else "off"
         else:
             mode_used = mode
+            if mode in ("on", "read"):
+                self.wait_for_own_writes()
         try:
             prepared = prepare(self.store, self.settings, messages, mode_used, json_mode=json_mode)
         except Exception as exc:
@@ -98,6 +103,22 @@ class Core:
         if self.background and mode in ("on", "write"):
             prepared = replace(prepared, mode=mode, extract=False, background=True)
         return prepared
+
+    def wait_for_own_writes(self) -> None:
+        """Let this user's queued inline writes land before their next injection searches.
+
+        Read your own writes across calls: the answer before this one may still be being
+        stored (embedding runs after the response returns). Waits only for this user's writes,
+        at most :data:`OWN_WRITES_WAIT_S`; past that, the injection goes on without them.
+        """
+        user_id = self.settings.user_id
+        if not self.writer.wait_key(user_id, OWN_WRITES_WAIT_S):
+            logger.warning(
+                "headroom.memory: injecting for user %r before their previous memories were "
+                "stored (waited %.0f s)",
+                user_id,
+                OWN_WRITES_WAIT_S,
+            )
 
     # --- the response side -------------------------------------------------------------------
 
@@ -177,7 +198,7 @@ class Core:
             error=prepared.error,
         )
         if not ops.is_empty():
-            self.writer.submit(lambda: self._write(ops, event))
+            self.writer.submit(lambda: self._write(ops, event), key=user_id)
         else:
             self.event(event)
 

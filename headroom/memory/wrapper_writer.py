@@ -4,7 +4,9 @@ The inline pipeline's critical path is inject + call + parse; embedding the new 
 the durable write run here, in submission order. :meth:`Writer.flush` waits for everything
 submitted so far; every writer is flushed at interpreter exit (``atexit``). A hard crash in
 that window may lose the newest inline memories; ``with_memory``'s durable queue is the mode
-that loses nothing.
+that loses nothing. Tasks may carry a key (the user id): :meth:`Writer.wait_key` waits for that
+user's writes only, so a user's next injection sees their previous answer's memories without
+waiting for anyone else's.
 
 A failing task is logged (logger ``headroom.memory``) and never stops the writer. After a
 ``fork`` the child starts its own thread on first use.
@@ -17,7 +19,7 @@ import logging
 import os
 import threading
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 logger = logging.getLogger("headroom.memory")
@@ -32,22 +34,26 @@ class Writer:
     def __init__(self, name: str = "headroom-memory-writer") -> None:
         self._name = name
         self._cond = threading.Condition()
-        self._tasks: deque[Callable[[], None]] = deque()
+        self._tasks: deque[tuple[Callable[[], None], str | None]] = deque()
         self._unfinished = 0
+        self._keys: Counter[str] = Counter()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         _ALL.add(self)
         _register_at_exit()
 
-    def submit(self, task: Callable[[], None]) -> None:
-        """Queue ``task``; it runs after every task submitted before it."""
+    def submit(self, task: Callable[[], None], key: str | None = None) -> None:
+        """Queue ``task`` (under ``key`` if given); it runs after every task submitted before."""
         with self._cond:
             if self._pid != os.getpid():  # forked: the parent's thread does not exist here
                 self._pid, self._thread = os.getpid(), None
                 self._tasks.clear()
                 self._unfinished = 0
-            self._tasks.append(task)
+                self._keys.clear()
+            self._tasks.append((task, key))
             self._unfinished += 1
+            if key is not None:
+                self._keys[key] += 1
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
@@ -59,6 +65,17 @@ class Writer:
             if self._thread is threading.current_thread():
                 return self._unfinished <= 1
             return self._cond.wait_for(lambda: self._unfinished == 0, timeout)
+
+    def wait_key(self, key: str, timeout: float | None = None) -> bool:
+        """Wait until no task submitted under ``key`` is queued or running; False on timeout.
+
+        Called on the writer's own thread (an observer calling back in) it returns at once: its
+        tasks cannot finish while it waits.
+        """
+        with self._cond:
+            if self._thread is threading.current_thread() or self._pid != os.getpid():
+                return True
+            return self._cond.wait_for(lambda: not self._keys[key], timeout)
 
     @property
     def pending(self) -> int:
@@ -73,7 +90,7 @@ class Writer:
                     if self._thread is threading.current_thread():
                         self._thread = None
                     return  # idle: the next submit starts a new thread
-                task = self._tasks.popleft()
+                task, key = self._tasks.popleft()
             try:
                 task()
             except Exception:
@@ -81,6 +98,10 @@ class Writer:
             finally:
                 with self._cond:
                     self._unfinished -= 1
+                    if key is not None:
+                        self._keys[key] -= 1
+                        if not self._keys[key]:
+                            del self._keys[key]
                     self._cond.notify_all()
 
 
