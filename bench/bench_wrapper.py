@@ -12,7 +12,7 @@ the real MiniLM vectors of real sentences (:mod:`bench.corpus`, served from its 
 :class:`CorpusEmbedder`); an index the store builds for a large user is built then, not
 during the calls.
 
-Figures, per size (milliseconds, p50/p99, one onnxruntime thread):
+Figures, per size (milliseconds, p50/p99, one onnxruntime thread unless ``--threads``):
 - ``critical path``: wrapped call minus the bare call of the same request, measured
   interleaved (the order alternates call by call): inject + instruct + parse, what the caller
   waits for beyond the call itself.
@@ -65,6 +65,7 @@ from bench.common import (
 from bench.corpus import Corpus, load_corpus
 from bench.locomo.anchors import anchor_python
 from headroom.memory import with_fast_memory
+from headroom.memory.embedders import get_embedder
 from headroom.memory.errors import InvalidInputError
 from headroom.memory.injection import build_injection
 from headroom.memory.pipeline import parse_choice
@@ -119,6 +120,7 @@ class Config:
     seed: int
     name: str
     results_dir: Path
+    threads: int = 1
 
 
 def parse_args(argv: Sequence[str]) -> Config:
@@ -135,6 +137,9 @@ def parse_args(argv: Sequence[str]) -> Config:
     parser.add_argument(
         "--anchor-budget", type=float, default=45.0, help="seconds of anchor calls per size"
     )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="onnxruntime threads of our embedder (default 1)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="output folder")
     args = parser.parse_args(list(argv))
@@ -148,8 +153,8 @@ def parse_args(argv: Sequence[str]) -> Config:
     except ValueError:
         raise InvalidInputError(f"--sizes takes integers; got {args.sizes!r}") from None
     calls = args.calls if args.calls is not None else (40 if quick else 200)
-    if calls < 2 or any(s < 1 for s in sizes):
-        raise InvalidInputError("--calls must be >= 2 and every size >= 1")
+    if calls < 2 or any(s < 1 for s in sizes) or args.threads < 1:
+        raise InvalidInputError("--calls must be >= 2, every size >= 1 and --threads >= 1")
     return Config(
         sizes=sizes,
         calls=calls,
@@ -160,8 +165,10 @@ def parse_args(argv: Sequence[str]) -> Config:
         anchor_budget_s=float(args.anchor_budget),
         anchor_min_calls=min(calls, 20),
         seed=int(args.seed),
-        name="wrapper-quick" if quick else "wrapper",
+        name=("wrapper-quick" if quick else "wrapper")
+        + (f"-{args.threads}threads" if args.threads != 1 else ""),
         results_dir=Path(args.results),
+        threads=int(args.threads),
     )
 
 
@@ -533,6 +540,7 @@ def measure_ours(
         user_id=USER,
         db_path=path,
         observer=lambda event: injected.append(len(event.injected)),
+        embedder=get_embedder(threads=cfg.threads),
     )
     filled["wrap_s"] = time.perf_counter() - t0
     store = MemoryStore.open(path)
@@ -860,7 +868,7 @@ def run(cfg: Config, progress: Callable[[str], None] = print) -> dict[str, Any]:
     progress(
         f"wrapper suite: {info['cpu_model']}, {info['usable_cores']} usable cores, load "
         f"{info['loadavg_1m']:.2f}; sizes {', '.join(f'{s:,}' for s in cfg.sizes)}; "
-        f"{cfg.calls} calls per size; one onnxruntime thread"
+        f"{cfg.calls} calls per size; onnxruntime threads {cfg.threads}"
     )
     corpus = load_corpus(needed_sentences(cfg))
     workload = build_workload(cfg, corpus)
