@@ -1,13 +1,22 @@
-"""The lexical index behind hybrid search: BM25 top-k equals brute force, common terms capped."""
+"""The lexical index behind hybrid search (BM25 top-k equals brute force, common terms capped)
+and the session context of the fused ranking."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
+from datetime import datetime, timezone
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headroom.memory.ranking import COMMON_TERM_MIN_DF, LexicalIndex
+from headroom.memory.ranking import (
+    COMMON_TERM_MIN_DF,
+    DEFAULT_CONFIG,
+    Candidate,
+    LexicalIndex,
+    rerank,
+)
 
 WORDS = ["tea", "coffee", "paris", "berlin", "guitar", "piano", "dogs", "cats", "hiking", "jazz"]
 
@@ -52,3 +61,77 @@ def test_common_terms_do_not_generate_candidates_but_still_score() -> None:
     assert abs(top[0][1] - index.scores("user zanzibar", ["rare"])[0]) < 1e-9
     # A query of common terms only yields no lexical candidates (dense search covers it).
     assert index.top("user likes", 5) == []
+
+
+# --- session context -------------------------------------------------------------------------
+
+
+def test_group_scores_take_a_group_as_one_document() -> None:
+    index = LexicalIndex()
+    index.add_many(
+        [
+            ("m1", "son accident road trip"),
+            ("m2", "family grand canyon"),
+            ("m3", "family dinner"),
+            ("m4", "guitar lesson"),
+        ]
+    )
+    got = index.group_scores("family accident family", [["m1", "m2"], ["m3"], ["unknown"], []])
+    idf = index._idf
+    # Each distinct query term once; a term seen once in a group saturates to exactly its idf.
+    assert abs(got[0] - (idf("family") + idf("accident"))) < 1e-12
+    assert abs(got[1] - idf("family")) < 1e-12
+    assert got[2:] == [0.0, 0.0]
+    # Counts add up across the group's memories, saturating like BM25 with no length norm.
+    two = index.group_scores("family", [["m2", "m3"]])[0]
+    k1 = index.k1
+    assert abs(two - idf("family") * 2 * (k1 + 1) / (2 + k1)) < 1e-12
+
+
+def _accident_candidates() -> tuple[LexicalIndex, list[Candidate]]:
+    day1 = datetime(2023, 7, 1, 14, 0, tzinfo=timezone.utc)
+    day2 = datetime(2023, 7, 10, 9, 30, tzinfo=timezone.utc)
+    candidates = [
+        Candidate("a", "Melanie felt tired after a long week at work", 0.50, day1),
+        Candidate("b", "Melanie's kids loved the Grand Canyon", 0.47, day2),
+        Candidate("c", "Melanie's son got into an accident on the road trip", 0.30, day2),
+    ]
+    index = LexicalIndex()
+    index.add_many((c.key, c.text) for c in candidates)
+    index.add_many(
+        [("f1", "Caroline went hiking"), ("f2", "Caroline paints"), ("f3", "John plays chess")]
+    )
+    return index, candidates
+
+
+def test_session_context_lifts_a_memory_whose_day_matches_the_query() -> None:
+    # "b" alone matches only the name, like "a"; its day also holds the accident ("c"), so
+    # with session context it outranks "a", which it trails on dense similarity.
+    index, candidates = _accident_candidates()
+    query = "How did Melanie feel about her family after the accident?"
+    without = replace(DEFAULT_CONFIG, context_weight=0.0, context_top_weight=0.0)
+    keys_without = [candidates[i].key for i, _ in rerank(query, candidates, index, without)]
+    keys_with = [candidates[i].key for i, _ in rerank(query, candidates, index)]
+    assert keys_without.index("a") < keys_without.index("b")
+    assert keys_with.index("b") < keys_with.index("a")
+    assert DEFAULT_CONFIG.uses_context and not without.uses_context
+
+
+def test_session_context_groups_by_day_and_undated_candidates_stand_alone() -> None:
+    index, candidates = _accident_candidates()
+    candidates[1] = replace(candidates[1], dense_score=0.60)  # "b" (day 2, with "c") is best
+    query = "Melanie accident"
+    only_top = replace(DEFAULT_CONFIG, lexical_weight=0.0, context_weight=0.0)
+    base = replace(only_top, context_top_weight=0.0)
+    bonus = only_top.context_top_weight
+    plain = dict(rerank(query, candidates, index, base))
+    # The best candidate's whole day gains the top bonus ("b" and "c"); day 1 ("a") does not.
+    boosted = dict(rerank(query, candidates, index, only_top))
+    assert abs(boosted[1] - plain[1] - bonus) < 1e-12
+    assert abs(boosted[2] - plain[2] - bonus) < 1e-12
+    assert boosted[0] == plain[0]
+    # Without dates every candidate is its own group: only the best one gains.
+    undated = [replace(c, created_at=None) for c in candidates]
+    boosted = dict(rerank(query, undated, index, only_top))
+    assert abs(boosted[1] - plain[1] - bonus) < 1e-12
+    assert boosted[0] == plain[0] and boosted[2] == plain[2]

@@ -53,15 +53,32 @@ DEPTH = 40
 def sweep_settings() -> list[HybridSetting]:
     """Every hybrid configuration tried on the tune split (kept, winners and losers alike).
 
-    Each varies one thing from the tuned default (:data:`headroom.memory.ranking.DEFAULT_CONFIG`
-    with BM25 b=0.3 and a pool of 50 dense + 50 lexical candidates).
+    The session-context rows vary one thing from the tuned default
+    (:data:`headroom.memory.ranking.DEFAULT_CONFIG` with BM25 b=0.3 and a pool of 50 dense + 50
+    lexical candidates). The rows before them were tried before session context came in: they
+    vary one thing from that earlier default (lexical weight 0.25, no session context), so they
+    reproduce the figures measured then.
     """
     d = DEFAULT_CONFIG
 
-    def cfg(**changes: Any) -> RankConfig:
+    def new(**changes: Any) -> RankConfig:
         return replace(d, **changes)
 
-    out = [HybridSetting(f"lexical w={w:g}", cfg(lexical_weight=w)) for w in (0.1, 0.2, 0.3, 0.4)]
+    def cfg(**changes: Any) -> RankConfig:
+        earlier = {"lexical_weight": 0.25, "context_weight": 0.0, "context_top_weight": 0.0}
+        return replace(d, **{**earlier, **changes})
+
+    out = [HybridSetting("no session context (earlier default)", cfg())]
+    out += [
+        HybridSetting(f"context w={w:g}", new(context_weight=w)) for w in (0.0, 0.05, 0.15, 0.2)
+    ]
+    out += [
+        HybridSetting(f"context top w={w:g}", new(context_top_weight=w)) for w in (0.0, 0.02, 0.06)
+    ]
+    out += [
+        HybridSetting(f"context, lexical w={w:g}", new(lexical_weight=w)) for w in (0.1, 0.2, 0.25)
+    ]
+    out += [HybridSetting(f"lexical w={w:g}", cfg(lexical_weight=w)) for w in (0.1, 0.2, 0.3, 0.4)]
     out += [HybridSetting(f"date w={w:g}", cfg(date_weight=w)) for w in (0.0, 0.1, 0.3)]
     out += [
         HybridSetting(f"rrf w={w:g}", cfg(fusion="rrf", lexical_weight=w, date_weight=0.0))
@@ -69,11 +86,11 @@ def sweep_settings() -> list[HybridSetting]:
     ]
     out += [
         HybridSetting("entity w=0.05", cfg(entity_weight=0.05)),
-        HybridSetting("bm25 b=0.75", d, bm25_b=0.75),
-        HybridSetting("rewritten query", d, rewrite=True),
-        HybridSetting("pool=20", d, pool=20),
-        HybridSetting("pool=100", d, pool=100),
-        HybridSetting("exact dense for lexical-only", d, exact_dense=True),
+        HybridSetting("bm25 b=0.75", cfg(), bm25_b=0.75),
+        HybridSetting("rewritten query", cfg(), rewrite=True),
+        HybridSetting("pool=20", cfg(), pool=20),
+        HybridSetting("pool=100", cfg(), pool=100),
+        HybridSetting("exact dense for lexical-only", cfg(), exact_dense=True),
     ]
     return out
 

@@ -175,8 +175,10 @@ class HybridSearcher:
         else:
             lexical = prefetched.result()
         lexicon = self._lexicon(log, user_id)
-        need_rows = bool(self.config.entity_weight) or (
-            bool(self.config.date_weight) and query_time_window(query) is not None
+        need_rows = (
+            self.config.uses_context
+            or bool(self.config.entity_weight)
+            or (bool(self.config.date_weight) and query_time_window(query) is not None)
         )
         ids: list[str] = []
         scores: list[float | None] = []

@@ -11,6 +11,10 @@ Contracts:
   like the vector index).
 - :func:`rerank` is pure: same inputs, same output. It returns ``(candidate position, score)``
   pairs, best first, ties broken by candidate position (so by dense rank).
+- Session context: candidates written on the same UTC day (``created_at``) are one group, the
+  conversation they came from. A candidate gains from its group's lexical match to the query
+  (:meth:`LexicalIndex.group_scores` over the group's candidates only) and from sharing the
+  group of the best candidate. It only reads the candidate set, never the rest of the user.
 - :func:`rewrite_query` turns a question into the statement-like text the memories are written
   as (no LLM): it only ever removes words, never invents them.
 - The fusion weights in :data:`DEFAULT_CONFIG` were chosen by measurement on LoCoMo's tune split
@@ -157,6 +161,30 @@ class LexicalIndex:
             out.append(
                 sum(idf[t] * self._term_score(doc[t], length, avg) for t in terms if t in doc)
             )
+        return out
+
+    def group_scores(self, query: str, groups: Sequence[Sequence[str]]) -> list[float]:
+        """BM25 of ``query`` against each group of keys taken as one document.
+
+        A group's term counts are the sums over its keys (unknown keys add nothing); each
+        distinct query term counts once and saturates with ``k1`` like a memory's, with no
+        length normalisation (a group is as long as the candidates it happens to hold). IDF
+        is the memory-level IDF of this index. 0.0 for a group that matches no query term.
+        """
+        terms = list(dict.fromkeys(tokenize(query)))
+        if not terms or not self._docs:
+            return [0.0] * len(groups)
+        idf = {t: self._idf(t) for t in terms}
+        k1 = self.k1
+        out: list[float] = []
+        for keys in groups:
+            counts = dict.fromkeys(terms, 0)
+            for key in keys:
+                doc = self._docs.get(key)
+                if doc is not None:
+                    for t in terms:
+                        counts[t] += doc.get(t, 0)
+            out.append(sum(idf[t] * tf * (k1 + 1) / (tf + k1) for t, tf in counts.items() if tf))
         return out
 
     def top(self, query: str, k: int) -> list[tuple[str, float]]:
@@ -344,13 +372,27 @@ class RankConfig:
 
     ``fusion`` is ``"linear"`` (dense + lexical_weight * BM25 / max BM25 in the set) or
     ``"rrf"`` (weighted reciprocal-rank fusion with constant ``rrf_k``).
+
+    ``context_weight`` and ``context_top_weight`` turn on session context (0 turns each
+    off): a candidate gains ``context_weight * (its group's group BM25 / the best group's)``
+    and ``context_top_weight`` when it shares the group of the best candidate, where a group
+    is the candidates written on the same UTC day. Both are in the linear fusion's units.
+    Tuned together with ``lexical_weight`` (0.25 -> 0.15 when context came in) on LoCoMo's
+    tune split: facts R@5 0.593 -> 0.613, turns 0.619 -> 0.640, summaries 0.774 -> 0.772.
     """
 
     fusion: str = "linear"
-    lexical_weight: float = 0.25
+    lexical_weight: float = 0.15
     rrf_k: float = 60.0
     entity_weight: float = 0.0
     date_weight: float = 0.2
+    context_weight: float = 0.1
+    context_top_weight: float = 0.04
+
+    @property
+    def uses_context(self) -> bool:
+        """True when the ranking reads candidates' ``created_at`` for session context."""
+        return bool(self.context_weight or self.context_top_weight)
 
 
 DEFAULT_CONFIG = RankConfig()
@@ -375,6 +417,13 @@ def rerank(
     names)``. BM25 comes from ``lexical`` (the user's index, for corpus-wide IDF) and is 0 when
     no index is given. With ``fusion="rrf"`` the dense and lexical parts are replaced by
     ``1/(rrf_k + dense rank) + lexical_weight/(rrf_k + lexical rank)``.
+
+    Then session context (see :class:`RankConfig`): candidates are grouped by the UTC day of
+    ``created_at`` (a candidate without one is a group of its own); each gains
+    ``context_weight * group_bm25 / max group_bm25`` (from ``lexical.group_scores`` over the
+    groups' keys; skipped without an index or when no group matches), then the group of the
+    best candidate so far gains ``context_top_weight``. When every candidate is in one group,
+    neither applies (it would not change the order, only inflate every score).
     """
     n = len(candidates)
     if n == 0:
@@ -412,4 +461,38 @@ def rerank(
         if window is not None:
             for i, c in enumerate(candidates):
                 scores[i] += config.date_weight * time_affinity(c.created_at, window)
+    if config.uses_context:
+        _add_session_context(query, candidates, lexical, config, scores)
     return sorted(((i, s) for i, s in enumerate(scores)), key=lambda t: (-t[1], t[0]))
+
+
+def _add_session_context(
+    query: str,
+    candidates: Sequence[Candidate],
+    lexical: LexicalIndex | None,
+    config: RankConfig,
+    scores: list[float],
+) -> None:
+    """Add the session-context terms of :func:`rerank` to ``scores`` in place."""
+    groups: dict[object, list[int]] = {}
+    group_of: list[list[int]] = []
+    for i, c in enumerate(candidates):
+        day: object = c.created_at.date() if c.created_at is not None else ("key", i)
+        group_of.append(groups.setdefault(day, []))
+        group_of[-1].append(i)
+    members = list(groups.values())
+    if len(members) < 2:
+        return  # one group: the bonuses would lift every candidate alike
+    if config.context_weight and lexical is not None:
+        group_bm25 = lexical.group_scores(query, [[candidates[i].key for i in m] for m in members])
+        best = max(group_bm25)
+        if best > 0:
+            for value, m in zip(group_bm25, members, strict=True):
+                if value:
+                    bonus = config.context_weight * value / best
+                    for i in m:
+                        scores[i] += bonus
+    if config.context_top_weight:
+        top = min(range(len(scores)), key=lambda i: (-scores[i], i))
+        for i in group_of[top]:
+            scores[i] += config.context_top_weight
