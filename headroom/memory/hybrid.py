@@ -75,6 +75,8 @@ if hasattr(os, "register_at_fork"):
 class _Lexicon:
     index: LexicalIndex = field(default_factory=LexicalIndex)
     label_ids: dict[int, str] = field(default_factory=dict)
+    #: created_at (µs) of every indexed memory: the ranking's date terms need no row reads.
+    created: dict[str, int] = field(default_factory=dict)
     covered_seq: int = -1
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -123,12 +125,14 @@ class HybridSearcher:
                 rows = log.list(user_id, 0)
                 lexicon.index.add_many((row["id"], row["text"]) for row in rows)
                 lexicon.label_ids = {int(row["seq"]): row["id"] for row in rows}
+                lexicon.created = {row["id"]: int(row["created_at"]) for row in rows}
             else:
                 removed, added, _ = log.changes(user_id, lexicon.covered_seq)
                 for label in np.asarray(removed).tolist():
                     memory_id = lexicon.label_ids.pop(int(label), None)
                     if memory_id is not None:
                         lexicon.index.remove(memory_id)
+                        lexicon.created.pop(memory_id, None)
                 labels = np.asarray(added, np.uint64)
                 for label, info in zip(labels.tolist(), log.resolve(user_id, labels), strict=True):
                     if info is None:
@@ -137,6 +141,7 @@ class HybridSearcher:
                     if row is not None:
                         lexicon.index.add(row["id"], row["text"])
                         lexicon.label_ids[int(label)] = row["id"]
+                        lexicon.created[row["id"]] = int(row["created_at"])
             lexicon.covered_seq = target
         return lexicon
 
@@ -165,8 +170,9 @@ class HybridSearcher:
         ``dense_search(n)`` returns the engine's filtered dense top-n ``(id, cosine)``;
         ``accept(row)`` (None when the search has no filters) applies the same filters to
         lexical-only candidates. ``prefetched`` is :meth:`prefetch` of the same query (its
-        result, or its exception, is what the lexical side returns). Rows are read only where
-        the ranking needs them (a query that names a date, or a filter) and for the memories
+        result, or its exception, is what the lexical side returns). Candidates' dates come
+        from the lexical index (no row reads); rows are read only to filter lexical-only
+        candidates, when the ranking needs texts (``entity_weight``), and for the memories
         returned.
         """
         dense = dense_search(max(self.pool, top_k))
@@ -175,10 +181,9 @@ class HybridSearcher:
         else:
             lexical = prefetched.result()
         lexicon = self._lexicon(log, user_id)
-        need_rows = (
-            self.config.uses_context
-            or bool(self.config.entity_weight)
-            or (bool(self.config.date_weight) and query_time_window(query) is not None)
+        need_texts = bool(self.config.entity_weight)
+        need_dates = self.config.uses_context or (
+            bool(self.config.date_weight) and query_time_window(query) is not None
         )
         ids: list[str] = []
         scores: list[float | None] = []
@@ -198,22 +203,23 @@ class HybridSearcher:
                 rows[memory_id] = row
             ids.append(memory_id)
             scores.append(None)
-        if need_rows:
+        if need_texts:
             for memory_id in ids:
                 if memory_id not in rows and (row := log.get(user_id, memory_id)) is not None:
                     rows[memory_id] = row
         if not ids:
             return []
-        candidates = [
-            Candidate(
-                key=memory_id,
-                text=rows[memory_id]["text"] if memory_id in rows else "",
-                dense_score=score,
-                created_at=_created(rows[memory_id]) if memory_id in rows else None,
-            )
-            for memory_id, score in zip(ids, scores, strict=True)
-        ]
         with lexicon.lock:
+            created = lexicon.created if need_dates else {}
+            candidates = [
+                Candidate(
+                    key=memory_id,
+                    text=rows[memory_id]["text"] if memory_id in rows else "",
+                    dense_score=score,
+                    created_at=_created(created.get(memory_id)),
+                )
+                for memory_id, score in zip(ids, scores, strict=True)
+            ]
             order = rerank(query, candidates, lexicon.index, self.config)
         results: list[tuple[Row, float]] = []
         for i, score in order:
@@ -225,6 +231,5 @@ class HybridSearcher:
         return results
 
 
-def _created(row: Row) -> datetime | None:
-    created = row.get("created_at")
-    return from_timestamp_us(int(created)) if created else None
+def _created(created_us: int | None) -> datetime | None:
+    return from_timestamp_us(created_us) if created_us else None
