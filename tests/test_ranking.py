@@ -3,6 +3,7 @@ and the session context of the fused ranking."""
 
 from __future__ import annotations
 
+import gc
 import random
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -135,3 +136,15 @@ def test_session_context_groups_by_day_and_undated_candidates_stand_alone() -> N
     boosted = dict(rerank(query, undated, index, only_top))
     assert abs(boosted[1] - plain[1] - bonus) < 1e-12
     assert boosted[0] == plain[0] and boosted[2] == plain[2]
+
+
+def test_a_large_index_adds_nothing_for_the_garbage_collector_to_walk() -> None:
+    # Servers hold many users' indexes; tracked containers would make every full collection
+    # walk all of them.
+    gc.collect()
+    before = len(gc.get_objects())
+    index = LexicalIndex()
+    index.add_many((f"m{i}", f"User note {i} about topic {i % 37} and more") for i in range(2000))
+    gc.collect()
+    assert len(index) == 2000
+    assert len(gc.get_objects()) - before < 100
