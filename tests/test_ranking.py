@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headroom.memory.ranking import (
-    COMMON_TERM_MIN_DF,
+    CANDIDATE_POSTINGS_BUDGET,
     DEFAULT_CONFIG,
     Candidate,
     LexicalIndex,
@@ -53,7 +53,7 @@ def test_top_equals_brute_force_for_small_users(docs, query, k) -> None:
 def test_common_terms_do_not_generate_candidates_but_still_score() -> None:
     rng = random.Random(3)
     index = LexicalIndex()
-    n = COMMON_TERM_MIN_DF * 3
+    n = CANDIDATE_POSTINGS_BUDGET + 10
     for i in range(n):
         index.add(f"m{i}", "user likes " + " ".join(rng.choices(WORDS, k=3)))
     index.add("rare", "user likes zanzibar")
@@ -62,6 +62,18 @@ def test_common_terms_do_not_generate_candidates_but_still_score() -> None:
     assert abs(top[0][1] - index.scores("user zanzibar", ["rare"])[0]) < 1e-9
     # A query of common terms only yields no lexical candidates (dense search covers it).
     assert index.top("user likes", 5) == []
+
+
+def test_the_candidate_walk_takes_the_rarest_terms_first_within_its_budget() -> None:
+    index = LexicalIndex()
+    tea = CANDIDATE_POSTINGS_BUDGET // 3  # in many memories, yet within the budget
+    jazz = CANDIDATE_POSTINGS_BUDGET - tea  # fits alone, not after tea
+    index.add_many((f"t{i}", f"tea note {i}") for i in range(tea))
+    index.add_many((f"j{i}", f"jazz note {i}") for i in range(jazz))
+    top = index.top("jazz tea", 5)
+    # tea is rarer, so it is walked and generates the candidates; jazz only scores them.
+    assert len(top) == 5 and all(key.startswith("t") for key, _ in top)
+    assert len(index.top("jazz", 5)) == 5  # a term that fits the budget alone is walked
 
 
 # --- session context -------------------------------------------------------------------------
