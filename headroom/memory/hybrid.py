@@ -175,11 +175,13 @@ class HybridSearcher:
         candidates, when the ranking needs texts (``entity_weight``), and for the memories
         returned.
         """
-        dense = dense_search(max(self.pool, top_k))
+        # The lexical side first: waiting on a running prefetch lets it finish at full speed,
+        # where the dense search's native calls would hand it the GIL and then queue for it.
         if prefetched is None or prefetched.cancel():
             lexical = self.lexical_candidates(log, user_id, query)
         else:
             lexical = prefetched.result()
+        dense = dense_search(max(self.pool, top_k))
         lexicon = self._lexicon(log, user_id)
         need_texts = bool(self.config.entity_weight)
         need_dates = self.config.uses_context or (
