@@ -342,3 +342,35 @@ def test_a_forked_child_searches_with_its_own_prefetch_pool(tmp_path: Path) -> N
         proc.join(60)
     assert proc.exitcode == 0
     store.close()
+
+
+_SEARCH_AT_EXIT = """
+import atexit
+from headroom.memory.store import MemoryStore
+from tests.store_helpers import HashEmbedder
+
+store = MemoryStore({path!r}, embedder=HashEmbedder())
+store.add("u", "User keeps zebras in the garden")
+
+
+def at_exit() -> None:
+    print("found:", [m.text for m, _ in store.search("u", "zebras", top_k=1)])
+
+
+atexit.register(at_exit)
+"""
+
+
+def test_a_text_search_works_at_interpreter_exit(tmp_path: Path) -> None:
+    # atexit handlers run after concurrent.futures stops taking work: the lexical side of a
+    # search from one (or from a daemon thread then) must run inline, not raise.
+    import subprocess
+    import sys
+
+    code = _SEARCH_AT_EXIT.format(path=str(tmp_path / "db"))
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "found: ['User keeps zebras in the garden']" in done.stdout, done.stderr

@@ -151,9 +151,16 @@ class HybridSearcher:
         with lexicon.lock:
             return lexicon.index.top(query, self.pool)
 
-    def prefetch(self, log: Any, user_id: str, query: str) -> Future[Lexical]:
-        """Start :meth:`lexical_candidates` on the shared pool; hand the future to search()."""
-        return _prefetch_pool().submit(self.lexical_candidates, log, user_id, query)
+    def prefetch(self, log: Any, user_id: str, query: str) -> Future[Lexical] | None:
+        """Start :meth:`lexical_candidates` on the shared pool; hand the future to search().
+
+        None when the pool takes no more work (the interpreter is exiting: a search from an
+        ``atexit`` handler or a daemon thread): search() then runs the lexical side inline.
+        """
+        try:
+            return _prefetch_pool().submit(self.lexical_candidates, log, user_id, query)
+        except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
+            return None
 
     def search(
         self,
