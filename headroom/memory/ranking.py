@@ -118,15 +118,20 @@ class LexicalIndex:
         """Index ``text`` under ``key`` (replacing what the key held)."""
         if key in self._docs:
             self.remove(key)
+        tokens = tokenize(text)
         terms: dict[str, int] = {}
-        for term in tokenize(text):
+        for term in tokens:
             terms[term] = terms.get(term, 0) + 1
         self._docs[key] = terms
-        length = sum(terms.values())
-        self._lengths[key] = length
-        self._total_len += length
+        self._lengths[key] = len(tokens)
+        self._total_len += len(tokens)
+        postings = self._postings
         for term, tf in terms.items():
-            self._postings.setdefault(term, {})[key] = tf
+            posting = postings.get(term)
+            if posting is None:
+                postings[term] = {key: tf}
+            else:
+                posting[key] = tf
 
     def add_many(self, items: Iterable[tuple[str, str]]) -> None:
         """Index every ``(key, text)`` pair."""
