@@ -22,6 +22,9 @@ def test_demo_recalls_across_sessions(tmp_path: Path) -> None:
     assert "add     User lives in Lisbon" in text and "update  User lives in Porto" in text
     assert "<memory>" not in text  # no block text ever reaches the user
     assert "stats: 7 memories" in text
+    # The search shown at the end finds the memory that answers it first (real MiniLM).
+    shown = text.split(f"search({demo.SEARCH_QUERY!r}, top_k=3)")[1].splitlines()
+    assert shown[1].split(None, 1)[1] == "User writes most services in Python"
 
 
 def test_demo_cli_entry_point(tmp_path: Path) -> None:

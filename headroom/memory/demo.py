@@ -112,6 +112,9 @@ NEW_SESSION: tuple[str, ...] = (
     "What database should I use for my new project?",
     "Can you remind me which city I live in now?",
 )
+#: The `.memory.search` shown at the end: phrased as the user would ask in a chat, which is
+#: what injection searches with (memories are written as "User ...").
+SEARCH_QUERY = "What language should I write the new service in?"
 
 
 def _ms(seconds: float) -> str:
@@ -166,10 +169,10 @@ def run(db_path: Path, *, out: Any = sys.stdout, stream_turn: int = 1) -> int:
         for memory in client.memory.get_all():
             say(f"  [{memory.category:10s}] {memory.text}   (id {memory.id[:8]})")
         t0 = time.perf_counter()
-        results = client.memory.search("which programming language does she use", top_k=3)
+        results = client.memory.search(SEARCH_QUERY, top_k=3)
         search_time = time.perf_counter() - t0
         say("")
-        say(f"search('which programming language does she use', top_k=3) in {_ms(search_time)}:")
+        say(f"search({SEARCH_QUERY!r}, top_k=3) in {_ms(search_time)}:")
         for memory, score in results:
             say(f"  {score:.2f}  {memory.text}")
         moved = [m for m in client.memory.get_all() if "Porto" in m.text]
