@@ -374,3 +374,61 @@ def test_a_text_search_works_at_interpreter_exit(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "found: ['User keeps zebras in the garden']" in done.stdout, done.stderr
+
+
+class _FailingEmbedder(HashEmbedder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = False
+
+    def embed(self, texts: Any) -> Any:
+        if self.fail:
+            raise RuntimeError("embedding service down")
+        return super().embed(texts)
+
+
+def _child_searches_once(path: str, queue: Any) -> None:
+    store = MemoryStore.open(path, embedder=HashEmbedder())
+    queue.put([m.text for m, _ in store.search("u", "zebras", top_k=1)])
+
+
+def test_a_forked_child_does_not_inherit_a_held_lexicon_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "db")
+    embedder = _FailingEmbedder()
+    store = MemoryStore.open(path, embedder=embedder)
+    store.add("u", "User keeps zebras in the garden")
+    store.search("u", "zebras")
+    store.add("u", "User reads about trains")
+    entered, release = threading.Event(), threading.Event()
+    top, parent = hybrid.LexicalIndex.top, os.getpid()
+
+    def held_top(index: Any, query: str, k: int) -> Any:
+        on_pool = threading.current_thread().name.startswith("headroom-lexical")
+        if on_pool and os.getpid() == parent:
+            entered.set()
+            release.wait(30)
+        return top(index, query, k)
+
+    monkeypatch.setattr(hybrid.LexicalIndex, "top", held_top)
+    embedder.fail = True
+    with pytest.raises(RuntimeError, match="embedding service down"):
+        store.search("u", "zebras")
+    embedder.fail = False
+    # The search raised, but its prefetch goes on, holding the lexicon's lock, over a fork.
+    assert entered.wait(30)
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child_searches_once, args=(path, queue))
+    proc.start()
+    release.set()
+    try:
+        assert queue.get(timeout=30) == ["User keeps zebras in the garden"]
+    finally:
+        proc.join(10)
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join()
+        store.close()
+    assert proc.exitcode == 0

@@ -228,6 +228,9 @@ class MemoryStore:
         # drop it without flushing or joining threads, and reopen lazily.
         self._lock = threading.RLock()
         self._pid = os.getpid()
+        # The lexical indexes too: a thread of the parent (a prefetch outliving a search whose
+        # embedding raised, another caller's search) may have held one's lock mid-update.
+        self._hybrid = HybridSearcher(self._hybrid.config, self._hybrid.pool)
         if self._engine is not None:
             with contextlib.suppress(Exception):
                 self._engine.abandon()
