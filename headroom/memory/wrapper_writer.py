@@ -5,8 +5,9 @@ the durable write run here, in submission order. :meth:`Writer.flush` waits for 
 submitted so far; every writer is flushed at interpreter exit (``atexit``). A hard crash in
 that window may lose the newest inline memories; ``with_memory``'s durable queue is the mode
 that loses nothing. Tasks may carry a key (the user id): :meth:`Writer.wait_key` waits for that
-user's writes only, so a user's next injection sees their previous answer's memories without
-waiting for anyone else's.
+user's writes only, so a user's next injection sees their previous answer's memories and does
+not wait for other users' writes while it has none queued. (One thread, in submission order: a
+user's queued write still runs after the writes queued before it, whoever they are for.)
 
 A failing task is logged (logger ``headroom.memory``) and never stops the writer. After a
 ``fork`` the child starts its own thread on first use.
