@@ -572,8 +572,9 @@ class MemoryStore:
         """The user's memories most relevant to ``query``, best first, with their scores.
 
         A text query runs the hybrid search (``hybrid.py``): dense and lexical candidates fused
-        by the tuned ranking; the score is the cosine similarity plus the lexical and date
-        bonuses (0 to about 0.45 on top). ``hybrid=False``, or a vector query, gives the plain
+        by the tuned ranking; the score is the cosine similarity plus the lexical, date and
+        session-context bonuses (0 to 0.49 on top by default: the weights of
+        ``ranking.RankConfig``). ``hybrid=False``, or a vector query, gives the plain
         dense search with cosine scores. Filters (category, created_at range) apply inside the
         search: k results come back whenever at least k memories match.
         """
