@@ -47,7 +47,6 @@ DEFAULT_POOL = 50
 PREFETCH_THREADS = 2
 
 Row = dict[str, Any]
-Lexical = list[tuple[str, float]]
 
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -79,6 +78,10 @@ class _Lexicon:
     created: dict[str, int] = field(default_factory=dict)
     covered_seq: int = -1
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+#: A user's lexical index, caught up, and its top-``pool`` ``(id, BM25)`` for one query.
+Lexical = tuple[_Lexicon, list[tuple[str, float]]]
 
 
 class HybridSearcher:
@@ -146,10 +149,10 @@ class HybridSearcher:
         return lexicon
 
     def lexical_candidates(self, log: Any, user_id: str, query: str) -> Lexical:
-        """The user's lexical top-``pool`` ``(id, BM25)`` for ``query`` (index caught up first)."""
+        """The user's lexical index, caught up with the log, and its top-``pool`` for ``query``."""
         lexicon = self._lexicon(log, user_id)
         with lexicon.lock:
-            return lexicon.index.top(query, self.pool)
+            return lexicon, lexicon.index.top(query, self.pool)
 
     def prefetch(self, log: Any, user_id: str, query: str) -> Future[Lexical] | None:
         """Start :meth:`lexical_candidates` on the shared pool; hand the future to search().
@@ -185,11 +188,10 @@ class HybridSearcher:
         # The lexical side first: waiting on a running prefetch lets it finish at full speed,
         # where the dense search's native calls would hand it the GIL and then queue for it.
         if prefetched is None or prefetched.cancel():
-            lexical = self.lexical_candidates(log, user_id, query)
+            lexicon, lexical = self.lexical_candidates(log, user_id, query)
         else:
-            lexical = prefetched.result()
+            lexicon, lexical = prefetched.result()
         dense = dense_search(max(self.pool, top_k))
-        lexicon = self._lexicon(log, user_id)
         need_texts = bool(self.config.entity_weight)
         need_dates = self.config.uses_context or (
             bool(self.config.date_weight) and query_time_window(query) is not None
