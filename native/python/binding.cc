@@ -329,6 +329,16 @@ PYBIND11_MODULE(_native, m) {
         return py::make_tuple(Owned<uint64_t>(std::move(labels), {n}),
                               Owned<float>(std::move(vecs), {n, static_cast<py::ssize_t>(dim)}));
       }, py::arg("user"))
+      .def("vector_sum", [](Log& log, const std::string& user) {
+        std::vector<double> sum;
+        size_t count;
+        {
+          GilRelease nogil;
+          count = log.Read([&](const headroom::State& s) { return s.VectorSum(user, &sum); });
+        }
+        py::ssize_t d = static_cast<py::ssize_t>(sum.size());
+        return py::make_tuple(Owned<double>(std::move(sum), {d}), count);
+      }, py::arg("user"))
       .def("changes", [](Log& log, const std::string& user, uint64_t since) {
         std::vector<uint64_t> removed, added;
         std::vector<float> vecs;

@@ -490,6 +490,17 @@ uint32_t State::Vectors(const std::string& user, std::vector<uint64_t>* labels,
   return u->dim;
 }
 
+size_t State::VectorSum(const std::string& user, std::vector<double>* sum) const {
+  const User* u = FindUser(user);
+  if (!u) return 0;
+  const size_t d = u->dim;
+  sum->assign(d, 0.0);
+  double* acc = sum->data();
+  for (const Row& r : u->rows)
+    for (size_t j = 0; j < d; ++j) acc[j] += static_cast<double>(r.vec[j]);
+  return u->rows.size();
+}
+
 uint32_t State::Changes(const std::string& user, uint64_t since, std::vector<uint64_t>* removed,
                         std::vector<uint64_t>* added, std::vector<float>* vecs) const {
   const User* u = FindUser(user);
