@@ -432,3 +432,72 @@ def test_a_forked_child_does_not_inherit_a_held_lexicon_lock(
             proc.join()
         store.close()
     assert proc.exitcode == 0
+
+
+class _SharedTopicEmbedder(HashEmbedder):
+    """HashEmbedder vectors, plus one shared direction for texts that say "common": those
+    memories resemble each other (and the user's mean) far more than the rest do."""
+
+    def embed(self, texts: Any) -> Any:
+        vecs = super().embed(texts)
+        shared = super().embed(["the shared direction"])[0]
+        for i, text in enumerate(texts):
+            if "common" in text:
+                mixed = vecs[i] + 2.0 * shared
+                vecs[i] = mixed / np.linalg.norm(mixed)
+        return vecs
+
+
+def _centred_top(store: MemoryStore, emb: HashEmbedder, user: str, query: str, k: int) -> Any:
+    memories = store.get_all(user)
+    vecs = emb.embed([m.text for m in memories]).astype(np.float64)
+    q = emb.embed([query])[0].astype(np.float64)
+    beta = store._hybrid.config.centroid_weight
+    if len(memories) >= hybrid.CENTRING_MIN_MEMORIES:
+        c = vecs.mean(axis=0)
+        scores = vecs @ q - beta * (vecs @ c - c @ c)
+    else:
+        scores = vecs @ q
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [(memories[i].id, float(scores[i])) for i in order]
+
+
+def test_hybrid_search_centres_the_query_on_the_users_mean_memory(tmp_path: Path) -> None:
+    emb = _SharedTopicEmbedder()
+    dense_only = replace(
+        DEFAULT_CONFIG,
+        lexical_weight=0.0,
+        date_weight=0.0,
+        context_weight=0.0,
+        context_top_weight=0.0,
+    )
+    assert dense_only.centroid_weight > 0
+    with MemoryStore(tmp_path / "db", embedder=emb) as store:
+        store._hybrid.config = dense_only
+        small = store.add_many("u", [NewMemory(f"common note {i}") for i in range(10)]).added
+        query = "common note 3"
+        # Below CENTRING_MIN_MEMORIES: plain cosine, so the exact match scores 1.
+        assert store.search("u", query, top_k=1)[0][1] == pytest.approx(1.0, abs=1e-5)
+        rows = [NewMemory(f"{'common' if i % 3 == 0 else 'rare'} note {i}") for i in range(10, 140)]
+        store.add_many("u", rows, dedup=False)
+
+        def check(q: str) -> None:
+            got = [(m.id, s) for m, s in store.search("u", q, top_k=10)]
+            want = _centred_top(store, emb, "u", q, 10)
+            assert [i for i, _ in got] == [i for i, _ in want]
+            assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-4)
+
+        check(query)
+        check("rare note 11")
+        # The typical ("common") memories lose against the plain cosine, the rare ones gain.
+        plain = dict((m.id, s) for m, s in store.search("u", query, top_k=50, hybrid=False))
+        centred = dict((m.id, s) for m, s in store.search("u", query, top_k=50))
+        assert centred[small[3].id] < plain[small[3].id] - 0.05
+        # The centroid follows deletes, updates and another writer's adds.
+        for memory in small[:5]:
+            store.delete("u", memory.id)
+        store.update("u", small[5].id, "rare note, once common")
+        with MemoryStore(tmp_path / "db", embedder=emb) as other:
+            other.add_many("u", [NewMemory(f"common extra {i}") for i in range(20)], dedup=False)
+        check(query)
+        check("common extra 4")

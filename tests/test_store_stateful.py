@@ -1,7 +1,8 @@
 """Stateful property test of the store against a model computed from the operations.
 
 Random sequences of add / update / delete / clear / forget / compact / reopen across several
-users; after each step every user's listing and search results equal the model's, and no
+users; after each step every user's listing and search results equal the model's, the sum of
+the user's live vectors (which the hybrid search centres on) equals the model's, and no
 result ever belongs to another user.
 """
 
@@ -11,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -144,6 +146,24 @@ class StoreMachine(RuleBasedStateMachine):
             assert len({m.id for m, _ in results}) == len(results)
             scores = [s for _, s in results]
             assert scores == sorted(scores, reverse=True)
+
+    @invariant()
+    def vector_sums_match(self) -> None:
+        # The compiled core's sum, and the hybrid side's copy kept current from the log's
+        # changes (added vectors summed in, a full sum again after a removal).
+        log = self.store.engine.log
+        for user in USERS:
+            texts = [t for t, _ in self.model[user].values()]
+            want = self.embedder.embed(texts).astype(np.float64).sum(axis=0)
+            total, count = log.vector_sum(user)
+            assert count == len(texts)
+            if texts:
+                assert np.allclose(total, want, atol=1e-5)
+            lexicon, _ = self.store._hybrid.lexical_candidates(log, user, "tea")
+            assert lexicon.vector_count == len(texts)
+            if texts:
+                assert lexicon.vector_sum is not None
+                assert np.allclose(lexicon.vector_sum, want, atol=1e-5)
 
     @invariant()
     def category_filter_returns_k(self) -> None:

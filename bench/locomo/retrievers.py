@@ -7,7 +7,8 @@ vectors come from the (cached) embedder, so ``rank`` timings exclude embedding e
 
 - :class:`BM25Retriever`: rank_bm25's Okapi BM25 over lower-cased word tokens (the baseline).
 - :class:`DenseRetriever`: exact cosine over MiniLM vectors (the plain dense baseline).
-- :class:`HybridRetriever`: dense top-``pool`` plus lexical top-``pool``, reordered by
+- :class:`HybridRetriever`: dense top-``pool`` (the query centred on the units' mean vector,
+  as the store centres it on the user's) plus lexical top-``pool``, reordered by
   :func:`headroom.memory.ranking.rerank`; exactly what the store can do on its candidate set.
 - :class:`StoreDenseRetriever`: the same store searched with ``hybrid=False`` (dense only).
 - :class:`StoreRetriever`: memories ingested with ``MemoryStore.add_many`` (dia_ids, speaker and
@@ -32,6 +33,7 @@ import numpy.typing as npt
 
 from bench.locomo.data import Unit
 from headroom.memory.embedders.base import Embedder
+from headroom.memory.hybrid import CENTRING_MIN_MEMORIES, centred_query
 from headroom.memory.ranking import Candidate, LexicalIndex, RankConfig, rerank, rewrite_query
 
 _WORDS = re.compile(r"\w+")
@@ -78,15 +80,23 @@ class DenseRetriever:
         self.rewrite = rewrite
         self.name = "dense+rewrite" if rewrite else "dense"
         self._matrix: npt.NDArray[np.float32] = np.empty((0, embedder.dim), np.float32)
+        self._centroid: npt.NDArray[np.float32] | None = None
 
     def fit(self, user: str, units: Sequence[Unit]) -> None:
         self._matrix = self.embedder.embed([u.text for u in units])
+        self._centroid = (
+            self._matrix.mean(axis=0, dtype=np.float64).astype(np.float32)
+            if len(units) >= CENTRING_MIN_MEMORIES
+            else None
+        )
 
-    def scores(self, question: str) -> npt.NDArray[np.float32]:
-        """Cosine of the question (rewritten if asked) against every unit."""
+    def scores(self, question: str, centroid_weight: float = 0.0) -> npt.NDArray[np.float32]:
+        """Cosine of the question (rewritten if asked) against every unit; with a
+        ``centroid_weight``, centred on the units' mean as the store's hybrid search does."""
         text = rewrite_query(question) if self.rewrite else question
         q = self.embedder.embed([text])[0]
-        result: npt.NDArray[np.float32] = self._matrix @ q
+        q, offset = centred_query(q, self._centroid, centroid_weight)
+        result: npt.NDArray[np.float32] = self._matrix @ q + np.float32(offset)
         return result
 
     def rank(self, question: str, depth: int) -> list[int]:
@@ -123,7 +133,7 @@ class HybridRetriever:
 
     def rank(self, question: str, depth: int) -> list[int]:
         s = self.setting
-        dense = self._dense.scores(question)
+        dense = self._dense.scores(question, s.config.centroid_weight)
         top = np.argsort(-dense, kind="stable")[: s.pool]
         chosen = [int(i) for i in top]
         seen = set(chosen)

@@ -53,30 +53,42 @@ DEPTH = 40
 def sweep_settings() -> list[HybridSetting]:
     """Every hybrid configuration tried on the tune split (kept, winners and losers alike).
 
-    The session-context rows vary one thing from the tuned default
+    The centring rows vary one thing from the tuned default
     (:data:`headroom.memory.ranking.DEFAULT_CONFIG` with BM25 b=0.3 and a pool of 50 dense + 50
-    lexical candidates). The rows before them were tried before session context came in: they
-    vary one thing from that earlier default (lexical weight 0.25, no session context), so they
-    reproduce the figures measured then.
+    lexical candidates). The session-context rows were tried before centring: they vary one
+    thing from that default without it. The rows after them were tried before session context
+    came in: they vary one thing from that earlier default (lexical weight 0.25, no session
+    context, no centring). So every row reproduces the figures measured when it was tried.
     """
     d = DEFAULT_CONFIG
 
     def new(**changes: Any) -> RankConfig:
         return replace(d, **changes)
 
+    def ctx(**changes: Any) -> RankConfig:
+        return replace(d, **{"centroid_weight": 0.0, **changes})
+
     def cfg(**changes: Any) -> RankConfig:
-        earlier = {"lexical_weight": 0.25, "context_weight": 0.0, "context_top_weight": 0.0}
+        earlier = {
+            "lexical_weight": 0.25,
+            "context_weight": 0.0,
+            "context_top_weight": 0.0,
+            "centroid_weight": 0.0,
+        }
         return replace(d, **{**earlier, **changes})
 
-    out = [HybridSetting("no session context (earlier default)", cfg())]
+    out = [HybridSetting("no centring (session-context default)", ctx())]
+    out += [HybridSetting(f"centring w={w:g}", new(centroid_weight=w)) for w in (0.4, 0.8, 1.0)]
+    out += [HybridSetting(f"centring, lexical w={w:g}", new(lexical_weight=w)) for w in (0.1, 0.2)]
+    out += [HybridSetting("no session context (earlier default)", cfg())]
     out += [
-        HybridSetting(f"context w={w:g}", new(context_weight=w)) for w in (0.0, 0.05, 0.15, 0.2)
+        HybridSetting(f"context w={w:g}", ctx(context_weight=w)) for w in (0.0, 0.05, 0.15, 0.2)
     ]
     out += [
-        HybridSetting(f"context top w={w:g}", new(context_top_weight=w)) for w in (0.0, 0.02, 0.06)
+        HybridSetting(f"context top w={w:g}", ctx(context_top_weight=w)) for w in (0.0, 0.02, 0.06)
     ]
     out += [
-        HybridSetting(f"context, lexical w={w:g}", new(lexical_weight=w)) for w in (0.1, 0.2, 0.25)
+        HybridSetting(f"context, lexical w={w:g}", ctx(lexical_weight=w)) for w in (0.1, 0.2, 0.25)
     ]
     out += [HybridSetting(f"lexical w={w:g}", cfg(lexical_weight=w)) for w in (0.1, 0.2, 0.3, 0.4)]
     out += [HybridSetting(f"date w={w:g}", cfg(date_weight=w)) for w in (0.0, 0.1, 0.3)]

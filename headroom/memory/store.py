@@ -571,12 +571,14 @@ class MemoryStore:
     ) -> list[tuple[Memory, float]]:
         """The user's memories most relevant to ``query``, best first, with their scores.
 
-        A text query runs the hybrid search (``hybrid.py``): dense and lexical candidates fused
-        by the tuned ranking; the score is the cosine similarity plus the lexical, date and
-        session-context bonuses (0 to 0.49 on top by default: the weights of
-        ``ranking.RankConfig``). ``hybrid=False``, or a vector query, gives the plain
-        dense search with cosine scores. Filters (category, created_at range) apply inside the
-        search: k results come back whenever at least k memories match.
+        A text query runs the hybrid search (``hybrid.py``): dense and lexical candidates fused by
+        the tuned ranking; the score is the cosine similarity, moved by the centring on the
+        user's mean memory (a memory more typical of the user than average loses a little, a
+        less typical one gains), plus the lexical, date and session-context bonuses (0 to
+        0.49 on top by default: the weights of ``ranking.RankConfig``). ``hybrid=False``, or
+        a vector query, gives the plain dense search with cosine scores. Filters (category,
+        created_at range) apply inside the search: k results come back whenever at least k
+        memories match.
         """
         user_id = T.validate_user_id(user_id)
         if not isinstance(top_k, int) or top_k < 0:
@@ -595,8 +597,8 @@ class MemoryStore:
         else:
             vector = _check_vector(query, self.embedder.dim)
 
-        def dense(n: int) -> list[tuple[str, float]]:
-            return engine.search(user_id, vector, n, categories=mask, t_min=lo, t_max=hi)
+        def dense(query_vector: npt.NDArray[np.float32], n: int) -> list[tuple[str, float]]:
+            return engine.search(user_id, query_vector, n, categories=mask, t_min=lo, t_max=hi)
 
         def accept(row: dict[str, Any]) -> bool:
             if mask and not (mask >> int(row["category"])) & 1:
@@ -607,12 +609,12 @@ class MemoryStore:
         filtered = bool(mask) or lo is not None or hi is not None
         if text is not None:
             pairs = self._hybrid.search(
-                log, dense, user_id, text, top_k, accept if filtered else None, prefetched
+                log, dense, user_id, text, vector, top_k, accept if filtered else None, prefetched
             )
         else:
             pairs = [
                 (row, score)
-                for memory_id, score in dense(top_k)
+                for memory_id, score in dense(vector, top_k)
                 if (row := log.get(user_id, memory_id)) is not None
             ]
         return [
