@@ -15,6 +15,8 @@ Contracts:
   conversation they came from. A candidate gains from its group's lexical match to the query
   (:meth:`LexicalIndex.group_scores` over the group's candidates only) and from sharing the
   group of the best candidate. It only reads the candidate set, never the rest of the user.
+- Centring (``RankConfig.centroid_weight``) is applied by the search, not here: the dense
+  scores it hands over are already centred on the user's mean memory (``hybrid.py``).
 - :func:`rewrite_query` turns a question into the statement-like text the memories are written
   as (no LLM): it only ever removes words, never invents them.
 - The fusion weights in :data:`DEFAULT_CONFIG` were chosen by measurement on LoCoMo's tune split
