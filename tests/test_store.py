@@ -501,3 +501,68 @@ def test_hybrid_search_centres_the_query_on_the_users_mean_memory(tmp_path: Path
             other.add_many("u", [NewMemory(f"common extra {i}") for i in range(20)], dedup=False)
         check(query)
         check("common extra 4")
+
+
+def _sum_in_step(store: MemoryStore, user: str) -> None:
+    store.search(user, "note", top_k=1)  # catch up
+    total, count, _ = store.engine.log.vector_sum(user)
+    vectors = store._hybrid._lexicons[user].vectors
+    assert vectors is not None and vectors[1] == count
+    assert np.allclose(vectors[0], total, atol=1e-6)
+
+
+def test_a_write_landing_during_the_catch_up_is_summed_once(tmp_path: Path) -> None:
+    # The catch-up reads the user's seq, then the changes: another writer's adds that land in
+    # between come back from changes now and again (after that seq) at the next catch-up.
+    def other_writer_adds(texts: list[str]) -> None:
+        with MemoryStore(tmp_path / "db", embedder=HashEmbedder(64), sync="off") as writer:
+            writer.add_many("u", [NewMemory(t) for t in texts], dedup=False)
+
+    with MemoryStore(tmp_path / "db", embedder=HashEmbedder(64), sync="off") as store:
+        store.add_many("u", [NewMemory(f"note {i}") for i in range(120)], dedup=False)
+        store.search("u", "note", top_k=1)
+        other_writer_adds([f"more {i}" for i in range(3)])
+        log = store.engine.log
+
+        class LateWriteLog:
+            fired = False
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(log, name)
+
+            def changes(self, user: str, since: int) -> Any:
+                if not LateWriteLog.fired:
+                    LateWriteLog.fired = True
+                    other_writer_adds([f"late {i}" for i in range(5)])
+                return log.changes(user, since)
+
+        store._hybrid._lexicon(LateWriteLog(), "u")
+        assert LateWriteLog.fired
+        _sum_in_step(store, "u")
+
+
+def test_searches_racing_a_writer_keep_the_vector_sum(tmp_path: Path) -> None:
+    with MemoryStore(tmp_path / "db", embedder=HashEmbedder(64), sync="off") as store:
+        store.add_many("u", [NewMemory(f"note {i}") for i in range(150)], dedup=False)
+        store.search("u", "note", top_k=1)
+        done = threading.Event()
+
+        def writer() -> None:
+            try:
+                for i in range(600):
+                    store.add("u", f"written {i}")
+            finally:
+                done.set()
+
+        def searcher() -> None:
+            while not done.is_set():
+                store.search("u", "note 3", top_k=5)
+
+        threads = [threading.Thread(target=writer)]
+        threads += [threading.Thread(target=searcher) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert done.is_set()
+        _sum_in_step(store, "u")

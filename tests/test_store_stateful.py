@@ -155,15 +155,17 @@ class StoreMachine(RuleBasedStateMachine):
         for user in USERS:
             texts = [t for t, _ in self.model[user].values()]
             want = self.embedder.embed(texts).astype(np.float64).sum(axis=0)
-            total, count = log.vector_sum(user)
-            assert count == len(texts)
+            total, count, seq = log.vector_sum(user)
+            assert count == len(texts) and seq == log.user_seq(user)
             if texts:
                 assert np.allclose(total, want, atol=1e-5)
             lexicon, _ = self.store._hybrid.lexical_candidates(log, user, "tea")
-            assert lexicon.vector_count == len(texts)
             if texts:
-                assert lexicon.vector_sum is not None
-                assert np.allclose(lexicon.vector_sum, want, atol=1e-5)
+                assert lexicon.vectors is not None
+                assert lexicon.vectors[1] == len(texts)
+                assert np.allclose(lexicon.vectors[0], want, atol=1e-5)
+            else:
+                assert lexicon.vectors is None
 
     @invariant()
     def category_filter_returns_k(self) -> None:

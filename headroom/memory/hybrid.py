@@ -80,26 +80,29 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
+#: The sum of a user's live vectors, how many, and the user seq it is exact at.
+VectorTotal = tuple[npt.NDArray[np.float64], int, int]
+
+
 @dataclass
 class _Lexicon:
     index: LexicalIndex = field(default_factory=LexicalIndex)
     label_ids: dict[int, str] = field(default_factory=dict)
     #: created_at (µs) of every indexed memory: the ranking's date terms need no row reads.
     created: dict[str, int] = field(default_factory=dict)
-    #: Sum (float64) and count of the user's live vectors; replaced, never changed in place,
-    #: so a reader holding the old array is safe without the lock.
-    vector_sum: npt.NDArray[np.float64] | None = None
-    vector_count: int = 0
+    #: (sum in float64, count, seq) of the user's live vectors: exact at that user seq (every
+    #: vector with a label at or below it is in, none above). Replaced as one tuple, never
+    #: changed in place, so a reader without the lock sees a consistent sum and count.
+    vectors: VectorTotal | None = None
     covered_seq: int = -1
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def centroid(self) -> npt.NDArray[np.float32] | None:
-        """The mean of the user's live vectors at ``covered_seq``; None below
-        :data:`CENTRING_MIN_MEMORIES` of them."""
-        total, count = self.vector_sum, self.vector_count
-        if total is None or count < CENTRING_MIN_MEMORIES:
+        """The mean of the user's live vectors; None below :data:`CENTRING_MIN_MEMORIES`."""
+        vectors = self.vectors
+        if vectors is None or vectors[1] < CENTRING_MIN_MEMORIES:
             return None
-        return (total / count).astype(np.float32)
+        return (vectors[0] / vectors[1]).astype(np.float32)
 
 
 #: A user's lexical index, caught up, and its top-``pool`` ``(id, BM25)`` for one query.
@@ -154,13 +157,10 @@ class HybridSearcher:
                 self._sum_vectors(log, user_id, lexicon)
             else:
                 removed, added, vectors = log.changes(user_id, lexicon.covered_seq)
-                if len(removed) or lexicon.vector_sum is None:
+                if len(removed) or lexicon.vectors is None:
                     self._sum_vectors(log, user_id, lexicon)
-                elif len(added):
-                    lexicon.vector_sum = lexicon.vector_sum + np.asarray(vectors).sum(
-                        axis=0, dtype=np.float64
-                    )
-                    lexicon.vector_count += len(added)
+                else:
+                    lexicon.vectors = _add_vectors(lexicon.vectors, added, vectors)
                 for label in np.asarray(removed).tolist():
                     memory_id = lexicon.label_ids.pop(int(label), None)
                     if memory_id is not None:
@@ -181,9 +181,9 @@ class HybridSearcher:
     @staticmethod
     def _sum_vectors(log: Any, user_id: str, lexicon: _Lexicon) -> None:
         # The whole sum again (compiled, ~1 ms per 10k memories): after a removal, or at build.
-        total, count = log.vector_sum(user_id)
-        lexicon.vector_sum = np.asarray(total, np.float64) if count else None
-        lexicon.vector_count = int(count)
+        # Its seq comes from the same read, so writes that land meanwhile are not counted twice.
+        total, count, seq = log.vector_sum(user_id)
+        lexicon.vectors = (np.asarray(total, np.float64), int(count), int(seq)) if count else None
 
     def lexical_candidates(self, log: Any, user_id: str, query: str) -> Lexical:
         """The user's lexical index, caught up with the log, and its top-``pool`` for ``query``."""
@@ -283,6 +283,24 @@ class HybridSearcher:
                 if len(results) == top_k:
                     break
         return results
+
+
+def _add_vectors(
+    vectors: VectorTotal, labels: npt.NDArray[np.uint64], added: npt.NDArray[np.float32]
+) -> VectorTotal:
+    """``vectors`` plus the added vectors it does not hold yet (labels above its seq).
+
+    ``changes`` is read after the catch-up's target seq, so it may report adds that a full sum
+    taken meanwhile already counted: the label (the seq of the entry that wrote the vector)
+    tells which.
+    """
+    total, count, seq = vectors
+    labels = np.asarray(labels, np.uint64)
+    new = labels > seq
+    if not new.any():
+        return vectors
+    extra = np.asarray(added, np.float32)[new].sum(axis=0, dtype=np.float64)
+    return total + extra, count + int(new.sum()), int(labels[new].max())
 
 
 def centred_query(

@@ -55,8 +55,10 @@ JSON_FORMATS = frozenset({"json_object", "json_schema"})
 class Settings:
     """How one wrapper injects: fixed at wrap time.
 
-    ``min_score`` is the relevance floor (cosine similarity); ``max_tokens`` the budget of the
-    injected message; ``role`` the role of that message (``"system"`` by default).
+    ``min_score`` is the relevance floor on the search score (the cosine similarity, centred
+    for users of 100+ memories, plus the hybrid bonuses: ``MemoryStore.search``); ``max_tokens``
+    the budget of the injected message; ``role`` the role of that message (``"system"`` by
+    default).
     """
 
     user_id: str

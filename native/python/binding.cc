@@ -332,12 +332,13 @@ PYBIND11_MODULE(_native, m) {
       .def("vector_sum", [](Log& log, const std::string& user) {
         std::vector<double> sum;
         size_t count;
+        uint64_t seq;
         {
           GilRelease nogil;
-          count = log.Read([&](const headroom::State& s) { return s.VectorSum(user, &sum); });
+          count = log.Read([&](const headroom::State& s) { return s.VectorSum(user, &sum, &seq); });
         }
         py::ssize_t d = static_cast<py::ssize_t>(sum.size());
-        return py::make_tuple(Owned<double>(std::move(sum), {d}), count);
+        return py::make_tuple(Owned<double>(std::move(sum), {d}), count, seq);
       }, py::arg("user"))
       .def("changes", [](Log& log, const std::string& user, uint64_t since) {
         std::vector<uint64_t> removed, added;

@@ -490,9 +490,11 @@ uint32_t State::Vectors(const std::string& user, std::vector<uint64_t>* labels,
   return u->dim;
 }
 
-size_t State::VectorSum(const std::string& user, std::vector<double>* sum) const {
+size_t State::VectorSum(const std::string& user, std::vector<double>* sum, uint64_t* seq) const {
+  *seq = 0;
   const User* u = FindUser(user);
   if (!u) return 0;
+  *seq = u->last_seq;
   const size_t d = u->dim;
   sum->assign(d, 0.0);
   double* acc = sum->data();

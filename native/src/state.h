@@ -227,8 +227,9 @@ class State {
   uint32_t Vectors(const std::string& user, std::vector<uint64_t>* labels,
                    std::vector<float>* vecs) const;
   // The sum of the user's live vectors, in double precision (zeros of the user's dimension, or
-  // empty for an unknown user), and how many were summed.
-  size_t VectorSum(const std::string& user, std::vector<double>* sum) const;
+  // empty for an unknown user), and how many were summed; *seq is the user's last seq, the
+  // point the sum is exact at (every live label is <= it).
+  size_t VectorSum(const std::string& user, std::vector<double>* sum, uint64_t* seq) const;
   uint32_t Changes(const std::string& user, uint64_t since, std::vector<uint64_t>* removed,
                    std::vector<uint64_t>* added, std::vector<float>* vecs) const;
   std::vector<std::optional<std::tuple<std::string, uint8_t, int64_t>>> Resolve(
