@@ -566,3 +566,27 @@ def test_searches_racing_a_writer_keep_the_vector_sum(tmp_path: Path) -> None:
             t.join(120)
         assert done.is_set()
         _sum_in_step(store, "u")
+
+
+def test_a_memory_written_during_a_full_sum_and_deleted_after_leaves_it(tmp_path: Path) -> None:
+    # The full sum reads later than the catch-up's target seq, so it may hold a vector written
+    # after that seq; once that memory is deleted, changes() since the target reports it nowhere.
+    with MemoryStore(tmp_path / "db", embedder=HashEmbedder(64), sync="off") as store:
+        store.add_many("u", [NewMemory(f"note {i}") for i in range(120)], dedup=False)
+        log = store.engine.log
+        late: list[str] = []
+
+        class LateWriteLog:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(log, name)
+
+            def vector_sum(self, user: str) -> Any:
+                if not late:
+                    with MemoryStore(tmp_path / "db", embedder=HashEmbedder(64)) as writer:
+                        late.append(writer.add("u", "written during the sum").id)
+                return log.vector_sum(user)
+
+        store._hybrid._lexicon(LateWriteLog(), "u")
+        assert late
+        store.delete("u", late[0])
+        _sum_in_step(store, "u")

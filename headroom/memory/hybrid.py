@@ -156,11 +156,15 @@ class HybridSearcher:
                 lexicon.created = {row["id"]: int(row["created_at"]) for row in rows}
                 self._sum_vectors(log, user_id, lexicon)
             else:
-                removed, added, vectors = log.changes(user_id, lexicon.covered_seq)
-                if len(removed) or lexicon.vectors is None:
+                since = lexicon.covered_seq
+                removed, added, vectors = log.changes(user_id, since)
+                total = lexicon.vectors
+                # Adding to the sum is exact only when it holds nothing past ``since``: a vector
+                # written after ``since`` and removed since then is in neither list.
+                if len(removed) or total is None or total[2] > since:
                     self._sum_vectors(log, user_id, lexicon)
-                else:
-                    lexicon.vectors = _add_vectors(lexicon.vectors, added, vectors)
+                elif len(added):
+                    lexicon.vectors = _add_vectors(total, added, vectors)
                 for label in np.asarray(removed).tolist():
                     memory_id = lexicon.label_ids.pop(int(label), None)
                     if memory_id is not None:
@@ -288,19 +292,15 @@ class HybridSearcher:
 def _add_vectors(
     vectors: VectorTotal, labels: npt.NDArray[np.uint64], added: npt.NDArray[np.float32]
 ) -> VectorTotal:
-    """``vectors`` plus the added vectors it does not hold yet (labels above its seq).
+    """``vectors`` plus the added ones; the new seq is the highest label summed.
 
-    ``changes`` is read after the catch-up's target seq, so it may report adds that a full sum
-    taken meanwhile already counted: the label (the seq of the entry that wrote the vector)
-    tells which.
+    ``changes`` is read after the catch-up's target seq, so the labels may run past it; the
+    next catch-up then sees a sum ahead of its ``since`` and sums everything again.
     """
     total, count, seq = vectors
     labels = np.asarray(labels, np.uint64)
-    new = labels > seq
-    if not new.any():
-        return vectors
-    extra = np.asarray(added, np.float32)[new].sum(axis=0, dtype=np.float64)
-    return total + extra, count + int(new.sum()), int(labels[new].max())
+    extra = np.asarray(added, np.float32).sum(axis=0, dtype=np.float64)
+    return total + extra, count + len(labels), max(seq, int(labels.max()))
 
 
 def centred_query(
