@@ -86,6 +86,9 @@ VectorTotal = tuple[npt.NDArray[np.float64], int, int]
 
 @dataclass
 class _Lexicon:
+    """What the hybrid search derives from the log for one user, caught up together: the
+    lexical index (with each memory's label and date) and the sum of the live vectors."""
+
     index: LexicalIndex = field(default_factory=LexicalIndex)
     label_ids: dict[int, str] = field(default_factory=dict)
     #: created_at (µs) of every indexed memory: the ranking's date terms need no row reads.
@@ -110,7 +113,7 @@ Lexical = tuple[_Lexicon, list[tuple[str, float]]]
 
 
 class HybridSearcher:
-    """Per-user lexical indexes over one engine's log, and the fused search."""
+    """Per-user lexical indexes and vector sums over one engine's log, and the fused search."""
 
     def __init__(self, config: RankConfig = DEFAULT_CONFIG, pool: int = DEFAULT_POOL) -> None:
         self.config = config
