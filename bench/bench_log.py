@@ -29,12 +29,12 @@ from bench.common import (
     percentiles,
     write_json,
 )
-from headroom.memory import _native as N
+from headroom.memory.store.local import _native as N
 
 OPEN_CHILD = r"""
 import json, resource, sys, time
 import numpy as np
-from headroom.memory import _native as N
+from headroom.memory.store.local import _native as N
 r0 = resource.getrusage(resource.RUSAGE_SELF)
 t0 = time.perf_counter()
 log = N.Log(sys.argv[1], sync="off")

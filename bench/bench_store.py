@@ -1,8 +1,9 @@
 """The ``store`` suite: search, the exact/hnswlib crossover, durable adds, open and replay.
 
-``python -m bench store [--quick]`` measures the engine (``headroom.memory.engine.Engine`` over
-the compiled log) and, side by side in the same run, the design of headroom-ai 0.2.15: SQLite
-with vectors as BLOBs, and per query a SELECT of all of the user's rows, ``np.frombuffer``, a
+``python -m bench store [--quick]`` measures the engine
+(``headroom.memory.store.local.engine.Engine`` over the compiled log) and, side by side in the same
+run, the design of headroom-ai 0.2.15: SQLite with vectors as BLOBs, and per query a SELECT of all
+of the user's rows, ``np.frombuffer``, a
 matrix product and an argsort. It prints tables with the ratio ours/theirs and the targets of
 issue 2 (pass/fail), and writes ``bench/results/store.json`` (``store-quick.json``) and plots.
 
@@ -225,7 +226,7 @@ def add_entries(
 
 def open_engine(path: Path, **kwargs: Any) -> Any:
     """``Engine(path, **kwargs)`` (imported here: the suite lists its options without it)."""
-    from headroom.memory.engine import Engine
+    from headroom.memory.store.local.engine import Engine
 
     return Engine(path, **kwargs)
 
@@ -474,7 +475,7 @@ def numpy_searcher(matrix: Vectors) -> Callable[[str, Vectors, int], Any]:
 
 def default_path(size: int) -> str:
     """Which path the engine takes by default for a user of ``size`` live memories."""
-    from headroom.memory.engine import DEFAULT_ANN_THRESHOLD
+    from headroom.memory.store.local.engine import DEFAULT_ANN_THRESHOLD
 
     return "hnsw" if size >= DEFAULT_ANN_THRESHOLD else "exact"
 
@@ -594,7 +595,7 @@ def bench_crossover(cfg: Config, source: VectorSource, out: dict[str, Any]) -> N
         "(exact and hnswlib timed alternately, query by query)\n"
         + format_table(["memories", "exact p50", "hnsw p50", "exact/hnsw", "recall@10"], table)
     )
-    from headroom.memory.engine import DEFAULT_ANN_THRESHOLD
+    from headroom.memory.store.local.engine import DEFAULT_ANN_THRESHOLD
 
     print(
         f"measured crossover: {cross['text']} "
@@ -780,7 +781,7 @@ def open_child(argv: Sequence[str]) -> int:
     clock = PhaseClock()
     stats: dict[str, Any] = {}
     if kind == "engine":
-        from headroom.memory.engine import Engine
+        from headroom.memory.store.local.engine import Engine
 
         clock.lap("import")
         engine = Engine(path)

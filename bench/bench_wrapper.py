@@ -3,7 +3,7 @@
 ``python -m bench wrapper [--quick] [--sizes 100,10000,100000] [--calls N] [--no-anchor]``
 
 Every call goes through the real openai SDK over real HTTP to a scripted OpenAI-compatible
-endpoint on 127.0.0.1 (:class:`BenchLLM`, built on ``headroom.memory.scripted_llm``) that
+endpoint on 127.0.0.1 (:class:`BenchLLM`, built on ``headroom.memory.cli.scripted_llm``) that
 answers at once with about 60 words and a ``<memory>`` block of 1, 2 or 3 new memories (in
 turn), written in the format the request's instruction asks for. Queries are distinct real
 sentences (no hit in the embedder's cache); the block's memories are distinct real sentences
@@ -16,7 +16,7 @@ Figures, per size (milliseconds, p50/p99, one onnxruntime thread unless ``--thre
 - ``critical path``: wrapped call minus the bare call of the same request, measured
   interleaved (the order alternates call by call): inject + instruct + parse, what the caller
   waits for beyond the call itself.
-- its parts, timed on the pipeline functions directly (``headroom.memory.pipeline``):
+- its parts, timed on the pipeline functions directly (``headroom.memory.protocol.pipeline``):
   ``query embedding`` (``store.embedder.embed``), ``search`` (``store.search`` with that
   vector, memories read back), ``injection rendering`` (``build_injection``), ``parse``
   (``parse_choice`` of an answer with its block).
@@ -65,14 +65,14 @@ from bench.common import (
 from bench.corpus import Corpus, load_corpus
 from bench.locomo.anchors import anchor_python
 from headroom.memory import with_fast_memory
+from headroom.memory.cli.scripted_llm import ScriptedLLM
 from headroom.memory.embedders import get_embedder
 from headroom.memory.errors import InvalidInputError
-from headroom.memory.injection import build_injection
-from headroom.memory.pipeline import parse_choice
-from headroom.memory.protocol import MEMORY_INSTRUCTION, MemoryOps, render_block
-from headroom.memory.protocol import NewMemory as BlockMemory
-from headroom.memory.scripted_llm import ScriptedLLM
-from headroom.memory.store import MemoryStore, NewMemory
+from headroom.memory.protocol.block import MEMORY_INSTRUCTION, MemoryOps, render_block
+from headroom.memory.protocol.block import NewMemory as BlockMemory
+from headroom.memory.protocol.injection import build_injection
+from headroom.memory.protocol.pipeline import parse_choice
+from headroom.memory.store.store import MemoryStore, NewMemory
 from headroom.memory.types import Category
 
 Vectors = npt.NDArray[np.float32]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headroom.memory import _native as N
+from headroom.memory.store.local import _native as N
 
 # --- entries -------------------------------------------------------------------------------
 

@@ -23,8 +23,8 @@ from openai_server import Reply, ScriptedServer
 from store_helpers import HashEmbedder
 
 from headroom.memory import MemoryEvent, MemoryStore, with_memory
-from headroom.memory.background import EXTRACTION_PROMPT, close_all
-from headroom.memory.protocol import MEMORY_INSTRUCTION
+from headroom.memory.client.background import EXTRACTION_PROMPT, close_all
+from headroom.memory.protocol.block import MEMORY_INSTRUCTION
 
 REPO = Path(__file__).resolve().parent.parent
 EMBEDDER = HashEmbedder(dim=32)

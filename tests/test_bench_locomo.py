@@ -16,7 +16,7 @@ import pytest
 from bench.common import CpuWatch, median_of_runs, percentiles
 from bench.locomo import data, metrics
 from headroom.memory.errors import InvalidInputError, InvalidTypeError
-from headroom.memory.ranking import (
+from headroom.memory.store.ranking import (
     Candidate,
     LexicalIndex,
     RankConfig,
@@ -374,8 +374,8 @@ def test_store_search_ranks_real_facts_exactly_as_the_centred_hybrid(
         HybridSetting,
         StoreRetriever,
     )
-    from headroom.memory.hybrid import CENTRING_MIN_MEMORIES
-    from headroom.memory.ranking import DEFAULT_CONFIG
+    from headroom.memory.store.hybrid import CENTRING_MIN_MEMORIES
+    from headroom.memory.store.ranking import DEFAULT_CONFIG
 
     units = conv26.units("facts")
     assert len(units) >= CENTRING_MIN_MEMORIES

@@ -22,8 +22,8 @@ from bench import bench_wrapper as bw
 from bench.corpus import Corpus
 from headroom.memory import with_fast_memory
 from headroom.memory.errors import InvalidInputError
-from headroom.memory.protocol import MEMORY_INSTRUCTION
-from headroom.memory.store import MemoryStore
+from headroom.memory.protocol.block import MEMORY_INSTRUCTION
+from headroom.memory.store.store import MemoryStore
 
 
 def synthetic_corpus(n: int, seed: int = 1) -> Corpus:

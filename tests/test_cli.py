@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from openai_server import ScriptedServer, memory_reply
 
-from headroom.memory.cli import main
+from headroom.memory.cli.main import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

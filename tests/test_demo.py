@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from headroom.memory import demo
+from headroom.memory.cli import demo
 
 
 def test_demo_recalls_across_sessions(tmp_path: Path) -> None:
@@ -29,7 +29,7 @@ def test_demo_recalls_across_sessions(tmp_path: Path) -> None:
 
 def test_demo_cli_entry_point(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "headroom.memory.cli", "demo", "--db", str(tmp_path / "db")],
+        [sys.executable, "-m", "headroom.memory.cli.main", "demo", "--db", str(tmp_path / "db")],
         capture_output=True,
         text=True,
         timeout=300,
@@ -37,7 +37,7 @@ def test_demo_cli_entry_point(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "You live in Porto." in result.stdout
     listed = subprocess.run(
-        [sys.executable, "-m", "headroom.memory.cli", "list", "--db", str(tmp_path / "db"),
+        [sys.executable, "-m", "headroom.memory.cli.main", "list", "--db", str(tmp_path / "db"),
          "--user", "maya", "--json"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

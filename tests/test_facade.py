@@ -13,13 +13,13 @@ import pytest
 from store_helpers import HashEmbedder
 
 from headroom.memory import Memory, with_fast_memory, with_memory
+from headroom.memory.client.facade import AsyncMemoryFacade, MemoryFacade
 from headroom.memory.errors import (
     InvalidCategoryError,
     InvalidInputError,
     InvalidTextError,
     MemoryNotFoundError,
 )
-from headroom.memory.facade import AsyncMemoryFacade, MemoryFacade
 
 EMBEDDER = HashEmbedder(dim=32)
 # Nothing is called over HTTP here: the facade never talks to the model.

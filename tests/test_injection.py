@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headroom.memory.errors import InvalidInputError, InvalidTypeError
-from headroom.memory.injection import (
+from headroom.memory.protocol.block import clean_text
+from headroom.memory.protocol.injection import (
     FRAME_CLOSE,
     FRAME_OPEN,
     build_injection,
     escape_memory_text,
     estimate_tokens,
 )
-from headroom.memory.protocol import clean_text
 from headroom.memory.types import Memory
 
 WHEN = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)

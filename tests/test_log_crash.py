@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headroom.memory import _native as N
+from headroom.memory.store.local import _native as N
 
 ROUNDS = 60
 CHILDREN = 4  # per round: 240 kills per run

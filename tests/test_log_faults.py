@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from headroom.memory import _native as N
 from headroom.memory import errors as E
+from headroom.memory.store.local import _native as N
 from tests._native_helpers import add, segments, vec
 
 ACKED = [add("u", "a", "acknowledged", vec(1, 0)), add("u", "b", "also acknowledged", vec(0, 1))]

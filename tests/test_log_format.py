@@ -1,5 +1,5 @@
-"""Round trip and API of the compiled core (headroom.memory._native): every op, validation
-errors, persistence across reopen, and the on-disk format read back by an independent
+"""Round trip and API of the compiled core (headroom.memory.store.local._native): every op,
+validation errors, persistence across reopen, and the on-disk format read back by an independent
 pure-Python reader written from docs/log-format.md.
 """
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headroom.memory import _native as N
 from headroom.memory import errors as E
+from headroom.memory.store.local import _native as N
 from tests._native_helpers import (
     add,
     crc32c,

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from headroom.memory import _native as N
+from headroom.memory.store.local import _native as N
 
 PROCS = 4
 ADDS = 2000

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from headroom.memory import _native as N
 from headroom.memory import errors as E
+from headroom.memory.store.local import _native as N
 from tests._native_helpers import SYNC_MAGIC, Frame, add, frames, patch, segments, vec
 
 MAGIC = struct.pack("<I", SYNC_MAGIC)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from headroom.memory import _native as N
+from headroom.memory.store.local import _native as N
 from tests._native_helpers import add, op, segments, update
 
 DIM = 8

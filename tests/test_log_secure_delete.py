@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headroom.memory import _native as N
+from headroom.memory.store.local import _native as N
 from tests._native_helpers import add, op, store_bytes, update
 
 USERS = [f"user{k}" for k in range(10)]

@@ -13,7 +13,8 @@ from store_helpers import HashEmbedder
 
 from headroom.memory import MemoryStore
 from headroom.memory.errors import InvalidInputError
-from headroom.memory.pipeline import (
+from headroom.memory.protocol.block import MEMORY_INSTRUCTION, MemoryOps, MemoryUpdate, NewMemory
+from headroom.memory.protocol.pipeline import (
     INSTRUCTION_MESSAGE,
     Settings,
     check_mode,
@@ -27,7 +28,6 @@ from headroom.memory.pipeline import (
     prepare,
     store_ops,
 )
-from headroom.memory.protocol import MEMORY_INSTRUCTION, MemoryOps, MemoryUpdate, NewMemory
 
 CONVERSATION: list[dict[str, Any]] = [
     {"role": "system", "content": "Be brief."},

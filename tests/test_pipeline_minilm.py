@@ -11,7 +11,7 @@ import pytest
 from openai_server import ScriptedServer, memory_reply
 
 from headroom.memory import with_fast_memory
-from headroom.memory.protocol import MEMORY_INSTRUCTION
+from headroom.memory.protocol.block import MEMORY_INSTRUCTION
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from headroom.memory.errors import (
     InvalidTextError,
     InvalidTypeError,
 )
-from headroom.memory.protocol import (
+from headroom.memory.protocol.block import (
     MEMORY_INSTRUCTION,
     MemoryOps,
     MemoryUpdate,
@@ -332,7 +332,7 @@ def test_ops_validation_errors() -> None:
 
 
 def test_instruction_is_static_short_and_complete() -> None:
-    from headroom.memory import protocol
+    from headroom.memory.protocol import block as protocol
 
     assert protocol.MEMORY_INSTRUCTION is MEMORY_INSTRUCTION
     assert len(MEMORY_INSTRUCTION) < 1200  # about 250 tokens at most

@@ -6,7 +6,7 @@ from block_fragments import PIECES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from headroom.memory.protocol import (
+from headroom.memory.protocol.block import (
     WHITESPACE,
     MemoryOps,
     MemoryUpdate,

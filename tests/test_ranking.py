@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headroom.memory.ranking import (
+from headroom.memory.store.ranking import (
     CANDIDATE_POSTINGS_BUDGET,
     DEFAULT_CONFIG,
     Candidate,

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from headroom.memory import errors, hybrid
-from headroom.memory.ranking import DEFAULT_CONFIG
-from headroom.memory.store import MemoryStore, NewMemory
+from headroom.memory import errors
+from headroom.memory.store import hybrid
+from headroom.memory.store.ranking import DEFAULT_CONFIG
+from headroom.memory.store.store import MemoryStore, NewMemory
 from tests.store_helpers import HashEmbedder
 
 WORDS = ["zebra", "typewriter", "violin", "harbour", "lantern"]
@@ -346,7 +347,7 @@ def test_a_forked_child_searches_with_its_own_prefetch_pool(tmp_path: Path) -> N
 
 _SEARCH_AT_EXIT = """
 import atexit
-from headroom.memory.store import MemoryStore
+from headroom.memory.store.store import MemoryStore
 from tests.store_helpers import HashEmbedder
 
 store = MemoryStore({path!r}, embedder=HashEmbedder())

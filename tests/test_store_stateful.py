@@ -17,7 +17,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from headroom.memory.store import MemoryStore
+from headroom.memory.store.store import MemoryStore
 from tests.store_helpers import HashEmbedder
 
 USERS = ["alice", "bob", "agent/researcher", "ünïcode user"]

@@ -10,8 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from headroom.memory.errors import InvalidInputError, InvalidTypeError
-from headroom.memory.protocol import MemoryOps, NewMemory, clean_text, parse_answer, render_block
-from headroom.memory.stream_filter import BlockStreamFilter
+from headroom.memory.protocol.block import (
+    MemoryOps,
+    NewMemory,
+    clean_text,
+    parse_answer,
+    render_block,
+)
+from headroom.memory.protocol.stream_filter import BlockStreamFilter
 
 texts = st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=3)), max_size=30).map("".join)
 

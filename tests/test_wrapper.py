@@ -24,10 +24,11 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai_server import Reply, ScriptedServer, memory_reply
 from store_helpers import HashEmbedder
 
-from headroom.memory import MemoryClient, MemoryEvent, MemoryStore, with_fast_memory
-from headroom.memory.background import close_all
+from headroom.memory import MemoryEvent, MemoryStore, with_fast_memory
+from headroom.memory.client.background import close_all
+from headroom.memory.client.wrapper import MemoryClient
 from headroom.memory.errors import InvalidInputError, InvalidUserIdError
-from headroom.memory.protocol import MEMORY_INSTRUCTION, clean_text
+from headroom.memory.protocol.block import MEMORY_INSTRUCTION, clean_text
 
 EMBEDDER = HashEmbedder(dim=32)
 

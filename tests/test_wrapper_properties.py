@@ -17,7 +17,7 @@ from openai_server import Reply, ScriptedServer
 from store_helpers import HashEmbedder
 
 from headroom.memory import MemoryEvent, with_fast_memory
-from headroom.memory.protocol import clean_text
+from headroom.memory.protocol.block import clean_text
 
 EMBEDDER = HashEmbedder(dim=32)
 

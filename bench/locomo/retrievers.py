@@ -9,7 +9,7 @@ vectors come from the (cached) embedder, so ``rank`` timings exclude embedding e
 - :class:`DenseRetriever`: exact cosine over MiniLM vectors (the plain dense baseline).
 - :class:`HybridRetriever`: dense top-``pool`` (the query centred on the units' mean vector,
   as the store centres it on the user's) plus lexical top-``pool``, reordered by
-  :func:`headroom.memory.ranking.rerank`; exactly what the store can do on its candidate set.
+  :func:`headroom.memory.store.ranking.rerank`; exactly what the store can do on its candidate set.
 - :class:`StoreDenseRetriever`: the same store searched with ``hybrid=False`` (dense only).
 - :class:`StoreRetriever`: memories ingested with ``MemoryStore.add_many`` (dia_ids, speaker and
   session in metadata, the session date as ``created_at``) and queried with
@@ -33,8 +33,8 @@ import numpy.typing as npt
 
 from bench.locomo.data import Unit
 from headroom.memory.embedders.base import Embedder
-from headroom.memory.hybrid import CENTRING_MIN_MEMORIES, centred_query
-from headroom.memory.ranking import Candidate, LexicalIndex, RankConfig, rerank, rewrite_query
+from headroom.memory.store.hybrid import CENTRING_MIN_MEMORIES, centred_query
+from headroom.memory.store.ranking import Candidate, LexicalIndex, RankConfig, rerank, rewrite_query
 
 _WORDS = re.compile(r"\w+")
 
@@ -116,7 +116,7 @@ class HybridSetting:
 
 
 class HybridRetriever:
-    """Dense and lexical candidates reordered by :func:`headroom.memory.ranking.rerank`."""
+    """Dense and lexical candidates reordered by :func:`headroom.memory.store.ranking.rerank`."""
 
     def __init__(self, embedder: Embedder, setting: HybridSetting) -> None:
         self.setting = setting
@@ -162,7 +162,7 @@ class StoreRetriever:
     name = "store"
 
     def __init__(self, embedder: Embedder, folder: Path) -> None:
-        from headroom.memory.store import MemoryStore
+        from headroom.memory.store.store import MemoryStore
 
         self.store = MemoryStore.open(str(folder), embedder=embedder)
         self._user = ""
@@ -172,7 +172,7 @@ class StoreRetriever:
 
     def fit(self, user: str, units: Sequence[Unit]) -> None:
         """Ingest ``units`` as ``user``'s memories, unless that user already holds exactly them."""
-        from headroom.memory.store import NewMemory
+        from headroom.memory.store.store import NewMemory
 
         self._user = user
         key = hash(tuple(u.text for u in units))

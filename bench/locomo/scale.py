@@ -3,9 +3,10 @@
 The memories are LoCoMo facts, turns and summaries of every conversation (repeated with a
 suffix when more are needed), the queries are LoCoMo questions. Per query it times the parts
 the store's search adds on top of its dense top-N: the lexical top-N from the user's
-:class:`~headroom.memory.ranking.LexicalIndex` and :func:`~headroom.memory.ranking.rerank`
-over the union, plus (for reference) exact numpy dense top-N over the same vectors (the query
-centred on their mean, as the store does) and the live query embedding. Budget: the whole
+:class:`~headroom.memory.store.ranking.LexicalIndex` and
+:func:`~headroom.memory.store.ranking.rerank` over the union, plus (for reference) exact numpy dense
+top-N over the same vectors (the query centred on their mean, as the store does) and the live query
+embedding. Budget: the whole
 query path p50 under 6 ms at 10k memories per user.
 """
 
@@ -20,8 +21,8 @@ import numpy as np
 from bench.common import percentiles, progress
 from bench.locomo.data import Conversation
 from bench.locomo.embed import CachedEmbedder
-from headroom.memory.hybrid import centred_query
-from headroom.memory.ranking import DEFAULT_CONFIG, Candidate, LexicalIndex, rerank
+from headroom.memory.store.hybrid import centred_query
+from headroom.memory.store.ranking import DEFAULT_CONFIG, Candidate, LexicalIndex, rerank
 
 
 def scale_latency(

@@ -44,7 +44,7 @@ from bench.locomo.retrievers import (
 )
 from bench.locomo.scale import scale_latency
 from bench.locomo.scoring import BUDGETS, QuestionResult, score_question, summarize
-from headroom.memory.ranking import DEFAULT_CONFIG, RankConfig, rewrite_query
+from headroom.memory.store.ranking import DEFAULT_CONFIG, RankConfig, rewrite_query
 
 #: How deep every retriever ranks (enough for the largest token budget over facts and turns).
 DEPTH = 40
@@ -54,9 +54,9 @@ def sweep_settings() -> list[HybridSetting]:
     """Every hybrid configuration tried on the tune split (kept, winners and losers alike).
 
     The centring rows vary one thing from the tuned default
-    (:data:`headroom.memory.ranking.DEFAULT_CONFIG` with BM25 b=0.3 and a pool of 50 dense + 50
-    lexical candidates). The session-context rows were tried before centring: they vary one
-    thing from that default without it. The rows after them were tried before session context
+    (:data:`headroom.memory.store.ranking.DEFAULT_CONFIG` with BM25 b=0.3 and a pool of 50
+    dense + 50 lexical candidates). The session-context rows were tried before centring: they vary
+    one thing from that default without it. The rows after them were tried before session context
     came in: they vary one thing from that earlier default (lexical weight 0.25, no session
     context, no centring). So every row reproduces the figures measured when it was tried.
     """

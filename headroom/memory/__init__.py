@@ -5,11 +5,12 @@ Public API::
     from headroom.memory import with_fast_memory, with_memory
     client = with_fast_memory(OpenAI(), user_id="alice")
 
-Exports: ``with_fast_memory``, ``with_memory`` (wrap an OpenAI-compatible client),
-``MemoryStore`` (the store itself), ``Memory`` / ``MemoryVersion`` (the values handed out),
-``MemoryEvent`` (what an observer receives), ``CATEGORIES``, the ``errors`` module and its
-classes. Names are imported on first use, so importing a submodule (say ``errors``) does not
-load the store, the compiled core or the SDK.
+Exports: ``with_fast_memory`` and ``with_memory`` (wrap an OpenAI-compatible client),
+``MemoryStore`` (the store itself), ``Memory`` and ``MemoryVersion`` (the values handed out),
+``MemoryEvent`` (what an observer receives), ``HeadroomMemoryError`` (the base of every error
+this library raises) and the ``errors`` module, where every typed error lives. Names are
+imported on first use, so importing a submodule (say ``errors``) does not load the store, the
+compiled core or the SDK.
 """
 
 from __future__ import annotations
@@ -18,40 +19,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import errors
-from .errors import (
-    BlockParseError,
-    EmbedderError,
-    EmbeddingModelMismatchError,
-    HeadroomMemoryError,
-    InvalidCategoryError,
-    InvalidInputError,
-    InvalidMetadataError,
-    InvalidTextError,
-    InvalidTypeError,
-    InvalidUserIdError,
-    InvalidVectorError,
-    MemoryNotFoundError,
-    ModelNotFoundError,
-    StoreClosedError,
-    StoreCorruptionError,
-    StoreError,
-    StoreFailedError,
-    StoreVersionError,
-)
-from .types import CATEGORIES, Memory, MemoryVersion
+from .errors import HeadroomMemoryError
+from .types import Memory, MemoryVersion
 
 if TYPE_CHECKING:
-    from .pipeline import MemoryEvent
-    from .store import MemoryStore
-    from .wrapper import AsyncMemoryClient, MemoryClient, with_fast_memory, with_memory
+    from .client.wrapper import with_fast_memory, with_memory
+    from .protocol.pipeline import MemoryEvent
+    from .store.store import MemoryStore
 
 _LAZY = {
-    "with_fast_memory": "wrapper",
-    "with_memory": "wrapper",
-    "MemoryClient": "wrapper",
-    "AsyncMemoryClient": "wrapper",
-    "MemoryStore": "store",
-    "MemoryEvent": "pipeline",
+    "with_fast_memory": "client.wrapper",
+    "with_memory": "client.wrapper",
+    "MemoryStore": "store.store",
+    "MemoryEvent": "protocol.pipeline",
 }
 
 
@@ -65,31 +45,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "CATEGORIES",
-    "AsyncMemoryClient",
-    "BlockParseError",
-    "EmbedderError",
-    "EmbeddingModelMismatchError",
     "HeadroomMemoryError",
-    "InvalidCategoryError",
-    "InvalidInputError",
-    "InvalidMetadataError",
-    "InvalidTextError",
-    "InvalidTypeError",
-    "InvalidUserIdError",
-    "InvalidVectorError",
     "Memory",
-    "MemoryClient",
     "MemoryEvent",
-    "MemoryNotFoundError",
     "MemoryStore",
     "MemoryVersion",
-    "ModelNotFoundError",
-    "StoreClosedError",
-    "StoreCorruptionError",
-    "StoreError",
-    "StoreFailedError",
-    "StoreVersionError",
     "errors",
     "with_fast_memory",
     "with_memory",

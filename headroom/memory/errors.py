@@ -98,15 +98,7 @@ class ModelNotFoundError(EmbedderError):
     """The local embedding model could not be found; the message says exactly what to run."""
 
 
-# --- the memory block ------------------------------------------------------------------------
-
-
-class BlockParseError(HeadroomMemoryError):
-    """A ``<memory>`` block could not be understood. Never reaches a caller of the wrapper."""
-
-
 __all__ = [
-    "BlockParseError",
     "EmbedderError",
     "EmbeddingModelMismatchError",
     "HeadroomMemoryError",

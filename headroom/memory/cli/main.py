@@ -21,9 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from . import cli_commands
+    from . import commands
 
-    cli_commands.register(sub)
+    commands.register(sub)
     return parser
 
 

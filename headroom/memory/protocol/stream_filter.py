@@ -10,15 +10,15 @@ memory use stays bounded.
 
 Contract: for every split of a text into chunks,
 ``"".join(f.feed(c) for c in chunks) + f.finish() == clean_text(text)``
-(``headroom.memory.protocol``); ``raw_text`` is the text fed so far, for ``parse_answer``.
+(``headroom.memory.protocol.block``); ``raw_text`` is the text fed so far, for ``parse_answer``.
 """
 
 from __future__ import annotations
 
 import re
 
-from .errors import InvalidInputError, InvalidTypeError
-from .protocol import (
+from ..errors import InvalidInputError, InvalidTypeError
+from .block import (
     WHITESPACE,
     closes_fence,
     ends_with_fragment,

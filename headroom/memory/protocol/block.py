@@ -12,7 +12,7 @@ This module is pure: it knows nothing of files, stores or HTTP. The format is sp
   of a memory element (nor the string ``<memory`` in any letter case), whether the block is
   well formed, broken, repeated, nested or cut off by ``max_tokens``.
 * :func:`clean_text` equals ``parse_answer(text).text``; the streaming filter
-  (:mod:`headroom.memory.stream_filter`) produces exactly the same text for any chunking.
+  (:mod:`headroom.memory.protocol.stream_filter`) produces exactly the same text for any chunking.
 * ``parse_answer(answer + render_block(ops)).ops == validate_ops(ops, ...)[0]`` for any answer
   free of memory tags: rendering and parsing round-trip every op that survives validation.
 """
@@ -26,8 +26,8 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from .errors import InvalidCategoryError, InvalidInputError, InvalidTypeError
-from .types import CATEGORIES, MAX_TEXT_BYTES, Category, validate_text
+from ..errors import InvalidCategoryError, InvalidInputError, InvalidTypeError
+from ..types import CATEGORIES, MAX_TEXT_BYTES, Category, validate_text
 
 __all__ = [
     "MAX_BLOCK_CHARS",

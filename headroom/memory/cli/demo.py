@@ -125,10 +125,10 @@ def run(db_path: Path, *, out: Any = sys.stdout, stream_turn: int = 1) -> int:
     """Run the demo against a store at ``db_path``; returns an exit code."""
     from openai import OpenAI
 
-    from .embedders import get_embedder
-    from .errors import ModelNotFoundError
-    from .pipeline import MemoryEvent
-    from .wrapper import with_fast_memory
+    from ..client.wrapper import with_fast_memory
+    from ..embedders import get_embedder
+    from ..errors import ModelNotFoundError
+    from ..protocol.pipeline import MemoryEvent
 
     def say(line: str = "") -> None:
         print(line, file=out, flush=True)

@@ -35,12 +35,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .injection import build_injection
-from .pipeline import MemoryEvent, Observer, Settings, parse_choice, store_ops
-from .protocol import MEMORY_INSTRUCTION
+from ..protocol.block import MEMORY_INSTRUCTION
+from ..protocol.injection import build_injection
+from ..protocol.pipeline import MemoryEvent, Observer, Settings, parse_choice, store_ops
 
 if TYPE_CHECKING:
-    from .store import MemoryStore
+    from ..store.store import MemoryStore
 
 logger = logging.getLogger("headroom.memory")
 

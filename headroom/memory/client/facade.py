@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidInputError
-from .types import Memory, MemoryVersion, validate_user_id
+from ..errors import InvalidInputError
+from ..types import Memory, MemoryVersion, validate_user_id
 
 if TYPE_CHECKING:
-    from .store import MemoryStore
+    from ..store.store import MemoryStore
 
 TimeLike = datetime | float | int | None
 

@@ -30,16 +30,16 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ..embedders.base import Embedder
+from ..errors import InvalidInputError
+from ..protocol.pipeline import Mode, Settings, check_mode
+from ..store.store import MemoryStore
+from ..types import validate_user_id
 from .background import is_async_client
-from .embedders.base import Embedder
-from .errors import InvalidInputError
+from .core import Core
 from .facade import AsyncMemoryFacade, MemoryFacade
-from .pipeline import Mode, Settings, check_mode
-from .store import MemoryStore
-from .types import validate_user_id
-from .wrapper_core import Core
-from .wrapper_stream import wrap_async_stream, wrap_stream
-from .wrapper_writer import Writer
+from .stream import wrap_async_stream, wrap_stream
+from .writer import Writer
 
 DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
 
@@ -248,7 +248,7 @@ def _embedder(client: Any, use_local: bool, model: str) -> Embedder | None:
     """
     if use_local and model == DEFAULT_LOCAL_MODEL:
         return None
-    from .embedders import get_embedder
+    from ..embedders import get_embedder
 
     if use_local:
         return get_embedder(use_local=True, model=model)
@@ -363,7 +363,7 @@ def with_fast_memory(
 
     Options: ``min_score`` (relevance floor, default 0.15), ``max_tokens`` (budget of the
     injected memories, default 300), ``role`` (of the injected message, default "system"),
-    ``observer`` (callable receiving a :class:`~headroom.memory.pipeline.MemoryEvent` per
+    ``observer`` (callable receiving a :class:`~headroom.memory.protocol.pipeline.MemoryEvent` per
     call), ``embedder`` (an Embedder instance instead of the named model), ``sync`` (store
     durability: "always" | "interval" | "off"), ``retry_base`` / ``retry_max`` (backoff of
     background extractions, used by JSON-mode calls). Unknown options raise

@@ -21,7 +21,7 @@ import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
 from typing import Any
 
-from .stream_filter import BlockStreamFilter
+from ..protocol.stream_filter import BlockStreamFilter
 
 OnEnd = Callable[[dict[int, str], bool], None]
 

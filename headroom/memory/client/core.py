@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .background import ExtractionWorker, make_payload, worker_for
-from .pipeline import (
+from ..protocol.block import MemoryOps
+from ..protocol.pipeline import (
     MemoryEvent,
     Mode,
     Observer,
@@ -34,9 +34,9 @@ from .pipeline import (
     prepare,
     store_ops,
 )
-from .protocol import MemoryOps
-from .store import MemoryStore
-from .wrapper_writer import Writer
+from ..store.store import MemoryStore
+from .background import ExtractionWorker, make_payload, worker_for
+from .writer import Writer
 
 logger = logging.getLogger("headroom.memory")
 

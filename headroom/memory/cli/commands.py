@@ -10,12 +10,12 @@ import argparse
 import importlib
 from typing import Any
 
-#: Modules (relative to headroom.memory) whose ``register`` adds subcommands.
-COMMAND_MODULES: tuple[str, ...] = ("cli_store", "cli_model", "cli_chat", "demo")
+#: Modules (relative to headroom.memory.cli) whose ``register`` adds subcommands.
+COMMAND_MODULES: tuple[str, ...] = ("store_commands", "model_commands", "chat", "demo")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add every subcommand to ``subparsers``."""
     for name in COMMAND_MODULES:
-        module = importlib.import_module(f"headroom.memory.{name}")
+        module = importlib.import_module(f"headroom.memory.cli.{name}")
         module.register(subparsers)

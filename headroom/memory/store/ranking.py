@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from operator import itemgetter
 
-from .errors import InvalidInputError, InvalidTypeError
+from ..errors import InvalidInputError, InvalidTypeError
 
 #: Words that carry no topic. Kept short on purpose: names and content words must survive.
 _STOPWORD_TEXT = """

@@ -28,18 +28,18 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from . import types as T
-from .embedders.base import Embedder
-from .engine import Engine
-from .errors import (
+from .. import types as T
+from ..embedders.base import Embedder
+from ..errors import (
     EmbeddingModelMismatchError,
     InvalidInputError,
     InvalidVectorError,
     MemoryNotFoundError,
     StoreClosedError,
 )
+from ..types import Memory, MemoryVersion
 from .hybrid import HybridSearcher
-from .types import Memory, MemoryVersion
+from .local.engine import Engine
 
 # Op codes of the log (docs/log-format.md).
 OP_ADD, OP_UPDATE, OP_DELETE, OP_CLEAR, OP_PURGE, OP_PENDING, OP_DONE, OP_CONFIG, OP_REVECTOR = (
@@ -256,7 +256,7 @@ class MemoryStore:
         An ``openai/<model>@<dim>`` store gets an OpenAI embedder with a default client
         (configured from the environment, as the openai SDK does).
         """
-        from .embedders import get_embedder
+        from ..embedders import get_embedder
 
         recorded = self.engine.log.config().get(_CONFIG_EMBEDDING)
         model = json.loads(recorded)["model"] if recorded else ""
@@ -797,7 +797,7 @@ class MemoryStore:
         checksum. With ``repair``: bad snapshots are deleted (rebuilt on use) and, when the log
         had damage, it is compacted so the damaged regions are gone from disk.
         """
-        from .index import UserIndex
+        from .local.index import UserIndex
 
         with self._lock:
             log = self.engine.log

@@ -24,19 +24,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import InvalidInputError
-from .injection import InjectedContext, build_injection
-from .protocol import (
+from ..errors import InvalidInputError
+from ..types import Memory
+from .block import (
     MEMORY_INSTRUCTION,
     MemoryOps,
     MemoryUpdate,
     ParsedAnswer,
     parse_answer,
 )
-from .types import Memory
+from .injection import InjectedContext, build_injection
 
 if TYPE_CHECKING:
-    from .store import AppliedOps, MemoryStore
+    from ..store.store import AppliedOps, MemoryStore
 
 logger = logging.getLogger("headroom.memory")
 

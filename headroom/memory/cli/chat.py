@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Any
 
-from .cli_store import guard
+from .store_commands import guard
 
 EXIT_OK = 0
 
@@ -22,8 +22,8 @@ EXIT_OK = 0
 def _chat(args: argparse.Namespace) -> int:
     from openai import OpenAI
 
-    from .pipeline import MemoryEvent
-    from .wrapper import with_fast_memory
+    from ..client.wrapper import with_fast_memory
+    from ..protocol.pipeline import MemoryEvent
 
     events: list[MemoryEvent] = []
     base = OpenAI(base_url=args.base_url) if args.base_url else OpenAI()
@@ -69,8 +69,8 @@ def _chat(args: argparse.Namespace) -> int:
 
 @guard
 def _reembed(args: argparse.Namespace) -> int:
-    from .embedders import get_embedder
-    from .store import MemoryStore
+    from ..embedders import get_embedder
+    from ..store.store import MemoryStore
 
     if args.model.startswith("openai:"):
         from openai import OpenAI

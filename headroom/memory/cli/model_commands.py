@@ -28,9 +28,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .embedders.graph_cache import ensure_graph, graph_path
-from .embedders.minilm import MiniLMEmbedder
-from .embedders.resolve import (
+from ..embedders.graph_cache import ensure_graph, graph_path
+from ..embedders.minilm import MiniLMEmbedder
+from ..embedders.resolve import (
     ENV_VAR,
     MODEL_FILES,
     MODEL_ID,
@@ -42,7 +42,7 @@ from .embedders.resolve import (
     package_model_dir,
     resolve,
 )
-from .errors import HeadroomMemoryError
+from ..errors import HeadroomMemoryError
 
 EXIT_OK, EXIT_FAILED = 0, 1
 #: Files copied into the cache besides MODEL_FILES (small, for people inspecting the folder).

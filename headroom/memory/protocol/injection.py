@@ -31,8 +31,8 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
-from .errors import InvalidInputError, InvalidTypeError
-from .types import CATEGORIES, Memory
+from ..errors import InvalidInputError, InvalidTypeError
+from ..types import CATEGORIES, Memory
 
 __all__ = [
     "FRAME_CLOSE",

@@ -16,9 +16,9 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
-from .errors import HeadroomMemoryError, MemoryNotFoundError
-from .store import MemoryStore
-from .types import Memory, MemoryVersion
+from ..errors import HeadroomMemoryError, MemoryNotFoundError
+from ..store.store import MemoryStore
+from ..types import Memory, MemoryVersion
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
 

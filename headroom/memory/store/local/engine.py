@@ -42,7 +42,7 @@ SNAPSHOT_EVERY = 2048
 Entry = tuple[Any, ...]
 
 #: The compiled core (native/); typed as Any: it is a pybind11 module without stubs.
-_native: Any = importlib.import_module("headroom.memory._native")
+_native: Any = importlib.import_module("headroom.memory.store.local._native")
 
 
 class Engine:

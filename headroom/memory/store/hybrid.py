@@ -2,7 +2,7 @@
 
 This is what ``MemoryStore.search`` runs for a text query (and so what the wrapper injects):
 dense top-``pool`` from the engine and BM25 top-``pool`` from the user's ``LexicalIndex``,
-filtered alike, reordered by :func:`headroom.memory.ranking.rerank` with the configuration
+filtered alike, reordered by :func:`headroom.memory.store.ranking.rerank` with the configuration
 tuned on LoCoMo's tune split (bench/README.md lists every setting tried and what it scored).
 
 The lexical index is derived from the log exactly like the vector index: built from the user's
@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..types import from_timestamp_us
 from .ranking import (
     DEFAULT_CONFIG,
     Candidate,
@@ -42,7 +43,6 @@ from .ranking import (
     query_time_window,
     rerank,
 )
-from .types import from_timestamp_us
 
 #: Candidates taken from each side (dense and lexical) before fusion; measured: 20 lost at
 #: R@10, 100 tied 50 and cost more.
