@@ -104,12 +104,65 @@ def test_update_keeps_history_and_delete_hides(store: MemoryStore) -> None:
     assert [v.operation for v in store.history("alice", m.id)] == ["add", "update", "delete"]
 
 
+# Measured with the real all-MiniLM-L6-v2 (cosine of the two texts' embeddings):
+DOG = "User has a dog named Max"
+DOG_PARAPHRASE = "The user has a dog called Max"  # 0.9466 with DOG: must supersede it
+CAT = "User has a cat named Max"  # 0.8329 with DOG: same topic, another fact: kept apart
+COFFEE = "User drinks coffee every morning"
+COFFEE_PARAPHRASE = "Every morning the user drinks coffee"  # 0.9594 with COFFEE
+
+
 def test_dedup_skips_exact_and_supersedes_near_duplicates(tmp_path: Path) -> None:
-    with MemoryStore(tmp_path / "db", embedder=HashEmbedder(), dedup_threshold=0.5) as store:
-        first = store.add_many("u", [NewMemory("User likes tea")]).added[0]
-        again = store.add_many("u", [NewMemory("user likes tea."), NewMemory("User likes tea")])
-        assert again.added == () and len(again.skipped) == 2
+    from headroom.memory.embedders import get_embedder
+    from headroom.memory.store.store import DEFAULT_DEDUP_THRESHOLD
+
+    embedder = get_embedder()
+    threshold = DEFAULT_DEDUP_THRESHOLD
+    assert threshold == 0.92
+    # The premises, on the real model (a model change that moves them must show here).
+    v = embedder.embed([DOG, DOG_PARAPHRASE, CAT, COFFEE, COFFEE_PARAPHRASE])
+    assert float(v[0] @ v[1]) == pytest.approx(0.9466, abs=0.005) and v[0] @ v[1] >= threshold
+    assert float(v[0] @ v[2]) == pytest.approx(0.8329, abs=0.005) and v[0] @ v[2] < threshold
+    assert float(v[3] @ v[4]) == pytest.approx(0.9594, abs=0.005) and v[3] @ v[4] >= threshold
+    with MemoryStore(tmp_path / "db", embedder=embedder, sync="off") as store:
+        first = store.add_many("u", [NewMemory(DOG)]).added[0]
+        # Exact duplicates (case, spacing and a final full stop aside) are skipped.
+        again = store.add_many("u", [NewMemory("user has a  dog named max."), NewMemory(DOG)])
+        assert again.added == () and again.updated == () and len(again.skipped) == 2
         assert [m.id for m in store.get_all("u")] == [first.id]
+
+        # A paraphrase supersedes: one live memory, the new text, the old one in history.
+        merged = store.add_many("u", [NewMemory(DOG_PARAPHRASE, "preference")])
+        assert merged.added == () and [m.id for m in merged.updated] == [first.id]
+        assert [(m.id, m.text, m.category) for m in store.get_all("u")] == [
+            (first.id, DOG_PARAPHRASE, "preference")
+        ]
+        history = store.history("u", first.id)
+        assert [(h.text, h.operation) for h in history] == [
+            (DOG, "add"),
+            (DOG_PARAPHRASE, "update"),
+        ]
+        assert store.search("u", "What pet does the user have?", top_k=5)[0][0].id == first.id
+
+        # Same topic, another fact: stored beside it, nothing superseded.
+        cat = store.add_many("u", [NewMemory(CAT)])
+        assert len(cat.added) == 1 and cat.updated == ()
+        assert {m.text for m in store.get_all("u")} == {DOG_PARAPHRASE, CAT}
+        assert len(store.history("u", cat.added[0].id)) == 1
+
+        # Through apply (the pipeline's path), in one batch with an unrelated add.
+        coffee = store.add("u", COFFEE)
+        applied = store.apply(
+            "u", adds=[NewMemory(COFFEE_PARAPHRASE), NewMemory("User is learning Portuguese")]
+        )
+        assert [m.id for m in applied.updated] == [coffee.id]
+        assert [m.text for m in applied.added] == ["User is learning Portuguese"]
+        assert [h.text for h in store.history("u", coffee.id)] == [COFFEE, COFFEE_PARAPHRASE]
+        assert len(store.get_all("u")) == 4
+
+        # dedup=False keeps the paraphrase as a memory of its own.
+        kept = store.add_many("u", [NewMemory(COFFEE)], dedup=False)
+        assert len(kept.added) == 1 and len(store.get_all("u")) == 5
 
 
 def test_filters_apply_inside_search(store: MemoryStore) -> None:
