@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,3 +43,12 @@ class HashEmbedder:
         return np.ascontiguousarray(
             np.stack(rows) if rows else np.empty((0, self._dim), np.float32)
         )
+
+
+def native_log(store: Any) -> Any:
+    """The compiled ``Log`` under a MemoryStore (for the native test hooks, e.g. ``_set_fault``).
+
+    The one place tests reach into the store's internals for it: when the store's layout
+    changes, only this line changes.
+    """
+    return store.engine.log
