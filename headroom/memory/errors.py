@@ -43,6 +43,15 @@ class InvalidVectorError(InvalidInputError):
     """A vector has the wrong shape, dimension or dtype, or holds NaN or infinite values."""
 
 
+class InvalidTimeError(InvalidInputError):
+    """A time is not a datetime or finite epoch seconds (or an ISO 8601 string where one is
+    read from a file), or lies outside the range the store can hold."""
+
+
+class InvalidSourceError(InvalidInputError):
+    """A source is not one of ``inline``, ``manual``, ``background``, ``import``."""
+
+
 class InvalidTypeError(HeadroomMemoryError, TypeError):
     """An argument has the wrong Python type (e.g. a non-string passed to an embedder)."""
 
@@ -59,6 +68,10 @@ class MemoryNotFoundError(HeadroomMemoryError, KeyError):
 
 class StoreError(HeadroomMemoryError):
     """A problem with the on-disk store."""
+
+
+class StoreNotFoundError(StoreError):
+    """There is no store at the path, and the caller asked not to create one."""
 
 
 class StoreFailedError(StoreError):
@@ -105,7 +118,9 @@ __all__ = [
     "InvalidCategoryError",
     "InvalidInputError",
     "InvalidMetadataError",
+    "InvalidSourceError",
     "InvalidTextError",
+    "InvalidTimeError",
     "InvalidTypeError",
     "InvalidUserIdError",
     "InvalidVectorError",
@@ -115,5 +130,6 @@ __all__ = [
     "StoreCorruptionError",
     "StoreError",
     "StoreFailedError",
+    "StoreNotFoundError",
     "StoreVersionError",
 ]

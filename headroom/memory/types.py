@@ -16,7 +16,9 @@ from typing import Any, Literal
 from .errors import (
     InvalidCategoryError,
     InvalidMetadataError,
+    InvalidSourceError,
     InvalidTextError,
+    InvalidTimeError,
     InvalidUserIdError,
 )
 
@@ -34,6 +36,8 @@ MAX_TEXT_BYTES = 16 * 1024
 MAX_USER_ID_BYTES = 256
 #: Largest metadata object accepted, as compact JSON in UTF-8 bytes.
 MAX_METADATA_BYTES = 64 * 1024
+#: Times are stored as signed 64-bit microseconds since the Unix epoch.
+_MAX_TIMESTAMP_US = 2**63 - 1
 
 
 def category_code(category: str) -> int:
@@ -51,9 +55,9 @@ def category_name(code: int) -> Category:
 
 
 def source_code(source: str) -> int:
-    """On-disk code of a source name (1-based)."""
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {', '.join(SOURCES)}; got {source!r}")
+    """On-disk code of a source name (1-based). Raises InvalidSourceError."""
+    if not isinstance(source, str) or source not in SOURCES:
+        raise InvalidSourceError(f"source must be one of {', '.join(SOURCES)}; got {source!r}")
     return SOURCES.index(source) + 1
 
 
@@ -109,7 +113,7 @@ def validate_metadata(metadata: object) -> dict[str, Any]:
         raise InvalidMetadataError("metadata keys must be strings")
     try:
         encoded = json.dumps(dict(metadata), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidMetadataError(f"metadata must be JSON-serialisable: {exc}") from None
     if len(encoded.encode("utf-8", "surrogatepass")) > MAX_METADATA_BYTES:
         raise InvalidMetadataError(f"metadata is larger than {MAX_METADATA_BYTES} bytes as JSON")
@@ -122,7 +126,11 @@ def validate_metadata(metadata: object) -> dict[str, Any]:
 
 
 def to_timestamp_us(value: datetime | float | int | None) -> int | None:
-    """Microseconds since the Unix epoch for a datetime (naive means UTC) or epoch seconds."""
+    """Microseconds since the Unix epoch for a datetime (naive means UTC) or epoch seconds.
+
+    Raises InvalidTimeError for anything else (a string, a bool, NaN, infinity) and for a time
+    the store cannot hold (beyond a signed 64-bit count of microseconds).
+    """
     if value is None:
         return None
     if isinstance(value, datetime):
@@ -130,8 +138,11 @@ def to_timestamp_us(value: datetime | float | int | None) -> int | None:
             value = value.replace(tzinfo=timezone.utc)
         return round(value.timestamp() * 1_000_000)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"a time must be a datetime or epoch seconds; got {value!r}")
-    return round(float(value) * 1_000_000)
+        raise InvalidTimeError(f"a time must be a datetime or epoch seconds; got {value!r}")
+    us = round(float(value) * 1_000_000)
+    if not -_MAX_TIMESTAMP_US <= us <= _MAX_TIMESTAMP_US:
+        raise InvalidTimeError(f"a time of {value!r} epoch seconds is out of range")
+    return us
 
 
 def from_timestamp_us(us: int) -> datetime:

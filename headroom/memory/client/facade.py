@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError
-from ..types import Memory, MemoryVersion, validate_user_id
+from ..types import Memory, MemoryVersion, validate_metadata, validate_user_id
 
 if TYPE_CHECKING:
     from ..store.store import MemoryStore
@@ -92,7 +92,7 @@ class MemoryFacade:
             self.user_id,
             text,
             category=category,
-            metadata=None if metadata is None else dict(metadata),
+            metadata=None if metadata is None else validate_metadata(metadata),
             created_at=created_at,
         )
 
@@ -117,7 +117,7 @@ class MemoryFacade:
             memory_id,
             text,
             category=category,
-            metadata=None if metadata is None else dict(metadata),
+            metadata=None if metadata is None else validate_metadata(metadata),
         )
 
     def delete(self, memory_id: str) -> None:

@@ -249,8 +249,15 @@ def _embedder(client: Any, use_local: bool, model: str) -> Embedder | None:
     if use_local and model == DEFAULT_LOCAL_MODEL:
         return None
     from ..embedders import get_embedder
+    from ..embedders.factory import LOCAL_MODELS
 
     if use_local:
+        if model not in LOCAL_MODELS:
+            raise InvalidInputError(
+                f"unknown local embedding_model {model!r}; the local model is "
+                f"{DEFAULT_LOCAL_MODEL} (use_local_embeddings=False with embedding_model=... "
+                "selects an API model)"
+            )
         return get_embedder(use_local=True, model=model)
     key = (model, str(getattr(client, "base_url", "")), hash(str(getattr(client, "api_key", ""))))
     with _LOCK:

@@ -52,7 +52,7 @@ def get_embedder(
     if use_local and model not in LOCAL_MODELS:
         raise InvalidInputError(
             f"unknown local embedding model {model!r}; the local model is {MODEL_NAME} "
-            "(use use_local=False for an API model)"
+            "(get_embedder(use_local=False, model=...) selects an API model)"
         )
     if model in LOCAL_MODELS:
         model = MODEL_NAME if use_local else DEFAULT_MODEL
