@@ -120,12 +120,6 @@ def test_forget_leaves_no_text_or_vector_bytes_in_any_file_of_an_ann_user(
         assert store.search("bob", _text("bob", 42), top_k=1)[0][0].text == _text("bob", 42)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Engine.save_snapshots (store/local/engine.py) snapshots an index built before "
-    "another handle's forget+compaction without checking the log generation, writing the "
-    "forgotten vectors back into indexes/ at close",
-)
 @pytest.mark.parametrize("whole_user", [False, True], ids=["ids", "user"])
 def test_another_open_handle_does_not_write_forgotten_vectors_back(
     tmp_path: Path, whole_user: bool

@@ -205,7 +205,13 @@ class Engine:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def save_snapshots(self) -> None:
-        """Snapshot every index that advanced since its last snapshot and saw no deletion."""
+        """Snapshot every index that advanced since its last snapshot and saw no deletion.
+
+        An index built before a compaction (this handle's or another's) is dropped, never
+        saved: it may hold vectors the compaction purged.
+        """
+        self.log.refresh()  # learn of another process's compaction
+        self._check_generation()
         with self._indexes_lock:
             items = list(self._indexes.items())
         for user_id, index in items:
