@@ -379,7 +379,7 @@ def prefill(path: Path, texts: Sequence[str], vectors: Vectors, model_id: str) -
         t1 = time.perf_counter()
         store.search(USER, vectors[0], top_k=5)
         t2 = time.perf_counter()
-        count = store.engine.log.count(USER)
+        count = store.backend.count(USER)
     finally:
         store.close()
     if count != len(texts):
@@ -557,7 +557,7 @@ def measure_ours(
             measure_parts(store, script, samples)
         measured = injected[len(script.warmup) :][: len(script.calls)]
         checks["injected_per_call"] = float(np.mean(measured)) if measured else 0.0
-        checks["memories_after"] = store.engine.log.count(USER)
+        checks["memories_after"] = store.backend.count(USER)
         checks["query_words_mean"] = _mean_words(script.calls)
         checks["block_memory_words_mean"] = _mean_words([t for b in script.blocks for t, _ in b])
         checks["embedder_threads"] = getattr(store.embedder, "threads", None)

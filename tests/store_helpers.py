@@ -51,4 +51,4 @@ def native_log(store: Any) -> Any:
     The one place tests reach into the store's internals for it: when the store's layout
     changes, only this line changes.
     """
-    return store.engine.log
+    return store.backend.log

@@ -16,7 +16,7 @@ import pytest
 
 from headroom.memory import errors
 from headroom.memory.store import hybrid
-from headroom.memory.store.ranking import DEFAULT_CONFIG
+from headroom.memory.store.ranking import DEFAULT_CONFIG, LexicalIndex
 from headroom.memory.store.store import MemoryStore, NewMemory
 from tests.store_helpers import HashEmbedder
 
@@ -85,10 +85,10 @@ def test_users_are_isolated(store: MemoryStore) -> None:
 )
 def test_bad_input_is_a_typed_error_and_writes_nothing(store: MemoryStore, call, error) -> None:
     store.add("alice", "kept")
-    before = store.engine.log.last_seq
+    before = store.backend.log.last_seq
     with pytest.raises(error):
         call(store)
-    assert store.engine.log.last_seq == before
+    assert store.backend.log.last_seq == before
     assert [m.text for m in store.get_all("alice")] == ["kept"]
 
 
@@ -198,7 +198,7 @@ def test_forget_is_hard_and_compacts(store: MemoryStore) -> None:
     store.update("alice", gone.id, "GONE-marker-789")
     assert store.forget("alice", [gone.id]) == 1
     assert store.history("alice", gone.id) == []
-    blob = b"".join(p.read_bytes() for p in store.path.rglob("*") if p.is_file())
+    blob = b"".join(p.read_bytes() for p in Path(store.path).rglob("*") if p.is_file())
     assert b"GONE-marker" not in blob and b"KEEP-marker-123" in blob
     assert store.get("alice", keep.id) is not None
 
@@ -456,7 +456,7 @@ def test_a_forked_child_does_not_inherit_a_held_lexicon_lock(
     store.search("u", "zebras")
     store.add("u", "User reads about trains")
     entered, release = threading.Event(), threading.Event()
-    top, parent = hybrid.LexicalIndex.top, os.getpid()
+    top, parent = LexicalIndex.top, os.getpid()
 
     def held_top(index: Any, query: str, k: int) -> Any:
         on_pool = threading.current_thread().name.startswith("headroom-lexical")
@@ -465,7 +465,7 @@ def test_a_forked_child_does_not_inherit_a_held_lexicon_lock(
             release.wait(30)
         return top(index, query, k)
 
-    monkeypatch.setattr(hybrid.LexicalIndex, "top", held_top)
+    monkeypatch.setattr(LexicalIndex, "top", held_top)
     embedder.fail = True
     with pytest.raises(RuntimeError, match="embedding service down"):
         store.search("u", "zebras")
@@ -559,8 +559,10 @@ def test_hybrid_search_centres_the_query_on_the_users_mean_memory(tmp_path: Path
 
 def _sum_in_step(store: MemoryStore, user: str) -> None:
     store.search(user, "note", top_k=1)  # catch up
-    total, count, _ = store.engine.log.vector_sum(user)
-    vectors = store._hybrid._lexicons[user].vectors
+    total, count, _ = store.backend.log.vector_sum(user)
+    lexicon = store.backend._lexical.loaded(user)
+    assert lexicon is not None
+    vectors = lexicon.vectors
     assert vectors is not None and vectors[1] == count
     assert np.allclose(vectors[0], total, atol=1e-6)
 
@@ -576,7 +578,7 @@ def test_a_write_landing_during_the_catch_up_is_summed_once(tmp_path: Path) -> N
         store.add_many("u", [NewMemory(f"note {i}") for i in range(120)], dedup=False)
         store.search("u", "note", top_k=1)
         other_writer_adds([f"more {i}" for i in range(3)])
-        log = store.engine.log
+        log = store.backend.log
 
         class LateWriteLog:
             fired = False
@@ -590,7 +592,7 @@ def test_a_write_landing_during_the_catch_up_is_summed_once(tmp_path: Path) -> N
                     other_writer_adds([f"late {i}" for i in range(5)])
                 return log.changes(user, since)
 
-        store._hybrid._lexicon(LateWriteLog(), "u")
+        store.backend._lexical.get(LateWriteLog(), "u")
         assert LateWriteLog.fired
         _sum_in_step(store, "u")
 
@@ -627,7 +629,7 @@ def test_a_memory_written_during_a_full_sum_and_deleted_after_leaves_it(tmp_path
     # after that seq; once that memory is deleted, changes() since the target reports it nowhere.
     with MemoryStore(tmp_path / "db", embedder=HashEmbedder(64), sync="off") as store:
         store.add_many("u", [NewMemory(f"note {i}") for i in range(120)], dedup=False)
-        log = store.engine.log
+        log = store.backend.log
         late: list[str] = []
 
         class LateWriteLog:
@@ -640,7 +642,7 @@ def test_a_memory_written_during_a_full_sum_and_deleted_after_leaves_it(tmp_path
                         late.append(writer.add("u", "written during the sum").id)
                 return log.vector_sum(user)
 
-        store._hybrid._lexicon(LateWriteLog(), "u")
+        store.backend._lexical.get(LateWriteLog(), "u")
         assert late
         store.delete("u", late[0])
         _sum_in_step(store, "u")

@@ -151,7 +151,7 @@ class StoreMachine(RuleBasedStateMachine):
     def vector_sums_match(self) -> None:
         # The compiled core's sum, and the hybrid side's copy kept current from the log's
         # changes (added vectors summed in, a full sum again after a removal).
-        log = self.store.engine.log
+        log = self.store.backend.log
         for user in USERS:
             texts = [t for t, _ in self.model[user].values()]
             want = self.embedder.embed(texts).astype(np.float64).sum(axis=0)
@@ -159,7 +159,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert count == len(texts) and seq == log.user_seq(user)
             if texts:
                 assert np.allclose(total, want, atol=1e-5)
-            lexicon, _ = self.store._hybrid.lexical_candidates(log, user, "tea")
+            lexicon = self.store.backend.ranking(user)
             if texts:
                 assert lexicon.vectors is not None
                 assert lexicon.vectors[1] == len(texts)

@@ -838,7 +838,7 @@ def test_a_users_injection_never_waits_for_another_users_write(
             answer = bob.chat.completions.create(model="m", messages=USER_MESSAGES)
         assert answer.choices[0].message.content == "hello bob"
         store = MemoryStore.open(tmp_path / "memory.db")  # the same open store (registry)
-        assert store.engine.log.count("alice") == 0  # still held: bob did not wait
+        assert store.backend.count("alice") == 0  # still held: bob did not wait
         assert "before their previous memories were stored" not in caplog.text
     finally:
         embedder.gate.set()

@@ -19,6 +19,7 @@ from .errors import (
     InvalidSourceError,
     InvalidTextError,
     InvalidTimeError,
+    InvalidTypeError,
     InvalidUserIdError,
 )
 
@@ -193,3 +194,52 @@ class MemoryVersion:
     operation: Literal["add", "update", "delete", "clear"]
     source: Source = "manual"
     metadata: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+def validate_category(category: object) -> Category:
+    """The category name ``category`` stands for (case and surrounding space ignored), or
+    InvalidCategoryError. The one category rule of every layer."""
+    return CATEGORIES[category_code(category) - 1]  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class NewMemory:
+    """A memory to add: a non-empty text, a category, optional metadata and creation time.
+
+    Raises InvalidTextError for a text that is not a non-empty string of at most
+    :data:`MAX_TEXT_BYTES` and InvalidCategoryError for an unknown category; the category is
+    normalised to its name. The text is kept as given (the store strips it). The store
+    validates ``metadata`` and ``created_at`` when it writes.
+    """
+
+    text: str
+    category: Category = "fact"
+    metadata: dict[str, Any] | None = field(default=None, compare=True, hash=False)
+    created_at: datetime | float | None = None
+
+    def __post_init__(self) -> None:
+        validate_text(self.text)
+        object.__setattr__(self, "category", validate_category(self.category))
+
+
+@dataclass(frozen=True)
+class MemoryUpdate:
+    """A new version of an existing memory, named by its id (a short id such as ``m1`` in a
+    parsed block; the pipeline maps it to the real id). ``category=None`` keeps the category.
+    """
+
+    id: str
+    text: str
+    category: Category | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise InvalidTypeError(f"MemoryUpdate.id must be a non-empty str; got {self.id!r}")
+        validate_text(self.text)
+        if self.category is not None:
+            object.__setattr__(self, "category", validate_category(self.category))
+
+
+def validate_source(source: object) -> Source:
+    """``source`` if it names a source, else InvalidSourceError."""
+    return SOURCES[source_code(source) - 1]  # type: ignore[arg-type]

@@ -26,8 +26,8 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from ..errors import InvalidCategoryError, InvalidInputError, InvalidTypeError
-from ..types import CATEGORIES, MAX_TEXT_BYTES, Category, validate_text
+from ..errors import InvalidInputError, InvalidTypeError
+from ..types import CATEGORIES, MAX_TEXT_BYTES, Category, MemoryUpdate, NewMemory
 
 __all__ = [
     "MAX_BLOCK_CHARS",
@@ -48,41 +48,6 @@ __all__ = [
 ]
 
 # --- the ops -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NewMemory:
-    """A memory to add: non-empty text and one of the known categories.
-
-    Raises InvalidTextError for a text that is not a non-empty string (of at most 16 KiB) and
-    InvalidCategoryError for an unknown category. The text is kept as given; the store (and
-    :func:`validate_ops`) normalise it.
-    """
-
-    text: str
-    category: Category = "fact"
-
-    def __post_init__(self) -> None:
-        validate_text(self.text)
-        _check_category(self.category)
-
-
-@dataclass(frozen=True)
-class MemoryUpdate:
-    """A new version of an existing memory, named by its id (a short id such as ``m1`` in a
-    parsed block; the pipeline maps it to the real id). ``category=None`` keeps the category.
-    """
-
-    id: str
-    text: str
-    category: Category | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not self.id:
-            raise InvalidTypeError(f"MemoryUpdate.id must be a non-empty str; got {self.id!r}")
-        validate_text(self.text)
-        if self.category is not None:
-            _check_category(self.category)
 
 
 @dataclass(frozen=True)
@@ -116,13 +81,6 @@ class MemoryOps:
 
     def __len__(self) -> int:
         return len(self.add) + len(self.update) + len(self.delete)
-
-
-def _check_category(category: object) -> None:
-    if category not in CATEGORIES:
-        raise InvalidCategoryError(
-            f"category must be one of {', '.join(CATEGORIES)}; got {category!r}"
-        )
 
 
 # --- the instruction -----------------------------------------------------------------------

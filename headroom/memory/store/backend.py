@@ -288,7 +288,7 @@ class Recovery:
     torn_tail_bytes: int = 0  #: bytes of an interrupted last write, cut off
     corrupt_bytes: int = 0  #: bytes skipped because they failed their checksum
     corrupt_records: int = 0  #: records lost in those bytes (as far as they could be counted)
-    segments: tuple[str, ...] = ()  #: where the skipped bytes were (segment names)
+    segments: int = 0  #: segments read
 
     @property
     def damaged(self) -> bool:

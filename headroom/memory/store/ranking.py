@@ -39,6 +39,7 @@ from datetime import date, datetime
 from operator import itemgetter
 
 from ..errors import InvalidInputError, InvalidTypeError
+from .backend import LexicalScorer
 
 #: Words that carry no topic. Kept short on purpose: names and content words must survive.
 _STOPWORD_TEXT = """
@@ -444,7 +445,7 @@ def _rank_order(values: Sequence[float]) -> list[int]:
 def rerank(
     query: str,
     candidates: Sequence[Candidate],
-    lexical: LexicalIndex | None = None,
+    lexical: LexicalScorer | None = None,
     config: RankConfig = DEFAULT_CONFIG,
     known_entities: Iterable[str] = (),
 ) -> list[tuple[int, float]]:
@@ -507,7 +508,7 @@ def rerank(
 def _add_session_context(
     query: str,
     candidates: Sequence[Candidate],
-    lexical: LexicalIndex | None,
+    lexical: LexicalScorer | None,
     config: RankConfig,
     scores: list[float],
 ) -> None:

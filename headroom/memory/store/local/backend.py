@@ -1,0 +1,415 @@
+"""The embedded backend: one store directory, the compiled log and everything derived from it.
+
+``LocalBackend`` implements :class:`~headroom.memory.store.backend.Backend` over
+:class:`~.engine.Engine` (the native log plus per-user hnswlib indexes and snapshots) and
+:class:`~.lexical.LexicalState` (per-user BM25 and vector sums). It is the only code that
+knows the native entry tuples, op codes and row dicts: records cross the seam typed.
+
+Fork-aware: in a forked child the inherited log is abandoned (its handles and ``flock`` belong
+to the parent) and the log is reopened on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ... import types as T
+from ...errors import InvalidVectorError, StoreClosedError, StoreNotFoundError
+from ...types import Memory, MemoryVersion
+from ..backend import ALL, ChangeSet, Entry, Filter, Job, Op, Recovery, Vector
+from .engine import Engine, _native
+from .index import UserIndex
+from .lexical import LexicalState, UserLexicon
+
+logger = logging.getLogger("headroom.memory")
+
+#: Native op code of each op: the numbers come from the compiled core (docs/log-format.md).
+NATIVE_OP: dict[Op, int] = {op: int(getattr(_native, op.name)) for op in Op}
+
+#: History entries as the public API names them; REVECTOR is not a version.
+_VERSION_OPS = {"ADD": "add", "UPDATE": "update", "DELETE": "delete", "CLEAR": "clear"}
+
+#: Inherited engines of forked children: kept alive, never used or destroyed in the child.
+_ABANDONED: list[Engine] = []
+
+
+def is_store_dir(path: Path) -> bool:
+    """True when ``path`` is a store directory (it holds a log segment or the LOCK file)."""
+    return path.is_dir() and ((path / "LOCK").exists() or any(path.glob("seg-*.log")))
+
+
+class LocalBackend:
+    """A store directory on a local filesystem (several processes may share it)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sync: str = "interval",
+        ann_threshold: int | None = None,
+        create: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.location = str(self.path)
+        if not create and not is_store_dir(self.path):
+            raise StoreNotFoundError(f"no store at {self.path}")
+        self._sync = sync
+        self._ann_threshold = ann_threshold
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._closed = False
+        self._lexical = LexicalState()
+        self._engine: Engine | None = self._open_engine()
+        self._report_recovery()
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _open_engine(self) -> Engine:
+        kwargs: dict[str, Any] = {"sync": self._sync}
+        if self._ann_threshold is not None:
+            kwargs["ann_threshold"] = self._ann_threshold
+        return Engine(self.path, **kwargs)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, reopened in a forked child on first use."""
+        if self._closed:
+            raise StoreClosedError(f"the store at {self.path} is closed")
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self.after_fork()
+        engine = self._engine
+        if engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = self._open_engine()
+                engine = self._engine
+        return engine
+
+    @property
+    def log(self) -> Any:
+        """The native log (tests and tools; the store never reaches for it)."""
+        return self.engine.log
+
+    def _report_recovery(self) -> None:
+        recovery = self.recovery()
+        if recovery.damaged:
+            logger.warning(
+                "the store at %s recovered from damage: %d corrupt bytes (%d records) skipped, "
+                "%d bytes of a torn last write cut off, in %d segments read; run "
+                "`headroom-memory verify --db %s` for details",
+                self.path, recovery.corrupt_bytes, recovery.corrupt_records,
+                recovery.torn_tail_bytes, recovery.segments, self.path,
+            )  # fmt: skip
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def append(self, entries: Sequence[Entry]) -> list[int]:
+        """Append one atomic batch (see Backend.append)."""
+        if not entries:
+            return []
+        engine = self.engine
+        seqs: list[int] = engine.append([_native_entry(e) for e in entries])
+        for entry in entries:
+            if entry.op in (Op.PURGE, Op.REVECTOR):
+                engine.drop_user_index(entry.user_id)
+                self._lexical.drop(entry.user_id)
+        return seqs
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def get(self, user_id: str, memory_id: str) -> Memory | None:
+        """The live memory, or None."""
+        row = self.engine.log.get(user_id, memory_id)
+        return None if row is None else _memory(row)
+
+    def memories(self, user_id: str, where: Filter = ALL) -> list[Memory]:
+        """Live memories passing ``where``, oldest first."""
+        return [_memory(row) for row in self._rows(user_id, where)]
+
+    def _rows(self, user_id: str, where: Filter) -> list[dict[str, Any]]:
+        lo = _native.INT64_MIN if where.since_us is None else where.since_us
+        hi = _native.INT64_MAX if where.until_us is None else where.until_us
+        rows: list[dict[str, Any]] = self.engine.log.list(user_id, _mask(where), lo, hi)
+        if where.metadata:
+            rows = [r for r in rows if where.accepts_metadata(_metadata(r))]
+        return rows
+
+    def history(self, user_id: str, memory_id: str) -> list[MemoryVersion]:
+        """Every version, oldest first (REVECTOR entries are not versions)."""
+        versions = []
+        for row in self.engine.log.history(user_id, memory_id):
+            operation = _VERSION_OPS.get(str(row["op"]))
+            if operation is not None:
+                versions.append(
+                    MemoryVersion(
+                        memory_id=row["id"],
+                        text=row["text"],
+                        category=T.category_name(row["category"]) if row["category"] else "fact",
+                        at=T.from_timestamp_us(row["updated_at"]),
+                        operation=operation,  # type: ignore[arg-type]
+                        source=T.source_name(row["source"]) if row["source"] else "manual",
+                        metadata=_metadata(row),
+                    )
+                )
+        return versions
+
+    def count(self, user_id: str) -> int:
+        """Live memories of the user."""
+        return int(self.engine.log.count(user_id))
+
+    def users(self) -> list[str]:
+        """Users with at least one live memory, sorted."""
+        log = self.engine.log
+        return [u for u in log.users() if u and log.count(u)]
+
+    def vectors(self, user_id: str) -> dict[str, Vector]:
+        """The vector of each live memory of the user."""
+        log = self.engine.log
+        labels, matrix = log.vectors(user_id)
+        return {
+            info[0]: np.array(row, np.float32)
+            for info, row in zip(log.resolve(user_id, labels), matrix, strict=True)
+            if info is not None
+        }
+
+    def user_seq(self, user_id: str) -> int:
+        """Seq of the newest entry that touched the user."""
+        return int(self.engine.log.user_seq(user_id))
+
+    def changes(self, user_id: str, since: int) -> ChangeSet:
+        """What changed in the user's live set after ``since``."""
+        log = self.engine.log
+        seq = int(log.user_seq(user_id))
+        removed, added, _ = log.changes(user_id, since)
+        labels = np.asarray(added, np.uint64)
+        infos = log.resolve(user_id, labels)
+        pairs = tuple(
+            (int(label), info[0])
+            for label, info in zip(labels.tolist(), infos, strict=True)
+            if info is not None
+        )
+        top = max([seq, *(label for label, _ in pairs)])
+        return ChangeSet(top, tuple(int(x) for x in np.asarray(removed).tolist()), pairs)
+
+    # --- search ------------------------------------------------------------------------------
+
+    def search(
+        self, user_id: str, query: Vector, k: int, where: Filter = ALL
+    ) -> list[tuple[str, float]]:
+        """Top-k by dot product; filters inside the search (see Backend.search)."""
+        if k <= 0:
+            return []
+        if where.metadata:
+            return self._scan(user_id, query, k, where)
+        return self.engine.search(
+            user_id, query, k, categories=_mask(where), t_min=where.since_us,
+            t_max=where.until_us,
+        )  # fmt: skip
+
+    def _scan(self, user_id: str, query: Vector, k: int, where: Filter) -> list[tuple[str, float]]:
+        """Exact top-k over the memories passing a metadata filter (ties: older first)."""
+        wanted = {int(row["seq"]): row["id"] for row in self._rows(user_id, where)}
+        labels, matrix = self.engine.log.vectors(user_id)
+        if not len(labels):
+            return []
+        if matrix.shape[1] != query.shape[0]:
+            raise InvalidVectorError(
+                f"the query has {query.shape[0]} dims; the user's vectors have {matrix.shape[1]}"
+            )
+        keep = np.fromiter((int(x) in wanted for x in labels.tolist()), bool, len(labels))
+        labels, matrix = labels[keep], matrix[keep]
+        scores = matrix @ query
+        order = sorted(range(len(labels)), key=lambda i: (-float(scores[i]), int(labels[i])))
+        return [(wanted[int(labels[i])], float(scores[i])) for i in order[:k]]
+
+    def ranking(self, user_id: str) -> UserLexicon:
+        """The user's lexical index and vector sum, caught up with the log."""
+        return self._lexical.get(self.engine.log, user_id)
+
+    def warm(self, user_id: str) -> None:
+        """Fold the user's recent writes into the hnswlib index and the lexical state now."""
+        engine = self.engine
+        engine.warm(user_id)
+        self._lexical.warm(engine.log, user_id)
+
+    # --- jobs and config ---------------------------------------------------------------------
+
+    def pending(self, user_id: str | None = None) -> list[Job]:
+        """Open jobs, oldest first."""
+        return [
+            Job(
+                id=row["id"],
+                user_id=row["user"],
+                payload=json.loads(row["text"]),
+                created_at=T.from_timestamp_us(row["created_at"]),
+            )
+            for row in self.engine.log.pending()
+            if user_id is None or row["user"] == user_id
+        ]
+
+    def config(self) -> dict[str, str]:
+        """Latest CONFIG values."""
+        return dict(self.engine.log.config())
+
+    # --- maintenance -------------------------------------------------------------------------
+
+    def compact(self) -> dict[str, int]:
+        """Rewrite the log without dead records; drop every snapshot and derived index."""
+        with self._lock:
+            report = self.engine.compact()
+            self._lexical.drop()
+            return report
+
+    def verify(self, *, repair: bool = False) -> dict[str, Any]:
+        """Check every record and every index snapshot (see Backend.verify).
+
+        Reports what the last open recovered, how many records were read, stored vectors that
+        are not finite, and snapshots that fail their checksum. With ``repair``: bad snapshots
+        are deleted (rebuilt on use) and, when the log had damage, it is compacted so the
+        damaged regions are gone from disk.
+        """
+        with self._lock:
+            log = self.engine.log
+            recovery = dict(log.recovery)
+            records = bad_vectors = 0
+            for record in log.records():
+                records += 1
+                vector = record.get("vector")
+                if vector is not None and not np.isfinite(vector).all():
+                    bad_vectors += 1
+            bad_snapshots = self._bad_snapshots()
+            damaged = bool(recovery.get("corrupt_bytes") or recovery.get("torn_tail_bytes"))
+            report: dict[str, Any] = {
+                "ok": not damaged and not bad_vectors and not bad_snapshots,
+                "records": records,
+                "bad_vectors": bad_vectors,
+                "bad_snapshots": len(bad_snapshots),
+                **{f"recovered_{k}": v for k, v in recovery.items()},
+            }
+            if repair:
+                for path in bad_snapshots:
+                    for suffix in (".meta", ".hnsw"):
+                        with contextlib.suppress(FileNotFoundError):
+                            path.with_suffix(suffix).unlink()
+                if damaged:
+                    self.compact()
+                report["repaired"] = bool(bad_snapshots or damaged)
+            return report
+
+    def _bad_snapshots(self) -> list[Path]:
+        index_dir = self.path / "indexes"
+        bad = []
+        if index_dir.is_dir():
+            for meta_path in sorted(index_dir.glob("*.meta")):
+                try:
+                    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                    ok = UserIndex.load(index_dir, meta["user_id"], int(meta["dim"]))
+                except (OSError, ValueError, KeyError, TypeError):
+                    ok = None
+                if ok is None:
+                    bad.append(meta_path)
+        return bad
+
+    def recovery(self) -> Recovery:
+        """What the opens of this log found (cumulative)."""
+        found = self.engine.log.recovery
+        return Recovery(
+            torn_tail_bytes=int(found["torn_tail_bytes"]),
+            corrupt_bytes=int(found["corrupt_bytes"]),
+            corrupt_records=int(found["corrupt_records"]),
+            segments=int(found["segments"]),
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """The log's counts and sizes."""
+        return dict(self.engine.log.stats())
+
+    def flush(self) -> None:
+        """fsync everything appended so far."""
+        self.engine.log.flush()
+
+    def close(self) -> None:
+        """Snapshot indexes worth keeping and close the log. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            engine, self._engine = self._engine, None
+        if engine is not None and self._pid == os.getpid():
+            engine.close()
+
+    def after_fork(self) -> None:
+        """In the child: drop the inherited log without flushing; reopen lazily."""
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        # A thread of the parent may have held a lexicon's lock mid-update: start afresh.
+        self._lexical = LexicalState()
+        if self._engine is not None:
+            with contextlib.suppress(Exception):
+                self._engine.abandon()
+            # Its handles belong to the parent; nothing of it may run here (not a destructor).
+            _ABANDONED.append(self._engine)
+            self._engine = None
+
+
+# --- conversions at the binding ---------------------------------------------------------------
+
+
+def _native_entry(entry: Entry) -> tuple[Any, ...]:
+    """The binding's positional tuple of an entry (docs/architecture.md, ``append``)."""
+    metadata = (
+        "" if entry.metadata is None else json.dumps(dict(entry.metadata), ensure_ascii=False)
+    )
+    return (
+        NATIVE_OP[entry.op],
+        entry.user_id,
+        entry.memory_id,
+        T.category_code(entry.category) if entry.category else 0,
+        T.source_code(entry.source) if entry.source else 0,
+        entry.created_at_us,
+        entry.text,
+        metadata,
+        entry.model,
+        entry.vector,
+        entry.at_us,
+    )
+
+
+def _json(metadata: Any) -> str:
+    return json.dumps(dict(metadata), ensure_ascii=False)
+
+
+def _metadata(row: dict[str, Any]) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(row["metadata"]) if row["metadata"] else {}
+    return loaded
+
+
+def _memory(row: dict[str, Any]) -> Memory:
+    return Memory(
+        id=row["id"],
+        text=row["text"],
+        category=T.category_name(row["category"]),
+        created_at=T.from_timestamp_us(row["created_at"]),
+        updated_at=T.from_timestamp_us(row["updated_at"]),
+        source=T.source_name(row["source"]) if row["source"] else "manual",
+        metadata=_metadata(row),
+        user_id=row["user"],
+    )
+
+
+def _mask(where: Filter) -> int:
+    mask = 0
+    for name in where.categories:
+        mask |= 1 << T.category_code(name)
+    return mask
