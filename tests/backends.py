@@ -1,0 +1,34 @@
+"""The storage backends the contract suite runs on, and how each makes a fresh, empty store.
+
+A backend takes part in the whole contract suite (tests/test_backend_contract.py and the
+stateful property test) by adding a :class:`BackendKind` to :data:`KINDS`: a name and a way to
+make the location (a directory path or a URL) of a new, empty store.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+_counter = itertools.count()
+
+
+@dataclass(frozen=True)
+class BackendKind:
+    """A backend of the contract suite.
+
+    ``new_location(scratch)`` names a new, empty store; ``scratch`` is a directory the caller
+    owns and removes afterwards (a backend that keeps no files may ignore it).
+    """
+
+    name: str
+    new_location: Callable[[Path], str]
+
+
+def _new_local_location(scratch: Path) -> str:
+    return str(scratch / f"db{next(_counter)}")
+
+
+KINDS: list[BackendKind] = [BackendKind("local", _new_local_location)]

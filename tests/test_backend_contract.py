@@ -1,0 +1,321 @@
+"""The backend contract: what MemoryStore promises, run on every backend of tests/backends.py.
+
+Isolation, history, filters inside the search (category, time, metadata: k results whenever k
+match), export/import round trip, jobs, the change feed, hard delete, the embedding-model rule
+and reopen. A backend joins by adding itself to ``tests.backends.KINDS``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from headroom.memory import errors
+from headroom.memory.store.backend import Entry, Filter
+from headroom.memory.store.store import MemoryStore
+from headroom.memory.types import MemoryUpdate, NewMemory
+from tests.backends import KINDS, BackendKind
+from tests.store_helpers import HashEmbedder
+
+OpenStore = Callable[..., MemoryStore]
+
+
+@pytest.fixture(params=KINDS, ids=[k.name for k in KINDS])
+def kind(request: pytest.FixtureRequest) -> BackendKind:
+    kind: BackendKind = request.param
+    return kind
+
+
+@pytest.fixture
+def open_store(kind: BackendKind, tmp_path: Path) -> Iterator[OpenStore]:
+    """Opens a store at one fresh location (again and again: reopen sees the same data)."""
+    location = kind.new_location(tmp_path)
+    opened: list[MemoryStore] = []
+
+    def open_(**kwargs: Any) -> MemoryStore:
+        kwargs.setdefault("embedder", HashEmbedder(64))
+        kwargs.setdefault("sync", "off")
+        store = MemoryStore(location, **kwargs)
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: OpenStore) -> MemoryStore:
+    return open_store()
+
+
+def _ids(results: list[Any]) -> list[str]:
+    return [m.id for m, _ in results]
+
+
+# --- isolation --------------------------------------------------------------------------------
+
+
+def test_every_read_and_write_is_scoped_to_its_user(store: MemoryStore) -> None:
+    alice = store.add("alice", "Alice drinks oolong tea", metadata={"team": "x"})
+    bob = store.add("bob", "Bob drinks oolong tea", metadata={"team": "x"})
+    assert store.get("bob", alice.id) is None and store.get("alice", bob.id) is None
+    assert [m.id for m in store.get_all("alice")] == [alice.id]
+    for query in ("oolong tea", store.embedder.embed(["Bob drinks oolong tea"])[0]):
+        assert _ids(store.search("alice", query, top_k=10)) == [alice.id]
+    assert _ids(store.search("alice", "tea", top_k=10, metadata={"team": "x"})) == [alice.id]
+    assert store.history("alice", bob.id) == []
+    with pytest.raises(errors.MemoryNotFoundError):
+        store.update("alice", bob.id, "hijacked")
+    with pytest.raises(errors.MemoryNotFoundError):
+        store.delete("alice", bob.id)
+    applied = store.apply("alice", updates=[MemoryUpdate(bob.id, "hijacked")], deletes=[bob.id])
+    assert not applied.updated and not applied.deleted
+    assert store.forget("alice", [bob.id]) == 0
+    assert store.get("bob", bob.id) is not None and store.get("bob", bob.id).text == bob.text  # type: ignore[union-attr]
+    store.clear("alice", hard=True)
+    assert [m.id for m in store.get_all("bob")] == [bob.id]
+    assert store.users() == ["bob"]
+
+
+# --- versions ---------------------------------------------------------------------------------
+
+
+def test_history_keeps_every_version_and_the_deletion(store: MemoryStore) -> None:
+    memory = store.add("u", "User is a senior engineer", category="fact", metadata={"a": 1})
+    updated = store.update("u", memory.id, "User is a staff engineer", category="context")
+    assert updated.category == "context" and updated.metadata == {"a": 1}
+    assert updated.created_at == memory.created_at and updated.updated_at >= memory.updated_at
+    store.delete("u", memory.id)
+    history = store.history("u", memory.id)
+    assert [(v.operation, v.text, v.category) for v in history] == [
+        ("add", "User is a senior engineer", "fact"),
+        ("update", "User is a staff engineer", "context"),
+        ("delete", "User is a staff engineer", "context"),
+    ]
+    assert store.get("u", memory.id) is None and store.get_all("u") == []
+
+
+def test_dedup_skips_exact_repeats_and_explicit_adds_are_kept(store: MemoryStore) -> None:
+    first = store.add_many("u", [NewMemory("User likes jazz")]).added
+    again = store.add_many("u", [NewMemory("user likes  JAZZ."), NewMemory("User likes rock")])
+    assert len(first) == 1 and again.skipped == ("user likes  JAZZ.",)
+    assert [m.text for m in again.added] == ["User likes rock"]
+    store.add("u", "User likes jazz")  # an explicit add is not deduplicated
+    assert len(store.get_all("u")) == 3
+
+
+# --- filters inside the search ----------------------------------------------------------------
+
+
+def _filtered_store(store: MemoryStore) -> dict[str, list[str]]:
+    """40 memories near one query, few of which pass each filter."""
+    base = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    ids: dict[str, list[str]] = {"project": [], "late": [], "preference": []}
+    items = []
+    for i in range(40):
+        metadata: dict[str, Any] = {"n": i, "project": "apollo" if i % 10 == 3 else "zeus"}
+        if i % 7 == 0:
+            metadata["tags"] = ["a", "b"]
+        items.append(
+            NewMemory(
+                f"User note {i} about the deployment pipeline",
+                "preference" if i % 13 == 5 else "fact",
+                metadata,
+                base + timedelta(days=i),
+            )
+        )
+    for memory in store.add_many("u", items, dedup=False).added:
+        n = memory.metadata["n"]
+        if memory.metadata["project"] == "apollo":
+            ids["project"].append(memory.id)
+        if n >= 37:
+            ids["late"].append(memory.id)
+        if memory.category == "preference":
+            ids["preference"].append(memory.id)
+    store.add("other", "User note about the deployment pipeline", metadata={"project": "apollo"})
+    return ids
+
+
+@pytest.mark.parametrize("hybrid", [True, False])
+def test_filters_apply_inside_the_search(store: MemoryStore, hybrid: bool) -> None:
+    ids = _filtered_store(store)
+    q = "deployment pipeline note"
+    found = store.search("u", q, top_k=5, metadata={"project": "apollo"}, hybrid=hybrid)
+    assert sorted(_ids(found)) == sorted(ids["project"])  # 4 match: all 4, nothing else
+    found = store.search("u", q, top_k=2, metadata={"project": "apollo"}, hybrid=hybrid)
+    assert len(found) == 2 and set(_ids(found)) <= set(ids["project"])
+    since = datetime(2025, 1, 1, tzinfo=timezone.utc) + timedelta(days=37)
+    found = store.search("u", q, top_k=10, since=since, hybrid=hybrid)
+    assert sorted(_ids(found)) == sorted(ids["late"])
+    found = store.search("u", q, top_k=10, category="preference", hybrid=hybrid)
+    assert sorted(_ids(found)) == sorted(ids["preference"])
+    found = store.search(
+        "u", q, top_k=10, metadata={"project": ["apollo", "hera"], "n": [3, 13, 14]}, hybrid=hybrid
+    )
+    assert sorted(m.metadata["n"] for m, _ in found) == [3, 13]
+    found = store.search("u", q, top_k=10, metadata={"tags": [["a", "b"]]}, hybrid=hybrid)
+    assert sorted(m.metadata["n"] for m, _ in found) == [0, 7, 14, 21, 28, 35]
+    assert store.search("u", q, top_k=10, metadata={"missing": 1}, hybrid=hybrid) == []
+    found = store.search("u", q, top_k=10, metadata={"n": True}, hybrid=hybrid)
+    assert found == []  # JSON equality: true is not 1
+
+
+def test_get_all_takes_the_same_filters(store: MemoryStore) -> None:
+    ids = _filtered_store(store)
+    assert [m.id for m in store.get_all("u", metadata={"project": "apollo"})] == ids["project"]
+    got = store.get_all("u", "fact", metadata={"project": "apollo"}, since=0)
+    assert [m.id for m in got] == [i for i in ids["project"] if i not in ids["preference"]]
+    assert store.get_all("u", metadata={"n": [0, 39]}, until=datetime(2025, 1, 2)) != []
+
+
+def test_a_bad_filter_is_a_typed_error(store: MemoryStore) -> None:
+    store.add("u", "User likes tea")
+    with pytest.raises(errors.InvalidInputError):
+        store.search("u", "tea", metadata=["project"])  # type: ignore[arg-type]
+    with pytest.raises(errors.InvalidInputError):
+        store.get_all("u", metadata={"project": []})
+    with pytest.raises(errors.InvalidInputError):
+        store.search("u", "tea", metadata={"k": object()})
+    with pytest.raises(errors.InvalidCategoryError):
+        store.search("u", "tea", category="hobby")
+
+
+# --- export / import --------------------------------------------------------------------------
+
+
+def test_export_import_round_trip_is_exact(
+    open_store: OpenStore, kind: BackendKind, tmp_path: Path
+) -> None:
+    source = open_store()
+    memory = source.add("u", "User lives in Lisbon", "fact", {"k": [1, "x"]}, created_at=1.7e9)
+    source.update("u", memory.id, "User lives in Porto")
+    source.add("v", "User prefers green tea", "preference")
+    exported = list(source.export(include_vectors=True))
+    target = MemoryStore(kind.new_location(tmp_path), embedder=HashEmbedder(64), sync="off")
+    try:
+        assert target.import_(json.loads(json.dumps(r)) for r in exported) == 2
+        assert list(target.export(include_vectors=True)) == exported
+        assert target.import_(exported) == 0  # idempotent
+        assert [v.text for v in target.history("u", memory.id)] == [
+            "User lives in Lisbon",
+            "User lives in Porto",
+        ]
+    finally:
+        target.close()
+
+
+def test_a_bad_record_imports_nothing(open_store: OpenStore) -> None:
+    store = open_store()
+    good = {"user_id": "u", "id": "a", "text": "User likes tea", "category": "fact"}
+    bad = {"user_id": "u", "id": "b", "text": "", "category": "fact"}
+    with pytest.raises(errors.InvalidTextError, match="record 2"):
+        store.import_([good, bad, {**good, "id": "c"}])
+    assert store.get_all("u") == []
+
+
+# --- jobs, change feed, hard delete, config ---------------------------------------------------
+
+
+def test_jobs_are_durable_until_done_and_forget_drops_them(open_store: OpenStore) -> None:
+    store = open_store()
+    first = store.enqueue("u", {"turn": 1})
+    store.enqueue("v", {"turn": 2})
+    store.close()
+    store = open_store()
+    assert [(j.user_id, j.payload) for j in store.pending()] == [
+        ("u", {"turn": 1}),
+        ("v", {"turn": 2}),
+    ]
+    store.complete("u", first)
+    assert [j.user_id for j in store.pending()] == ["v"]
+    store.enqueue("v", {"turn": 3})
+    store.forget("v")
+    assert store.pending() == []
+
+
+def test_the_change_feed_reports_adds_updates_and_removals(store: MemoryStore) -> None:
+    backend = store.backend
+    a = store.add("u", "User likes tea")
+    since = backend.user_seq("u")
+    b = store.add("u", "User likes coffee")
+    store.update("u", a.id, "User likes green tea")
+    changes = backend.changes("u", since)
+    assert changes.seq == backend.user_seq("u") > since
+    assert sorted(i for _, i in changes.added) == sorted([a.id, b.id])
+    assert len(changes.removed) == 1  # a's first version
+    since = changes.seq
+    store.delete("u", b.id)
+    changes = backend.changes("u", since)
+    assert changes.added == () and len(changes.removed) == 1
+    assert backend.changes("u", backend.user_seq("u")).removed == ()
+
+
+def test_forget_removes_every_version_for_good(open_store: OpenStore) -> None:
+    store = open_store()
+    kept = store.add("u", "User keeps this")
+    gone = store.add("u", "User wants this forgotten")
+    store.update("u", gone.id, "User wants this forgotten, really")
+    assert store.forget("u", [gone.id, "nosuch"]) == 1
+    assert store.get("u", gone.id) is None and store.history("u", gone.id) == []
+    store.close()
+    store = open_store()
+    assert [m.id for m in store.get_all("u")] == [kept.id]
+    assert all(m.id != gone.id for m, _ in store.search("u", "forgotten", top_k=5))
+    assert store.forget("u") == 1 and store.get_all("u") == [] and store.users() == []
+
+
+def test_the_store_is_bound_to_its_embedding_model(open_store: OpenStore) -> None:
+    store = open_store()
+    store.add("u", "User likes tea")
+    assert store.recorded_model() == {"model": "test/hash-64", "dim": 64}
+    with pytest.raises(errors.EmbeddingModelMismatchError):
+        open_store(embedder=HashEmbedder(32))
+    assert store.stats()["embedding_model"] == "test/hash-64"
+
+
+def test_a_vector_of_another_dimension_is_refused(store: MemoryStore) -> None:
+    store.add("u", "User likes tea")
+    with pytest.raises(errors.InvalidVectorError):
+        store.search("u", np.zeros(32, np.float32))
+    with pytest.raises(errors.InvalidVectorError):
+        store.backend.append(
+            [
+                Entry.add(
+                    "u", "x", "text", category="fact", source="manual", created_at_us=1,
+                    metadata={}, model="m", vector=np.ones(32, np.float32),
+                )
+            ]
+        )  # fmt: skip
+
+
+def test_a_batch_is_all_or_nothing(store: MemoryStore) -> None:
+    store.add("u", "User likes tea")
+    vector = np.ones(64, np.float32) / 8
+    good = Entry.add(
+        "u", "fresh", "a fresh memory", category="fact", source="manual", created_at_us=1,
+        metadata={}, model="test/hash-64", vector=vector,
+    )  # fmt: skip
+    with pytest.raises(errors.MemoryNotFoundError):
+        store.backend.append([good, Entry.delete("u", "nosuch")])
+    assert store.get("u", "fresh") is None
+
+
+def test_stats_and_reopen(open_store: OpenStore) -> None:
+    store = open_store()
+    store.add_many("u", [NewMemory("User likes tea", "preference"), NewMemory("User is 40")])
+    store.add("v", "User lives in Porto", "context")
+    store.close()
+    store = open_store()
+    stats = store.stats()
+    assert stats["total_memories"] == 3 and stats["users"] == 2
+    assert stats["categories"] == {"preference": 1, "fact": 1, "context": 1}
+    assert stats["recovery"]["corrupt_bytes"] == 0
+    assert store.stats("u")["total_memories"] == 2
+    assert store.backend.memories("u", Filter.build("preference"))[0].text == "User likes tea"
