@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from headroom.memory.store.store import MemoryStore
+from tests.backends import KINDS, BackendKind
 from tests.store_helpers import HashEmbedder
 
 USERS = ["alice", "bob", "agent/researcher", "ünïcode user"]
@@ -29,13 +30,16 @@ texts = st.lists(words, min_size=1, max_size=4).map(" ".join)
 
 
 class StoreMachine(RuleBasedStateMachine):
+    #: The backend under test (one TestCase per backend kind, below).
+    kind: BackendKind = KINDS[0]
     #: None: the default (exact search for users this small); a small number forces the
-    #: hnswlib path, its catch-up from the log, and its snapshots.
+    #: local backend's hnswlib path, its catch-up from the log, and its snapshots.
     ann_threshold: int | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="hm-stateful-"))
+        self.location = self.kind.new_location(self.dir)
         self.embedder = HashEmbedder()
         self.store = self._open()
         self.model: dict[str, dict[str, tuple[str, str]]] = {u: {} for u in USERS}
@@ -43,7 +47,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     def _open(self) -> MemoryStore:
         return MemoryStore(
-            self.dir / "db", embedder=self.embedder, sync="off", ann_threshold=self.ann_threshold
+            self.location, embedder=self.embedder, sync="off", ann_threshold=self.ann_threshold
         )
 
     def teardown(self) -> None:
@@ -148,24 +152,40 @@ class StoreMachine(RuleBasedStateMachine):
             assert scores == sorted(scores, reverse=True)
 
     @invariant()
-    def vector_sums_match(self) -> None:
-        # The compiled core's sum, and the hybrid side's copy kept current from the log's
-        # changes (added vectors summed in, a full sum again after a removal).
-        log = self.store.backend.log
+    def vector_means_match(self) -> None:
+        # The mean the hybrid search centres on, kept current from the change feed (added
+        # vectors summed in, a full sum again after a removal), equals the model's.
         for user in USERS:
             texts = [t for t, _ in self.model[user].values()]
-            want = self.embedder.embed(texts).astype(np.float64).sum(axis=0)
+            mean = self.store.backend.ranking(user).vector_mean(1)
+            if not texts:
+                assert mean is None
+                continue
+            want = self.embedder.embed(texts).astype(np.float64).mean(axis=0)
+            assert mean is not None and np.allclose(mean, want, atol=1e-5)
+
+    @invariant()
+    def compiled_vector_sums_match(self) -> None:
+        log = getattr(self.store.backend, "log", None)
+        if log is None:  # not the local backend
+            return
+        for user in USERS:
+            texts = [t for t, _ in self.model[user].values()]
             total, count, seq = log.vector_sum(user)
             assert count == len(texts) and seq == log.user_seq(user)
             if texts:
+                want = self.embedder.embed(texts).astype(np.float64).sum(axis=0)
                 assert np.allclose(total, want, atol=1e-5)
-            lexicon = self.store.backend.ranking(user)
-            if texts:
-                assert lexicon.vectors is not None
-                assert lexicon.vectors[1] == len(texts)
-                assert np.allclose(lexicon.vectors[0], want, atol=1e-5)
-            else:
-                assert lexicon.vectors is None
+
+    @invariant()
+    def history_counts_match(self) -> None:
+        # Every live memory has one version per add or update, each with the text written.
+        for user, memories in self.model.items():
+            for memory_id, (text, _) in memories.items():
+                versions = self.store.history(user, memory_id)
+                assert len(versions) == self.history[memory_id]
+                assert versions[0].operation == "add" and versions[-1].text == text
+                assert all(v.operation == "update" for v in versions[1:])
 
     @invariant()
     def category_filter_returns_k(self) -> None:
@@ -185,3 +205,9 @@ StoreMachine.TestCase.settings = _settings
 AnnStoreMachine.TestCase.settings = _settings
 TestStoreMachine = StoreMachine.TestCase
 TestAnnStoreMachine = AnnStoreMachine.TestCase
+
+# The same machine on every other backend of the contract suite.
+for _kind in KINDS[1:]:
+    _machine = type(f"{_kind.name.title()}StoreMachine", (StoreMachine,), {"kind": _kind})
+    _machine.TestCase.settings = _settings
+    globals()[f"Test{_machine.__name__}"] = _machine.TestCase
