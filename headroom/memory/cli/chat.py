@@ -4,7 +4,10 @@
 from the environment as the openai SDK reads it, ``OPENAI_API_KEY``) through
 ``with_fast_memory`` and shows, on every turn, which memories were injected and which were
 extracted. Lines come from standard input, so it can be scripted; an empty line or end of
-input ends it.
+input ends it. ``--user`` is required (there is no default user).
+
+``reembed`` migrates an existing store (exit 3 ``no store at PATH`` when there is none).
+Exit codes as every command (``guard``): 0 success, 1 failure, 2 usage, 3 not found.
 """
 
 from __future__ import annotations
@@ -13,9 +16,8 @@ import argparse
 import sys
 from typing import Any
 
-from .store_commands import guard
-
-EXIT_OK = 0
+from ..errors import InvalidInputError
+from .guard import EXIT_OK, guard
 
 
 @guard
@@ -67,22 +69,31 @@ def _chat(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@guard
-def _reembed(args: argparse.Namespace) -> int:
+def _target_embedder(args: argparse.Namespace) -> Any:
     from ..embedders import get_embedder
-    from ..store.store import MemoryStore
+    from ..embedders.factory import LOCAL_MODELS
 
     if args.model.startswith("openai:"):
         from openai import OpenAI
 
         client = OpenAI(base_url=args.base_url) if args.base_url else OpenAI()
         opts = {"dimensions": args.dimensions} if args.dimensions else {}
-        embedder = get_embedder(
+        return get_embedder(
             use_local=False, model=args.model.removeprefix("openai:"), client=client, **opts
         )
-    else:
-        embedder = get_embedder(use_local=True, model=args.model)
-    with MemoryStore(args.db) as store:
+    if args.model in LOCAL_MODELS:
+        return get_embedder(use_local=True, model=args.model)
+    raise InvalidInputError(
+        f"unknown --model {args.model!r}: all-MiniLM-L6-v2, or openai:MODEL for an API model"
+    )
+
+
+@guard
+def _reembed(args: argparse.Namespace) -> int:
+    from .store_commands import open_store
+
+    with open_store(args.db) as store:
+        embedder = _target_embedder(args)
         count = store.reembed(embedder)
     print(f"re-embedded {count} memories with {embedder.model_id}")
     return EXIT_OK
@@ -91,8 +102,8 @@ def _reembed(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``chat`` and ``reembed``."""
     p = sub.add_parser("chat", help="chat with memory against an OpenAI-compatible endpoint")
-    p.add_argument("--db", default="memory.db")
-    p.add_argument("--user", default="default")
+    p.add_argument("--db", default="memory.db", help="store directory (default: memory.db)")
+    p.add_argument("--user", required=True, help="the user chatting (required)")
     p.add_argument("--base-url", help="the endpoint (default: the SDK's, or OPENAI_BASE_URL)")
     p.add_argument("--model", default="gpt-4o-mini")
     p.add_argument("--top-k", type=int, default=5)
@@ -100,7 +111,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(handler=_chat)
 
     p = sub.add_parser("reembed", help="migrate the store to another embedding model")
-    p.add_argument("--db", default="memory.db")
+    p.add_argument("--db", default="memory.db", help="store directory (default: memory.db)")
     p.add_argument(
         "--model",
         required=True,

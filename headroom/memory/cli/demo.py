@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .guard import fail, guard
 from .scripted_llm import Note, ScriptedLLM, ScriptedTurn, note_id
 
 USER = "maya"
@@ -139,8 +140,7 @@ def run(db_path: Path, *, out: Any = sys.stdout, stream_turn: int = 1) -> int:
         embedder.embed(["warm-up"])
         load_time = time.perf_counter() - started
     except ModelNotFoundError as exc:
-        say(f"headroom-memory demo: {exc}")
-        return 1
+        return fail(f"demo: {exc}")
 
     llm = ScriptedLLM(SCRIPT).start()
     events: list[MemoryEvent] = []
@@ -278,8 +278,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(handler=handle)
 
 
+@guard
 def handle(args: argparse.Namespace) -> int:
-    """Run the demo as the CLI asks."""
+    """Run the demo as the CLI asks (a failure is one line on stderr and exit 1)."""
     if args.db:
         return run(Path(args.db))
     tmp = Path(tempfile.mkdtemp(prefix="headroom-demo-"))

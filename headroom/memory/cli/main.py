@@ -1,16 +1,30 @@
 """The ``headroom-memory`` command line.
 
-Each subcommand lives in a function registered in ``_COMMANDS``; ``main`` parses and dispatches.
-Exit codes: 0 success, 1 the operation failed (message on stderr), 2 bad usage.
+Each command module (``commands.COMMAND_MODULES``) registers its subcommands; ``main`` parses
+and dispatches. Every handler runs under ``guard.guard``, so an expected failure is one line on
+stderr and an exit code, never a traceback: 0 success, 1 the operation failed, 2 bad usage,
+3 not found (the store or the memory asked for).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 Handler = Callable[[argparse.Namespace], int]
+
+EPILOG = """\
+users: list, search, add, show, history, delete, forget, prune and chat are about one user's
+memories and require --user ID (there is no default user); stats and export cover every user
+unless --user narrows them; import --user sets the owner of every imported record.
+
+stores: only add, import, chat and demo create a store; every other command on a path without
+a store exits 3 with "no store at PATH" and creates nothing.
+
+exit codes: 0 success, 1 the operation failed (one line on stderr), 2 bad usage,
+3 not found (the store, or the memory asked for)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headroom-memory",
         description="Inspect and manage a headroom memory store.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -37,6 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        # The reader went away (e.g. `| head`): end quietly, without a second error at exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
         return 0
 
 

