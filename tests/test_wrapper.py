@@ -27,7 +27,11 @@ from store_helpers import HashEmbedder
 from headroom.memory import MemoryEvent, MemoryStore, with_fast_memory
 from headroom.memory.client.background import close_all
 from headroom.memory.client.wrapper import MemoryClient
-from headroom.memory.errors import InvalidInputError, InvalidUserIdError
+from headroom.memory.errors import (
+    EmbeddingModelMismatchError,
+    InvalidInputError,
+    InvalidUserIdError,
+)
 from headroom.memory.protocol.block import MEMORY_INSTRUCTION, clean_text
 
 EMBEDDER = HashEmbedder(dim=32)
@@ -716,6 +720,29 @@ def test_api_embeddings_go_through_the_wrapped_client(
     assert any("User prefers Python" in str(i) for i in inputs)
     assert any("What language should I use?" in str(i) for i in inputs)
     assert "User prefers Python" in injected_text(server.chat_requests()[-1])
+
+
+def test_one_rule_binds_a_store_to_its_embedding_model(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    # A store made with API embeddings, wrapped again with the defaults (MiniLM) or another
+    # API model: both are the same mismatch, raised at wrap time, naming both models.
+    db = tmp_path / "memory.db"
+    made = with_fast_memory(sync_client(server), "alice", db, use_local_embeddings=False)
+    made.memory.add("User prefers Python")
+    made.flush()
+    MemoryStore.open(db).close()  # the wrappers above share it; reopen from the log
+    for kwargs in (
+        {},
+        {"use_local_embeddings": False, "embedding_model": "text-embedding-3-large"},
+    ):
+        with pytest.raises(EmbeddingModelMismatchError, match="text-embedding-3-small"):
+            with_fast_memory(sync_client(server), "alice", db, **kwargs)
+    again = with_fast_memory(sync_client(server), "alice", db, use_local_embeddings=False)
+    assert [m.text for m in again.memory.get_all()] == ["User prefers Python"]
+    # Without naming a model, the store's own is used (the command line, MemoryStore.open).
+    store = MemoryStore.open(db)
+    assert store.embedder.model_id == "openai/text-embedding-3-small@1536"
 
 
 def test_isinstance_and_rewrapping(server: ScriptedServer, tmp_path: Path) -> None:

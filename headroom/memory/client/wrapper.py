@@ -240,14 +240,13 @@ def _embedding_client(client: Any) -> Any:
     )
 
 
-def _embedder(client: Any, use_local: bool, model: str) -> Embedder | None:
-    """The embedder to open the store with; None means the store's default (local MiniLM).
+def _embedder(client: Any, use_local: bool, model: str) -> Embedder:
+    """The embedder the wrap names (the store refuses it when it holds another model's
+    vectors: EmbeddingModelMismatchError). Nothing is loaded here.
 
-    API embedders are shared per (model, endpoint, key), so wrapping per request creates
-    one embedder per process, not one per wrap.
+    Embedders are shared per process (API ones per model, endpoint and key), so wrapping per
+    request creates one embedder per process, not one per wrap.
     """
-    if use_local and model == DEFAULT_LOCAL_MODEL:
-        return None
     from ..embedders import get_embedder
     from ..embedders.factory import LOCAL_MODELS
 

@@ -250,7 +250,9 @@ class MemoryStore:
             raise EmbeddingModelMismatchError(
                 f"the store at {self.path} holds vectors of {have['model']} ({have['dim']} dims); "
                 f"the embedder is {wanted['model']} ({wanted['dim']} dims). Open it with the same "
-                "model, or migrate it: headroom-memory reembed --db PATH --model MODEL"
+                "model (wrappers: use_local_embeddings=False and embedding_model=NAME for an API "
+                "model, the defaults for MiniLM), or migrate it: headroom-memory reembed --db "
+                "PATH --model MODEL"
             )
 
     def _embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
