@@ -32,12 +32,19 @@ import random
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..protocol.block import MEMORY_INSTRUCTION
-from ..protocol.injection import build_injection
-from ..protocol.pipeline import MemoryEvent, Observer, Settings, parse_choice, store_ops
+from ..protocol.pipeline import (
+    MemoryEvent,
+    Observer,
+    Settings,
+    find_memories,
+    notify,
+    parse_choice,
+    store_ops,
+)
 
 if TYPE_CHECKING:
     from ..store.store import MemoryStore
@@ -275,9 +282,9 @@ class ExtractionWorker:
                 job.attempts + 1,
                 exc,
             )
-            _notify(observer, MemoryEvent(job.user_id, "on", "background", error=exc))
+            notify(observer, MemoryEvent(job.user_id, "on", "background", error=exc))
             return False
-        _notify(
+        notify(
             observer,
             MemoryEvent(
                 job.user_id,
@@ -305,16 +312,10 @@ class ExtractionWorker:
         ]
         id_map: Mapping[str, str] = {}
         shown: tuple[Any, ...] = ()
-        if query:
-            results = self._store.search(
-                settings.user_id, query, top_k=settings.top_k, min_score=settings.min_score
-            )
-            context = build_injection(
-                results, min_score=settings.min_score, max_tokens=settings.max_tokens
-            )
-            if context.message is not None:
-                prompt.append(dict(context.message))
-                id_map, shown = context.id_map, tuple(context.shown)
+        context = find_memories(self._store, replace(settings, role="system"), query)
+        if context is not None and context.message is not None:
+            prompt.append(dict(context.message))
+            id_map, shown = context.id_map, tuple(context.shown)
         transcript = json.dumps(messages, ensure_ascii=False)
         prompt.append({"role": "user", "content": f"The conversation, as JSON:\n{transcript}"})
         return prompt, id_map, shown
@@ -365,15 +366,6 @@ def is_async_client(client: Any) -> bool:
     except ImportError:  # pragma: no cover - openai is a dependency
         pass
     return type(client).__name__.startswith("Async")
-
-
-def _notify(observer: Observer | None, event: MemoryEvent) -> None:
-    if observer is None:
-        return
-    try:
-        observer(event)
-    except Exception:
-        logger.exception("headroom.memory: the observer raised; ignored")
 
 
 _WORKERS: dict[int, tuple[Any, ExtractionWorker]] = {}

@@ -30,6 +30,7 @@ from ..protocol.pipeline import (
     instruct,
     is_json_mode,
     last_user_text,
+    notify,
     parse_choice,
     prepare,
     store_ops,
@@ -59,12 +60,7 @@ class Core:
 
     def event(self, event: MemoryEvent) -> None:
         """Hand ``event`` to the observer; an observer that raises is logged, not raised."""
-        if self.observer is None:
-            return
-        try:
-            self.observer(event)
-        except Exception:
-            logger.exception("headroom.memory: the observer raised; ignored")
+        notify(self.observer, event)
 
     def get_worker(self, client: Any) -> ExtractionWorker:
         """The store's extraction worker, with ``client`` registered for this user.

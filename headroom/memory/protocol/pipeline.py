@@ -185,6 +185,32 @@ def is_json_mode(response_format: object) -> bool:
     return kind in JSON_FORMATS
 
 
+def notify(observer: Observer | None, event: MemoryEvent) -> None:
+    """Hand ``event`` to the observer; an observer that raises is logged, never raised."""
+    if observer is None:
+        return
+    try:
+        observer(event)
+    except Exception:
+        logger.exception("headroom.memory: the observer raised; ignored")
+
+
+def find_memories(store: MemoryStore, settings: Settings, query: str) -> InjectedContext | None:
+    """The user's memories relevant to ``query``, rendered for injection (the one search every
+    path injects with: inline, background extraction); None when nothing is relevant enough."""
+    if not query:
+        return None
+    results = store.search(
+        settings.user_id, query, top_k=settings.top_k, min_score=settings.min_score
+    )
+    if not results:
+        return None
+    context = build_injection(
+        results, min_score=settings.min_score, max_tokens=settings.max_tokens, role=settings.role
+    )
+    return context if context.message is not None else None
+
+
 def inject(
     store: MemoryStore, settings: Settings, messages: Sequence[object]
 ) -> tuple[list[Any], InjectedContext | None]:
@@ -195,18 +221,8 @@ def inject(
     """
     out = list(messages)
     index = last_user_index(out)
-    query = last_user_text(out)
-    if index is None or not query:
-        return out, None
-    results = store.search(
-        settings.user_id, query, top_k=settings.top_k, min_score=settings.min_score
-    )
-    if not results:
-        return out, None
-    context = build_injection(
-        results, min_score=settings.min_score, max_tokens=settings.max_tokens, role=settings.role
-    )
-    if context.message is None:
+    context = find_memories(store, settings, last_user_text(out)) if index is not None else None
+    if index is None or context is None or context.message is None:
         return out, None
     out.insert(index, context.message)
     return out, context
