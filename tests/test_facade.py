@@ -123,6 +123,11 @@ def test_async_facade_is_awaitable_and_bound(tmp_path: Path) -> None:
         [(hit, score)] = await alice.memory.search("User prefers Python")
         assert hit.id == added.id and score > 0.99
         assert (await alice.memory.stats())["total_chunks"] == 1
+        assert await alice.memory.search("Python", metadata={"team": "x"}) == []
+        assert await alice.memory.get_all(metadata={"team": "x"}) == []
+        tagged = await alice.memory.add("User is on team x", metadata={"team": "x"})
+        assert [m.id for m in await alice.memory.get_all(metadata={"team": "x"})] == [tagged.id]
+        await alice.memory.delete(tagged.id)
         assert (await alice.memory.update(added.id, "User prefers Go")).text == "User prefers Go"
         assert len(await alice.memory.history(added.id)) == 2
         records = await alice.memory.export()

@@ -15,7 +15,8 @@ Semantics are the store's (docs/architecture.md): ``delete`` and ``clear()`` are
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -68,8 +69,10 @@ class MemoryFacade:
         since: TimeLike = None,
         until: TimeLike = None,
         min_score: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> list[tuple[Memory, float]]:
-        """Up to ``top_k`` ``(memory, score)`` pairs most similar to ``query``, best first."""
+        """Up to ``top_k`` ``(memory, score)`` pairs most relevant to ``query``, best first;
+        filters as ``MemoryStore.search`` (category, created_at range, metadata)."""
         return self._ready().search(
             self.user_id,
             query,
@@ -78,6 +81,7 @@ class MemoryFacade:
             since=since,
             until=until,
             min_score=min_score,
+            metadata=metadata,
         )
 
     def add(
@@ -96,9 +100,17 @@ class MemoryFacade:
             created_at=created_at,
         )
 
-    def get_all(self, category: str | None = None) -> list[Memory]:
-        """Every live memory of the user, oldest first (optionally of one category)."""
-        return self._ready().get_all(self.user_id, category=category)
+    def get_all(
+        self,
+        category: str | None = None,
+        since: TimeLike = None,
+        until: TimeLike = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> list[Memory]:
+        """Every live memory of the user that passes the filters, oldest first."""
+        return self._ready().get_all(
+            self.user_id, category, since=since, until=until, metadata=metadata
+        )
 
     def get(self, memory_id: str) -> Memory | None:
         """The memory with this id, or None."""
@@ -166,8 +178,29 @@ class MemoryFacade:
         return self._ready().import_(list(_own_records(self.user_id, records)))
 
 
+#: The operations of the ``.memory`` API (MemoryFacade's public methods).
+OPERATIONS: tuple[str, ...] = tuple(
+    name
+    for name, value in vars(MemoryFacade).items()
+    if callable(value) and (not name.startswith("_") or name == "import_")
+)
+
+
+def _in_thread(name: str) -> Callable[..., Awaitable[Any]]:
+    """The coroutine twin of ``MemoryFacade.<name>``: the same call, run in a worker thread."""
+    method = getattr(MemoryFacade, name)
+
+    @functools.wraps(method)
+    async def call(self: AsyncMemoryFacade, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(getattr(self.sync, name), *args, **kwargs)
+
+    return call
+
+
 class AsyncMemoryFacade:
-    """The same operations as :class:`MemoryFacade`, as coroutines (run in a thread)."""
+    """The operations of :class:`MemoryFacade` as coroutines, each run in a worker thread
+    (``asyncio.to_thread``) so nothing blocks the event loop; derived from the sync class, so
+    the two never drift apart."""
 
     def __init__(
         self, store: MemoryStore, user_id: str, settle: Callable[[], object] | None = None
@@ -175,82 +208,10 @@ class AsyncMemoryFacade:
         self.sync = MemoryFacade(store, user_id, settle)
         self.user_id = self.sync.user_id
 
-    async def search(
-        self,
-        query: str,
-        top_k: int = 5,
-        category: str | None = None,
-        since: TimeLike = None,
-        until: TimeLike = None,
-        min_score: float | None = None,
-    ) -> list[tuple[Memory, float]]:
-        """See :meth:`MemoryFacade.search`."""
-        return await asyncio.to_thread(
-            self.sync.search, query, top_k, category, since, until, min_score
-        )
+    if TYPE_CHECKING:
 
-    async def add(
-        self,
-        text: str,
-        category: str = "fact",
-        metadata: Mapping[str, Any] | None = None,
-        created_at: TimeLike = None,
-    ) -> Memory:
-        """See :meth:`MemoryFacade.add`."""
-        return await asyncio.to_thread(self.sync.add, text, category, metadata, created_at)
+        def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]: ...
 
-    async def get_all(self, category: str | None = None) -> list[Memory]:
-        """See :meth:`MemoryFacade.get_all`."""
-        return await asyncio.to_thread(self.sync.get_all, category)
 
-    async def get(self, memory_id: str) -> Memory | None:
-        """See :meth:`MemoryFacade.get`."""
-        return await asyncio.to_thread(self.sync.get, memory_id)
-
-    async def update(
-        self,
-        memory_id: str,
-        text: str,
-        category: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> Memory:
-        """See :meth:`MemoryFacade.update`."""
-        return await asyncio.to_thread(self.sync.update, memory_id, text, category, metadata)
-
-    async def delete(self, memory_id: str) -> None:
-        """See :meth:`MemoryFacade.delete`."""
-        await asyncio.to_thread(self.sync.delete, memory_id)
-
-    async def clear(self, hard: bool = False) -> int:
-        """See :meth:`MemoryFacade.clear`."""
-        return await asyncio.to_thread(self.sync.clear, hard)
-
-    async def forget(self, memory_ids: Sequence[str] | None = None) -> int:
-        """See :meth:`MemoryFacade.forget`."""
-        return await asyncio.to_thread(self.sync.forget, memory_ids)
-
-    async def prune(
-        self,
-        older_than: TimeLike = None,
-        category: str | None = None,
-        keep_last: int | None = None,
-        hard: bool = False,
-    ) -> int:
-        """See :meth:`MemoryFacade.prune`."""
-        return await asyncio.to_thread(self.sync.prune, older_than, category, keep_last, hard)
-
-    async def history(self, memory_id: str) -> list[MemoryVersion]:
-        """See :meth:`MemoryFacade.history`."""
-        return await asyncio.to_thread(self.sync.history, memory_id)
-
-    async def stats(self) -> dict[str, Any]:
-        """See :meth:`MemoryFacade.stats`."""
-        return await asyncio.to_thread(self.sync.stats)
-
-    async def export(self, include_vectors: bool = False) -> list[dict[str, Any]]:
-        """See :meth:`MemoryFacade.export`."""
-        return await asyncio.to_thread(self.sync.export, include_vectors)
-
-    async def import_(self, records: Iterable[Mapping[str, Any]]) -> int:
-        """See :meth:`MemoryFacade.import_`."""
-        return await asyncio.to_thread(self.sync.import_, list(records))
+for _name in OPERATIONS:
+    setattr(AsyncMemoryFacade, _name, _in_thread(_name))
