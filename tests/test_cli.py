@@ -357,7 +357,9 @@ def test_bad_metadata_is_one_line_and_exit_1(tmp_path: Path, capsys) -> None:
             capsys, "add", "--db", str(db), "--user", "u", "x", "--metadata", metadata
         )
         assert code == 1 and why in one_line(err)
-    assert not db.exists()
+    code, _, err = run(capsys, "add", "--db", str(db), "--user", "", "x")
+    assert code == 1 and "user_id must not be empty" in one_line(err)
+    assert not db.exists()  # bad input never creates a store
 
 
 def test_reembed_names_its_real_options(tmp_path: Path, capsys) -> None:

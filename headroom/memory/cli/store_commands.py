@@ -154,7 +154,8 @@ def _add(args: argparse.Namespace) -> int:
                 f"--metadata is not valid JSON: {exc.msg} (column {exc.colno})"
             ) from None
         metadata = T.validate_metadata(metadata)
-    T.validate_text(args.text)  # bad input never creates a store
+    T.validate_user_id(args.user)  # bad input never creates a store
+    T.validate_text(args.text)
     with _open(args, create=True) as store:
         memory = store.add(args.user, args.text, category=args.category, metadata=metadata)
     if args.json:
