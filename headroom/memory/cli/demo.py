@@ -190,26 +190,9 @@ def run(db_path: Path, *, out: Any = sys.stdout, stream_turn: int = 1) -> int:
         client.close()
     finally:
         llm.stop()
-    locomo = _locomo_file()
     say("")
-    if locomo is not None:
-        say(f"LoCoMo is at hand ({locomo}): `python -m bench locomo --quick` runs the real")
-        say("retrieval benchmark from a checkout (bench/README.md has the full results).")
-    else:
-        say("With LoCoMo at hand (HEADROOM_SHARED_DIR/data/locomo), `python -m bench locomo")
-        say("--quick` runs the real retrieval benchmark from a checkout.")
+    say("From a checkout, `python -m bench` runs the benchmarks (bench/README.md has them all).")
     return 0
-
-
-def _locomo_file() -> Path | None:
-    """The LoCoMo data file, when HEADROOM_SHARED_DIR (or ./shared beside the checkout) has it."""
-    import os
-
-    env = os.environ.get("HEADROOM_SHARED_DIR")
-    checkout = Path(__file__).resolve().parents[2]
-    shared = Path(env) if env else checkout.parent / "shared"
-    path = shared / "data" / "locomo" / "locomo_dev.json"
-    return path if path.is_file() else None
 
 
 def _turn(client: Any, base: Any, text: str, stream: bool, events: list[Any], say: Any) -> None:
