@@ -973,20 +973,26 @@ class PostgresBackend:
                 "mixed_dims": mixed_dims,
                 "no_history": no_history,
             }
-            if repair:
-                if bad_counts:
+            if repair and bad_counts:
+                # user_state rows are written under their own user's setting (WITH CHECK).
+                cur.execute(
+                    """
+                    SELECT s.user_id, COALESCE(a.live, 0), COALESCE(a.dim, 0)
+                    FROM user_state s LEFT JOIN (
+                        SELECT user_id, count(*) AS live,
+                               COALESCE(max(vector_dims(embedding)), 0) AS dim
+                        FROM memories WHERE deleted_seq IS NULL GROUP BY user_id
+                    ) a ON a.user_id = s.user_id
+                    WHERE s.live <> COALESCE(a.live, 0) OR s.dim <> COALESCE(a.dim, 0)
+                    """
+                )
+                for user, live, dim in cur.fetchall():
+                    _scope(cur, user)
                     cur.execute(
-                        """
-                        UPDATE user_state s SET
-                            live = COALESCE(a.live, 0), dim = COALESCE(a.dim, 0)
-                        FROM user_state s2 LEFT JOIN (
-                            SELECT user_id, count(*) AS live,
-                                   COALESCE(max(vector_dims(embedding)), 0) AS dim
-                            FROM memories WHERE deleted_seq IS NULL GROUP BY user_id
-                        ) a ON a.user_id = s2.user_id
-                        WHERE s.user_id = s2.user_id
-                        """
+                        "UPDATE user_state SET live = %s, dim = %s WHERE user_id = %s",
+                        (live, dim, user),
                     )
+            if repair:
                 report["repaired"] = bool(bad_counts)
         return report
 
