@@ -186,6 +186,9 @@ def test_import_user_sets_the_owner_of_every_record(tmp_path: Path, capsys) -> N
     assert sorted(m["text"] for m in json.loads(out)) == ["User likes tea", "User owns a bike"]
     code, out, _ = run(capsys, "stats", "--db", db, "--json")
     assert json.loads(out)["users"] == 1  # the file's user "else" was overridden
+    # From standard input (no FILE, or "-") too.
+    result = cli("import", "--db", db, "--user", "v", stdin=record("User rides trains") + "\n")
+    assert result.returncode == 0 and result.stdout.strip() == "imported 1 memories", result.stderr
 
 
 def test_import_without_user_needs_a_user_id_in_every_record(tmp_path: Path, capsys) -> None:
@@ -205,7 +208,8 @@ def test_import_a_bad_line_imports_nothing_and_names_the_line(tmp_path: Path) ->
     result = cli("import", str(dump), "--db", str(db))
     assert result.returncode == 1
     line = one_line(result.stderr)
-    assert "line 2: not valid JSON" in line and "nothing was imported" in line
+    assert "line 2: not valid JSON" in line and "(column 2)" in line
+    assert "nothing was imported" in line
     # Every line or none: the first good line was not written either.
     assert sorted((p.name, p.read_bytes()) for p in db.iterdir()) == before
     for bad, why in (

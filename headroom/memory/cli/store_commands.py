@@ -355,6 +355,7 @@ def read_records(
                 ) from None
         else:
             line = raw
+        line = line.rstrip("\r\n")  # JSON error columns then count within the line
         if not line.strip():
             continue
         try:
