@@ -15,13 +15,14 @@ A failing task is logged (logger ``headroom.memory``) and never stops the writer
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable
+
+from .. import process
 
 logger = logging.getLogger("headroom.memory")
 
@@ -111,9 +112,14 @@ def flush_all(timeout: float | None = None) -> bool:
     return all([w.flush(timeout) for w in list(_ALL)])
 
 
+def _flush_all_at_exit() -> None:
+    flush_all(30.0)
+
+
 def _register_at_exit() -> None:
-    """Flush at exit; registered on first use, so it runs before the stores close (LIFO)."""
+    """Flush at exit; registered on first use, so it runs before the stores close (exit hooks
+    run most recent first)."""
     global _REGISTERED
     if not _REGISTERED:
         _REGISTERED = True
-        atexit.register(flush_all, 30.0)
+        process.at_exit(_flush_all_at_exit)
