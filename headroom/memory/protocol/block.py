@@ -600,9 +600,21 @@ def validate_ops(
             raise InvalidInputError(f"{name} must be an int >= 0; got {limit!r}")
     problems: list[str] = []
     resolve = _id_resolver(allowed_ids)
+    updates = _valid_updates(ops.update, resolve, max_text_chars, problems)
+    deletes = _valid_deletes(ops.delete, resolve, updates, problems)
+    adds = _valid_adds(ops.add, {u.text.casefold() for u in updates}, max_text_chars, problems)
+    return _cap(adds, updates, deletes, max_ops, problems), tuple(problems)
 
+
+def _valid_updates(
+    items: Iterable[MemoryUpdate],
+    resolve: Callable[[str], str | None],
+    max_text_chars: int,
+    problems: list[str],
+) -> list[MemoryUpdate]:
+    """Updates of allowed ids with valid texts, the first per id."""
     updates: dict[str, MemoryUpdate] = {}
-    for u in ops.update:
+    for u in items:
         ident = resolve(u.id)
         text = _normalise(u.text, max_text_chars, problems)
         if ident is None:
@@ -612,20 +624,35 @@ def validate_ops(
                 problems.append(f"second update of {_brief(ident)} dropped")
             else:
                 updates[ident] = MemoryUpdate(ident, text, u.category)
+    return list(updates.values())
 
+
+def _valid_deletes(
+    ids: Iterable[str],
+    resolve: Callable[[str], str | None],
+    updates: list[MemoryUpdate],
+    problems: list[str],
+) -> list[str]:
+    """Deletes of allowed ids that the block does not also update, each once."""
+    updated = {u.id for u in updates}
     deletes: dict[str, None] = {}
-    for raw_id in ops.delete:
+    for raw_id in ids:
         ident = resolve(raw_id)
         if ident is None:
             problems.append(f"delete of unknown id {_brief(raw_id)} dropped")
-        elif ident in updates:
+        elif ident in updated:
             problems.append(f"delete of {_brief(ident)} dropped: the same block updates it")
         elif ident not in deletes:
             deletes[ident] = None
+    return list(deletes)
 
-    seen = {u.text.casefold() for u in updates.values()}
+
+def _valid_adds(
+    items: Iterable[NewMemory], seen: set[str], max_text_chars: int, problems: list[str]
+) -> list[NewMemory]:
+    """Adds with valid texts that repeat no earlier add or update (ignoring case)."""
     adds: list[NewMemory] = []
-    for m in ops.add:
+    for m in items:
         text = _normalise(m.text, max_text_chars, problems)
         if text is None:
             continue
@@ -634,15 +661,24 @@ def validate_ops(
             continue
         seen.add(text.casefold())
         adds.append(NewMemory(text, m.category))
+    return adds
 
-    kept_updates = list(updates.values())[:max_ops]
-    kept_deletes = list(deletes)[: max_ops - len(kept_updates)]
+
+def _cap(
+    adds: list[NewMemory],
+    updates: list[MemoryUpdate],
+    deletes: list[str],
+    max_ops: int,
+    problems: list[str],
+) -> MemoryOps:
+    """At most ``max_ops`` ops, counted in the order updates, deletes, adds."""
+    kept_updates = updates[:max_ops]
+    kept_deletes = deletes[: max_ops - len(kept_updates)]
     kept_adds = adds[: max_ops - len(kept_updates) - len(kept_deletes)]
     dropped = len(updates) + len(deletes) + len(adds) - max_ops
     if dropped > 0:
         problems.append(f"{dropped} op(s) over the limit of {max_ops} dropped")
-    valid = MemoryOps(tuple(kept_adds), tuple(kept_updates), tuple(kept_deletes))
-    return valid, tuple(problems)
+    return MemoryOps(tuple(kept_adds), tuple(kept_updates), tuple(kept_deletes))
 
 
 def _id_resolver(allowed_ids: Collection[str]) -> Callable[[str], str | None]:
