@@ -333,6 +333,7 @@ def test_user_rule_required_for_one_user_whole_store_otherwise(tmp_path: Path, c
     capsys.readouterr()
     helps = {name: _help(capsys, name) for name in ("list", "stats", "export", "import")}
     assert "(required)" in helps["list"] and "every user" in helps["stats"]
+    assert all("3 not found" in text for text in helps.values())
     assert "every user" in helps["export"] and "overriding the file's user_id" in helps["import"]
     assert "3 not found" in _help(capsys) and "require --user" in _help(capsys)
 

@@ -11,11 +11,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 
 Handler = Callable[[argparse.Namespace], int]
 
-EPILOG = """\
+EXIT_CODES = (
+    "exit codes: 0 success, 1 the operation failed (one line on stderr), 2 bad usage, "
+    "3 not found (the store, or the memory asked for)"
+)
+
+EPILOG = f"""\
 users: list, search, add, show, history, delete, forget, prune and chat are about one user's
 memories and require --user ID (there is no default user); stats and export cover every user
 unless --user narrows them; import --user sets the owner of every imported record.
@@ -23,8 +29,7 @@ unless --user narrows them; import --user sets the owner of every imported recor
 stores: only add, import, chat and demo create a store; every other command on a path without
 a store exits 3 with "no store at PATH" and creates nothing.
 
-exit codes: 0 success, 1 the operation failed (one line on stderr), 2 bad usage,
-3 not found (the store, or the memory asked for)."""
+{textwrap.fill(EXIT_CODES, 94)}"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     from . import commands
 
     commands.register(sub)
+    _add_exit_codes(parser)
     return parser
+
+
+def _add_exit_codes(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand's --help ends with the exit codes (unless it has its own epilog)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if sub.epilog is None:
+                    sub.epilog = EXIT_CODES
+                _add_exit_codes(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
