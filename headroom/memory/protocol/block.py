@@ -492,7 +492,7 @@ def _ops_from_json(raw: object, problems: list[str]) -> MemoryOps:
             continue
         if value is None:
             continue
-        items = list(value) if isinstance(value, list) else [value]
+        items = [_fold_keys(i) for i in (value if isinstance(value, list) else [value])]
         sections.setdefault("add" if name == "memories" else name, []).extend(items)
     adds = [m for m in (_new_memory(i, problems) for i in sections.get("add", [])) if m]
     updates = [u for u in (_update(i, problems) for i in sections.get("update", [])) if u]
@@ -504,6 +504,17 @@ def _ops_from_json(raw: object, problems: list[str]) -> MemoryOps:
         else:
             problems.append(f"delete of {_brief(item)} dropped: not an id")
     return MemoryOps(tuple(adds), tuple(updates), tuple(deletes))
+
+
+def _fold_keys(item: object) -> object:
+    """An item object with its keys matched ignoring case and surrounding white space (the
+    first spelling of a key wins); anything else as it is."""
+    if not isinstance(item, dict):
+        return item
+    folded: dict[object, object] = {}
+    for key, value in item.items():
+        folded.setdefault(key.strip().lower() if isinstance(key, str) else key, value)
+    return folded
 
 
 def _item_text(item: object) -> object:
