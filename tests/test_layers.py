@@ -3,7 +3,8 @@
 Read from the source with ``ast`` (imports inside functions and under TYPE_CHECKING count), so
 the picture in docs/architecture.md stays true. Bottom to top:
 
-    errors, types, process  <  embedders  <  store  <  protocol  <  client  <  cli  <  the package
+    errors, types, process  <  embedders  <  store  <  protocol  <  client  <  server, mcp
+    <  cli  <  the package
 
 and inside store: backend < ranking < the backends (local, postgres) < hybrid < store.
 """
@@ -32,6 +33,8 @@ RANKS: dict[str, float] = {
     "store": 2.5,
     "protocol": 3,
     "client": 4,
+    "server": 5,
+    "mcp": 5,
     "cli": 6,
     "": 9,  # the package itself (its lazy public names)
 }
