@@ -414,6 +414,12 @@ def test_verify_repair_exit_codes(tmp_path: Path, capsys) -> None:
     patch(segment, list(frames(segment))[2].offset + FRAME_HEADER + 10, b"\xff\xff\xff")
     code, _, err = run(capsys, "verify", "--db", str(db))
     assert code == 1 and "the store is damaged" in one_line(err)
+    # As a process too: the library's recovery warning is not repeated beside the report.
+    result = cli("verify", "--db", str(db))
+    assert result.returncode == 1 and "the store is damaged" in one_line(result.stderr)
+    result = cli("list", "--db", str(db), "--user", "u")
+    assert result.returncode == 0
+    assert one_line(result.stderr).startswith("headroom-memory: warning: the store at")
     code, out, err = run(capsys, "verify", "--db", str(db), "--repair", "--json")
     report = json.loads(out)
     assert code == 0, err

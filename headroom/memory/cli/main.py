@@ -9,6 +9,7 @@ stderr and an exit code, never a traceback: 0 success, 1 the operation failed, 2
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import textwrap
@@ -59,11 +60,33 @@ def _add_exit_codes(parser: argparse.ArgumentParser) -> None:
                 _add_exit_codes(sub)
 
 
+class _Warnings(logging.Handler):
+    """The library's warnings as ``headroom-memory: warning: ...`` lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = " ".join(self.format(record).split())
+        print(f"headroom-memory: warning: {message}", file=sys.stderr)
+
+
+def _library_logger(command: str) -> tuple[logging.Logger, logging.Handler, int]:
+    """The library logger with the CLI's warning handler added for one command; returns the
+    logger, the handler and the level to restore."""
+    logger = logging.getLogger("headroom.memory")
+    handler = _Warnings(logging.WARNING)
+    logger.addHandler(handler)
+    level = logger.level
+    # verify reports what recovery found; the warning telling to run verify would repeat it.
+    if command == "verify":
+        logger.setLevel(logging.ERROR)
+    return logger, handler, level
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
+    logger, warnings, level = _library_logger(args.command)
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -76,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError, AttributeError):
             pass
         return 0
+    finally:
+        logger.removeHandler(warnings)
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":  # pragma: no cover
