@@ -15,16 +15,24 @@ import pytest
 
 from bench.common import CpuWatch, median_of_runs, percentiles
 from bench.locomo import data, metrics
+from bench.locomo.variants import (
+    STORE,
+    Variant,
+    query_entities,
+    rerank_variant,
+    rewrite_query,
+    rrf_scores,
+)
 from headroom.memory.errors import InvalidInputError, InvalidTypeError
 from headroom.memory.store.ranking import (
     Candidate,
     LexicalIndex,
     RankConfig,
     TimeWindow,
-    query_entities,
+    fused_scores,
     query_time_window,
+    rank_scores,
     rerank,
-    rewrite_query,
     time_affinity,
     tokenize,
 )
@@ -194,13 +202,17 @@ def test_tokenize_folds_case_possessives_and_plurals() -> None:
         tokenize(3)  # type: ignore[arg-type]
 
 
-def test_rewrite_entities_and_time_window() -> None:
+def test_rewrite_and_entities_of_the_bench_variants() -> None:
     assert rewrite_query("When did Caroline go to the LGBTQ support group?") == (
         "Caroline go to the LGBTQ support group"
     )
     assert rewrite_query("What?") == "What?"
     assert query_entities("What did Caroline tell Melanie's kids?") == {"caroline", "melanie"}
     assert query_entities("What did she do in May?") == set()
+    assert query_entities("what did she tell her sister?", known=["Sister"]) == {"sister"}
+
+
+def test_time_window() -> None:
     assert query_time_window("What did Jon do in May 2023?") == TimeWindow(2023, 5)
     assert query_time_window("What happened in 2022?") == TimeWindow(2022)
     assert query_time_window("What happened in May?") is None
@@ -251,31 +263,67 @@ def test_lexical_index_finds_the_evidence_fact(conv26: data.Conversation) -> Non
     assert index.scores(query, [key for key, _ in top]) == [score for _, score in top]
 
 
-def test_rerank_fuses_lexical_and_dense() -> None:
+def _adoption() -> tuple[LexicalIndex, list[str], list[Candidate]]:
     index = LexicalIndex()
     texts = ["Melanie likes pottery", "Caroline adopted a dog", "They talked about weather"]
     index.add_many((str(i), t) for i, t in enumerate(texts))
-    cands = [
-        Candidate("2", texts[2], 0.50),
-        Candidate("1", texts[1], 0.48),
-        Candidate("0", texts[0], None),
-    ]
+    cands = [Candidate("2", 0.50), Candidate("1", 0.48), Candidate("0", None)]
+    return index, [texts[2], texts[1], texts[0]], cands
+
+
+def test_rerank_fuses_lexical_and_dense() -> None:
+    index, _, cands = _adoption()
     dense_only = rerank("Did Caroline adopt a dog?", cands, None)
     assert [i for i, _ in dense_only] == [0, 1, 2]
     fused = rerank("Did Caroline adopt a dog?", cands, index, RankConfig(lexical_weight=0.1))
     assert fused[0][0] == 1
-    rrf = rerank("Did Caroline adopt a dog?", cands, index, RankConfig("rrf", lexical_weight=2.0))
-    assert rrf[0][0] == 1
     dated = [
-        Candidate("x", "a trip", 0.5, datetime(2023, 4, 1, tzinfo=timezone.utc)),
-        Candidate("y", "a trip", 0.49, datetime(2023, 5, 1, tzinfo=timezone.utc)),
+        Candidate("x", 0.5, datetime(2023, 4, 1, tzinfo=timezone.utc)),
+        Candidate("y", 0.49, datetime(2023, 5, 1, tzinfo=timezone.utc)),
     ]
     assert rerank("Where did they go in May 2023?", dated, None, RankConfig(date_weight=0.05))[0][
         0
     ] == (1)
     assert rerank("q", [], index) == []
+
+
+def test_bench_variants_build_on_the_library_steps() -> None:
+    index, texts, cands = _adoption()
+    query = "Did Caroline adopt a dog?"
+    config = RankConfig(lexical_weight=2.0)
+    # The store's variant is the library's rerank, to the bit.
+    assert rerank_variant(query, cands, index, config, STORE) == rerank(query, cands, index, config)
+    rrf = rerank_variant(query, cands, index, config, Variant(fusion="rrf"))
+    assert rrf[0][0] == 1
+    # 1/(k + dense rank) + w/(k + lexical rank); "0" is lexical-only (the set's lowest dense).
+    assert rrf_scores(query, cands, index, 2.0, 60.0)[1] == 1 / 62 + 2.0 / 61
+    assert rrf_scores(query, cands, None, 2.0, 60.0)[0] == 1 / 61 + 2.0 / 61
+    # The entity term lifts the memory naming the query's entity, or spoken by it (no session
+    # context here: its top bonus would follow the lifted memory).
+    base = RankConfig(context_top_weight=0.0)
+    plain = dict(rerank(query, cands, None, base))
+    entity = Variant(entity_weight=0.05)
+    named = dict(rerank_variant(query, cands, None, base, entity, texts, []))
+    assert abs(named[1] - plain[1] - 0.05) < 1e-12 and named[0] == plain[0]
+    spoken = dict(rerank_variant(query, cands, None, base, entity, texts, ["Caroline"]))
+    assert abs(spoken[0] - plain[0] - 0.05) < 1e-12
+    # Without its texts the entity term adds nothing.
+    assert rerank_variant(query, cands, None, base, entity) == rerank(query, cands, None, base)
+    assert rerank_variant("q", [], index, config, Variant(fusion="rrf")) == []
+    with pytest.raises(ValueError):
+        Variant(fusion="max")
+
+
+def test_rank_scores_takes_any_fusion_and_keeps_its_input() -> None:
+    index, _, cands = _adoption()
+    query = "Did Caroline adopt a dog?"
+    fused = fused_scores(query, cands, index)
+    kept = list(fused)
+    assert rank_scores(query, cands, fused, index) == rerank(query, cands, index)
+    assert fused == kept
+    assert [i for i, _ in rank_scores(query, cands, [0.0, 0.0, 1.0])] == [2, 0, 1]
     with pytest.raises(InvalidInputError):
-        rerank("q", cands, index, RankConfig(fusion="max"))
+        rank_scores(query, cands, [1.0])
 
 
 # --- entry point -------------------------------------------------------------------------------

@@ -104,13 +104,18 @@ def test_group_scores_take_a_group_as_one_document() -> None:
 def _accident_candidates() -> tuple[LexicalIndex, list[Candidate]]:
     day1 = datetime(2023, 7, 1, 14, 0, tzinfo=timezone.utc)
     day2 = datetime(2023, 7, 10, 9, 30, tzinfo=timezone.utc)
+    texts = {
+        "a": "Melanie felt tired after a long week at work",
+        "b": "Melanie's kids loved the Grand Canyon",
+        "c": "Melanie's son got into an accident on the road trip",
+    }
     candidates = [
-        Candidate("a", "Melanie felt tired after a long week at work", 0.50, day1),
-        Candidate("b", "Melanie's kids loved the Grand Canyon", 0.47, day2),
-        Candidate("c", "Melanie's son got into an accident on the road trip", 0.30, day2),
+        Candidate("a", 0.50, day1),
+        Candidate("b", 0.47, day2),
+        Candidate("c", 0.30, day2),
     ]
     index = LexicalIndex()
-    index.add_many((c.key, c.text) for c in candidates)
+    index.add_many(texts.items())
     index.add_many(
         [("f1", "Caroline went hiking"), ("f2", "Caroline paints"), ("f3", "John plays chess")]
     )

@@ -9,7 +9,8 @@ vectors come from the (cached) embedder, so ``rank`` timings exclude embedding e
 - :class:`DenseRetriever`: exact cosine over MiniLM vectors (the plain dense baseline).
 - :class:`HybridRetriever`: dense top-``pool`` (the query centred on the units' mean vector,
   as the store centres it on the user's) plus lexical top-``pool``, reordered by
-  :func:`headroom.memory.store.ranking.rerank`; exactly what the store can do on its candidate set.
+  :func:`headroom.memory.store.ranking.rerank` (or a sweep's variant of it,
+  :mod:`bench.locomo.variants`); exactly what the store can do on its candidate set.
 - :class:`StoreDenseRetriever`: the same store searched with ``hybrid=False`` (dense only).
 - :class:`StoreRetriever`: memories ingested with ``MemoryStore.add_many`` (dia_ids, speaker and
   session in metadata, the session date as ``created_at``) and queried with
@@ -32,9 +33,10 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.locomo.data import Unit
+from bench.locomo.variants import STORE, Variant, rerank_variant, rewrite_query
 from headroom.memory.embedders.base import Embedder
 from headroom.memory.store.hybrid import CENTRING_MIN_MEMORIES, centred_query
-from headroom.memory.store.ranking import Candidate, LexicalIndex, RankConfig, rerank, rewrite_query
+from headroom.memory.store.ranking import Candidate, LexicalIndex, RankConfig
 
 _WORDS = re.compile(r"\w+")
 
@@ -105,10 +107,12 @@ class DenseRetriever:
 
 @dataclass(frozen=True)
 class HybridSetting:
-    """One configuration of the hybrid ranker: fusion config, pool size, query rewriting."""
+    """One configuration of the hybrid ranker: the library's weights, a bench-only variant
+    (fusion, entity term), pool size, query rewriting."""
 
     name: str
     config: RankConfig
+    variant: Variant = STORE
     pool: int = 50
     rewrite: bool = False
     exact_dense: bool = False  # score lexical-only candidates exactly instead of the floor
@@ -116,7 +120,8 @@ class HybridSetting:
 
 
 class HybridRetriever:
-    """Dense and lexical candidates reordered by :func:`headroom.memory.store.ranking.rerank`."""
+    """Dense and lexical candidates reordered by :func:`bench.locomo.variants.rerank_variant`
+    (the library's ``rerank`` for the store's variant)."""
 
     def __init__(self, embedder: Embedder, setting: HybridSetting) -> None:
         self.setting = setting
@@ -145,14 +150,15 @@ class HybridRetriever:
         cands = [
             Candidate(
                 str(i),
-                self._units[i].text,
                 float(dense[i]) if (i in in_dense or s.exact_dense) else None,
                 self._units[i].created_at,
-                self._units[i].speaker,
             )
             for i in chosen
         ]
-        order = rerank(question, cands, self._lexical, s.config)
+        # Texts and speakers: read by the entity term only.
+        units = [self._units[i] for i in chosen] if s.variant.entity_weight else []
+        texts, speakers = [u.text for u in units], [u.speaker for u in units]
+        order = rerank_variant(question, cands, self._lexical, s.config, s.variant, texts, speakers)
         return [chosen[pos] for pos, _ in order[:depth]]
 
 

@@ -64,7 +64,7 @@ def scale_latency(
         seen = set(chosen)
         chosen += [int(k) for k, _ in lex_hits if int(k) not in seen]
         dense = {int(i): float(scores[i]) for i in top}
-        cands = [Candidate(str(i), all_texts[i], dense.get(i), all_dates[i]) for i in chosen]
+        cands = [Candidate(str(i), dense.get(i), all_dates[i]) for i in chosen]
         rerank(question, cands, lexical, DEFAULT_CONFIG)
         t4 = time.perf_counter()
         for name, dt in zip(

@@ -151,7 +151,6 @@ class HybridSearcher:
         candidates = [
             Candidate(
                 key=memory_id,
-                text="",
                 dense_score=score,
                 created_at=_created(ranking.created_at(memory_id)) if need_dates else None,
             )

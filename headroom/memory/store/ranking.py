@@ -9,18 +9,20 @@ Contracts:
 - :class:`LexicalIndex` is a per-user Okapi BM25 index (k1=1.2, b=0.3) over memory texts,
   keyed by memory id. ``add``/``remove`` keep it exact; it is derived data (rebuilt from the log
   like the vector index).
-- :func:`rerank` is pure: same inputs, same output. It returns ``(candidate position, score)``
-  pairs, best first, ties broken by candidate position (so by dense rank).
+- Ranking is two public steps, both pure (same inputs, same output): :func:`fused_scores` (the
+  linear fusion of dense and lexical scores) and :func:`rank_scores` (adds the date and
+  session-context terms to fused scores and orders the candidates). :func:`rerank` is the two
+  in turn. They return ``(candidate position, score)`` pairs, best first, ties broken by
+  candidate position (so by dense rank). Other fusions (the benchmark's) feed their own scores
+  to :func:`rank_scores`.
 - Session context: candidates written on the same UTC day (``created_at``) are one group, the
   conversation they came from. A candidate gains from its group's lexical match to the query
   (:meth:`LexicalIndex.group_scores` over the group's candidates only) and from sharing the
   group of the best candidate. It only reads the candidate set, never the rest of the user.
 - Centring (``RankConfig.centroid_weight``) is applied by the search, not here: the dense
   scores it hands over are already centred on the user's mean memory (``hybrid.py``).
-- :func:`rewrite_query` turns a question into the statement-like text the memories are written
-  as (no LLM): it only ever removes words, never invents them.
-- The fusion weights in :data:`DEFAULT_CONFIG` were chosen by measurement on LoCoMo's tune split
-  (``python -m bench locomo --split tune``; bench/README.md lists every setting tried).
+- :data:`DEFAULT_CONFIG` holds the weights the store ranks with, chosen on LoCoMo's tune split
+  (``python -m bench locomo --split tune --sweep``; bench/README.md has every setting tried).
 
 Why a hand-written BM25 and not rank_bm25: rank_bm25 rebuilds its whole corpus to add one
 document and scores every document on every query; a store needs incremental adds and deletes
@@ -61,9 +63,9 @@ _SIBILANT_ES = ("ses", "xes", "zes", "ches", "shes")
 def _stem(word: str) -> str:
     """A deliberately light suffix stripper (plural, -ing, -ed); leaves short words alone.
 
-    Memoised: a user's vocabulary repeats, and stemming was most of the cost of building a
-    lexical index (10k docstring sentences: 196 -> 99 ms). 100k of them use 25k distinct
-    words, so 32k entries (a few MB, shared by the process) hold a large user's vocabulary.
+    Memoised, because a user's vocabulary repeats and stemming dominates the cost of building
+    a lexical index; 32k entries (a few MB, shared by the process) hold the vocabulary of a
+    100k-memory user (about 25k distinct words).
     """
     if len(word) <= 4 or word.isdigit():
         return word
@@ -93,8 +95,8 @@ def tokenize(text: str) -> list[str]:
 class LexicalIndex:
     """Incremental per-user Okapi BM25 index keyed by memory id.
 
-    ``b=0.3`` (less length normalisation than the textbook 0.75) measured better on LoCoMo's
-    tune split over both facts and turns: memories are short and similar in length.
+    ``b=0.3``: less length normalisation than the textbook 0.75, because memories are short and
+    similar in length (the two values are compared in bench/README.md).
 
     Not thread-safe by itself: the store guards it with the user's lock, as it does the
     vector index. Adding an existing key replaces its text.
@@ -212,9 +214,8 @@ class LexicalIndex:
         once the next term's postings would take it past :data:`CANDIDATE_POSTINGS_BUDGET`:
         the terms left (e.g. "user" in "User prefers ...") generate no candidates, though they
         still count in the scores of the keys that are returned. The rarest terms carry the
-        most weight, and the walk's cost no longer grows with the index (at 100k memories:
-        ~2 ms per query, against 9 ms when terms in up to 10% of the memories were walked).
-        While a query's postings fit the budget, the result is the exact BM25 top-k.
+        most weight, and the walk's cost is bounded by the budget, not by the size of the
+        index. While a query's postings fit the budget, the result is the exact BM25 top-k.
         """
         if k <= 0:
             return []
@@ -258,21 +259,14 @@ class LexicalIndex:
         return sorted(exact, key=lambda pair: -pair[1])
 
 
-#: Postings a lexical query walks to generate candidates (see LexicalIndex.top). LoCoMo's
-#: tuned figures are the same to the third decimal at budgets of 1000, 2000 and 4000 (its users
-#: hold 180-520 memories); 2000 keeps the walk near 2 ms at 100k memories.
+#: Postings a lexical query walks to generate candidates (see LexicalIndex.top): large enough
+#: that a user of a few hundred memories always gets the exact top-k, small enough to bound the
+#: walk's cost for a user of 100k (bench/README.md has the figures).
 CANDIDATE_POSTINGS_BUDGET = 2000
 
 
-# --- query analysis --------------------------------------------------------------------------
+# --- dates in queries --------------------------------------------------------------------------
 
-_QUESTION_LEAD = re.compile(
-    r"^\s*(?:(?:what|which|who|whom|whose|when|where|why|how)(?:\s+(?:kind|type|sort)s?\s+of)?"
-    r"(?:\s+(?:many|much|long|often|old|far))?"
-    r"(?:\s+(?:is|are|was|were|do|does|did|has|have|had|can|could|would|will|might|should))?"
-    r"|(?:is|are|was|were|do|does|did|has|have|had|can|could|would|will))\b\s*",
-    re.IGNORECASE,
-)
 _MONTH_TEXT = (
     "january february march april may june july august september october november december"
 )
@@ -284,34 +278,6 @@ _DAY_MONTH_RE = re.compile(
 _MONTH_DAY_RE = re.compile(rf"\b({_MONTH_ALT})\s+(\d{{1,2}})(?:st|nd|rd|th)?\b", re.IGNORECASE)
 _MONTH_RE = re.compile(rf"\b({_MONTH_ALT})\b", re.IGNORECASE)
 _YEAR_RE = re.compile(r"\b(19\d{2}|20\d{2})\b")
-_NAME_RE = re.compile(r"\b([A-Z][a-z]+(?:'s)?)\b")
-
-
-def rewrite_query(query: str) -> str:
-    """The question with its interrogative lead and question mark removed, else unchanged.
-
-    ``"When did Caroline go to the support group?"`` -> ``"Caroline go to the support group"``.
-    Never returns an empty string: a query that is only a lead comes back unchanged.
-    """
-    stripped = _QUESTION_LEAD.sub("", query, count=1).strip().rstrip("?").strip()
-    return stripped or query
-
-
-def query_entities(query: str, known: Iterable[str] = ()) -> set[str]:
-    """Lower-cased names in ``query``: capitalised words not at the start, plus any ``known``.
-
-    Possessives are folded (``"Melanie's"`` -> ``"melanie"``). Month names are not entities.
-    """
-    found: set[str] = set()
-    for i, match in enumerate(_NAME_RE.finditer(query)):
-        word = match.group(1).lower().removesuffix("'s")
-        if (i > 0 or match.start() > 0) and word not in STOPWORDS and word not in _MONTHS:
-            found.add(word)
-    lowered = query.lower()
-    for name in known:
-        if re.search(rf"\b{re.escape(name.lower())}\b", lowered):
-            found.add(name.lower())
-    return found
 
 
 @dataclass(frozen=True)
@@ -383,29 +349,31 @@ class Candidate:
 
     ``dense_score`` is the cosine similarity from the vector search, or None when the memory
     came from the lexical side only (it then counts as the lowest dense score in the set).
-    ``speaker`` is who the memory is about or who said it, when known.
+    ``created_at`` is when the memory was written (None: unknown); only the date term and
+    session context read it.
     """
 
     key: str
-    text: str
     dense_score: float | None = None
     created_at: datetime | None = None
-    speaker: str | None = None
 
 
 @dataclass(frozen=True)
 class RankConfig:
-    """Weights of the fused score (see :func:`rerank`); defaults are the tuned setting.
+    """Weights of the ranking (see :func:`fused_scores` and :func:`rank_scores`).
 
-    ``fusion`` is ``"linear"`` (dense + lexical_weight * BM25 / max BM25 in the set) or
-    ``"rrf"`` (weighted reciprocal-rank fusion with constant ``rrf_k``).
+    The defaults are the setting the store ranks with (:data:`DEFAULT_CONFIG`); every weight is
+    in the units of the dense cosine, and 0 turns its term off.
 
-    ``context_weight`` and ``context_top_weight`` turn on session context (0 turns each
-    off): a candidate gains ``context_weight * (its group's group BM25 / the best group's)``
-    and ``context_top_weight`` when it shares the group of the best candidate, where a group
-    is the candidates written on the same UTC day. Both are in the linear fusion's units.
-    Tuned together with ``lexical_weight`` (0.25 -> 0.15 when context came in) on LoCoMo's
-    tune split: facts R@5 0.593 -> 0.613, turns 0.619 -> 0.640, summaries 0.774 -> 0.772.
+    ``lexical_weight``: the lexical part of the linear fusion, ``lexical_weight * BM25 / max
+    BM25 in the set``, so the best lexical match gains exactly ``lexical_weight``.
+
+    ``date_weight``: added times :func:`time_affinity` when the query names a date.
+
+    ``context_weight`` and ``context_top_weight`` (session context): a candidate gains
+    ``context_weight * (its group's group BM25 / the best group's)`` and ``context_top_weight``
+    when it shares the group of the best candidate, where a group is the candidates written on
+    the same UTC day: a conversation that matches the query as a whole lifts its memories.
 
     ``centroid_weight`` (beta) centres the dense side on the user: candidates are scored
     against ``query - beta * centroid``, the centroid being the mean of the user's live memory
@@ -413,16 +381,11 @@ class RankConfig:
     A memory's dense score is then ``cosine - beta * (memory . centroid - |centroid|^2)``:
     memories that resemble everything the user said ("Caroline values supportive people")
     stop crowding out the ones about what the query asks. The search applies it (the dense
-    candidates come from the engine with the centred query); :func:`rerank` only sees the
+    candidates come from the engine with the centred query); the ranking only sees the
     scores. Users with fewer than ``hybrid.CENTRING_MIN_MEMORIES`` memories are not centred.
-    Tuned with the other weights fixed on LoCoMo's tune split: facts R@5 0.613 ->
-    0.628, turns 0.640 -> 0.643; summaries (under 100 a conversation) are not centred.
     """
 
-    fusion: str = "linear"
     lexical_weight: float = 0.15
-    rrf_k: float = 60.0
-    entity_weight: float = 0.0
     date_weight: float = 0.2
     context_weight: float = 0.1
     context_top_weight: float = 0.04
@@ -437,9 +400,78 @@ class RankConfig:
 DEFAULT_CONFIG = RankConfig()
 
 
-def _rank_order(values: Sequence[float]) -> list[int]:
-    """Positions of ``values`` from highest to lowest, ties by position."""
-    return sorted(range(len(values)), key=lambda i: (-values[i], i))
+def dense_scores(candidates: Sequence[Candidate]) -> list[float]:
+    """Each candidate's dense score; one without (lexical only) gets the lowest in the set.
+
+    0.0 for every candidate when none has a dense score.
+    """
+    known = [d for d in (c.dense_score for c in candidates) if d is not None]
+    floor = min(known) if known else 0.0
+    return [floor if c.dense_score is None else c.dense_score for c in candidates]
+
+
+def fused_scores(
+    query: str,
+    candidates: Sequence[Candidate],
+    lexical: LexicalScorer | None = None,
+    config: RankConfig = DEFAULT_CONFIG,
+) -> list[float]:
+    """The linear fusion, one score per candidate: ``dense + lexical_weight * bm25 / max_bm25``.
+
+    ``dense`` is :func:`dense_scores`; BM25 comes from ``lexical`` (the user's index, for
+    corpus-wide IDF) and its term is 0 when no index is given or no candidate matches.
+    """
+    if not candidates:
+        return []
+    dense = dense_scores(candidates)
+    if lexical is None:
+        return dense
+    lex = lexical.scores(query, [c.key for c in candidates])
+    top_lex = max(lex)
+    if top_lex <= 0:
+        return dense
+    weight = config.lexical_weight
+    return [d + weight * x / top_lex for d, x in zip(dense, lex, strict=True)]
+
+
+def rank_scores(
+    query: str,
+    candidates: Sequence[Candidate],
+    scores: Sequence[float],
+    lexical: LexicalScorer | None = None,
+    config: RankConfig = DEFAULT_CONFIG,
+) -> list[tuple[int, float]]:
+    """Add the date and session-context terms to ``scores`` and order the candidates.
+
+    ``scores`` holds one fused score per candidate (:func:`fused_scores`, or any other fusion
+    in the same units); it is not modified. Returns ``[(position in candidates, final score)]``,
+    best first, ties by position.
+
+    Date: when the query names a date (:func:`query_time_window`), each candidate gains
+    ``date_weight * time_affinity(created_at, that date)``.
+
+    Session context (see :class:`RankConfig`): candidates are grouped by the UTC day of
+    ``created_at`` (a candidate without one is a group of its own); each gains
+    ``context_weight * group_bm25 / max group_bm25`` (from ``lexical.group_scores`` over the
+    groups' keys; skipped without an index or when no group matches), then the group of the
+    best candidate so far gains ``context_top_weight``. When every candidate is in one group,
+    neither applies (it would not change the order, only inflate every score).
+    """
+    if len(scores) != len(candidates):
+        raise InvalidInputError(
+            f"scores must hold one value per candidate: {len(scores)} for {len(candidates)}"
+        )
+    if not candidates:
+        return []
+    out = list(scores)
+    if config.date_weight:
+        window = query_time_window(query)
+        if window is not None:
+            for i, c in enumerate(candidates):
+                out[i] += config.date_weight * time_affinity(c.created_at, window)
+    if config.uses_context:
+        _add_session_context(query, candidates, lexical, config, out)
+    return sorted(((i, s) for i, s in enumerate(out)), key=lambda t: (-t[1], t[0]))
 
 
 def rerank(
@@ -447,62 +479,14 @@ def rerank(
     candidates: Sequence[Candidate],
     lexical: LexicalScorer | None = None,
     config: RankConfig = DEFAULT_CONFIG,
-    known_entities: Iterable[str] = (),
 ) -> list[tuple[int, float]]:
-    """Order ``candidates`` for ``query``: ``[(position in candidates, fused score)]``, best first.
+    """Order ``candidates`` for ``query``: ``[(position in candidates, score)]``, best first.
 
-    Fused score (linear): ``dense + lexical_weight * bm25 / max_bm25 + entity_weight * [memory
-    names an entity of the query] + date_weight * time_affinity(memory date, date the query
-    names)``. BM25 comes from ``lexical`` (the user's index, for corpus-wide IDF) and is 0 when
-    no index is given. With ``fusion="rrf"`` the dense and lexical parts are replaced by
-    ``1/(rrf_k + dense rank) + lexical_weight/(rrf_k + lexical rank)``.
-
-    Then session context (see :class:`RankConfig`): candidates are grouped by the UTC day of
-    ``created_at`` (a candidate without one is a group of its own); each gains
-    ``context_weight * group_bm25 / max group_bm25`` (from ``lexical.group_scores`` over the
-    groups' keys; skipped without an index or when no group matches), then the group of the
-    best candidate so far gains ``context_top_weight``. When every candidate is in one group,
-    neither applies (it would not change the order, only inflate every score).
+    :func:`rank_scores` over :func:`fused_scores`; the store's ranking.
     """
-    n = len(candidates)
-    if n == 0:
-        return []
-    if config.fusion not in {"linear", "rrf"}:
-        raise InvalidInputError(f"fusion must be 'linear' or 'rrf'; got {config.fusion!r}")
-    known = [d for d in (c.dense_score for c in candidates) if d is not None]
-    floor = min(known) if known else 0.0
-    dense = [floor if c.dense_score is None else c.dense_score for c in candidates]
-    lex = lexical.scores(query, [c.key for c in candidates]) if lexical is not None else [0.0] * n
-
-    if config.fusion == "linear":
-        top_lex = max(lex)
-        scores = [
-            d + (config.lexical_weight * x / top_lex if top_lex > 0 else 0.0)
-            for d, x in zip(dense, lex, strict=True)
-        ]
-    else:
-        scores = [0.0] * n
-        for weight, values in ((1.0, dense), (config.lexical_weight, lex)):
-            for rank, i in enumerate(_rank_order(values), start=1):
-                scores[i] += weight / (config.rrf_k + rank)
-
-    if config.entity_weight:
-        entities = query_entities(query, known_entities)
-        if entities:
-            for i, c in enumerate(candidates):
-                words = set(_WORD_RE.findall(c.text.lower()))
-                if c.speaker:
-                    words.add(c.speaker.lower())
-                if entities & words:
-                    scores[i] += config.entity_weight
-    if config.date_weight:
-        window = query_time_window(query)
-        if window is not None:
-            for i, c in enumerate(candidates):
-                scores[i] += config.date_weight * time_affinity(c.created_at, window)
-    if config.uses_context:
-        _add_session_context(query, candidates, lexical, config, scores)
-    return sorted(((i, s) for i, s in enumerate(scores)), key=lambda t: (-t[1], t[0]))
+    return rank_scores(
+        query, candidates, fused_scores(query, candidates, lexical, config), lexical, config
+    )
 
 
 def _add_session_context(
@@ -512,7 +496,7 @@ def _add_session_context(
     config: RankConfig,
     scores: list[float],
 ) -> None:
-    """Add the session-context terms of :func:`rerank` to ``scores`` in place."""
+    """Add the session-context terms of :func:`rank_scores` to ``scores`` in place."""
     groups: dict[object, list[int]] = {}
     group_of: list[list[int]] = []
     for i, c in enumerate(candidates):
