@@ -13,6 +13,7 @@
 #include "crc32c.h"
 #include "dot.h"
 #include "errors.h"
+#include "fileio.h"
 #include "log.h"
 
 namespace py = pybind11;
@@ -190,7 +191,54 @@ PYBIND11_MODULE(_native, m) {
     d["crc32c"] = headroom::Crc32cIsHardware() ? "sse4.2" : "portable";
     d["dot"] = headroom::DotKernelName();
     return d;
-  }, "The SIMD kernels chosen at run time for this CPU.");
+  }, "The kernels in use: the SIMD ones chosen at run time for this CPU, or \"portable\" "
+     "(no SIMD CPU, HEADROOM_PORTABLE_KERNELS=1 at load, or _force_portable_kernels).");
+  m.def("_force_portable_kernels", [](bool portable) {
+    headroom::Crc32cForcePortable(portable);
+    headroom::DotForcePortable(portable);
+  }, py::arg("portable"),
+     "Tests only: use the portable CRC32C and dot kernels (True) or the CPU's best (False).");
+
+  // --- a simulated power loss (tests only; see fileio.h and tests/test_log_powerloss.py) ---
+  m.def("_powerloss_enable", [](const std::string& root) { headroom::powerloss::Enable(root); },
+        py::arg("root"),
+        "Tests only: track every file the I/O layer touches under `root` (an existing "
+        "directory) for a simulated power loss; forgets what was tracked before.");
+  m.def("_powerloss_disable", [] { headroom::powerloss::Disable(); },
+        "Tests only: stop tracking and forget everything.");
+  m.def("_powerloss_enabled", [] { return headroom::powerloss::Enabled(); });
+  m.def("_powerloss_crash_at", [](uint64_t step) { headroom::powerloss::CrashAt(step); },
+        py::arg("step"),
+        "Tests only: the `step`-th next tracked I/O call (create, write, fsync, truncate, "
+        "rename, unlink, directory fsync, mkdir) crashes: it and every tracked call after it "
+        "fail with EIO and change nothing. 0 disarms.");
+  m.def("_powerloss_crash", [] { headroom::powerloss::CrashNow(); },
+        "Tests only: crash now (every later tracked I/O call fails with EIO).");
+  m.def("_powerloss_crashed", [] { return headroom::powerloss::Crashed(); });
+  m.def("_powerloss_steps", [] { return headroom::powerloss::Steps(); },
+        "Tests only: tracked I/O calls counted since tracking began.");
+  m.def("_powerloss_image", [](const std::string& dir, const std::string& out,
+                               const std::string& mode, uint64_t seed) {
+        headroom::powerloss::Mode md;
+        if (mode == "drop") {
+          md = headroom::powerloss::Mode::kDrop;
+        } else if (mode == "torn") {
+          md = headroom::powerloss::Mode::kTorn;
+        } else if (mode == "zero") {
+          md = headroom::powerloss::Mode::kZero;
+        } else if (mode == "keep") {
+          md = headroom::powerloss::Mode::kKeep;
+        } else {
+          Bad(ErrorKind::kInvalidInput, "mode must be drop, torn, zero or keep");
+        }
+        GilRelease nogil;
+        return headroom::powerloss::Image(dir, out, md, seed);
+      }, py::arg("dir"), py::arg("out") = "", py::arg("mode") = "drop", py::arg("seed") = 0,
+      "Tests only: write what `dir` would hold after a power loss now into `out` (a new "
+      "directory), or rewrite `dir` in place when `out` is empty. Drop the Log first "
+      "(abandon). Modes: drop (unsynced bytes lost), torn (a random prefix of each file's "
+      "unsynced appended bytes survives), zero (they read as zeros), keep (a process crash: "
+      "everything written survives). False when the directory itself would be gone.");
 
   py::class_<Records>(m, "Records")
       .def("__iter__", [](py::object self) { return self; })

@@ -25,6 +25,18 @@ int64_t NowMicros() {
   return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
 }
 
+// The directory that holds `path` ("." for a bare name).
+std::string ParentDir(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  size_t i = path.rfind('/');
+  if (i == std::string::npos) return ".";
+  return i == 0 ? "/" : path.substr(0, i);
+}
+
+// Makes the store directory and any missing directory above it. Each directory made above
+// the store's is fsynced into its parent at once; the store directory's own entry is fsynced
+// into its parent when its first segment is created (LoadAll), so that a store directory left
+// by a crash before that is made durable too.
 void MakeDirs(const std::string& path) {
   std::string cur;
   size_t i = 0;
@@ -32,21 +44,20 @@ void MakeDirs(const std::string& path) {
     size_t j = path.find('/', i);
     if (j == std::string::npos) j = path.size();
     cur = path.substr(0, j);
-    if (!cur.empty() && ::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
-      Fail(ErrorKind::kIo, "cannot create the store directory " + path + ": " + ErrnoText(errno));
+    if (!cur.empty()) {
+      int err = MakeDir(cur);
+      if (err && err != EEXIST)
+        Fail(ErrorKind::kIo, "cannot create the store directory " + path + ": " + ErrnoText(err));
+      if (!err && j < path.size() && path.find_first_not_of('/', j) != std::string::npos) {
+        if (int e = SyncDir(ParentDir(cur)))
+          Fail(ErrorKind::kIo, "cannot fsync the directory above " + cur + ": " + ErrnoText(e));
+      }
+    }
     i = j + 1;
   }
   struct stat st;
   if (::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
     Fail(ErrorKind::kInvalidInput, "the store path " + path + " exists and is not a directory");
-}
-
-int OpenFile(const std::string& path, int flags) {
-  int fd;
-  do {
-    fd = ::open(path.c_str(), flags | O_CLOEXEC, 0644);
-  } while (fd < 0 && errno == EINTR);
-  return fd;
 }
 
 uint64_t FileSize(int fd) {
@@ -241,6 +252,10 @@ void Log::LoadAll(bool locked) {
     SegmentHeader h;
     h.number = 1;
     CreateSegment(h);
+    // A new store: its directory's entry must be durable before any write is acknowledged
+    // (a power loss would take the whole directory otherwise).
+    if (int err = SyncDir(ParentDir(dir_)))
+      Fail(ErrorKind::kIo, "cannot fsync the directory holding " + dir_ + ": " + ErrnoText(err));
     nums.push_back(1);
   }
   uint64_t replaced = 0;
@@ -266,7 +281,7 @@ void Log::LoadAll(bool locked) {
   std::vector<std::pair<uint64_t, SegmentHeader>> live;
   for (auto& nh : headers) {
     if (nh.first <= replaced) {
-      if (locked) ::unlink(SegPath(nh.first).c_str());  // left by an interrupted compaction
+      if (locked) UnlinkFile(SegPath(nh.first));  // left by an interrupted compaction
       continue;
     }
     if (nh.second.version == 0) {
@@ -283,7 +298,10 @@ void Log::LoadAll(bool locked) {
     }
     live.push_back(nh);
   }
-  if (locked) ::unlink((dir_ + "/compact.tmp").c_str());
+  if (locked) {  // files being written by a writer that crashed: never part of the store
+    UnlinkFile(dir_ + "/compact.tmp");
+    for (const std::string& name : ListSegmentTemps(dir_)) UnlinkFile(dir_ + "/" + name);
+  }
   if (live.empty()) Fail(ErrorKind::kCorruption, "the store " + dir_ + " has no live segment");
 
   auto fresh = std::make_unique<State>();
@@ -595,10 +613,10 @@ void Log::CreateSegment(const SegmentHeader& h) {
   int err = WriteAt(fd, bytes.data(), bytes.size(), 0, &faults_);
   if (!err) err = SyncFile(fd, &faults_);
   ::close(fd);
-  if (!err && ::rename(tmp.c_str(), SegPath(h.number).c_str()) != 0) err = errno;
+  if (!err) err = RenameFile(tmp, SegPath(h.number));
   if (!err) err = SyncDir(dir_);
   if (err) {
-    ::unlink(tmp.c_str());
+    UnlinkFile(tmp);
     Fail(ErrorKind::kIo, "cannot create segment " + SegPath(h.number) + ": " + ErrnoText(err));
   }
 }
@@ -725,16 +743,30 @@ CompactResult Log::Compact() {
   flush();
   if (!err) err = SyncFile(out, &faults_);
   ::close(out);
-  if (!err && ::rename(tmp.c_str(), SegPath(h.number).c_str()) != 0) err = errno;
+  if (!err) err = RenameFile(tmp, SegPath(h.number));
   if (err) {
-    ::unlink(tmp.c_str());
+    UnlinkFile(tmp);
     Fail(ErrorKind::kIo, "compaction failed: " + ErrnoText(err) + "; the store is unchanged");
   }
-  // The rename was the commit point. Make it durable, then drop the replaced segments.
-  SyncDir(dir_);
-  for (uint64_t n : segments_) ::unlink(SegPath(n).c_str());
-  SyncDir(dir_);
+  // The rename was the commit point. Make it durable, then drop the replaced segments. A
+  // directory fsync that fails leaves the compaction (and every write appended after it, to
+  // the new segment) at the mercy of a power loss: the Log fails, as for a failed fsync.
+  int derr = SyncDir(dir_);
+  if (!derr) {
+    for (uint64_t n : segments_) UnlinkFile(SegPath(n));
+    derr = SyncDir(dir_);
+  }
   dirty_ = false;
+  if (derr) {
+    SetFailed("directory fsync failed: " + ErrnoText(derr));
+    try {
+      LoadAll(true);  // reads see the committed compaction
+    } catch (...) {
+    }
+    Fail(ErrorKind::kFailed, "the compaction was committed but its directory fsync failed (" +
+                                 ErrnoText(derr) +
+                                 "); the store refuses writes until it is reopened");
+  }
   LoadAll(true);
   res.bytes_after = out_pos;
   return res;
