@@ -241,12 +241,10 @@ def _key(name: str) -> st.SearchStrategy[str]:
 
 @st.composite
 def item_with_text(draw: st.DrawFn, text_keys: tuple[str, ...], extra: dict[str, Any]) -> Any:
-    # Item keys in lower case: keys of items in another case are a known disagreement
-    # (test_item_keys_are_matched_ignoring_case below).
-    item = {draw(st.sampled_from(text_keys)): draw(memory_text)}
+    item = {draw(_key(draw(st.sampled_from(text_keys)))): draw(memory_text)}
     for name, value in extra.items():
         if value is not None:
-            item[name] = value
+            item[draw(_key(name))] = value
     return item
 
 
