@@ -1,5 +1,7 @@
 #include "crc32c.h"
 
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -122,7 +124,7 @@ __attribute__((target("sse4.2"))) uint32_t ExtendSse42(uint32_t crc, const uint8
 
 using ExtendFn = uint32_t (*)(uint32_t, const uint8_t*, size_t);
 
-ExtendFn Choose() {
+ExtendFn Best() {
 #ifdef HEADROOM_X86
   __builtin_cpu_init();
   if (__builtin_cpu_supports("sse4.2")) return ExtendSse42;
@@ -130,12 +132,21 @@ ExtendFn Choose() {
   return ExtendPortable;
 }
 
-const ExtendFn kExtend = Choose();
+std::atomic<ExtendFn> g_extend{PortableKernelsRequested() ? ExtendPortable : Best()};
 
 }  // namespace
 
-uint32_t Crc32cExtend(uint32_t crc, const uint8_t* data, size_t n) { return kExtend(crc, data, n); }
+bool PortableKernelsRequested() {
+  const char* v = std::getenv("HEADROOM_PORTABLE_KERNELS");
+  return v && *v && std::strcmp(v, "0") != 0;
+}
 
-bool Crc32cIsHardware() { return kExtend != ExtendPortable; }
+uint32_t Crc32cExtend(uint32_t crc, const uint8_t* data, size_t n) {
+  return g_extend.load(std::memory_order_relaxed)(crc, data, n);
+}
+
+bool Crc32cIsHardware() { return g_extend.load() != ExtendPortable; }
+
+void Crc32cForcePortable(bool portable) { g_extend.store(portable ? ExtendPortable : Best()); }
 
 }  // namespace headroom

@@ -19,7 +19,14 @@ inline uint32_t UnmaskCrc(uint32_t masked) {
   return (rot >> 17) | (rot << 15);
 }
 
-// True when the hardware path is in use (reported by stats()).
+// True when the hardware path is in use (reported by kernels()).
 bool Crc32cIsHardware();
+// Tests only: force the portable kernel (true) or go back to the CPU's best (false). The
+// portable kernel is also forced at load by the environment variable
+// HEADROOM_PORTABLE_KERNELS=1 (see PortableKernelsRequested).
+void Crc32cForcePortable(bool portable);
+
+// Whether HEADROOM_PORTABLE_KERNELS asks for the portable kernels (set, and not "" or "0").
+bool PortableKernelsRequested();
 
 }  // namespace headroom

@@ -1,5 +1,9 @@
 #include "dot.h"
 
+#include <atomic>
+
+#include "crc32c.h"  // PortableKernelsRequested
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define HEADROOM_X86 1
@@ -50,7 +54,7 @@ __attribute__((target("avx2,fma"))) float DotAvx2(const float* a, const float* b
 
 using DotFn = float (*)(const float*, const float*, size_t);
 
-DotFn Choose() {
+DotFn Best() {
 #ifdef HEADROOM_X86
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return DotAvx2;
@@ -58,12 +62,16 @@ DotFn Choose() {
   return DotPortable;
 }
 
-const DotFn kDot = Choose();
+std::atomic<DotFn> g_dot{PortableKernelsRequested() ? DotPortable : Best()};
 
 }  // namespace
 
-float Dot(const float* a, const float* b, size_t n) { return kDot(a, b, n); }
+float Dot(const float* a, const float* b, size_t n) {
+  return g_dot.load(std::memory_order_relaxed)(a, b, n);
+}
 
-const char* DotKernelName() { return kDot == DotPortable ? "portable" : "avx2+fma"; }
+const char* DotKernelName() { return g_dot.load() == DotPortable ? "portable" : "avx2+fma"; }
+
+void DotForcePortable(bool portable) { g_dot.store(portable ? DotPortable : Best()); }
 
 }  // namespace headroom
