@@ -68,7 +68,7 @@ def graph_bytes(model: ResolvedModel) -> bytes:
     path = graph_path(model)
     if path.is_file():
         return path.read_bytes()
-    from .minilm_graph import build_graph_bytes  # ~15 ms of imports, paid only on a miss
+    from .minilm_graph import build_graph_bytes  # its imports are paid on a cache miss only
 
     data = build_graph_bytes(model.folder)
     with contextlib.suppress(OSError):

@@ -3,7 +3,7 @@
 Pipeline: WordPiece (uncased) tokenisation, truncation at 256 tokens including [CLS]/[SEP],
 BERT, mean pooling over the attention mask, L2 normalisation (the last three inside one ONNX
 graph, see :mod:`.minilm_graph`). Cosine against sentence-transformers >= 0.9999 on every row
-of the shared reference set (measured min 0.9999995).
+of the shared reference set.
 
 Runtime needs onnxruntime, tokenizers and numpy only. The model is found as
 :mod:`.resolve` documents and loaded lazily, once, on the first call that needs it (thread-safe).
@@ -57,8 +57,8 @@ class _Runtime:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Measured (one thread, CPU time per text): BASIC and EXTENDED equal (3.87 ms), ALL
-        # 12% worse (its layout transforms do not pay on this graph).
+        # EXTENDED, not ALL: ALL's layout transforms cost more CPU per text than they save on
+        # this graph (bench/README.md).
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         opts.log_severity_level = 3
         if threads > 1:  # spinning workers burn a core each between calls on busy servers

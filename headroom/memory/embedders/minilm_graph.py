@@ -7,8 +7,8 @@ mask, then L2 normalisation (eps 1e-12, as ``torch.nn.functional.normalize``).
 Every weight is an *external* initializer pointing at its byte range inside
 ``model.safetensors``: the graph itself is about 30 KB and nothing is copied. PyTorch stores a
 linear layer's weight as ``(out, in)``; each linear layer is one ``Gemm`` with ``transB`` over
-the untouched weight, on activations kept 2-D (tokens, hidden) between layers, which measured
-about 15% less CPU per text than 3-D ``MatMul`` + ``Add`` over transposed weights. Q, K and V
+the untouched weight, on activations kept 2-D (tokens, hidden) between layers: less CPU per
+text than 3-D ``MatMul`` + ``Add`` over transposed weights (bench/README.md). Q, K and V
 run as one Gemm over their concatenated weights (folded into a constant at load).
 
 Inputs: ``input_ids`` and ``attention_mask``, int64 ``(batch, seq)``, seq <= 512.

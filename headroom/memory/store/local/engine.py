@@ -28,9 +28,9 @@ import numpy.typing as npt
 
 from .index import LabelInfo, UserIndex
 
-#: Users with fewer live memories than this are searched exactly. `python -m bench store`
-#: measured the crossover (exact compiled scan against hnswlib at ef=100, real MiniLM vectors,
-#: one thread) at about 4,100 memories; recall@10 of hnswlib stayed >= 0.995 from 1k to 20k.
+#: Users with fewer live memories than this are searched exactly: below it the compiled exact
+#: scan is the faster path (one thread, MiniLM vectors), and exact search has no recall loss.
+#: The crossover is measured by `python -m bench store` (figures in bench/README.md).
 DEFAULT_ANN_THRESHOLD = 4096
 
 INT64_MIN = -(2**63)
