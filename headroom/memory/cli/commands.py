@@ -11,7 +11,13 @@ import importlib
 from typing import Any
 
 #: Modules (relative to headroom.memory.cli) whose ``register`` adds subcommands.
-COMMAND_MODULES: tuple[str, ...] = ("store_commands", "model_commands", "chat", "demo")
+COMMAND_MODULES: tuple[str, ...] = (
+    "store_commands",
+    "model_commands",
+    "chat",
+    "demo",
+    "serve_command",
+)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
