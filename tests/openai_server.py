@@ -15,6 +15,17 @@ Contract:
   ``Reply.stream_error_after=k`` sends k content chunks and then an error event (the SDK
   raises ``APIError`` while iterating); ``Reply.omit_finish`` leaves out the finish-reason
   chunk (a provider that ends a stream without one).
+- ``POST /v1/responses`` (the Responses API) answers with the same queue (or responder): a
+  ``Response`` whose output is one message item holding one ``output_text`` part with
+  :attr:`Reply.content` (none when it is None), then one ``function_call`` item per tool call.
+  ``"stream": true`` gets the real event sequence as SSE (``event:`` and ``data:`` lines,
+  ``sequence_number`` from 0): ``response.created``, ``response.in_progress``,
+  ``response.output_item.added``, ``response.content_part.added``, one
+  ``response.output_text.delta`` per piece (:meth:`Reply.pieces`),
+  ``response.output_text.done``, ``response.content_part.done``, ``response.output_item.done``
+  (then the tool call items, added and done), ``response.completed``; no ``[DONE]``.
+  ``Reply.stream_error_after=k`` sends k deltas and then an ``error`` event (the SDK raises
+  ``APIError``); ``Reply.omit_finish`` ends the stream right after the deltas.
 - ``POST /v1/embeddings`` answers with deterministic unit vectors (a hash of each input) of
   the request's ``dimensions``, else the model's real size (``MODEL_DIMS``), else
   ``embedding_dim``.
@@ -121,6 +132,11 @@ class ScriptedServer:
         with self._lock:
             return [body for path, body in self.requests if path.endswith("/chat/completions")]
 
+    def responses_requests(self) -> list[dict[str, Any]]:
+        """Bodies of the Responses API requests received so far."""
+        with self._lock:
+            return [body for path, body in self.requests if path.endswith("/responses")]
+
     def close(self) -> None:
         """Stop serving and release the port."""
         self._httpd.shutdown()
@@ -173,6 +189,15 @@ class ScriptedServer:
                         self._send_stream(_stream_events(reply, body))
                     else:
                         self._send_json(200, _completion(reply, body))
+                elif self.path.endswith("/responses"):
+                    reply = server._next_reply(body)
+                    if reply.status != 200:
+                        error = {"message": reply.error_message, "type": "server_error"}
+                        self._send_json(reply.status, {"error": error})
+                    elif body.get("stream"):
+                        self._send_stream(_response_events(reply, body), named=True)
+                    else:
+                        self._send_json(200, _response(reply, body))
                 else:
                     self._send_json(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -184,14 +209,15 @@ class ScriptedServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _send_stream(self, events: Iterator[str]) -> None:
+            def _send_stream(self, events: Iterator[str], named: bool = False) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
                 self.end_headers()
                 try:
                     for event in events:
-                        self.wfile.write(f"data: {event}\n\n".encode())
+                        head = f"event: {json.loads(event)['type']}\n" if named else ""
+                        self.wfile.write(f"{head}data: {event}\n\n".encode())
                         self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):  # client closed early
                     pass
@@ -291,3 +317,109 @@ def memory_reply(answer: str, *adds: str, category: str = "fact", **extra: Any) 
     """A reply whose content is ``answer`` followed by a block adding ``adds``."""
     block = json.dumps({"add": [{"text": t, "category": category} for t in adds]})
     return Reply(f"{answer}<memory>{block}</memory>", **extra)
+
+
+# --- the Responses API ---------------------------------------------------------------------------
+
+
+def _output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _message_item(text: str, status: str = "completed") -> dict[str, Any]:
+    content = [_output_text(text)] if status == "completed" else []
+    return {
+        "id": "msg_test",
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": content,
+    }
+
+
+def _call_items(reply: Reply) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "function_call",
+            "id": f"fc_{i}",
+            "call_id": call.get("id", f"call_{i}"),
+            "name": call["function"]["name"],
+            "arguments": call["function"]["arguments"],
+            "status": "completed",
+        }
+        for i, call in enumerate(reply.tool_calls or [])
+    ]
+
+
+def _response(reply: Reply, body: dict[str, Any], status: str = "completed") -> dict[str, Any]:
+    """A Response object (``status`` "completed"; "in_progress" with no output yet)."""
+    output: list[dict[str, Any]] = []
+    if status == "completed":
+        if reply.content is not None:
+            output.append(_message_item(reply.content))
+        output += _call_items(reply)
+    usage = {
+        "input_tokens": reply.usage["prompt_tokens"],
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": reply.usage["completion_tokens"],
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": reply.usage["total_tokens"],
+    }
+    return {
+        "id": "resp_test",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "model": body.get("model", "test-model"),
+        "instructions": body.get("instructions"),
+        "previous_response_id": body.get("previous_response_id"),
+        "output": output,
+        "parallel_tool_calls": True,
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools", []),
+        "text": body.get("text", {"format": {"type": "text"}}),
+        "usage": usage if status == "completed" else None,
+        "error": None,
+        "incomplete_details": None,
+        "metadata": {},
+    }
+
+
+def _response_events(reply: Reply, body: dict[str, Any]) -> Iterator[str]:
+    """The SSE data of a streamed Response, in the real event order."""
+    number = 0
+
+    def event(kind: str, **fields: Any) -> str:
+        nonlocal number
+        payload = {"type": kind, "sequence_number": number, **fields}
+        number += 1
+        return json.dumps(payload)
+
+    yield event("response.created", response=_response(reply, body, "in_progress"))
+    yield event("response.in_progress", response=_response(reply, body, "in_progress"))
+    index = 0
+    if reply.content is not None:
+        text = reply.content
+        yield event(
+            "response.output_item.added",
+            output_index=0,
+            item=_message_item("", "in_progress"),
+        )
+        part = {"item_id": "msg_test", "output_index": 0, "content_index": 0}
+        yield event("response.content_part.added", part=_output_text(""), **part)
+        for sent, piece in enumerate(reply.pieces(text)):
+            if reply.stream_error_after is not None and sent >= reply.stream_error_after:
+                error = {"message": reply.error_message, "type": "server_error"}
+                yield event("error", code="server_error", message=reply.error_message, error=error)
+                return
+            yield event("response.output_text.delta", delta=piece, logprobs=[], **part)
+        if reply.omit_finish:
+            return
+        yield event("response.output_text.done", text=text, logprobs=[], **part)
+        yield event("response.content_part.done", part=_output_text(text), **part)
+        yield event("response.output_item.done", output_index=0, item=_message_item(text))
+        index = 1
+    for offset, item in enumerate(_call_items(reply)):
+        yield event("response.output_item.added", output_index=index + offset, item=item)
+        yield event("response.output_item.done", output_index=index + offset, item=item)
+    yield event("response.completed", response=_response(reply, body))

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..protocol import responses as rsp
 from ..protocol.block import MemoryOps
 from ..protocol.pipeline import (
     MemoryEvent,
@@ -73,16 +74,25 @@ class Core:
 
     # --- the request side --------------------------------------------------------------------
 
-    def prepare(self, kwargs: dict[str, Any], mode: Mode) -> Prepared:
-        """Inject/instruct; on a memory-layer failure, log and go on with what is safe."""
-        messages = list(kwargs.get("messages") or [])
-        json_mode = is_json_mode(kwargs.get("response_format"))
+    def _mode_used(self, mode: Mode) -> Mode:
+        """The mode the request side runs in (a background wrapper only ever injects)."""
         if self.background:
-            mode_used: Mode = "read" if mode in ("on", "read") else "off"
-        else:
-            mode_used = mode
-            if mode in ("on", "read"):
-                self.wait_for_own_writes()
+            return "read" if mode in ("on", "read") else "off"
+        if mode in ("on", "read"):
+            self.wait_for_own_writes()
+        return mode
+
+    def prepare(
+        self, kwargs: dict[str, Any], mode: Mode, *, json_mode: bool | None = None
+    ) -> Prepared:
+        """Inject/instruct; on a memory-layer failure, log and go on with what is safe.
+
+        ``json_mode`` (default: read from ``response_format``) says no block can be appended.
+        """
+        messages = list(kwargs.get("messages") or [])
+        if json_mode is None:
+            json_mode = is_json_mode(kwargs.get("response_format"))
+        mode_used = self._mode_used(mode)
         try:
             prepared = prepare(self.store, self.settings, messages, mode_used, json_mode=json_mode)
         except Exception as exc:
@@ -99,6 +109,40 @@ class Core:
         if self.background and mode in ("on", "write"):
             prepared = replace(prepared, mode=mode, extract=False, background=True)
         return prepared
+
+    def prepare_input(
+        self, kwargs: Mapping[str, Any], mode: Mode, *, json_mode: bool
+    ) -> rsp.PreparedInput:
+        """The Responses twin of :meth:`prepare`: new ``input`` and ``instructions``.
+
+        On a memory-layer failure, log and go on without memories (the instruction is still
+        added when the answer is to carry a block).
+        """
+        mode_used = self._mode_used(mode)
+        source, instructions = kwargs.get("input"), kwargs.get("instructions")
+        try:
+            result = rsp.prepare_input(
+                self.store, self.settings, source, instructions, mode_used, json_mode=json_mode
+            )
+        except Exception as exc:
+            logger.warning("headroom.memory: injection failed, calling without memories: %s", exc)
+            extract = mode_used in ("on", "write") and not json_mode
+            result = rsp.PreparedInput(
+                input=source,
+                instructions=rsp.with_instruction(instructions) if extract else instructions,
+                prepared=Prepared(
+                    messages=rsp.input_items(source) or [],
+                    context=None,
+                    mode=mode_used,
+                    extract=extract,
+                    background=False,
+                    error=exc,
+                ),
+            )
+        if self.background and mode in ("on", "write"):
+            prepared = replace(result.prepared, mode=mode, extract=False, background=True)
+            result = replace(result, prepared=prepared)
+        return result
 
     def wait_for_own_writes(self) -> None:
         """Let this user's queued inline writes land before their next injection searches.
@@ -143,6 +187,33 @@ class Core:
             self.event(MemoryEvent(self.settings.user_id, prepared.mode, "inline", error=exc))
             return
         self.after(client, prepared, request, answer, ops, problems, streamed)
+
+    def finish_response(
+        self,
+        client: Any,
+        prepared: Prepared,
+        request: Mapping[str, Any],
+        result: Any,
+    ) -> None:
+        """Clean a completed Responses ``Response`` in place and store or queue what it carries.
+
+        A background wrapper, and a structured-output call (no block was asked for: cleaning
+        could only damage the JSON), leave the response as the provider sent it.
+        """
+        ops = MemoryOps()
+        problems: tuple[str, ...] = ()
+        answer: str | None = None
+        try:
+            answer = rsp.response_text(result)
+            if not self.background and not prepared.background:
+                parsed = rsp.clean_response(result, prepared.id_map)
+                if prepared.extract:
+                    ops, problems = parsed.ops, tuple(parsed.problems)
+        except Exception as exc:  # the parser never raises; this guards the unexpected
+            logger.exception("headroom.memory: could not clean the answer")
+            self.event(MemoryEvent(self.settings.user_id, prepared.mode, "inline", error=exc))
+            return
+        self.after(client, prepared, request, answer, ops, problems, False)
 
     def finish_stream(
         self,
@@ -221,7 +292,10 @@ class Core:
         """Record the turn as a durable extraction job (before the response returns)."""
         user_id = self.settings.user_id
         try:
-            user_text = last_user_text(list(request.get("messages") or []))
+            if "messages" in request:
+                user_text = last_user_text(list(request.get("messages") or []))
+            else:
+                user_text = rsp.last_user_input_text(request.get("input"))
             if not user_text:
                 self.event(MemoryEvent(user_id, prepared.mode, "background", error=prepared.error))
                 return

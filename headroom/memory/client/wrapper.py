@@ -32,13 +32,14 @@ from typing import Any
 
 from ..embedders.base import Embedder
 from ..errors import InvalidInputError
-from ..protocol.pipeline import Mode, Settings, check_mode
+from ..protocol import responses as rsp
+from ..protocol.pipeline import Mode, Settings, check_mode, is_json_mode
 from ..store.store import MemoryStore
 from ..types import validate_user_id
 from .background import is_async_client
 from .core import Core
 from .facade import AsyncMemoryFacade, MemoryFacade
-from .stream import wrap_async_stream, wrap_stream
+from .stream import ResponsesCleaner, wrap_async_stream, wrap_stream
 from .writer import Writer
 
 DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
@@ -50,6 +51,41 @@ _OPTIONS = frozenset(
 
 def _pop_mode(kwargs: dict[str, Any]) -> Mode:
     return check_mode(kwargs.pop("memory", None))
+
+
+def _omitted(value: object) -> bool:
+    """The SDK's markers of an argument not given (``omit``, ``NOT_GIVEN``)."""
+    return type(value).__name__ in ("Omit", "NotGiven")
+
+
+def _given(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` without the arguments marked as not given (the SDK's helpers pass them)."""
+    return {k: v for k, v in kwargs.items() if not _omitted(v)}
+
+
+def _structured(response_format: object) -> bool:
+    """True for a ``response_format`` under which no block can be appended (JSON, a type)."""
+    return isinstance(response_format, type) or is_json_mode(response_format)
+
+
+class _Bound:
+    """A resource whose ``create`` carries a ``memory=`` mode.
+
+    The SDK's stream helpers (``chat.completions.stream``, ``responses.stream``) make their
+    request through ``resource.create``; they are run with this object as the resource, so
+    the request goes through the memory-aware ``create`` and their events are built from the
+    cleaned stream. Every other attribute is the resource's own.
+    """
+
+    def __init__(self, resource: Any, mode: Mode) -> None:
+        self._resource = resource
+        self._mode = mode
+
+    def create(self, *args: Any, **kwargs: Any) -> Any:
+        return self._resource.create(*args, memory=self._mode, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._resource, name)
 
 
 class _Completions:
@@ -81,6 +117,32 @@ class _Completions:
         core.finish(client, prepared, request, result)
         return result
 
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        """``parse`` of the SDK (structured outputs), with memory.
+
+        No block can be appended to a JSON answer: memories are injected and the turn is
+        queued for background extraction, as JSON mode is on ``create``.
+        """
+        mode = _pop_mode(kwargs)
+        if mode == "off" or args or "messages" not in kwargs:
+            return self._inner.parse(*args, **kwargs)
+        core, client = self._owner._core, self._owner._client
+        structured = _structured(kwargs.get("response_format"))
+        prepared = core.prepare(kwargs, mode, json_mode=structured)
+        request = dict(kwargs)
+        kwargs["messages"] = prepared.messages
+        result = self._inner.parse(**kwargs)
+        core.finish(client, prepared, request, result)
+        return result
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        """``stream`` of the SDK (the stream helper), with memory: its request goes through
+        :meth:`create`, so its events and ``get_final_completion()`` never show the block."""
+        mode = _pop_mode(kwargs)
+        if mode == "off":
+            return self._inner.stream(*args, **kwargs)
+        return type(self._inner).stream(_Bound(self, mode), *args, **kwargs)
+
 
 class _AsyncCompletions(_Completions):
     """The async twin: the store work runs in a thread so the event loop never blocks."""
@@ -110,6 +172,156 @@ class _AsyncCompletions(_Completions):
             core.finish(client, prepared, request, result)
         return result
 
+    async def parse(self, *args: Any, **kwargs: Any) -> Any:
+        """``parse`` of the SDK, with memory; see :meth:`_Completions.parse`."""
+        mode = _pop_mode(kwargs)
+        if mode == "off" or args or "messages" not in kwargs:
+            return await self._inner.parse(*args, **kwargs)
+        core, client = self._owner._core, self._owner._client
+        structured = _structured(kwargs.get("response_format"))
+        prepared = await asyncio.to_thread(core.prepare, kwargs, mode, json_mode=structured)
+        request = dict(kwargs)
+        kwargs["messages"] = prepared.messages
+        result = await self._inner.parse(**kwargs)
+        await asyncio.to_thread(core.finish, client, prepared, request, result)
+        return result
+
+
+class _Responses:
+    """``client.responses`` with memory-aware ``create``, ``parse`` and ``stream``.
+
+    Memories go in an input item just before the last user item and the instruction at the
+    end of ``instructions`` (``protocol/responses.py`` says why); the block is removed from
+    the response's output messages (so from ``output_text``) and, streamed, from every event.
+    Structured outputs (``text.format`` JSON, ``parse`` with ``text_format``) get memories
+    injected and their turn queued for background extraction, with no block asked for.
+    """
+
+    def __init__(self, inner: Any, owner: MemoryClient) -> None:
+        self._inner = inner
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _start(
+        self, kwargs: dict[str, Any], mode: Mode, structured: bool
+    ) -> tuple[dict[str, Any], rsp.PreparedInput]:
+        """(the arguments to send, the preparation) of a call."""
+        prepared = self._owner._core.prepare_input(kwargs, mode, json_mode=structured)
+        return self._arguments(kwargs, prepared), prepared
+
+    @staticmethod
+    def _arguments(kwargs: dict[str, Any], prepared: rsp.PreparedInput) -> dict[str, Any]:
+        call = dict(kwargs)
+        call["input"] = prepared.input
+        if prepared.instructions is not kwargs.get("instructions"):
+            call["instructions"] = prepared.instructions
+        return call
+
+    def _wrap(
+        self, result: Any, prepared: rsp.PreparedInput, request: dict[str, Any], is_async: bool
+    ) -> Any:
+        core, client = self._owner._core, self._owner._client
+
+        def on_end(raw: Mapping[int, str], complete: bool) -> None:
+            core.finish_stream(client, prepared.prepared, request, raw, complete)
+
+        clean = not core.background and not prepared.prepared.background
+        cleaner = ResponsesCleaner(on_end, clean)
+        if is_async:
+            return wrap_async_stream(result, on_end, cleaner=cleaner)
+        return wrap_stream(result, on_end, cleaner=cleaner)
+
+    @staticmethod
+    def _is_structured(kwargs: Mapping[str, Any]) -> bool:
+        return "text_format" in kwargs or rsp.is_json_text_format(kwargs.get("text"))
+
+    def create(self, *args: Any, **kwargs: Any) -> Any:
+        """``create`` of the SDK, with memory; ``memory=`` selects the mode for this call."""
+        mode = _pop_mode(kwargs)
+        if mode == "off" or args or "input" not in kwargs:
+            return self._inner.create(*args, **kwargs)
+        kwargs = _given(kwargs)
+        call, prepared = self._start(kwargs, mode, self._is_structured(kwargs))
+        result = self._inner.create(**call)
+        if call.get("stream"):
+            return self._wrap(result, prepared, kwargs, False)
+        self._owner._core.finish_response(self._owner._client, prepared.prepared, kwargs, result)
+        return result
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        """``parse`` of the SDK, with memory (structured: inject, then background extraction)."""
+        mode = _pop_mode(kwargs)
+        if mode == "off" or args or "input" not in kwargs:
+            return self._inner.parse(*args, **kwargs)
+        kwargs = _given(kwargs)
+        call, prepared = self._start(kwargs, mode, self._is_structured(kwargs))
+        result = self._inner.parse(**call)
+        if call.get("stream"):
+            return self._wrap(result, prepared, kwargs, False)
+        self._owner._core.finish_response(self._owner._client, prepared.prepared, kwargs, result)
+        return result
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        """``stream`` of the SDK (the stream helper), with memory: its request goes through
+        :meth:`create`, so its events and ``get_final_response()`` never show the block."""
+        mode = _pop_mode(kwargs)
+        if mode == "off" or "input" not in kwargs:
+            return self._inner.stream(*args, **kwargs)
+        return type(self._inner).stream(_Bound(self, mode), *args, **kwargs)
+
+
+class _AsyncResponses(_Responses):
+    """The async twin: the store work runs in a thread so the event loop never blocks."""
+
+    async def _astart(
+        self, kwargs: dict[str, Any], mode: Mode, structured: bool
+    ) -> tuple[dict[str, Any], rsp.PreparedInput]:
+        core = self._owner._core
+        if mode == "write" and not core.background:
+            prepared = core.prepare_input(kwargs, mode, json_mode=structured)  # no search
+        else:
+            prepared = await asyncio.to_thread(
+                core.prepare_input, kwargs, mode, json_mode=structured
+            )
+        return self._arguments(kwargs, prepared), prepared
+
+    async def _afinish(
+        self, prepared: rsp.PreparedInput, request: dict[str, Any], result: Any
+    ) -> None:
+        core, client, ready = self._owner._core, self._owner._client, prepared.prepared
+        if ready.background:
+            await asyncio.to_thread(core.finish_response, client, ready, request, result)
+        else:
+            core.finish_response(client, ready, request, result)
+
+    async def create(self, *args: Any, **kwargs: Any) -> Any:
+        """``create`` of the SDK, with memory; ``memory=`` selects the mode for this call."""
+        mode = _pop_mode(kwargs)
+        if mode == "off" or args or "input" not in kwargs:
+            return await self._inner.create(*args, **kwargs)
+        kwargs = _given(kwargs)
+        call, prepared = await self._astart(kwargs, mode, self._is_structured(kwargs))
+        result = await self._inner.create(**call)
+        if call.get("stream"):
+            return self._wrap(result, prepared, kwargs, True)
+        await self._afinish(prepared, kwargs, result)
+        return result
+
+    async def parse(self, *args: Any, **kwargs: Any) -> Any:
+        """``parse`` of the SDK, with memory; see :meth:`_Responses.parse`."""
+        mode = _pop_mode(kwargs)
+        if mode == "off" or args or "input" not in kwargs:
+            return await self._inner.parse(*args, **kwargs)
+        kwargs = _given(kwargs)
+        call, prepared = await self._astart(kwargs, mode, self._is_structured(kwargs))
+        result = await self._inner.parse(**call)
+        if call.get("stream"):
+            return self._wrap(result, prepared, kwargs, True)
+        await self._afinish(prepared, kwargs, result)
+        return result
+
 
 class _Chat:
     """``client.chat`` with memory-aware ``completions``."""
@@ -127,6 +339,7 @@ class MemoryClient:
 
     _facade_class: type[Any] = MemoryFacade
     _completions_class: type[_Completions] = _Completions
+    _responses_class: type[_Responses] = _Responses
 
     def __init__(self, client: Any, core: Core) -> None:
         self._client = client
@@ -137,6 +350,10 @@ class MemoryClient:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in ("_client", "_core"):
             raise AttributeError(name)
+        if name == "responses":  # made on first use (wrapping stays cheap), then kept
+            responses = self._responses_class(self._client.responses, self)
+            self.__dict__["responses"] = responses
+            return responses
         return getattr(self._client, name)
 
     @property  # type: ignore[misc]
@@ -189,6 +406,7 @@ class AsyncMemoryClient(MemoryClient):
 
     _facade_class = AsyncMemoryFacade
     _completions_class = _AsyncCompletions
+    _responses_class = _AsyncResponses
 
     async def aflush(self, timeout: float | None = None) -> bool:
         """:meth:`flush` without blocking the event loop."""
