@@ -182,6 +182,16 @@ def test_percentiles_and_median_of_runs() -> None:
         percentiles([])
 
 
+_SPIN = """
+import sys, time
+start = time.process_time()
+while time.process_time() - start < 0.6:
+    pass
+print("spun", flush=True)
+sys.stdin.read()  # stay unreaped until the parent's measured block is over
+"""
+
+
 def test_cpu_watch_counts_own_cpu() -> None:
     with CpuWatch() as watch:
         total = 0
@@ -189,7 +199,31 @@ def test_cpu_watch_counts_own_cpu() -> None:
             total += i
     assert total > 0
     assert watch.report.own_cpu_s > 0.0
-    assert watch.report.others_cpu_s is not None and watch.report.others_cpu_s >= 0.0
+    assert watch.report.own_cpu_s <= watch.report.wall_s * 1.05 + 0.02  # one thread
+    assert watch.report.others_cpu_s is not None
+
+
+def test_cpu_watch_counts_another_process_as_others_not_own() -> None:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SPIN], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        with CpuWatch() as watch:  # the parent only waits while the child burns CPU
+            assert child.stdout is not None and child.stdout.readline() == "spun\n"
+    finally:
+        child.communicate(timeout=60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert child_cpu >= 0.6
+    report = watch.report
+    assert report.others_cpu_s is not None and report.others_share is not None
+    # An unreaped child's CPU is other processes' CPU (the machine may add more), not own.
+    assert report.others_cpu_s >= 0.6 * 0.9, (report, child_cpu)
+    assert report.own_cpu_s < 0.3, (report, child_cpu)
+    assert 0.0 < report.others_share <= 1.0 + 1e-6
 
 
 # --- ranking -----------------------------------------------------------------------------------

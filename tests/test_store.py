@@ -267,7 +267,12 @@ def test_processes_see_each_others_writes(tmp_path: Path) -> None:
     store.add("shared-user", "parent 1")
     assert len(store.get_all("shared-user")) == 102
     store.close()
-    assert os.getpid() > 0
+    # Every process's writes are durable and distinct: a fresh open replays all 102, once each.
+    with MemoryStore(path, embedder=HashEmbedder()) as again:
+        replayed = again.get_all("shared-user")
+        assert len({m.id for m in replayed}) == len(replayed) == 102
+        assert {m.text for m in replayed} == texts | {"parent 1"}
+        assert again.verify()["ok"]
 
 
 def test_ann_index_agrees_with_exact_and_snapshots(tmp_path: Path) -> None:
