@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "model_commands",
     "chat",
     "demo",
+    "mcp_command",
     "serve_command",
 )
 
