@@ -194,8 +194,12 @@ class Core:
         prepared: Prepared,
         request: Mapping[str, Any],
         result: Any,
+        sent_instructions: object = None,
     ) -> None:
         """Clean a completed Responses ``Response`` in place and store or queue what it carries.
+
+        The response's echo of ``instructions`` goes back to the caller's own when the memory
+        instruction was appended (``sent_instructions``).
 
         A background wrapper, and a structured-output call (no block was asked for: cleaning
         could only damage the JSON), leave the response as the provider sent it.
@@ -205,6 +209,7 @@ class Core:
         answer: str | None = None
         try:
             answer = rsp.response_text(result)
+            rsp.restore_instructions(result, sent_instructions, request.get("instructions"))
             if not self.background and not prepared.background:
                 parsed = rsp.clean_response(result, prepared.id_map)
                 if prepared.extract:

@@ -339,12 +339,20 @@ class ResponsesCleaner:
       cleaned, so ``event.response.output_text`` is the clean answer.
 
     ``on_end({0: raw}, complete)`` runs once with the whole raw answer (the completed
-    response's text, else the parts' texts). With ``clean=False`` events pass unchanged.
+    response's text, else the parts' texts). ``instructions=(sent, caller's)``: responses
+    echoing the instructions sent get the caller's back. With ``clean=False`` events pass
+    unchanged.
     """
 
-    def __init__(self, on_end: OnEnd, clean: bool = True) -> None:
+    def __init__(
+        self,
+        on_end: OnEnd,
+        clean: bool = True,
+        instructions: tuple[object, object] | None = None,
+    ) -> None:
         self._clean = clean
         self._on_end = on_end
+        self._instructions = instructions
         self._filters: dict[PartKey, BlockStreamFilter] = {}
         self._raw: dict[PartKey, list[str]] = {}
         self._done_text: dict[PartKey, str] = {}
@@ -407,6 +415,8 @@ class ResponsesCleaner:
         elif kind in _ITEM_EVENTS:
             rsp.clean_output_item(getattr(event, "item", None))
         elif response is not None:
+            if self._instructions is not None:
+                rsp.restore_instructions(response, *self._instructions)
             for item in getattr(response, "output", None) or ():
                 rsp.clean_output_item(item)
         return [event]

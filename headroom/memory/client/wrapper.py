@@ -228,7 +228,8 @@ class _Responses:
             core.finish_stream(client, prepared.prepared, request, raw, complete)
 
         clean = not core.background and not prepared.prepared.background
-        cleaner = ResponsesCleaner(on_end, clean)
+        instructions = (prepared.instructions, request.get("instructions"))
+        cleaner = ResponsesCleaner(on_end, clean, instructions)
         if is_async:
             return wrap_async_stream(result, on_end, cleaner=cleaner)
         return wrap_stream(result, on_end, cleaner=cleaner)
@@ -236,6 +237,10 @@ class _Responses:
     @staticmethod
     def _is_structured(kwargs: Mapping[str, Any]) -> bool:
         return "text_format" in kwargs or rsp.is_json_text_format(kwargs.get("text"))
+
+    def _finish(self, prepared: rsp.PreparedInput, request: dict[str, Any], result: Any) -> None:
+        core, client = self._owner._core, self._owner._client
+        core.finish_response(client, prepared.prepared, request, result, prepared.instructions)
 
     def create(self, *args: Any, **kwargs: Any) -> Any:
         """``create`` of the SDK, with memory; ``memory=`` selects the mode for this call."""
@@ -247,7 +252,7 @@ class _Responses:
         result = self._inner.create(**call)
         if call.get("stream"):
             return self._wrap(result, prepared, kwargs, False)
-        self._owner._core.finish_response(self._owner._client, prepared.prepared, kwargs, result)
+        self._finish(prepared, kwargs, result)
         return result
 
     def parse(self, *args: Any, **kwargs: Any) -> Any:
@@ -260,7 +265,7 @@ class _Responses:
         result = self._inner.parse(**call)
         if call.get("stream"):
             return self._wrap(result, prepared, kwargs, False)
-        self._owner._core.finish_response(self._owner._client, prepared.prepared, kwargs, result)
+        self._finish(prepared, kwargs, result)
         return result
 
     def stream(self, *args: Any, **kwargs: Any) -> Any:
@@ -290,11 +295,10 @@ class _AsyncResponses(_Responses):
     async def _afinish(
         self, prepared: rsp.PreparedInput, request: dict[str, Any], result: Any
     ) -> None:
-        core, client, ready = self._owner._core, self._owner._client, prepared.prepared
-        if ready.background:
-            await asyncio.to_thread(core.finish_response, client, ready, request, result)
+        if prepared.prepared.background:
+            await asyncio.to_thread(self._finish, prepared, request, result)
         else:
-            core.finish_response(client, ready, request, result)
+            self._finish(prepared, request, result)
 
     async def create(self, *args: Any, **kwargs: Any) -> Any:
         """``create`` of the SDK, with memory; ``memory=`` selects the mode for this call."""

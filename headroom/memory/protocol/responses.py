@@ -44,6 +44,7 @@ __all__ = [
     "last_user_input_text",
     "prepare_input",
     "response_text",
+    "restore_instructions",
     "with_instruction",
 ]
 
@@ -217,6 +218,20 @@ def clean_output_item(item: object) -> None:
     """Remove memory elements from every ``output_text`` part of a message item, in place."""
     for part in _text_parts(item):
         clean_part(part)
+
+
+def restore_instructions(response: object, sent: object, original: object) -> None:
+    """Give a response back the caller's ``instructions`` where it echoes the ones sent.
+
+    The provider echoes the request's ``instructions`` in the response; when the memory
+    instruction was appended, the caller gets their own value back (None when they gave none).
+    """
+    if sent is original or _field(response, "instructions") != sent:
+        return
+    if isinstance(response, dict):
+        response["instructions"] = original
+    else:
+        response.instructions = original  # type: ignore[attr-defined]
 
 
 def clean_response(response: object, id_map: Mapping[str, str]) -> ParsedAnswer:
