@@ -31,4 +31,15 @@ def _new_local_location(scratch: Path) -> str:
     return str(scratch / f"db{next(_counter)}")
 
 
-KINDS: list[BackendKind] = [BackendKind("local", _new_local_location)]
+def _new_postgres_location(scratch: Path) -> str:
+    # A new database on the session's PostgreSQL server (tests/pg_fixture.py: started on first
+    # use, stopped at exit), owned by a plain role, as that role's URL.
+    from tests import pg_fixture
+
+    return pg_fixture.server().new_database(prefix="contract")
+
+
+KINDS: list[BackendKind] = [
+    BackendKind("local", _new_local_location),
+    BackendKind("postgres", _new_postgres_location),
+]

@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pg_fixture
 import psycopg
 import pytest
-from pg_fixture import APP_PASSWORD, PgTestServer
 
 from headroom.memory import errors
 from headroom.memory.store.backend import Backend, Entry, Filter, Op
@@ -32,6 +30,8 @@ from headroom.memory.store.postgres import (
     PostgresSetupError,
 )
 from headroom.memory.store.ranking import LexicalIndex
+from tests import pg_fixture
+from tests.pg_fixture import APP_PASSWORD, PgTestServer
 
 pg_server = pg_fixture.pg_server
 pg_url = pg_fixture.pg_url
@@ -685,7 +685,7 @@ def _same_ranking(a: Any, b: Any, query: str) -> None:
     def order(pairs: list[tuple[str, float]]) -> list[tuple[float, str]]:
         return sorted((-score, key) for key, score in pairs)
 
-    assert order(a.top(query, 50)) == order(b.top(query, 50))
+    assert order(a.top(query, 100_000)) == order(b.top(query, 100_000))
     ma, mb = a.vector_mean(1), b.vector_mean(1)
     assert (ma is None) == (mb is None)
     if ma is not None:
@@ -813,13 +813,8 @@ def test_stats_flush_close(backend: PostgresBackend) -> None:
     backend.append([add("u", "a"), add("u", "b"), Entry.pending("u", "j", "{}", 1)])
     backend.append([Entry.delete("u", "a")])
     stats = backend.stats()
-    assert (stats["live"], stats["deleted"], stats["versions"], stats["pending_jobs"]) == (
-        1,
-        1,
-        3,
-        1,
-    )
-    assert stats["users"] == 1 and stats["bytes"] > 0 and stats["pgvector"]
+    assert (stats["live"], stats["users"], stats["pending_jobs"]) == (1, 1, 1)
+    assert stats["bytes"]["memories"] > 0 and stats["pgvector"] and stats["server_version"]
     json.dumps(stats)
     backend.flush()
     backend.close()

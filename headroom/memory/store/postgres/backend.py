@@ -73,6 +73,8 @@ _VERSION_NAMES = {V_ADD: "add", V_UPDATE: "update", V_DELETE: "delete", V_CLEAR:
 #: Inherited pools of forked children: kept referenced, never used or closed in the child.
 _ABANDONED: list[Any] = []
 
+_BEGIN_SNAPSHOT = sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
 _MEMORY_COLUMNS = "id, text, category, source, metadata, created_us, updated_us, user_id, label"
 
 
@@ -87,6 +89,20 @@ class _VectorDumper(Dumper):
     def dump(self, obj: Any) -> bytes:
         vector = np.asarray(obj, dtype=">f4")
         return struct.pack(">HH", vector.shape[0], 0) + vector.tobytes()
+
+
+class _VectorTextDumper(Dumper):
+    """A float32 numpy vector as pgvector's text form (for statements bound client-side).
+
+    Each float32 widens exactly to a double; its shortest repr parses back (strtof) to the
+    same float32.
+    """
+
+    format = Format.TEXT
+
+    def dump(self, obj: Any) -> bytes:
+        values = np.asarray(obj, dtype=np.float32).tolist()
+        return ("[" + ",".join(map(repr, values)) + "]").encode()
 
 
 class _VectorBinaryLoader(Loader):
@@ -109,8 +125,9 @@ class _VectorTextLoader(Loader):
 
 def _register_vector(context: AdaptContext, info: TypeInfo) -> None:
     info.register(context)
-    dumper = type("VectorDumper", (_VectorDumper,), {"oid": info.oid})
-    context.adapters.register_dumper(np.ndarray, dumper)
+    for base in (_VectorTextDumper, _VectorDumper):
+        dumper = type(base.__name__, (base,), {"oid": info.oid})
+        context.adapters.register_dumper(np.ndarray, dumper)
     context.adapters.register_loader(info.oid, _VectorBinaryLoader)
     context.adapters.register_loader(info.oid, _VectorTextLoader)
 
@@ -328,6 +345,44 @@ class PostgresBackend:
             if "different vector dimensions" in str(exc):
                 raise InvalidVectorError(_first_line(exc)) from None
             raise
+
+    def _read(
+        self,
+        user_id: str | None,
+        *statements: sql.Composable,
+        all_users: bool = False,
+        snapshot: bool = False,
+    ) -> list[list[tuple[Any, ...]]]:
+        """Run ``statements`` (their values bound client-side as literals) in one round trip,
+        scoped like :meth:`transaction`; returns the rows of each statement.
+
+        A simple-query message of several statements runs as one implicit transaction, so
+        the ``set_config(..., true)`` sent first holds for the statements after it and for
+        nothing else (this works behind PgBouncer in transaction mode too). ``snapshot``: an
+        explicit REPEATABLE READ transaction around them, so they all see one snapshot.
+        """
+        scope = sql.SQL(
+            "SELECT set_config('app.user_id', {}, true), set_config('app.scope', {}, true)"
+        ).format(sql.Literal(user_id or ""), sql.Literal("all" if all_users else ""))
+        parts = [scope, *statements]
+        if snapshot:
+            parts = [_BEGIN_SNAPSHOT, *parts, sql.SQL("COMMIT")]
+        query = sql.SQL("; ").join(parts)
+        pool = self._get_pool()
+        try:
+            with pool.connection() as conn, conn.cursor() as cur:
+                cur.execute(query)
+                results = []
+                while True:
+                    if cur.description is not None:
+                        results.append(cur.fetchall())
+                    if not cur.nextset():
+                        break
+                return results[1:]  # the first is the scope's set_config
+        except psycopg.OperationalError as exc:
+            raise PostgresUnavailableError(
+                f"the store at {self.location}: {_first_line(exc)}"
+            ) from None
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -674,37 +729,35 @@ class PostgresBackend:
 
     def get(self, user_id: str, memory_id: str) -> Memory | None:
         """The live memory, or None."""
-        with self.transaction(user_id) as cur:
-            cur.execute(
-                f"SELECT {_MEMORY_COLUMNS} FROM memories "
-                "WHERE user_id = %s AND id = %s AND deleted_seq IS NULL",
-                (user_id, memory_id),
-            )
-            row = cur.fetchone()
-        return None if row is None else _memory(row)
+        [rows] = self._read(
+            user_id,
+            sql.SQL(
+                "SELECT " + _MEMORY_COLUMNS + " FROM memories "
+                "WHERE user_id = {} AND id = {} AND deleted_seq IS NULL"
+            ).format(sql.Literal(user_id), sql.Literal(memory_id)),
+        )
+        return _memory(rows[0]) if rows else None
 
     def memories(self, user_id: str, where: Filter = ALL) -> list[Memory]:
         """Live memories passing ``where``, oldest first."""
-        condition, params = _filter_sql(where)
-        with self.transaction(user_id) as cur:
-            cur.execute(
-                sql.SQL(
-                    "SELECT " + _MEMORY_COLUMNS + " FROM memories "
-                    "WHERE user_id = %s AND deleted_seq IS NULL {} ORDER BY first_seq"
-                ).format(condition),
-                (user_id, *params),
-            )
-            return [_memory(row) for row in cur.fetchall()]
+        [rows] = self._read(
+            user_id,
+            sql.SQL(
+                "SELECT " + _MEMORY_COLUMNS + " FROM memories "
+                "WHERE user_id = {} AND deleted_seq IS NULL {} ORDER BY first_seq"
+            ).format(sql.Literal(user_id), _filter_sql(where)),
+        )
+        return [_memory(row) for row in rows]
 
     def history(self, user_id: str, memory_id: str) -> list[MemoryVersion]:
         """Every version, oldest first, ending with its deletion if deleted."""
-        with self.transaction(user_id) as cur:
-            cur.execute(
+        [rows] = self._read(
+            user_id,
+            sql.SQL(
                 "SELECT memory_id, text, category, at_us, op, source, metadata "
-                "FROM memory_versions WHERE user_id = %s AND memory_id = %s ORDER BY seq",
-                (user_id, memory_id),
-            )
-            rows = cur.fetchall()
+                "FROM memory_versions WHERE user_id = {} AND memory_id = {} ORDER BY seq"
+            ).format(sql.Literal(user_id), sql.Literal(memory_id)),
+        )
         return [
             MemoryVersion(
                 memory_id=row[0],
@@ -720,16 +773,20 @@ class PostgresBackend:
 
     def count(self, user_id: str) -> int:
         """Live memories of the user."""
-        with self.transaction(user_id) as cur:
-            cur.execute("SELECT live FROM user_state WHERE user_id = %s", (user_id,))
-            row = cur.fetchone()
-        return int(row[0]) if row else 0
+        [rows] = self._read(
+            user_id,
+            sql.SQL("SELECT live FROM user_state WHERE user_id = {}").format(sql.Literal(user_id)),
+        )
+        return int(rows[0][0]) if rows else 0
 
     def users(self) -> list[str]:
         """Users with at least one live memory, sorted."""
-        with self.transaction(all_users=True) as cur:
-            cur.execute("SELECT user_id FROM user_state WHERE live > 0 ORDER BY user_id")
-            return [row[0] for row in cur.fetchall()]
+        [rows] = self._read(
+            None,
+            sql.SQL("SELECT user_id FROM user_state WHERE live > 0 ORDER BY user_id"),
+            all_users=True,
+        )
+        return [row[0] for row in rows]
 
     def vectors(self, user_id: str) -> dict[str, Vector]:
         """The vector of each live memory of the user."""
@@ -744,8 +801,16 @@ class PostgresBackend:
 
     def user_seq(self, user_id: str) -> int:
         """Seq of the newest entry that touched the user (0 when none)."""
-        with self.transaction(user_id) as cur:
-            return _user_seq(cur, user_id)[0]
+        return self._user_seq(user_id)[0]
+
+    def _user_seq(self, user_id: str) -> tuple[int, int]:
+        [rows] = self._read(
+            user_id,
+            sql.SQL("SELECT seq, reset_seq FROM user_state WHERE user_id = {}").format(
+                sql.Literal(user_id)
+            ),
+        )
+        return (int(rows[0][0]), int(rows[0][1] or 0)) if rows else (0, 0)
 
     def changes(self, user_id: str, since: int) -> ChangeSet:
         """What changed in the user's live set after ``since`` (one snapshot).
@@ -755,10 +820,19 @@ class PostgresBackend:
         a reader holding state from before it finds ``since`` below the user's reset seq
         (:meth:`ranking` rebuilds then).
         """
-        with self.transaction(user_id, snapshot=True) as cur:
-            seq, _ = _user_seq(cur, user_id)
-            removed, added = _changes(cur, user_id, since)
-        return ChangeSet(seq, tuple(removed), tuple((label, mid) for label, mid, *_ in added))
+        user = sql.Literal(user_id)
+        state, removed, added = self._read(
+            user_id,
+            _state_sql(user),
+            _removed_sql(user, since),
+            _added_sql(user, since, sql.SQL("label, id")),
+            snapshot=True,
+        )
+        return ChangeSet(
+            int(state[0][0]) if state else 0,
+            tuple(int(r[0]) for r in removed),
+            tuple((int(r[0]), r[1]) for r in added),
+        )
 
     # --- search ------------------------------------------------------------------------------
 
@@ -771,26 +845,30 @@ class PostgresBackend:
         query = np.ascontiguousarray(query, dtype=np.float32)
         if query.ndim != 1 or not np.isfinite(query).all():
             raise InvalidVectorError("a query vector must be a finite 1-D float32 array")
-        condition, params = _filter_sql(where)
-        with self.transaction(user_id) as cur:
-            cur.execute("SELECT dim FROM user_state WHERE user_id = %s", (user_id,))
-            row = cur.fetchone()
-            dim = int(row[0]) if row else 0
-            if not dim:
-                return []
-            if dim != query.shape[0]:
-                raise InvalidVectorError(
-                    f"the query has {query.shape[0]} dims; the user's vectors have {dim}"
-                )
-            cur.execute(
+        user = sql.Literal(user_id)
+        try:
+            dims, rows = self._read(
+                user_id,
+                sql.SQL("SELECT dim FROM user_state WHERE user_id = {}").format(user),
                 sql.SQL(
-                    "SELECT id, -(embedding <#> %b::vector) FROM memories "
-                    "WHERE user_id = %s AND deleted_seq IS NULL AND embedding IS NOT NULL {} "
-                    "ORDER BY embedding <#> %b::vector, first_seq LIMIT %s"
-                ).format(condition),
-                (query, user_id, *params, query, k),
+                    "SELECT id, -(embedding <#> {q}) FROM memories "
+                    "WHERE user_id = {u} AND deleted_seq IS NULL AND embedding IS NOT NULL {f} "
+                    "ORDER BY embedding <#> {q}, first_seq LIMIT {k}"
+                ).format(q=sql.Literal(query), u=user, f=_filter_sql(where), k=sql.Literal(k)),
             )
-            return [(row[0], float(row[1])) for row in cur.fetchall()]
+        except psycopg.errors.DataException as exc:
+            if "different vector dimensions" not in str(exc):
+                raise
+            rows, dims = [], []
+            with self.transaction(user_id) as cur:
+                cur.execute("SELECT dim FROM user_state WHERE user_id = %s", (user_id,))
+                dims = cur.fetchall()
+        dim = int(dims[0][0]) if dims else 0
+        if dim and dim != query.shape[0]:
+            raise InvalidVectorError(
+                f"the query has {query.shape[0]} dims; the user's vectors have {dim}"
+            )
+        return [(row[0], float(row[1])) for row in rows]
 
     def ranking(self, user_id: str) -> PgUserRanking:
         """The user's lexical index and vector sum, caught up with every write so far."""
@@ -798,60 +876,74 @@ class PostgresBackend:
             ranking = self._rankings.get(user_id)
             if ranking is None:
                 ranking = self._rankings[user_id] = PgUserRanking()
-        with self.transaction(user_id) as cur:
-            target, reset = _user_seq(cur, user_id)
+        target, reset = self._user_seq(user_id)
         if target == ranking.covered_seq and reset == ranking.reset_seq:
             return ranking
         with ranking.lock:
             if target == ranking.covered_seq and reset == ranking.reset_seq:
                 return ranking
-            with self.transaction(user_id, snapshot=True) as cur:
-                seq, reset = _user_seq(cur, user_id)
-                since = ranking.covered_seq
-                if since < 0 or reset != ranking.reset_seq or since < reset:
-                    self._build_ranking(cur, user_id, ranking)
-                else:
-                    self._catch_up(cur, user_id, ranking, since)
-                ranking.covered_seq, ranking.reset_seq = seq, reset
+            since = ranking.covered_seq
+            if since < 0 or reset != ranking.reset_seq or since < reset:
+                self._build_ranking(user_id, ranking)
+            else:
+                self._catch_up(user_id, ranking, since)
         return ranking
 
-    @staticmethod
-    def _build_ranking(cur: psycopg.Cursor[Any], user_id: str, ranking: PgUserRanking) -> None:
-        cur.execute(
-            "SELECT label, id, text, created_us FROM memories "
-            "WHERE user_id = %s AND deleted_seq IS NULL ORDER BY first_seq",
-            (user_id,),
+    def _build_ranking(self, user_id: str, ranking: PgUserRanking) -> None:
+        user = sql.Literal(user_id)
+        state, rows, total = self._read(
+            user_id,
+            _state_sql(user),
+            sql.SQL(
+                "SELECT label, id, text, created_us FROM memories "
+                "WHERE user_id = {} AND deleted_seq IS NULL ORDER BY first_seq"
+            ).format(user),
+            _total_sql(user),
+            snapshot=True,
         )
-        rows = cur.fetchall()
         index = LexicalIndex()
         index.add_many((row[1], row[2]) for row in rows)
         ranking.index = index
         ranking.label_ids = {int(row[0]): row[1] for row in rows}
         ranking.created = {row[1]: int(row[3]) for row in rows}
-        ranking.vectors = _vector_total(cur, user_id)
+        ranking.vectors = _vector_total(total)
+        ranking.covered_seq, ranking.reset_seq = _state(state)
 
-    @staticmethod
-    def _catch_up(
-        cur: psycopg.Cursor[Any], user_id: str, ranking: PgUserRanking, since: int
-    ) -> None:
-        removed, added = _changes(cur, user_id, since, content=True)
-        for label in removed:
-            memory_id = ranking.label_ids.pop(label, None)
+    def _catch_up(self, user_id: str, ranking: PgUserRanking, since: int) -> None:
+        user = sql.Literal(user_id)
+        # The full sum again only when something was removed (one snapshot with the rest).
+        state, removed, added, total = self._read(
+            user_id,
+            _state_sql(user),
+            _removed_sql(user, since),
+            _added_sql(user, since, sql.SQL("label, id, text, created_us, embedding")),
+            _total_sql(
+                user,
+                sql.SQL(
+                    "AND EXISTS (SELECT 1 FROM removals WHERE user_id = {} AND seq > {} "
+                    "AND label <= {})"
+                ).format(user, since, since),
+            ),
+            snapshot=True,
+        )
+        for (label,) in removed:
+            memory_id = ranking.label_ids.pop(int(label), None)
             if memory_id is not None:
                 ranking.index.remove(memory_id)
                 ranking.created.pop(memory_id, None)
         for label, memory_id, text, created_us, _vector in added:
             ranking.index.add(memory_id, text)
-            ranking.label_ids[label] = memory_id
-            ranking.created[memory_id] = created_us
-        total = ranking.vectors
-        if removed or total is None:
-            ranking.vectors = _vector_total(cur, user_id)
+            ranking.label_ids[int(label)] = memory_id
+            ranking.created[memory_id] = int(created_us)
+        current = ranking.vectors
+        if removed or current is None:
+            ranking.vectors = _vector_total(total)
         else:
-            extra = [v for *_, v in added if v is not None]
+            extra = [row[4] for row in added if row[4] is not None]
             if extra:
                 stacked = np.asarray(extra, np.float32).sum(axis=0, dtype=np.float64)
-                ranking.vectors = (total[0] + stacked, total[1] + len(extra))
+                ranking.vectors = (current[0] + stacked, current[1] + len(extra))
+        ranking.covered_seq, ranking.reset_seq = _state(state)
 
     def warm(self, user_id: str) -> None:
         """Catch the user's ranking cache up now, if this process holds one."""
@@ -864,15 +956,12 @@ class PostgresBackend:
 
     def pending(self, user_id: str | None = None) -> list[Job]:
         """Open jobs, oldest first."""
-        query = "SELECT id, user_id, payload, created_us FROM jobs"
+        query = sql.SQL("SELECT id, user_id, payload, created_us FROM jobs")
         if user_id is None:
-            with self.transaction(all_users=True) as cur:
-                cur.execute(query + " ORDER BY seq")
-                rows = cur.fetchall()
+            [rows] = self._read(None, query + sql.SQL(" ORDER BY seq"), all_users=True)
         else:
-            with self.transaction(user_id) as cur:
-                cur.execute(query + " WHERE user_id = %s ORDER BY seq", (user_id,))
-                rows = cur.fetchall()
+            where = sql.SQL(" WHERE user_id = {} ORDER BY seq").format(sql.Literal(user_id))
+            [rows] = self._read(user_id, query + where)
         return [
             Job(id=r[0], user_id=r[1], payload=json.loads(r[2]),
                 created_at=T.from_timestamp_us(r[3]))
@@ -881,9 +970,8 @@ class PostgresBackend:
 
     def config(self) -> dict[str, str]:
         """Latest CONFIG values."""
-        with self.transaction() as cur:
-            cur.execute("SELECT key, value FROM config ORDER BY key")
-            return {row[0]: row[1] for row in cur.fetchall()}
+        [rows] = self._read(None, sql.SQL("SELECT key, value FROM config ORDER BY key"))
+        return {row[0]: row[1] for row in rows}
 
     # --- maintenance -------------------------------------------------------------------------
 
@@ -1001,36 +1089,34 @@ class PostgresBackend:
         return Recovery()
 
     def stats(self) -> dict[str, Any]:
-        """Row counts and table sizes (JSON-safe)."""
+        """Counts and sizes that cost no table scan: live memories and users (from the
+        per-user counts), pending jobs, bytes of each table with its indexes (JSON-safe)."""
         tables = ("memories", "memory_versions", "removals", "jobs", "user_state", "config")
-        with self.transaction(all_users=True) as cur:
-            cur.execute(
-                """
-                SELECT
-                  (SELECT count(*) FROM memories WHERE deleted_seq IS NULL),
-                  (SELECT count(*) FROM memories WHERE deleted_seq IS NOT NULL),
-                  (SELECT count(*) FROM memory_versions),
-                  (SELECT count(*) FROM jobs),
-                  (SELECT count(*) FROM user_state WHERE live > 0),
-                  (SELECT extversion FROM pg_extension WHERE extname = 'vector'),
-                  current_setting('server_version')
-                """
-            )
-            row = cur.fetchone()
-            assert row is not None
-            sizes = _table_bytes(cur.connection, tables)
+        counts, jobs, server, sizes = self._read(
+            None,
+            sql.SQL(
+                "SELECT COALESCE(sum(live), 0), count(*) FILTER (WHERE live > 0) FROM user_state"
+            ),
+            sql.SQL("SELECT count(*) FROM jobs"),
+            sql.SQL(
+                "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'vector'), "
+                "current_setting('server_version')"
+            ),
+            sql.SQL(
+                "SELECT t, pg_total_relation_size(to_regclass(t)) FROM unnest({}::text[]) AS t"
+            ).format(list(tables)),
+            all_users=True,
+        )
         return {
             "backend": "postgres",
             "location": self.location,
-            "live": int(row[0]),
-            "deleted": int(row[1]),
-            "versions": int(row[2]),
-            "pending_jobs": int(row[3]),
-            "users": int(row[4]),
-            "pgvector": row[5],
-            "server_version": row[6],
+            "live": int(counts[0][0]),
+            "users": int(counts[0][1]),
+            "pending_jobs": int(jobs[0][0]),
+            "pgvector": server[0][0],
+            "server_version": server[0][1],
             "schema_version": schema.SCHEMA_VERSION,
-            "bytes": sizes,
+            "bytes": {name: int(size or 0) for name, size in sizes},
         }
 
     def flush(self) -> None:
@@ -1138,23 +1224,24 @@ def _check_dim(write: _UserWrite, dim: int, *, replacing: bool) -> None:
     write.dim = dim
 
 
-def _filter_sql(where: Filter) -> tuple[sql.Composable, list[Any]]:
+def _filter_sql(where: Filter) -> sql.Composable:
+    """The filter as SQL conditions (``AND ...``) with its values as literals."""
     parts: list[sql.Composable] = []
-    params: list[Any] = []
     if where.categories:
-        parts.append(sql.SQL("AND category = ANY(%s::smallint[])"))
-        params.append(sorted(T.category_code(c) for c in where.categories))
+        codes = sorted(T.category_code(c) for c in where.categories)
+        parts.append(sql.SQL("AND category = ANY({}::smallint[])").format(sql.Literal(codes)))
     if where.since_us is not None:
-        parts.append(sql.SQL("AND created_us >= %s"))
-        params.append(where.since_us)
+        parts.append(sql.SQL("AND created_us >= {}").format(sql.Literal(where.since_us)))
     if where.until_us is not None:
-        parts.append(sql.SQL("AND created_us <= %s"))
-        params.append(where.until_us)
+        parts.append(sql.SQL("AND created_us <= {}").format(sql.Literal(where.until_us)))
     for key, values in where.metadata:
         # jsonb equality is JSON equality: 1 = 1.0, true <> 1, arrays and objects by value.
-        parts.append(sql.SQL("AND (metadata -> %s::text) = ANY(%s::jsonb[])"))
-        params.extend([key, [Jsonb(v) for v in values]])
-    return sql.SQL(" ").join(parts), params
+        parts.append(
+            sql.SQL("AND (metadata -> {}::text) = ANY({}::jsonb[])").format(
+                sql.Literal(key), sql.Literal([Jsonb(v) for v in values])
+            )
+        )
+    return sql.SQL(" ").join(parts)
 
 
 def _memory(row: Sequence[Any]) -> Memory:
@@ -1170,48 +1257,40 @@ def _memory(row: Sequence[Any]) -> Memory:
     )
 
 
-def _user_seq(cur: psycopg.Cursor[Any], user_id: str) -> tuple[int, int]:
-    cur.execute("SELECT seq, reset_seq FROM user_state WHERE user_id = %s", (user_id,))
-    row = cur.fetchone()
-    if row is None:
-        return 0, 0
-    return int(row[0]), int(row[1] or 0)
+def _state_sql(user: sql.Composable) -> sql.Composable:
+    return sql.SQL("SELECT seq, reset_seq FROM user_state WHERE user_id = {}").format(user)
 
 
-def _changes(
-    cur: psycopg.Cursor[Any], user_id: str, since: int, *, content: bool = False
-) -> tuple[list[int], list[tuple[Any, ...]]]:
-    cur.execute(
-        "SELECT label FROM removals WHERE user_id = %s AND seq > %s AND label <= %s ORDER BY label",
-        (user_id, since, since),
-    )
-    removed = [int(row[0]) for row in cur.fetchall()]
-    columns = "label, id, text, created_us, embedding" if content else "label, id"
-    cur.execute(
-        f"SELECT {columns} FROM memories "
-        "WHERE user_id = %s AND deleted_seq IS NULL AND label > %s ORDER BY label",
-        (user_id, since),
-        binary=content,
-    )
-    added = [(int(row[0]), *row[1:]) for row in cur.fetchall()]
-    return removed, added
+def _state(rows: list[tuple[Any, ...]]) -> tuple[int, int]:
+    return (int(rows[0][0]), int(rows[0][1] or 0)) if rows else (0, 0)
 
 
-def _vector_total(
-    cur: psycopg.Cursor[Any], user_id: str
-) -> tuple[npt.NDArray[np.float64], int] | None:
+def _removed_sql(user: sql.Composable, since: int) -> sql.Composable:
+    return sql.SQL(
+        "SELECT label FROM removals WHERE user_id = {} AND seq > {} AND label <= {} ORDER BY label"
+    ).format(user, since, since)
+
+
+def _added_sql(user: sql.Composable, since: int, columns: sql.Composable) -> sql.Composable:
+    return sql.SQL(
+        "SELECT {} FROM memories WHERE user_id = {} AND deleted_seq IS NULL AND label > {} "
+        "ORDER BY label"
+    ).format(columns, user, since)
+
+
+def _total_sql(user: sql.Composable, condition: sql.Composable | None = None) -> sql.Composable:
     # avg() accumulates in double precision; the mean times the count is the sum.
-    cur.execute(
+    return sql.SQL(
         "SELECT avg(embedding), count(embedding) FROM memories "
-        "WHERE user_id = %s AND deleted_seq IS NULL",
-        (user_id,),
-        binary=True,
-    )
-    row = cur.fetchone()
-    if row is None or not row[1]:
+        "WHERE user_id = {} AND deleted_seq IS NULL {}"
+    ).format(user, condition or sql.SQL(""))
+
+
+def _vector_total(rows: list[tuple[Any, ...]]) -> tuple[npt.NDArray[np.float64], int] | None:
+    if not rows or not rows[0][1]:
         return None
-    count = int(row[1])
-    return np.asarray(row[0], np.float64) * count, count
+    count = int(rows[0][1])
+    return np.asarray(rows[0][0], np.float64) * count, count
 
 
 def _table_bytes(conn: psycopg.Connection[Any], tables: Sequence[str]) -> int:
