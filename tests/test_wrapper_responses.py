@@ -538,3 +538,36 @@ def test_chat_helpers_with_memory_off(server: ScriptedServer, tmp_path: Path) ->
     assert server.chat_requests()[-1]["messages"] == CHAT_MESSAGES
     assert client.flush(timeout=30)
     assert texts_of(client) == {"User prefers Python"}
+
+
+# --- the demo's scripted endpoint -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_demo_endpoint_speaks_the_responses_api(tmp_path: Path, stream: bool) -> None:
+    from headroom.memory.cli.scripted_llm import ScriptedLLM, ScriptedTurn
+
+    def answer(notes: Any) -> str:
+        return "I remember: " + "; ".join(n["text"] for n in notes) if notes else "Hello."
+
+    turns = [ScriptedTurn("hello", answer, lambda notes: {"add": [{"text": "User said hello"}]})]
+    llm = ScriptedLLM(turns).start()
+    try:
+        client = wrap(openai.OpenAI(base_url=llm.base_url, api_key="test"), tmp_path)
+        texts = []
+        for _ in range(2):
+            result = client.responses.create(model=llm.model, input="hello there", stream=stream)
+            if stream:
+                events = list(result)
+                text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+                assert events[-1].response.output_text == text
+                assert [e.sequence_number for e in events] == list(range(len(events)))
+            else:
+                text = result.output_text
+            texts.append(text)
+            assert client.flush(timeout=30)
+        assert texts == ["Hello.", "I remember: User said hello"]
+        assert texts_of(client) == {"User said hello"}
+        assert llm.requests[-1]["instructions"] == MEMORY_INSTRUCTION
+    finally:
+        llm.stop()
