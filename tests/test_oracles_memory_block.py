@@ -142,12 +142,12 @@ def _category(value: Any) -> str | None:
     return None
 
 
-def _resolve(ident: Any) -> str | None:
+def _resolve(ident: Any, allowed_ids: tuple[str, ...] = ALLOWED) -> str | None:
     if not isinstance(ident, str):
         return None
-    if ident in ALLOWED:
+    if ident in allowed_ids:
         return ident
-    for allowed in ALLOWED:
+    for allowed in allowed_ids:
         if ident.strip().lower() == allowed.lower():
             return allowed
     return None
@@ -156,15 +156,18 @@ def _resolve(ident: Any) -> str | None:
 Ops = tuple[list[tuple[str, str]], list[tuple[str, str, str | None]], list[str]]
 
 
-def oracle_ops(raw: Any, max_ops: int) -> Ops:
+def oracle_ops(
+    raw: Any, max_ops: int, allowed_ids: tuple[str, ...] = ALLOWED, max_chars: int = 500
+) -> Ops:
+    """What validation keeps of a decoded block body (docs: "Validation: strict meaning")."""
     if not isinstance(raw, dict):
         return [], [], []
     adds: list[tuple[str, str]] = []
     for item in _items(_get(raw, "add")) + _items(_get(raw, "memories")):
         if isinstance(item, str):
-            text, category = _text(item), "fact"
+            text, category = _text(item, max_chars), "fact"
         elif isinstance(item, dict):
-            text = _text(_get(item, "text", "content", "memory"))
+            text = _text(_get(item, "text", "content", "memory"), max_chars)
             category = _category(_get(item, "category")) or "fact"
         else:
             continue
@@ -174,13 +177,13 @@ def oracle_ops(raw: Any, max_ops: int) -> Ops:
     for item in _items(_get(raw, "update")):
         if not isinstance(item, dict):
             continue
-        text = _text(_get(item, "text", "content", "memory"))
-        ident = _resolve(_get(item, "id"))
+        text = _text(_get(item, "text", "content", "memory"), max_chars)
+        ident = _resolve(_get(item, "id"), allowed_ids)
         if text is not None and ident is not None:
             updates.append((ident, text, _category(_get(item, "category"))))
     deletes: list[str] = []
     for item in _items(_get(raw, "delete")):
-        ident = _resolve(_get(item, "id") if isinstance(item, dict) else item)
+        ident = _resolve(_get(item, "id") if isinstance(item, dict) else item, allowed_ids)
         if ident is not None:
             deletes.append(ident)
     # Duplicates collapse, the first wins.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from block_fragments import PIECES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_oracles_memory_block import _plain, oracle_ops
 
 from headroom.memory.protocol.block import (
     WHITESPACE,
@@ -58,7 +59,19 @@ def test_render_then_parse_round_trips(answer: str, ops: MemoryOps, data: st.Dat
 
     parsed = parse_answer(answer + render_block(ops), **limits)  # type: ignore[arg-type]
 
+    # The expectation comes from the specification's oracle (test_oracles_memory_block.py),
+    # not from validate_ops, the code under test.
+    raw = {
+        "add": [{"text": m.text, "category": m.category} for m in ops.add],
+        "update": [
+            {"id": u.id, "text": u.text, **({"category": u.category} if u.category else {})}
+            for u in ops.update
+        ],
+        "delete": list(ops.delete),
+    }
+    want = oracle_ops(raw, max_ops, tuple(allowed), max_chars)
     expected, _ = validate_ops(ops, **limits)  # type: ignore[arg-type]
+    assert _plain(parsed.ops) == want
     assert parsed.ops == expected
     assert parsed.text == answer.rstrip(WHITESPACE)
     assert parsed.found_block
