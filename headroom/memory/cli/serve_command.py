@@ -55,10 +55,16 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def sdk_factory(http: Any, base_url: str) -> Any:
     """The async SDK client the server wraps: no retries (the caller's SDK retries), no
-    Authorization of its own (each request carries the caller's)."""
+    Authorization of its own (each request carries the caller's, or none)."""
     import openai
 
-    return openai.AsyncOpenAI(
+    class UpstreamClient(openai.AsyncOpenAI):
+        """An AsyncOpenAI that sends the caller's Authorization, or none when it had none."""
+
+        def _validate_headers(self, headers: Any, custom_headers: Any) -> None:
+            return None
+
+    return UpstreamClient(
         api_key="unused",
         base_url=base_url,
         http_client=http,

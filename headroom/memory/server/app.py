@@ -175,7 +175,11 @@ def _response_headers(headers: httpx2.Headers | None) -> dict[str, str]:
 
 
 def _passthrough_headers(headers: httpx2.Headers) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in headers.multi_items() if k.lower() not in _HOP_BY_HOP]
+    return [
+        (k, v)
+        for k, v in headers.multi_items()
+        if k.lower() not in _HOP_BY_HOP | {"date", "server"}
+    ]
 
 
 class MemoryServer:
@@ -360,12 +364,16 @@ class MemoryServer:
             upstream = await self.http.send(upstream_request, stream=True)
         except Exception as exc:
             return _upstream_error(exc)
-        return StreamingResponse(
+        response = StreamingResponse(
             upstream.aiter_raw(),
             status_code=upstream.status_code,
-            headers=dict(_passthrough_headers(upstream.headers)),
             background=BackgroundTask(upstream.aclose),
         )
+        response.raw_headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in _passthrough_headers(upstream.headers)
+        ]
+        return response
 
 
 def _to_dict(value: Any) -> Any:
@@ -383,13 +391,17 @@ def _upstream_error(exc: Exception) -> Response:
         headers = {
             k: v
             for k, v in response.headers.items()
-            if k.lower() not in _HOP_BY_HOP | {"content-length", "content-encoding"}
+            if k.lower()
+            not in _HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
         }
         return Response(response.content, status_code=response.status_code, headers=headers)
-    cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-    if isinstance(cause, httpx2.TimeoutException) or "Timeout" in type(exc).__name__:
+    causes = (exc, exc.__cause__)
+    if (
+        any(isinstance(c, httpx2.TimeoutException) for c in causes)
+        or "Timeout" in type(exc).__name__
+    ):
         error = HttpError(504, "the upstream did not answer in time", "upstream_timeout")
-    elif isinstance(cause, httpx2.HTTPError) or "Connection" in type(exc).__name__:
+    elif any(isinstance(c, httpx2.HTTPError) for c in causes) or "Connection" in type(exc).__name__:
         error = HttpError(502, f"the upstream could not be reached: {exc}", "upstream_unreachable")
     else:
         logger.exception("unexpected error calling the upstream", exc_info=exc)
