@@ -23,12 +23,13 @@ EXIT_CODES = (
 )
 
 EPILOG = f"""\
-users: list, search, add, show, history, delete, forget, prune and chat are about one user's
-memories and require --user ID (there is no default user); stats and export cover every user
-unless --user narrows them; import --user sets the owner of every imported record.
+users: list, search, add, show, history, delete, forget, prune, chat and mcp are about one
+user's memories and require --user ID (there is no default user); stats and export cover every
+user unless --user narrows them; import --user sets the owner of every imported record.
 
-stores: only add, import, chat and demo create a store; every other command on a path without
-a store exits 3 with "no store at PATH" and creates nothing.
+stores: the read and maintenance commands (stats, list, search, show, history, export, verify,
+delete, forget, prune, compact, reembed) never create a store: on a path without one they exit
+3 with "no store at PATH"; add, import and the commands that run a chat or a server do.
 
 {textwrap.fill(EXIT_CODES, 94)}"""
 
