@@ -164,6 +164,43 @@ def test_sdk_upstream_errors_reach_the_client_unchanged(served: Served, up: Upst
         )
 
 
+def test_sdk_responses_api_injects_extracts_and_streams(served: Served, up: Upstream) -> None:
+    client = sdk(served)
+    up.push(memory_reply("Welcome, Nia.", "User's name is Nia"))
+    first = client.responses.create(model="m", input="I'm Nia.", user="nia")
+    assert first.output_text == "Welcome, Nia."
+    assert memories(served, "nia") == ["User's name is Nia"]
+    up.push(memory_reply("Hi again, Nia.", "User likes jazz"))
+    stream = client.responses.create(
+        model="m", input=[{"role": "user", "content": "I like jazz"}], user="nia", stream=True
+    )
+    events = list(stream)
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == "Hi again, Nia."
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == "Hi again, Nia."
+    body = up.responses_requests()[-1]
+    notes = [i for i in body["input"] if i.get("role") == "system"]
+    assert len(notes) == 1 and "User's name is Nia" in notes[0]["content"]
+    assert sorted(memories(served, "nia")) == ["User likes jazz", "User's name is Nia"]
+    # raw: event/data pairs as the upstream sent them, no [DONE], no block
+    up.push(memory_reply("Sure.", "User plays piano"))
+    payload = {"model": "m", "input": "I play piano", "user": "nia", "stream": True}
+    out = curl(
+        "-N",
+        served.base_url + "/responses",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        json.dumps(payload),
+    ).stdout
+    assert out.startswith("event: response.created\ndata: {")
+    assert "<memory" not in out and "[DONE]" not in out
+    types = re.findall(r"(?m)^event: (\S+)$", out)
+    datas = [json.loads(d)["type"] for d in sse_events(out)]
+    assert types == datas and types[-1] == "response.completed"
+
+
 def test_isolation_between_users(served: Served, up: Upstream) -> None:
     client = sdk(served)
     up.push(memory_reply("ok", "Frank's secret is 4417"))

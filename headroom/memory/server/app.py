@@ -2,13 +2,15 @@
 
 Routes:
 
-- ``POST /v1/chat/completions``: when the request names an end user, the call goes through
+- ``POST /v1/chat/completions`` and ``POST /v1/responses`` (the Responses API, same rules; its
+  stream re-emitted as ``event: {type}`` / ``data: {event}`` pairs with no ``[DONE]``, as the
+  upstream sends it): when the request names an end user, the call goes through
   ``with_fast_memory`` (``--mode fast``) or ``with_memory`` (``--mode background``) wrapped
   around an async SDK client that carries the caller's headers (``Authorization`` included, as
   it came); the wrapper injects, calls the upstream, hides and stores the ``<memory>`` block.
   A streamed answer is re-emitted as server-sent events (``data: {chunk}`` ... ``data:
   [DONE]``), chunk for chunk as the SDK read them, minus the block. Without an end user, or
-  with a body the SDK cannot take (no ``messages`` or ``model``, not JSON), the request is
+  with a body the SDK cannot take (no ``messages`` / ``input`` or ``model``, not JSON), it is
   passed through untouched.
 - ``/v1/memory/...`` and ``/openapi.json``: ``rest.py``.
 - every other ``/v1/...`` route: passed to the upstream untouched (method, query, headers, the
@@ -203,19 +205,10 @@ class MemoryServer:
         self.sdk = sdk_factory(self.http, self.upstream)
         self._wrap = with_fast_memory if config.mode == "fast" else with_memory
         self._user_keys = dict(config.user_keys)
-        create = self.sdk.chat.completions.create
-        params = inspect.signature(create).parameters
-        self._known = frozenset(
-            name
-            for name, p in params.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-            and name not in ("extra_headers", "extra_query", "extra_body", "timeout")
-        ) | {"memory"}
-        self._required = frozenset(
-            name
-            for name, p in params.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
-        )
+        self._routes = {
+            "chat": _signature(self.sdk.chat.completions.create, "messages"),
+            "responses": _signature(self.sdk.responses.create, "input"),
+        }
 
     # --- memory --------------------------------------------------------------------------------
 
@@ -293,6 +286,14 @@ class MemoryServer:
 
     async def chat_completions(self, request: Request) -> Response:
         """``POST /v1/chat/completions`` with memory for the request's end user."""
+        return await self._with_memory(request, "chat")
+
+    async def responses(self, request: Request) -> Response:
+        """``POST /v1/responses`` with memory for the request's end user."""
+        return await self._with_memory(request, "responses")
+
+    async def _with_memory(self, request: Request, route: Literal["chat", "responses"]) -> Response:
+        """The call through the wrapped client, or passed through when it cannot have memory."""
         pinned = self.authorize(request)
         raw = await request.body()
         try:
@@ -302,9 +303,10 @@ class MemoryServer:
         if not isinstance(body, dict):
             return await self.passthrough(request, raw)
         user = self.user_of(pinned, body, request.headers)
-        if user is None or not self._required <= body.keys():
+        known, required = self._routes[route]
+        if user is None or not required <= body.keys():
             return await self.passthrough(request, raw)
-        if not isinstance(body.get("messages"), list):
+        if route == "chat" and not isinstance(body.get("messages"), list):
             return await self.passthrough(request, raw)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _SDK_OWNED}
         try:
@@ -314,14 +316,15 @@ class MemoryServer:
         except Exception:
             logger.exception("memory unavailable for this request; passing it through")
             return await self.passthrough(request, raw)
-        kwargs = {k: v for k, v in body.items() if k in self._known}
-        extra = {k: v for k, v in body.items() if k not in self._known}
+        kwargs = {k: v for k, v in body.items() if k in known}
+        extra = {k: v for k, v in body.items() if k not in known}
         if extra:
             kwargs["extra_body"] = extra
+        resource = client.chat.completions if route == "chat" else client.responses
         holder: list[httpx2.Headers] = []
         token = _UPSTREAM_HEADERS.set(holder)
         try:
-            result = await client.chat.completions.create(**kwargs)
+            result = await resource.create(**kwargs)
         except HeadroomMemoryError as exc:
             raise error_for(exc) from None
         except Exception as exc:
@@ -332,7 +335,7 @@ class MemoryServer:
             response = getattr(result, "response", None)
             headers_out = _response_headers(getattr(response, "headers", None))
             return StreamingResponse(
-                _sse(result),
+                _sse(result, named=route == "responses"),
                 media_type="text/event-stream",
                 headers={**headers_out, "cache-control": "no-cache"},
             )
@@ -409,20 +412,25 @@ def _upstream_error(exc: Exception) -> Response:
     return error.response()
 
 
-def _sse_line(payload: Any) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+def _sse_line(payload: Any, named: bool = False) -> bytes:
+    data = b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    kind = payload.get("type") if named and isinstance(payload, dict) else None
+    return f"event: {kind}\n".encode() + data if isinstance(kind, str) else data
 
 
-async def _sse(stream: Any) -> AsyncIterator[bytes]:
+async def _sse(stream: Any, named: bool = False) -> AsyncIterator[bytes]:
     """Re-emit a wrapped SDK stream as server-sent events; close it however the client goes.
 
-    Closing the stream ends the wrapper's once-only finalisation (which stores the block, or
-    nothing for a stream cut short) and releases the upstream connection.
+    Chat completions: ``data: {chunk}`` lines, then ``data: [DONE]``. Responses (``named``):
+    ``event: {type}`` and ``data: {event}`` per event, no ``[DONE]``, as the upstream sends
+    them. Closing the stream runs the wrapper's once-only finalisation (which stores the
+    block, or nothing for a stream cut short) and releases the upstream connection.
     """
     try:
-        async for chunk in stream:
-            yield _sse_line(_to_dict(chunk))
-        yield b"data: [DONE]\n\n"
+        async for item in stream:
+            yield _sse_line(_to_dict(item), named)
+        if not named:
+            yield b"data: [DONE]\n\n"
     except Exception as exc:  # an error event in the upstream's stream, or a broken stream
         body = getattr(exc, "body", None)
         if body is None:
@@ -432,6 +440,15 @@ async def _sse(stream: Any) -> AsyncIterator[bytes]:
     finally:
         with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
             await stream.close()
+
+
+def _signature(create: Callable[..., Any], needed: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(the keyword arguments ``create`` takes, those a call needs) of an SDK method."""
+    params = inspect.signature(create).parameters
+    keywords = {name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    required = {name for name in keywords if params[name].default is inspect.Parameter.empty}
+    known = keywords - {"extra_headers", "extra_query", "extra_body", "timeout"}
+    return frozenset(known | {"memory"}), frozenset(required | {needed})
 
 
 def create_app(config: ServerConfig, sdk_factory: SdkFactory) -> Starlette:
@@ -461,6 +478,7 @@ def create_app(config: ServerConfig, sdk_factory: SdkFactory) -> Starlette:
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
     routes = [
         Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
+        Route("/v1/responses", server.responses, methods=["POST"]),
         *memory_routes(server),
         Route("/v1/{path:path}", server.passthrough, methods=methods),
     ]
