@@ -19,6 +19,7 @@ SUITES: dict[str, str] = {
     "log": "bench.bench_log",
     "store": "bench.bench_store",
     "wrapper": "bench.bench_wrapper",
+    "server": "bench.bench_server",
 }
 
 
