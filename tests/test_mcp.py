@@ -12,13 +12,17 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, InitializeResult
 
 from headroom.memory.cli.main import build_parser
@@ -39,6 +43,9 @@ TOOLS = {
 }
 
 T = TypeVar("T")
+
+#: The command, run as a subprocess.
+SERVE = [sys.executable, "-m", "headroom.memory.cli", "mcp"]
 
 
 def _env() -> dict[str, str]:
@@ -306,7 +313,7 @@ def test_forget_all_then_sigterm_ends_cleanly_and_keeps_the_writes(tmp_path: Pat
     db = tmp_path / "memory.db"
     ids = seed(db)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "headroom.memory.cli", "mcp", "--db", str(db), "--user", "alice"],
+        [*SERVE, "--db", str(db), "--user", "alice"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -361,6 +368,75 @@ def test_forget_all_then_sigterm_ends_cleanly_and_keeps_the_writes(tmp_path: Pat
         ]
         assert all(store.history("alice", i) == [] for i in ids["alice"].values())
         assert sorted(m.id for m in store.get_all("bob")) == sorted(ids["bob"].values())
+
+
+def test_streamable_http_on_loopback_serves_the_same_tools_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "memory.db"
+    ids = seed(db)
+    proc = subprocess.Popen(
+        [*SERVE, "--db", str(db), "--user", "bob", "--http-port", "0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
+    try:
+        assert proc.stderr is not None
+        ready, _, _ = select.select([proc.stderr], [], [], 60)
+        assert ready, "the server never said where it listens"
+        line = proc.stderr.readline().decode()
+        match = re.fullmatch(
+            r"headroom-memory: serving the memories of 'bob' over MCP at "
+            r"(http://127\.0\.0\.1:\d+/mcp)\n",
+            line,
+        )
+        assert match, line
+        url = match.group(1)
+
+        async def run() -> dict[str, Any]:
+            async with (
+                streamable_http_client(url) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                tools = (await session.list_tools()).tools
+                assert {tool.name for tool in tools} == TOOLS
+                added = ok(await session.call_tool("add_memory", {"text": "Owns a sailboat"}))
+                found = ok(
+                    await session.call_tool("search_memories", {"query": "pizza", "top_k": 10})
+                )
+                assert {hit["id"] for hit in found["results"]} == {
+                    *ids["bob"].values(),
+                    added["id"],
+                }
+                return added
+
+        added = anyio.run(run)
+        # DNS rebinding protection: a request naming another host is refused
+        request = urllib.request.Request(
+            url,
+            data=b"{}",
+            method="POST",
+            headers={"Host": "attacker.example", "Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 421 and refused.value.read() == b"Invalid Host header"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read().decode()
+    assert "Traceback" not in err, err
+    with MemoryStore(db) as store:
+        assert [m.text for m in store.get_all("bob")][-1] == "Owns a sailboat"
+        assert store.get("bob", added["id"]) is not None
+        assert store.get("alice", added["id"]) is None
+        assert len(store.get_all("alice")) == 3
 
 
 def _cli(*argv: str, code: str | None = None) -> subprocess.CompletedProcess[str]:

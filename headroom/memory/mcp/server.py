@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -58,6 +59,7 @@ __all__ = [
     "SearchHit",
     "SearchResult",
     "create_server",
+    "run_http",
     "run_stdio",
 ]
 
@@ -460,3 +462,51 @@ def run_stdio(server: MCPServer[Any], *, on_stop: Callable[[], None] | None = No
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+class _Stopped(Exception):
+    """SIGTERM arrived while serving HTTP."""
+
+
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise _Stopped
+
+
+def run_http(
+    server: MCPServer[Any],
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve ``server`` over streamable HTTP at ``http://host:port/mcp`` until SIGTERM or
+    SIGINT; returns after a graceful shutdown (SIGINT then raises KeyboardInterrupt).
+
+    The port is bound before serving, so a port in use is an OSError here (port 0 picks a free
+    one); ``ready`` gets the endpoint's URL once it is bound. The SDK turns on its DNS
+    rebinding protection for a loopback host. There is no authentication: whoever reaches the
+    port acts as the server's user, so keep it on loopback.
+    """
+    import uvicorn  # a dependency of the mcp SDK
+
+    sock = socket.create_server((host, port))
+    previous = signal.signal(signal.SIGTERM, _raise_stopped) if sys.platform != "win32" else None
+    try:
+        bound = sock.getsockname()[1]
+        config = uvicorn.Config(
+            server.streamable_http_app(host=host),
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
+        if ready is not None:
+            ready(f"http://{host}:{bound}/mcp")
+        # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found:
+        # ours, which ends serving without killing the process, so the caller closes its store.
+        uvicorn.Server(config).run(sockets=[sock])
+    except _Stopped:
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        sock.close()
