@@ -335,6 +335,37 @@ def test_node_fetch(served: Served, up: Upstream, tmp_path: Path) -> None:
     assert up.headers_of("/chat/completions")[0]["authorization"] == "Bearer sk-node"
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _readme_blocks(language: str) -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## From any language") :]
+    section = section[: section.index("\n## ", 1)]
+    return re.findall(rf"^```{language}\n(.*?)^```", section, re.M | re.S)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_readme_curl_and_node_examples_run(served: Served, up: Upstream, tmp_path: Path) -> None:
+    curl_block = next(b for b in _readme_blocks("sh") if b.startswith("curl"))
+    node_block = _readme_blocks("js")[0]
+    env = {**os.environ, "OPENAI_API_KEY": "sk-readme"}
+    up.push(memory_reply("Welcome to Porto!", "User lives in Porto"))
+    script = curl_block.replace("http://127.0.0.1:8787", served.root)
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["choices"][0]["message"]["content"] == "Welcome to Porto!"
+    up.push(memory_reply("In Porto.", "User asked where they live"))
+    node = tmp_path / "readme.mjs"
+    node.write_text(node_block.replace("http://127.0.0.1:8787", served.root))
+    done = subprocess.run(["node", str(node)], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert sse_text(done.stdout) == "In Porto." and sse_events(done.stdout)[-1] == "[DONE]"
+    assert "<memory" not in done.stdout
+    assert injected(up.chat_requests()[-1]) == ["User lives in Porto"]
+    assert {h["authorization"] for h in up.headers_of("/chat/completions")} == {"Bearer sk-readme"}
+
+
 # --- the REST API -------------------------------------------------------------------------------
 
 
