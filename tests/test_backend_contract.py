@@ -211,6 +211,15 @@ def test_export_import_round_trip_is_exact(
         target.close()
 
 
+def test_a_record_without_times_is_dated_now(store: MemoryStore) -> None:
+    before = datetime.now(timezone.utc) - timedelta(seconds=5)
+    assert store.import_([{"user_id": "u", "id": "a", "text": "User likes tea"}]) == 1
+    memory = store.get("u", "a")
+    assert memory is not None and memory.created_at >= before and memory.updated_at >= before
+    with pytest.raises(errors.InvalidTimeError, match="record 1"):
+        store.import_([{"user_id": "u", "id": "b", "text": "x", "created_at": "yesterday"}])
+
+
 def test_a_bad_record_imports_nothing(open_store: OpenStore) -> None:
     store = open_store()
     good = {"user_id": "u", "id": "a", "text": "User likes tea", "category": "fact"}

@@ -220,3 +220,12 @@ def test_without_a_client_uses_base_url(server: EmbeddingServer) -> None:
     assert sent["model"] == "text-embedding-3-small"
     with pytest.raises(InvalidInputError):
         OpenAIEmbedder(openai.OpenAI(api_key="k"), base_url=server.base_url)
+
+
+def test_no_api_key_is_an_embedder_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No client given and no key in the environment: the SDK refuses to build a client; the
+    # library says so with its own typed error, not the SDK's.
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    embedder = OpenAIEmbedder(None, model="text-embedding-3-small")
+    with pytest.raises(EmbedderError, match="OpenAI client"):
+        embedder.embed(["hello"])

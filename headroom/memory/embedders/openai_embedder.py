@@ -129,9 +129,12 @@ class OpenAIEmbedder:
                     if client is None:
                         import openai
 
-                        client = openai.OpenAI(
-                            api_key=self._api_key, base_url=self._base_url, max_retries=0
-                        )
+                        try:
+                            client = openai.OpenAI(
+                                api_key=self._api_key, base_url=self._base_url, max_retries=0
+                            )
+                        except openai.OpenAIError as exc:  # e.g. no OPENAI_API_KEY
+                            raise EmbedderError(f"cannot create the OpenAI client: {exc}") from None
                     elif hasattr(client, "with_options"):
                         client = client.with_options(max_retries=0)
                     self._api = client.embeddings

@@ -36,6 +36,7 @@ from ..embedders.base import Embedder
 from ..errors import (
     EmbeddingModelMismatchError,
     InvalidInputError,
+    InvalidTimeError,
     InvalidTypeError,
     InvalidVectorError,
     MemoryNotFoundError,
@@ -743,10 +744,12 @@ class MemoryStore:
             except (TypeError, ValueError):
                 raise InvalidVectorError("vector must be a list of numbers") from None
             vectors[-1] = _check_vector(given, self.embedder.dim)
+        now = T.to_timestamp_us(datetime.now().astimezone()) or 0
         created = T.to_timestamp_us(_parse_time(record.get("created_at")))
         entries = []
         for i, (version, text, vector) in enumerate(zip(versions, texts, vectors, strict=True)):
-            at = T.to_timestamp_us(_parse_time(version.get("at"))) or 0
+            # A version without a time (a hand-written record) is dated now, never 1970.
+            at = T.to_timestamp_us(_parse_time(version.get("at"))) or now
             category = T.validate_category(version.get("category", "fact"))
             metadata = T.validate_metadata(version.get("metadata"))
             source = T.validate_source(version.get("source") or "import")
@@ -879,5 +882,5 @@ def _parse_time(value: Any) -> datetime | float | None:
         try:
             return datetime.fromisoformat(value)
         except ValueError:
-            raise InvalidInputError(f"not an ISO 8601 time: {value!r}") from None
-    raise InvalidInputError(f"not a time: {value!r}")
+            raise InvalidTimeError(f"not an ISO 8601 time: {value!r}") from None
+    raise InvalidTimeError(f"not a time: {value!r}")
