@@ -18,10 +18,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from transforms_oracle import price_messages
 
 from headroom.memory.errors import InvalidInputError, InvalidTypeError
-from headroom.transforms import RollingWindowTransform, TokenCounter, count_messages_tokens
+from headroom.transforms import RollingWindowTransform, TokenCounter
 from headroom.transforms.conversation import parse_conversation
+from headroom.transforms.tokens import estimate_text_tokens
 
 Message = dict[str, Any]
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -130,8 +132,18 @@ def must_keep(messages: list[Message], keep_last_turns: int) -> set[int]:
     return keep
 
 
+#: The text counters of COUNTERS (and the default estimate), by name, for the pricing oracle.
+TEXT_FNS: dict[str, Callable[[str], int]] = {"estimate": estimate_text_tokens, "chars": len}
+
+
+def priced(messages: list[Message], counter: TokenCounter) -> int:
+    """Tokens of ``messages`` by the recipe of docs/transforms.md (transforms_oracle.py), not
+    by the code under test."""
+    return price_messages(messages, TEXT_FNS[counter.name])
+
+
 def cost(messages: list[Message], indices: set[int], counter: TokenCounter) -> int:
-    return counter.count_messages([messages[i] for i in sorted(indices)])
+    return priced([messages[i] for i in sorted(indices)], counter)
 
 
 # --- properties ----------------------------------------------------------------------------
@@ -170,8 +182,8 @@ def check_valid_window(
     # what must stay, stays; the budget holds whenever it can
     required = must_keep(messages, window.keep_last_turns)
     assert required <= kept_set
-    assert report.tokens_after == count_messages_tokens(out, window.counter)
-    assert report.tokens_before == count_messages_tokens(messages, window.counter)
+    assert report.tokens_after == priced(out, window.counter)
+    assert report.tokens_before == priced(messages, window.counter)
     limit = window.max_tokens
     assert limit is not None
     if cost(messages, required, window.counter) <= limit:
