@@ -88,14 +88,24 @@ def test_single_and_batch_agree(
     batch = embedder.embed(texts)
     single = np.vstack([embedder.embed([t]) for t in texts])
     np.testing.assert_allclose(batch, single, atol=2e-6)
+    # Both are right, not merely alike: sentence-transformers made the same vectors.
+    assert _cos(single, reference[1][::24]).min() >= 0.9999
 
 
-def test_padding_never_changes_a_vector(embedder: MiniLMEmbedder) -> None:
-    short = "I prefer Python for backend work."
-    alone = embedder.embed([short])[0]
-    long_text = "The migration to microservices is going slowly. " * 40  # > 256 tokens
-    padded = embedder.embed([short, long_text, "ok"])
+@pytest.mark.needs_data
+def test_padding_never_changes_a_vector(
+    embedder: MiniLMEmbedder, reference: tuple[list[str], np.ndarray]
+) -> None:
+    texts, ref = reference
+    longest = max(range(len(texts)), key=lambda i: len(texts[i]))  # past 256 tokens
+    short = min(range(len(texts)), key=lambda i: abs(len(texts[i]) - 35))
+    assert len(texts[longest]) > 1000 and len(texts[short]) < 60
+    alone = embedder.embed([texts[short]])[0]
+    padded = embedder.embed([texts[short], texts[longest], "ok"])
     np.testing.assert_allclose(padded[0], alone, atol=2e-6)
+    # The padded row and the long one are sentence-transformers' vectors (an independent
+    # model run), not just equal to our own unpadded run.
+    assert _cos(padded[:2], ref[[short, longest]]).min() >= 0.9999
 
 
 def test_truncation_is_at_256_tokens_not_128(embedder: MiniLMEmbedder) -> None:
@@ -106,12 +116,13 @@ def test_truncation_is_at_256_tokens_not_128(embedder: MiniLMEmbedder) -> None:
     np.testing.assert_allclose(c, d, atol=1e-6)  # both cut at 256 tokens: same text
 
 
-def test_eight_threads_match_serial(cache_home: Path) -> None:
+@pytest.mark.needs_data
+def test_eight_threads_match_serial(
+    cache_home: Path, reference: tuple[list[str], np.ndarray]
+) -> None:
     fresh = MiniLMEmbedder(cache_size=0)  # not loaded yet: the first load races too
-    texts = [
-        f"memory number {i}: user likes {'tea' if i % 2 else 'coffee'} " * (i % 5 + 1)
-        for i in range(48)
-    ]
+    texts = reference[0][::20][:48]
+    expected = reference[1][::20][:48]
     results: dict[int, np.ndarray] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(8)
@@ -134,6 +145,9 @@ def test_eight_threads_match_serial(cache_home: Path) -> None:
         mine = texts[k::8]
         serial = np.vstack([fresh.embed([t]) for t in mine] + [fresh.embed(mine)])
         np.testing.assert_allclose(results[k], serial, atol=1e-6)
+        # and every threaded row is sentence-transformers' vector of its text
+        want = np.vstack([expected[k::8], expected[k::8]])
+        assert _cos(results[k], want).min() >= 0.9999
 
 
 def test_bad_input_is_a_typed_error(embedder: MiniLMEmbedder) -> None:
