@@ -16,6 +16,7 @@ case and white space, or not; duplicates of every kind; more ops than ``max_ops`
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from headroom.memory.protocol.block import clean_text, parse_answer
+from headroom.memory.protocol.stream_filter import BlockStreamFilter
 
 WS = " \t\r\n\f\v"
 CATEGORIES = ("preference", "fact", "context")
@@ -368,6 +370,15 @@ def test_validation_of_a_well_formed_block_agrees_with_the_specification(
     parsed = parse_answer(answer, allowed_ids=ALLOWED, max_ops=max_ops)
     assert parsed.found_block
     assert _plain(parsed.ops) == oracle_parse(answer, max_ops)[1]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(answers(), st.lists(st.integers(0, 10_000), max_size=30))
+def test_any_chunking_streams_the_specifications_visible_text(answer: str, cuts: list[int]) -> None:
+    flt = BlockStreamFilter()
+    bounds = sorted({0, len(answer), *(c % (len(answer) + 1) for c in cuts)})
+    shown = "".join(flt.feed(answer[a:b]) for a, b in itertools.pairwise(bounds)) + flt.finish()
+    assert shown == oracle_text(answer)
 
 
 def test_the_oracle_reads_the_documents_own_examples() -> None:
