@@ -31,7 +31,7 @@ from store_helpers import HashEmbedder
 
 from headroom.memory import MemoryStore
 from headroom.memory.cli.scripted_llm import memory_notes
-from headroom.memory.client.background import close_all
+from headroom.memory.client.background import EXTRACTION_PROMPT, close_all
 from headroom.memory.server import ServerConfig
 
 EMBEDDER = HashEmbedder(dim=32)
@@ -557,6 +557,40 @@ def test_unreachable_upstream_is_502_json(tmp_path: Path) -> None:
         response = rest(running, "POST", "/v1/chat/completions", json=body)
         assert response.status_code == 502 and "upstream" in response.json()["error"]["message"]
         assert rest(running, "GET", "/v1/models").status_code == 502
+    close_all()
+
+
+def test_background_mode_extracts_with_the_callers_key(upstream: Upstream, tmp_path: Path) -> None:
+    upstream.reset()
+
+    def respond(body: dict[str, Any]) -> Reply:
+        if body["messages"][0].get("content") == EXTRACTION_PROMPT:
+            said = body["messages"][-1]["content"]
+            return memory_reply("", f"Extracted from: {said[:40]}")
+        return Reply("Answer as the model gave it.")
+
+    upstream.responder = respond
+    config = ServerConfig(
+        upstream=upstream.base_url,
+        db=str(tmp_path / "memory.db"),
+        mode="background",
+        wrap_options={"embedder": EMBEDDER, "min_score": -1.0},
+    )
+    with serve(config) as running:
+        client = sdk(running)
+        answer = client.chat.completions.create(
+            model="m", messages=user_message("I keep bees"), user="olga"
+        )
+        assert answer.choices[0].message.content == "Answer as the model gave it."
+        deadline = time.monotonic() + 20
+        while not memories(running, "olga") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert memories(running, "olga")[0].startswith("Extracted from: ")
+        # the extraction call went upstream with the caller's Authorization
+        assert [h["authorization"] for h in upstream.headers_of("/chat/completions")] == [
+            "Bearer sk-caller",
+            "Bearer sk-caller",
+        ]
     close_all()
 
 
