@@ -36,7 +36,7 @@ def _new_postgres_location(scratch: Path) -> str:
     # use, stopped at exit), owned by a plain role, as that role's URL.
     from tests import pg_fixture
 
-    return pg_fixture.server().new_database(prefix="contract")
+    return pg_fixture.server().new_store_database(prefix="contract")
 
 
 KINDS: list[BackendKind] = [

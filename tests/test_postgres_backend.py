@@ -776,6 +776,18 @@ def test_concurrent_writers_keep_the_change_feed_complete(pg_url: str) -> None:
         b.close()
 
 
+def test_ranking_catches_up_from_a_user_without_vectors(backend: PostgresBackend) -> None:
+    # found by the stateful machine: the only memory forgotten, then a new one added
+    backend.append([add("u", "a", "kiwi")])
+    assert backend.ranking("u").vector_mean(1) is not None
+    backend.append([Entry.purge("u", "a")])
+    assert backend.ranking("u").vector_mean(1) is None
+    vector = unit()
+    backend.append([add("u", "b", "mango", vector=vector)])
+    mean = backend.ranking("u").vector_mean(1)
+    assert mean is not None and np.allclose(mean, vector, atol=1e-6)
+
+
 def test_warm_catches_a_loaded_ranking_up(backend: PostgresBackend) -> None:
     backend.warm("u")  # nothing loaded: nothing to do
     backend.append([add("u", "a", "kiwi")])

@@ -935,14 +935,18 @@ class PostgresBackend:
             ranking.index.add(memory_id, text)
             ranking.label_ids[int(label)] = memory_id
             ranking.created[memory_id] = int(created_us)
-        current = ranking.vectors
-        if removed or current is None:
+        if removed:
             ranking.vectors = _vector_total(total)
-        else:
+        else:  # only additions: the sum so far (None: no vectors yet) plus theirs
             extra = [row[4] for row in added if row[4] is not None]
             if extra:
                 stacked = np.asarray(extra, np.float32).sum(axis=0, dtype=np.float64)
-                ranking.vectors = (current[0] + stacked, current[1] + len(extra))
+                current = ranking.vectors
+                ranking.vectors = (
+                    (stacked, len(extra))
+                    if current is None
+                    else (current[0] + stacked, current[1] + len(extra))
+                )
         ranking.covered_seq, ranking.reset_seq = _state(state)
 
     def warm(self, user_id: str) -> None:
