@@ -48,7 +48,7 @@ from ..errors import (
     StoreError,
 )
 from ..store.store import MemoryStore
-from ..types import Memory, MemoryVersion
+from ..types import Memory, MemoryVersion, validate_user_id
 
 __all__ = [
     "INSTRUCTIONS",
@@ -208,9 +208,9 @@ class MemoryMCPServer(MCPServer[Any]):
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
-        tool = self._tool_manager.get_tool(name)
-        if tool is not None:
-            known = tool.parameters.get("properties", {})
+        schema = next((t.input_schema for t in await self.list_tools() if t.name == name), None)
+        if schema is not None:
+            known = schema.get("properties", {})
             unknown = sorted(key for key in arguments if key not in known)
             if unknown:
                 hint = (
@@ -239,8 +239,10 @@ class MemoryMCPServer(MCPServer[Any]):
 def create_server(store: MemoryStore, user_id: str) -> MCPServer[Any]:
     """The MCP server over ``store`` for the one user ``user_id``.
 
-    The caller opens and closes the store; the tools use only its public API.
+    The caller opens and closes the store; the tools use only its public API. Raises
+    InvalidUserIdError for a bad ``user_id``.
     """
+    user_id = validate_user_id(user_id)
     server = MemoryMCPServer(SERVER_NAME, instructions=INSTRUCTIONS, log_level="WARNING")
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
