@@ -871,3 +871,20 @@ def test_a_forked_child_opens_its_own_pool_and_leaves_the_parents_alone(
         cur.execute("SELECT pg_backend_pid()")
         assert cur.fetchone() == parent_pid
     assert [m.id for m in backend.memories("u")] == ["parent", "child"]
+
+
+def test_ids_and_texts_with_quotes_and_backslashes_are_data(backend: PostgresBackend) -> None:
+    # reads bind their values client-side as literals: they must stay values
+    user = "o'brien\\'; DROP TABLE memories; --"
+    memory_id = "id'\\\"x"
+    backend.append([add(user, memory_id, "it's a \\ test", metadata={"k'": "v'\\"})])
+    backend.append([add("o", "other")])
+    got = backend.get(user, memory_id)
+    assert got is not None and got.text == "it's a \\ test" and got.metadata == {"k'": "v'\\"}
+    assert [m.id for m in backend.memories(user, Filter.build(metadata={"k'": "v'\\"}))] == [
+        memory_id
+    ]
+    assert [m for m, _ in backend.search(user, unit(), 5)] == [memory_id]
+    assert [v.operation for v in backend.history(user, memory_id)] == ["add"]
+    assert backend.users() == ["o", user] and backend.count(user) == 1
+    assert [k for k, _ in backend.ranking(user).top("test", 3)] == [memory_id]
