@@ -184,13 +184,15 @@ def test_prefix_stays_stable_across_calls(server: ScriptedServer, tmp_path: Path
             model="m", instructions="Be kind.", input=[*USER_INPUT[:3], USER_INPUT[3]]
         )
         assert client.flush(timeout=30)
-    bodies = server.responses_requests()
+    first, *later = server.responses_requests()
+    assert first["input"] == USER_INPUT  # nothing stored yet: nothing injected
     # Everything before the memory item is the same bytes on every call; only it changes.
-    prefixes = {json.dumps([b["instructions"], b["input"][:3]]) for b in bodies}
+    prefixes = {json.dumps([b["instructions"], b["input"][:3]]) for b in [first, *later]}
     assert len(prefixes) == 1
-    frames = [b["input"][3]["content"] for b in bodies]
-    assert FRAME_OPEN not in frames[0] or len(set(frames)) == 3
-    assert "User said thing number 1" in frames[2]
+    assert all(is_memory_item(b["input"][3]) and len(b["input"]) == 5 for b in later)
+    frames = [b["input"][3]["content"] for b in later]
+    assert "User said thing number 0" in frames[0] and "thing number 1" not in frames[0]
+    assert "User said thing number 1" in frames[1]
 
 
 def test_memory_modes(server: ScriptedServer, tmp_path: Path) -> None:
