@@ -13,6 +13,9 @@ once per class adds the finalising ``close``), iterating over cleaned chunks:
   however the stream ends: exhausted (``complete=True``), closed early or garbage collected
   (``complete=False``), or raising (``complete=False``; the exception reaches the caller).
   ``on_end`` must not raise (the caller's iteration would see it); the wrapper's does not.
+
+Responses API streams go through the same machinery with a :class:`ResponsesCleaner` (one
+filter per text part; see its docstring).
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """with_fast_memory / with_memory: an OpenAI-compatible client with persistent memory.
 
-The wrapped client is used exactly like the original. Only ``chat.completions.create`` is
-memory-aware; every other attribute (embeddings, files, ``with_raw_response``, ...) is the
-wrapped client's own. The caller's client is never modified: the wrapper holds
-``client.copy()`` (which shares the connection pool), so one client can be wrapped for many
-users. ``copy()`` and ``with_options()`` return wrapped copies with the same memory.
+The wrapped client is used exactly like the original. ``chat.completions.create`` / ``parse``
+/ ``stream`` and ``responses.create`` / ``parse`` / ``stream`` are memory-aware (the Responses
+API: ``protocol/responses.py``); every other attribute (embeddings, files,
+``with_raw_response``, ...) is the wrapped client's own. The caller's client is never
+modified: the wrapper holds ``client.copy()`` (which shares the connection pool), so one
+client can be wrapped for many users. ``copy()`` and ``with_options()`` return wrapped
+copies with the same memory.
 
 Two modes:
 - inline (``with_fast_memory``): inject -> instruct -> call -> parse -> store -> return
