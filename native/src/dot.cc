@@ -1,6 +1,7 @@
 #include "dot.h"
 
 #include <atomic>
+#include <cstring>
 
 #include "crc32c.h"  // PortableKernelsRequested
 
@@ -12,16 +13,25 @@
 namespace headroom {
 namespace {
 
+// Vectors may lie at any byte offset (in a segment mapping or an arena copy of an entry), so
+// every scalar load goes through memcpy: a misaligned `const float&` is undefined behaviour
+// (UBSan flags it; a compiler may assume alignment when it vectorises).
+inline float Ld(const float* p) {
+  float v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
 float DotPortable(const float* a, const float* b, size_t n) {
   float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
   size_t i = 0;
   for (; i + 4 <= n; i += 4) {
-    s0 += a[i] * b[i];
-    s1 += a[i + 1] * b[i + 1];
-    s2 += a[i + 2] * b[i + 2];
-    s3 += a[i + 3] * b[i + 3];
+    s0 += Ld(a + i) * Ld(b + i);
+    s1 += Ld(a + i + 1) * Ld(b + i + 1);
+    s2 += Ld(a + i + 2) * Ld(b + i + 2);
+    s3 += Ld(a + i + 3) * Ld(b + i + 3);
   }
-  for (; i < n; ++i) s0 += a[i] * b[i];
+  for (; i < n; ++i) s0 += Ld(a + i) * Ld(b + i);
   return (s0 + s1) + (s2 + s3);
 }
 
@@ -47,7 +57,7 @@ __attribute__((target("avx2,fma"))) float DotAvx2(const float* a, const float* b
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
   float r = _mm_cvtss_f32(s);
-  for (; i < n; ++i) r += a[i] * b[i];
+  for (; i < n; ++i) r += Ld(a + i) * Ld(b + i);
   return r;
 }
 #endif

@@ -158,7 +158,7 @@ Log::~Log() {
     Close();
   } catch (...) {
   }
-  if (::getpid() == pid_) delete bg_cv_;
+  if (::getpid() != pid_) (void)bg_cv_.release();  // a fork child: see bg_cv_
 }
 
 void Log::Close() {

@@ -188,9 +188,10 @@ class Log {
 
   std::thread* sync_thread_ = nullptr;  // leaked on purpose by Abandon() (fork child)
   std::mutex bg_mu_;
-  // On the heap: in a fork child it is leaked, because destroying a condition variable that
-  // had a waiter (the parent's sync thread) blocks forever in glibc.
-  std::condition_variable* bg_cv_ = new std::condition_variable;
+  // On the heap: in a fork child it is leaked (released), because destroying a condition
+  // variable that had a waiter (the parent's sync thread) blocks forever in glibc. Owned, so
+  // that a constructor that throws frees it.
+  std::unique_ptr<std::condition_variable> bg_cv_ = std::make_unique<std::condition_variable>();
   bool stop_ = false;
 };
 

@@ -499,7 +499,11 @@ size_t State::VectorSum(const std::string& user, std::vector<double>* sum, uint6
   sum->assign(d, 0.0);
   double* acc = sum->data();
   for (const Row& r : u->rows)
-    for (size_t j = 0; j < d; ++j) acc[j] += static_cast<double>(r.vec[j]);
+    for (size_t j = 0; j < d; ++j) {
+      float f;  // r.vec may be misaligned (see Row)
+      std::memcpy(&f, r.vec + j, sizeof f);
+      acc[j] += static_cast<double>(f);
+    }
   return u->rows.size();
 }
 
