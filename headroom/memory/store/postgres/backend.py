@@ -854,7 +854,7 @@ class PostgresBackend:
                     "SELECT id, -(embedding <#> {q}) FROM memories "
                     "WHERE user_id = {u} AND deleted_seq IS NULL AND embedding IS NOT NULL {f} "
                     "ORDER BY embedding <#> {q}, first_seq LIMIT {k}"
-                ).format(q=sql.Literal(query), u=user, f=_filter_sql(where), k=sql.Literal(k)),
+                ).format(q=_vector_sql(query), u=user, f=_filter_sql(where), k=sql.Literal(k)),
             )
         except psycopg.errors.DataException as exc:
             if "different vector dimensions" not in str(exc):
@@ -1259,6 +1259,13 @@ def _memory(row: Sequence[Any]) -> Memory:
         metadata=row[4],
         user_id=row[7],
     )
+
+
+def _vector_sql(vector: Vector) -> sql.Composable:
+    """A finite float32 vector as a ``vector`` literal, rendered once (only digits, signs,
+    dots and exponents: nothing to escape). Each float32 widens exactly to a double whose
+    shortest repr parses back to the same float32."""
+    return sql.SQL("'[" + ",".join(map(repr, vector.tolist())) + "]'::vector")
 
 
 def _state_sql(user: sql.Composable) -> sql.Composable:
