@@ -46,6 +46,10 @@ RESTRICTED = {
     "onnxruntime": ("embedders",),
     "psycopg": ("store.postgres",),
     "psycopg_pool": ("store.postgres",),
+    "mcp": ("mcp", "cli"),
+    "starlette": ("server",),
+    "uvicorn": ("server", "mcp", "cli"),
+    "httpx2": ("server",),
 }
 
 
