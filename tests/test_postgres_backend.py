@@ -143,7 +143,7 @@ def test_missing_pgvector_is_a_typed_error_that_says_what_to_run(
 
 
 def test_create_false_refuses_a_database_without_the_schema(pg_url: str) -> None:
-    with pytest.raises(errors.StoreError, match="no store"):
+    with pytest.raises(errors.StoreNotFoundError, match="no store"):
         PostgresBackend(pg_url, create=False)
     PostgresBackend(pg_url).close()
     PostgresBackend(pg_url, create=False).close()

@@ -56,7 +56,7 @@ from ...errors import (
     InvalidVectorError,
     MemoryNotFoundError,
     StoreClosedError,
-    StoreError,
+    StoreNotFoundError,
 )
 from ...types import Memory, MemoryVersion
 from ..backend import ALL, ChangeSet, Entry, Filter, Job, Op, Recovery, Vector
@@ -256,10 +256,7 @@ class PostgresBackend:
             ) as conn:  # fmt: skip
                 found = schema.migrate(conn, create=self._create)
                 if found == 0 and not self._create:
-                    from ... import errors
-
-                    not_found = getattr(errors, "StoreNotFoundError", StoreError)
-                    raise not_found(f"no store in the database at {self.location}")
+                    raise StoreNotFoundError(f"no store in the database at {self.location}")
                 info = TypeInfo.fetch(conn, "vector")
         except psycopg.OperationalError as exc:
             raise PostgresUnavailableError(
