@@ -66,7 +66,7 @@ def _index(docs: list[str]) -> LexicalIndex:
     return index
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(corpora, queries)
 def test_scores_equal_rank_bm25_okapi_with_the_lucene_idf(docs: list[str], query: str) -> None:
     oracle = _oracle(docs)

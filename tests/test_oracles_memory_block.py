@@ -349,7 +349,7 @@ def _plain(ops: Any) -> Ops:
     )
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=350, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(answers(), st.sampled_from([20, 2, 1]))
 def test_parse_answer_agrees_with_the_specification(answer: str, max_ops: int) -> None:
     parsed = parse_answer(answer, allowed_ids=ALLOWED, max_ops=max_ops)
@@ -360,7 +360,7 @@ def test_parse_answer_agrees_with_the_specification(answer: str, max_ops: int) -
     assert _plain(parsed.ops) == ops
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(visible, ops_json(), st.sampled_from([20, 3, 2, 1]))
 def test_validation_of_a_well_formed_block_agrees_with_the_specification(
     text: str, raw: dict[str, Any], max_ops: int
