@@ -38,7 +38,7 @@ import pytest
 
 from headroom.memory import errors as E
 from headroom.memory.store.local import _native as N
-from tests._native_helpers import add, op, store_bytes, update, vec
+from tests._native_helpers import add, op, read_header, segments, store_bytes, update, vec
 
 MODES = ("drop", "torn", "zero", "keep")
 SYNCS = ("always", "interval", "off")
@@ -202,13 +202,24 @@ def read_state(log: N.Log) -> State:
     return {(u, m["id"]): m["text"] for u in log.users() for m in log.list(u)}
 
 
-def check_image(img: Path, exists: bool, mode: str, sync: str, w: Workload, r: Run) -> None:
+def leftovers(db: Path) -> set[str]:
+    """What a crash may leave for the next opener to remove: files being written, and
+    segments a committed compaction replaced."""
+    heads = {p.name: read_header(p.read_bytes()) for p in segments(db)}
+    replaced = max((h.replaces for h in heads.values()), default=0)
+    out = {n for n, h in heads.items() if h.number <= replaced}
+    return out | {p.name for p in db.iterdir() if p.name.endswith(".tmp")}
+
+
+def check_image(img: Path, exists: bool, mode: str, sync: str, w: Workload, r: Run) -> set[str]:
+    """Checks one image; returns the leftovers it held before the reopen removed them."""
     states = w.states()
     required = r.acked if (sync == "always" or mode == "keep") else r.floor
     where = f"{sync}/{mode} image {img.name} (acked {r.acked}, floor {r.floor})"
     if not exists:
         assert required == 0, f"{where}: the store directory is gone"
-        return
+        return set()
+    left = leftovers(img)
     with N.Log(str(img), sync="off") as log:
         rec = log.recovery
         assert rec["corrupt_bytes"] == 0 and rec["corrupt_records"] == 0, (where, rec)
@@ -224,17 +235,19 @@ def check_image(img: Path, exists: bool, mode: str, sync: str, w: Workload, r: R
         generation = log.generation
         # Still writable after recovery, and the write is there after a reopen.
         log.append([add("after", "x", "written after the recovery")])
-    assert not [p.name for p in img.iterdir() if p.name.endswith(".tmp")], where
+    assert not leftovers(img), where  # the opener removed them
     data = store_bytes(img)
     for secret, ordinal in w.secrets:
         if generation >= ordinal:
             assert secret.encode() not in data, f"{where}: purged text left after compaction"
     with N.Log(str(img)) as log:
         assert log.get("after", "x") is not None, where
+    return left
 
 
-def crash_everywhere(tmp_path: Path, sync: str, make: Callable[[], Workload]) -> int:
-    """Crashes the workload at every I/O step; returns the crash points tried (x images)."""
+def crash_everywhere(tmp_path: Path, sync: str, make: Callable[[], Workload]) -> Counter[str]:
+    """Crashes the workload at every I/O step; returns the crash points tried (x images) as
+    "tried", and how many images held each kind of leftover."""
     w = make()
     dry = tmp_path / "dry"
     dry.mkdir()
@@ -242,7 +255,7 @@ def crash_everywhere(tmp_path: Path, sync: str, make: Callable[[], Workload]) ->
     r = run(dry / "db", sync, w, 0)
     total = N._powerloss_steps()
     assert not r.crashed and r.acked == len(w.batches()) and total > 10
-    tried = 0
+    seen: Counter[str] = Counter()
     for k in range(1, total + 1):
         root = tmp_path / f"c{k}"
         root.mkdir()
@@ -253,18 +266,23 @@ def crash_everywhere(tmp_path: Path, sync: str, make: Callable[[], Workload]) ->
         for mode in MODES:
             img = tmp_path / f"img{k}-{mode}"
             exists = N._powerloss_image(str(root / "db"), str(img), mode, k)
-            check_image(img, exists, mode, sync, w, r)
-            tried += 1
+            for name in check_image(img, exists, mode, sync, w, r):
+                seen["compact.tmp" if name == "compact.tmp" else name[-3:]] += 1
+            seen["tried"] += 1
         N._powerloss_disable()
-    TRIED[sync] += tried
-    return tried
+    TRIED[sync] += seen["tried"]
+    return seen
 
 
 @pytest.mark.parametrize("sync", SYNCS)
 @pytest.mark.parametrize("workload", list(WORKLOADS))
 def test_crash_at_every_step(tmp_path: Path, sync: str, workload: str) -> None:
-    tried = crash_everywhere(tmp_path, sync, WORKLOADS[workload])
-    assert tried >= 4 * 20
+    seen = crash_everywhere(tmp_path, sync, WORKLOADS[workload])
+    assert seen["tried"] >= 4 * 20
+    if workload == "compact":  # crashes mid-compaction left both kinds for the opener
+        assert seen["compact.tmp"] > 0 and seen["log"] > 0, seen
+    if workload == "roll":  # and mid-roll, a segment being written
+        assert seen["tmp"] > 0, seen
 
 
 # --- group commit -----------------------------------------------------------------------------
