@@ -35,6 +35,9 @@ class Upstream(ScriptedServer):
 
     def __init__(self, **kwargs: Any) -> None:
         self.headers: list[tuple[str, dict[str, str]]] = []
+        #: seconds to wait before each streamed event (a slow model), and the streams cut short
+        self.stream_delay = 0.0
+        self.broken_streams = 0
         super().__init__(**kwargs)
         # a burst of concurrent streams (each on its own connection) must not overflow the
         # listen backlog of http.server (5)
@@ -47,6 +50,8 @@ class Upstream(ScriptedServer):
             self.requests.clear()
             self.headers.clear()
         self.responder = None
+        self.stream_delay = 0.0
+        self.broken_streams = 0
 
     def headers_of(self, suffix: str) -> list[dict[str, str]]:
         """Headers (lower-case names) of the requests whose path ends with ``suffix``."""
@@ -70,6 +75,19 @@ class Upstream(ScriptedServer):
                         (self.path, {k.lower(): v for k, v in self.headers.items()})
                     )
                 super().do_POST()
+
+            def _send_stream(self, events: Iterator[str], named: bool = False) -> None:
+                def slow() -> Iterator[str]:
+                    for event in events:
+                        time.sleep(upstream.stream_delay)
+                        yield event
+
+                delayed = slow() if upstream.stream_delay else events
+                try:
+                    super()._send_stream(delayed, named)
+                finally:
+                    if upstream.stream_delay and next(delayed, None) is not None:
+                        upstream.broken_streams += 1
 
             def do_GET(self) -> None:
                 with upstream._lock:

@@ -201,6 +201,26 @@ def test_sdk_responses_api_injects_extracts_and_streams(served: Served, up: Upst
     assert types == datas and types[-1] == "response.completed"
 
 
+def test_a_client_leaving_mid_stream_closes_the_upstream_and_stores_nothing(
+    served: Served, up: Upstream
+) -> None:
+    up.stream_delay = 0.05
+    up.push(memory_reply("A long answer that the client will not wait for.", "Never stored"))
+    body = {"model": "m", "messages": user_message("tell me"), "user": "pia", "stream": True}
+    with httpx2.stream("POST", served.base_url + "/chat/completions", json=body) as response:
+        first = next(response.iter_lines())
+    assert first.startswith("data: ")
+    deadline = time.monotonic() + 10
+    while up.broken_streams == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert up.broken_streams == 1  # the server closed its upstream stream
+    up.stream_delay = 0.0
+    up.push("Still serving.")
+    answer = sdk(served).chat.completions.create(model="m", messages=user_message("hi"), user="pia")
+    assert answer.choices[0].message.content == "Still serving."
+    assert memories(served, "pia") == []
+
+
 def test_isolation_between_users(served: Served, up: Upstream) -> None:
     client = sdk(served)
     up.push(memory_reply("ok", "Frank's secret is 4417"))
