@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -729,3 +730,15 @@ def test_serve_command_usage_errors(tmp_path: Path) -> None:
         timeout=60,
     )
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "keys.json" in bad.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        bad = subprocess.run(
+            [*SERVE, "--upstream", "http://127.0.0.1:9/v1", "--port", port, "--db", db],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in bad.stderr

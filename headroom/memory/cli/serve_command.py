@@ -8,9 +8,10 @@ key comes from ``--api-key`` or ``HEADROOM_SERVER_KEY``; ``--user-keys FILE`` is
 ``{"key": "user id", ...}``: each key pins its user. Binding another address than loopback
 without any key prints a warning: whoever reaches the server chooses whose memories are read.
 
-The store is opened and the embedding model loaded before the server listens, so a bad
-setting exits 1 with one line. Ctrl-C / SIGTERM stop it after pending memory writes land.
-Exit codes as every command (``guard``): 0 success, 1 failure, 2 usage.
+The port is bound, the store opened and the embedding model loaded before the server
+listens, so a port in use or a bad setting exits 1 with one line. Ctrl-C and SIGTERM stop it
+after pending memory writes land; the process then ends by that signal, as uvicorn does (exit
+130 on Ctrl-C). Exit codes as every command (``guard``): 0 success, 1 failure, 2 usage.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import ipaddress
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
         wrap_options=options,
         max_connections=args.max_connections,
     )
+    sock = _listen(args.host, args.port)
     app = create_app(config, sdk_factory)
     app.state.server.check()
     if not _is_loopback(args.host) and api_key is None and not user_keys:
@@ -134,12 +137,33 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=args.access_log,
-        timeout_graceful_shutdown=60,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            access_log=args.access_log,
+            timeout_graceful_shutdown=60,
+        )
     )
+    server.run(sockets=[sock])
     return EXIT_OK
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (so a port in use is one line and exit 1)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
