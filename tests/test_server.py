@@ -152,6 +152,12 @@ def test_sdk_upstream_errors_reach_the_client_unchanged(served: Served, up: Upst
         client.chat.completions.create(model="m", messages=user_message("hi"), user="alice")
     assert caught.value.body == {"message": "slow down", "type": "server_error"}
     assert caught.value.response.headers["retry-after"] == RETRY_AFTER
+    up.push(Reply(status=429, error_message="slow down, streamer"))
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(
+            model="m", messages=user_message("hi"), user="alice", stream=True
+        )
+    assert caught.value.response.headers["retry-after"] == RETRY_AFTER
     up.push(Reply(status=400, error_message="bad model"))
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="m", messages=user_message("hi"), user="alice")
@@ -244,6 +250,22 @@ def test_isolation_between_users(served: Served, up: Upstream) -> None:
     )
     assert injected(up.chat_requests()[-1]) == ["Frank's secret is 4417"]
     assert "x-headroom-user" not in up.headers_of("/chat/completions")[-1]
+
+
+def test_the_memory_field_selects_the_mode_per_call(served: Served, up: Upstream) -> None:
+    client = sdk(served)
+    up.push(memory_reply("Off.", "Not stored"))
+    off = client.chat.completions.create(
+        model="m", messages=user_message("hi"), user="quinn", extra_body={"memory": "off"}
+    )
+    assert off.choices[0].message.content.startswith("Off.<memory>")  # untouched
+    assert up.chat_requests()[-1] == {"model": "m", "messages": user_message("hi"), "user": "quinn"}
+    up.push(memory_reply("Read.", "Not stored either"))
+    read = client.chat.completions.create(
+        model="m", messages=user_message("hi"), user="quinn", extra_body={"memory": "read"}
+    )
+    assert read.choices[0].message.content == "Read."  # a block is still hidden
+    assert memories(served, "quinn") == []
 
 
 def test_bad_memory_mode_and_bad_user_are_400_json(served: Served, up: Upstream) -> None:
