@@ -468,6 +468,18 @@ def test_rest_every_route(served: Served, up: Upstream) -> None:
     )
     doc = rest(served, "GET", "/openapi.json").json()
     assert doc["openapi"].startswith("3.") and "/v1/memory/search" in doc["paths"]
+    routes = {
+        (path.replace("{memory_id}", "x"), method.upper())
+        for path, item in doc["paths"].items()
+        for method in item
+    }
+    served_routes = {
+        (route.path.replace("{memory_id}", "x"), method)
+        for route in served.app.routes
+        if route.path.startswith("/v1/") and "{path" not in route.path
+        for method in route.methods - {"HEAD"}
+    }
+    assert routes == served_routes  # the document lists every route the server has
 
 
 @pytest.mark.parametrize(

@@ -323,6 +323,25 @@ def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
+def _passthrough_body(required: tuple[str, ...]) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "user": {"type": "string", "description": "the end user whose memories are used"},
+        "safety_identifier": {"type": "string", "description": "the end user, when no user"},
+        "memory": {"type": "string", "enum": ["on", "off", "read", "write"], "default": "on"},
+    }
+    schema = {"type": "object", "properties": properties, "required": list(required)}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+_UPSTREAM = {
+    "200": {
+        "description": "the upstream's answer without the memory block (JSON, or "
+        "text/event-stream when stream is true)"
+    },
+    "default": {"description": "the upstream's error, status and body as it sent them"},
+}
+
+
 def _query(*names: str) -> list[dict[str, Any]]:
     types: dict[str, dict[str, Any]] = {
         "category": _CATEGORY,
@@ -346,6 +365,30 @@ OPENAPI: dict[str, Any] = {
         ),
     },
     "paths": {
+        "/v1/chat/completions": {
+            "post": {
+                "summary": "OpenAI chat completions with the end user's memories (streamed or not)",
+                "description": (
+                    "The upstream's request and response formats. With an end user (user, "
+                    "then safety_identifier, then X-Headroom-User) the user's memories are "
+                    "injected and the <memory> block the model writes is removed and stored; "
+                    "without one the request passes through. memory: off | read | write "
+                    "selects the mode of one call."
+                ),
+                "parameters": _USER_PARAMS[2:],
+                "requestBody": _passthrough_body(("model", "messages")),
+                "responses": _UPSTREAM,
+            }
+        },
+        "/v1/responses": {
+            "post": {
+                "summary": "the OpenAI Responses API with the end user's memories",
+                "description": "As /v1/chat/completions, for the Responses API's input.",
+                "parameters": _USER_PARAMS[2:],
+                "requestBody": _passthrough_body(("model", "input")),
+                "responses": _UPSTREAM,
+            }
+        },
         "/v1/memory/search": {
             "post": {
                 "summary": "the user's memories most relevant to a query, best first",
