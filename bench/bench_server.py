@@ -14,6 +14,8 @@ Figures:
   difference per pair, non-streamed and streamed (time to the end of the stream). Through the
   server each call is injected (a search over the user's memories), parsed, and its block
   stored on the server's writer thread after the answer has gone out.
+  Two more rows split the cost: ``"memory": "off"`` (the SDK path through the server with no
+  memory work) and no end user (the raw passthrough).
 - throughput: requests per second through the server with 1, 10 and 50 concurrent clients for
   ``--seconds`` each (non-streamed, users spread over ``--users``), with p50/p99 latency; the
   upstream alone at the same concurrency beside it.
@@ -231,14 +233,29 @@ def _call(client: httpx2.Client, base: str, body: dict[str, Any]) -> float:
     return elapsed * 1000
 
 
-def latency(cfg: Config, up: str, server: str, stream: bool) -> dict[str, Any]:
-    """Interleaved pairs: the same request direct and through the server."""
+def latency(
+    cfg: Config, up: str, server: str, stream: bool, variant: str = "memory"
+) -> dict[str, Any]:
+    """Interleaved pairs: the same request direct and through the server.
+
+    ``variant``: ``memory`` (an end user: the whole pipeline), ``off`` (an end user with
+    ``"memory": "off"``: the SDK path without memory work), ``passthrough`` (no end user: the
+    raw byte passthrough)."""
+
+    def through_body(user: str, i: int) -> dict[str, Any]:
+        if variant == "passthrough":
+            return _body(None, i, stream)
+        body = _body(user, i, stream)
+        if variant == "off":
+            body["memory"] = "off"
+        return body
+
     direct: list[float] = []
     through: list[float] = []
     with httpx2.Client(timeout=60) as client:
         for i in range(cfg.warmup):
             _call(client, up, _body(None, i, stream))
-            _call(client, server, _body(f"user-{i % cfg.users}", i, stream))
+            _call(client, server, through_body(f"user-{i % cfg.users}", i))
         for i in range(cfg.calls):
             user = f"user-{i % cfg.users}"
             order = (0, 1) if i % 2 == 0 else (1, 0)
@@ -246,7 +263,7 @@ def latency(cfg: Config, up: str, server: str, stream: bool) -> dict[str, Any]:
                 if which == 0:
                     direct.append(_call(client, up, _body(None, i, stream)))
                 else:
-                    through.append(_call(client, server, _body(user, i, stream)))
+                    through.append(_call(client, server, through_body(user, i)))
     added = [t - d for t, d in zip(through, direct, strict=True)]
     return {
         "direct_ms": percentiles(direct),
@@ -332,6 +349,10 @@ def run(cfg: Config) -> dict[str, Any]:
             lat = {
                 "non-streamed": latency(cfg, up, server, False),
                 "streamed": latency(cfg, up, server, True),
+                "non-streamed, memory off": latency(cfg, up, server, False, "off"),
+                "non-streamed, no user (passthrough)": latency(
+                    cfg, up, server, False, "passthrough"
+                ),
             }
             lat_cpu = sum(_cpu_seconds(pid) - c for pid, c in zip(pids, cpu0, strict=True))
         thr = throughput(cfg, up, server, pids)
