@@ -34,13 +34,28 @@ ENV_KEY = "HEADROOM_SERVER_KEY"
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add ``serve``."""
     serve = subparsers.add_parser(
-        "serve", help="run the OpenAI-compatible memory server in front of an upstream"
+        "serve",
+        help="run the OpenAI-compatible memory server in front of an upstream",
+        description=(
+            "An OpenAI-compatible server with memory: POST /v1/chat/completions and "
+            "/v1/responses get the end user's memories (the body's user, then "
+            "safety_identifier, then the X-Headroom-User header; none: passed through), every "
+            "other /v1 route goes to the upstream untouched, /v1/memory/... is the .memory API "
+            "(OpenAPI at /openapi.json). Whoever sets the user field chooses whose memories "
+            "are read: keep it behind your own back end, or give each user a key "
+            "(--user-keys)."
+        ),
     )
     serve.add_argument("--upstream", required=True, help="the upstream's base URL (.../v1)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     serve.add_argument("--port", type=int, default=8787, help="port (default 8787)")
     serve.add_argument("--db", default="memory.db", help="store path or PostgreSQL URL")
-    serve.add_argument("--mode", choices=("fast", "background"), default="fast")
+    serve.add_argument(
+        "--mode",
+        choices=("fast", "background"),
+        default="fast",
+        help="fast: with_fast_memory (the default); background: with_memory",
+    )
     serve.add_argument(
         "--api-key", help=f"key callers must send in X-Headroom-Key (or env {ENV_KEY})"
     )
