@@ -105,7 +105,7 @@ class _StatsDict(TypedDict):
     generation: int
     fsyncs: int
 
-def crc32c(b: bytes) -> int:
+def crc32c(b: bytes, /) -> int:
     """CRC32C of bytes (unmasked)."""
 
 def kernels() -> _KernelsDict:
