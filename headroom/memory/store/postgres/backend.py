@@ -91,20 +91,6 @@ class _VectorDumper(Dumper):
         return struct.pack(">HH", vector.shape[0], 0) + vector.tobytes()
 
 
-class _VectorTextDumper(Dumper):
-    """A float32 numpy vector as pgvector's text form (for statements bound client-side).
-
-    Each float32 widens exactly to a double; its shortest repr parses back (strtof) to the
-    same float32.
-    """
-
-    format = Format.TEXT
-
-    def dump(self, obj: Any) -> bytes:
-        values = np.asarray(obj, dtype=np.float32).tolist()
-        return ("[" + ",".join(map(repr, values)) + "]").encode()
-
-
 class _VectorBinaryLoader(Loader):
     format = Format.BINARY
 
@@ -125,9 +111,8 @@ class _VectorTextLoader(Loader):
 
 def _register_vector(context: AdaptContext, info: TypeInfo) -> None:
     info.register(context)
-    for base in (_VectorTextDumper, _VectorDumper):
-        dumper = type(base.__name__, (base,), {"oid": info.oid})
-        context.adapters.register_dumper(np.ndarray, dumper)
+    dumper = type("VectorDumper", (_VectorDumper,), {"oid": info.oid})
+    context.adapters.register_dumper(np.ndarray, dumper)
     context.adapters.register_loader(info.oid, _VectorBinaryLoader)
     context.adapters.register_loader(info.oid, _VectorTextLoader)
 
