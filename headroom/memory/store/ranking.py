@@ -12,9 +12,9 @@ Contracts:
 - Ranking is two public steps, both pure (same inputs, same output): :func:`fused_scores` (the
   linear fusion of dense and lexical scores) and :func:`rank_scores` (adds the date and
   session-context terms to fused scores and orders the candidates). :func:`rerank` is the two
-  in turn. They return ``(candidate position, score)`` pairs, best first, ties broken by
-  candidate position (so by dense rank). Other fusions (the benchmark's) feed their own scores
-  to :func:`rank_scores`.
+  in turn. ``rank_scores`` and ``rerank`` return ``(candidate position, score)`` pairs, best
+  first, ties broken by candidate position (so by dense rank). Other fusions (the
+  benchmark's) feed their own scores to :func:`rank_scores`.
 - Session context: candidates written on the same UTC day (``created_at``) are one group, the
   conversation they came from. A candidate gains from its group's lexical match to the query
   (:meth:`LexicalIndex.group_scores` over the group's candidates only) and from sharing the
