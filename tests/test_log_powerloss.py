@@ -13,7 +13,8 @@ prefix of the workload's batches (batches are atomic, nothing is reordered), wit
 
 * ``sync="always"``: every acknowledged batch (the prefix is at least the acknowledged ones);
 * ``"interval"`` and ``"off"``: every batch acknowledged before the last ``flush()`` or
-  ``compact()`` that returned (and in ``keep`` images, every acknowledged batch);
+  ``compact()`` that returned, or before the last file fsync the Log completed (the
+  flusher's, a roll's, a compaction's); in ``keep`` images, every acknowledged batch;
 * a PURGE in the prefix means the purged text is gone from the state, and once the compaction
   after it is durable, from every file of the store.
 
@@ -166,7 +167,10 @@ WORKLOADS: dict[str, Callable[[], Workload]] = {
 @dataclass
 class Run:
     acked: int = 0  # batches acknowledged, in order
-    floor: int = 0  # batches acknowledged before the last flush() / compact() that returned
+    # Batches that must survive in every mode: acknowledged before the last flush() or
+    # compact() that returned, or before the last file fsync the I/O layer completed (the
+    # flusher's, a roll's, a compaction's).
+    floor: int = 0
     attempted: int = 0  # batches handed to append()
     crashed: bool = False
 
@@ -176,12 +180,14 @@ def run(db: Path, sync: str, w: Workload, crash_at: int) -> Run:
     N._powerloss_crash_at(crash_at)
     r = Run()
     log = None
+    ack_steps: list[int] = []  # the I/O step count when each batch was acknowledged
     try:
         log = N.Log(str(db), sync=sync, sync_interval_ms=2, segment_bytes=w.segment_bytes)
         for step in w.steps:
             if step[0] == "batch":
                 r.attempted += 1
                 log.append(step[1])  # type: ignore[arg-type]
+                ack_steps.append(N._powerloss_steps())
                 r.acked += 1
             elif step[0] == "flush":
                 log.flush()
@@ -193,6 +199,13 @@ def run(db: Path, sync: str, w: Workload, crash_at: int) -> Run:
         assert N._powerloss_crashed(), "an I/O error without a crash"
     r.crashed = N._powerloss_crashed()
     N._powerloss_crash()  # nothing after this point becomes durable (not even close's fsync)
+    # A batch's write came at or before the step count read when it was acknowledged; a file
+    # fsync at a later step covered it (the tracked calls are serialised). Every fsync of the
+    # Log covers all the data written before it: the flusher's and flush() sync the segment
+    # written to, a roll syncs the full segment first, a compaction syncs the segment before
+    # it rewrites the store.
+    last_sync = N._powerloss_last_sync()
+    r.floor = max(r.floor, sum(1 for a in ack_steps if a < last_sync))
     if log is not None:
         log.abandon()
     return r

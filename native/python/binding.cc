@@ -217,6 +217,9 @@ PYBIND11_MODULE(_native, m) {
   m.def("_powerloss_crashed", [] { return headroom::powerloss::Crashed(); });
   m.def("_powerloss_steps", [] { return headroom::powerloss::Steps(); },
         "Tests only: tracked I/O calls counted since tracking began.");
+  m.def("_powerloss_last_sync", [] { return headroom::powerloss::LastFileSyncStep(); },
+        "Tests only: the step of the last successful file fsync (0: none); every tracked "
+        "write before it is in its file's synced content.");
   m.def("_powerloss_image", [](const std::string& dir, const std::string& out,
                                const std::string& mode, uint64_t seed) {
         headroom::powerloss::Mode md;

@@ -32,6 +32,7 @@ struct Tracker {
   std::atomic<bool> on{false};
   std::string root;  // realpath
   uint64_t steps = 0;
+  uint64_t last_sync_step = 0;
   uint64_t crash_at = 0;
   bool crashed = false;
   uint64_t next_id = 1;
@@ -234,7 +235,7 @@ void Enable(const std::string& root) {
   Tracker& t = T();
   std::lock_guard<std::mutex> lk(t.mu);
   t.root = real;
-  t.steps = t.crash_at = 0;
+  t.steps = t.crash_at = t.last_sync_step = 0;
   t.crashed = false;
   t.ids.clear();
   t.synced.clear();
@@ -279,6 +280,12 @@ uint64_t Steps() {
   Tracker& t = T();
   std::lock_guard<std::mutex> lk(t.mu);
   return t.steps;
+}
+
+uint64_t LastFileSyncStep() {
+  Tracker& t = T();
+  std::lock_guard<std::mutex> lk(t.mu);
+  return t.last_sync_step;
 }
 
 bool Image(const std::string& dir, const std::string& out, Mode mode, uint64_t seed) {
@@ -417,6 +424,7 @@ int SyncFile(int fd, FaultHook* faults) {
   if (tracked) {
     std::string content;
     if (powerloss::ReadAll(fd, &content)) g.t().synced[g.t().ids[key]] = std::move(content);
+    g.t().last_sync_step = g.t().steps;
   }
   return 0;
 }

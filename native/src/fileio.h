@@ -77,6 +77,9 @@ void CrashAt(uint64_t step);  // the step-th next step crashes; 0: never
 void CrashNow();
 bool Crashed();
 uint64_t Steps();  // tracked mutating calls since Enable
+// The step of the last successful SyncFile (0: none yet). Every tracked write made before
+// that step is in the synced content of its file (tracked calls are serialised).
+uint64_t LastFileSyncStep();
 // Writes what directory `dir` would hold after a power loss now into `out` (a directory that
 // must not exist yet), or rewrites `dir` in place when `out` is empty. Returns false when the
 // directory itself would be gone (then nothing is written; in place, `dir` is removed).
