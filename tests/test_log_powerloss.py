@@ -304,15 +304,16 @@ THREADS = 4
 PER_THREAD = 6
 
 
-def group_run(db: Path, sync: str, crash_at: int) -> tuple[set[str], set[str]]:
-    """Threads append two-entry batches; returns (acknowledged, attempted) batch names."""
+def group_run(db: Path, sync: str, crash_at: int) -> tuple[set[str], set[str], set[str]]:
+    """Threads append two-entry batches; returns the names of the batches acknowledged,
+    acknowledged before the last file fsync (synced), and attempted."""
     N._powerloss_crash_at(crash_at)
     try:
         log = N.Log(str(db), sync=sync, sync_interval_ms=2)
     except E.StoreError:
         assert N._powerloss_crashed()
-        return set(), set()
-    acked: set[str] = set()
+        return set(), set(), set()
+    acked: dict[str, int] = {}  # name -> the I/O step count at its acknowledgement
     attempted: set[str] = set()
     lock = threading.Lock()
     start = threading.Barrier(THREADS)
@@ -327,8 +328,9 @@ def group_run(db: Path, sync: str, crash_at: int) -> tuple[set[str], set[str]]:
                 log.append([add("g", f"{name}a", f"{name} first"), add("g", f"{name}b", "second")])
             except E.StoreError:
                 return
+            step = N._powerloss_steps()
             with lock:
-                acked.add(name)
+                acked[name] = step
 
     threads = [threading.Thread(target=writer, args=(t,)) for t in range(THREADS)]
     for th in threads:
@@ -336,8 +338,10 @@ def group_run(db: Path, sync: str, crash_at: int) -> tuple[set[str], set[str]]:
     for th in threads:
         th.join()
     N._powerloss_crash()
+    last_sync = N._powerloss_last_sync()
     log.abandon()
-    return acked, attempted
+    synced = {n for n, step in acked.items() if step < last_sync}  # see run()
+    return set(acked), synced, attempted
 
 
 @pytest.mark.parametrize("sync", SYNCS)
@@ -345,7 +349,7 @@ def test_group_commit_crash_at_every_step(tmp_path: Path, sync: str) -> None:
     dry = tmp_path / "dry"
     dry.mkdir()
     N._powerloss_enable(str(dry))
-    acked, _ = group_run(dry / "db", sync, 0)
+    acked, _, _ = group_run(dry / "db", sync, 0)
     assert len(acked) == THREADS * PER_THREAD
     total = N._powerloss_steps()
     tried = 0
@@ -353,12 +357,12 @@ def test_group_commit_crash_at_every_step(tmp_path: Path, sync: str) -> None:
         root = tmp_path / f"c{k}"
         root.mkdir()
         N._powerloss_enable(str(root))
-        acked, attempted = group_run(root / "db", sync, k)
+        acked, synced, attempted = group_run(root / "db", sync, k)
         for mode in MODES:
             img = tmp_path / f"img{k}-{mode}"
             where = f"{sync}/{mode} crash at step {k}"
             if not N._powerloss_image(str(root / "db"), str(img), mode, k):
-                assert not acked or (sync != "always" and mode != "keep"), where
+                assert not synced and (not acked or (sync != "always" and mode != "keep")), where
                 tried += 1
                 continue
             with N.Log(str(img)) as log:
@@ -372,6 +376,7 @@ def test_group_commit_crash_at_every_step(tmp_path: Path, sync: str) -> None:
             assert names <= attempted, where
             if sync == "always" or mode == "keep":
                 assert acked <= names, f"{where}: lost {sorted(acked - names)}"
+            assert synced <= names, f"{where}: lost after an fsync: {sorted(synced - names)}"
             # Lost writes are a suffix of the log: the seqs left are 1..n without a hole.
             assert seqs == list(range(1, len(seqs) + 1)), where
             tried += 1
