@@ -380,11 +380,20 @@ class PostgresBackend:
         now = time.time_ns() // 1000
         with self.transaction() as cur:
             state: dict[str, _UserWrite] = {}
-            for user in users:
-                state[user] = self._lock_user(cur, user)
-            cur.execute("SELECT nextval('entry_seq') FROM generate_series(1, %s)", (len(entries),))
-            seqs = sorted(int(row[0]) for row in cur.fetchall())
-            current = ""
+            # Every lock before the seqs are drawn (the last lock and the draw share a message).
+            draw = sql.SQL("SELECT nextval('entry_seq') FROM generate_series(1, {})").format(
+                len(entries)
+            )
+            drawn: list[tuple[Any, ...]] = []
+            for n, user in enumerate(users):
+                state[user], drawn = self._lock_user(
+                    cur, user, draw if n == len(users) - 1 else None
+                )
+            if not users:
+                cur.execute(draw)
+                drawn = cur.fetchall()
+            seqs = sorted(int(row[0]) for row in drawn)
+            current = users[-1] if users else ""
             i = 0
             while i < len(entries):
                 entry = entries[i]
@@ -419,15 +428,32 @@ class PostgresBackend:
         return seqs
 
     @staticmethod
-    def _lock_user(cur: psycopg.Cursor[Any], user: str) -> _UserWrite:
-        _scope(cur, user)
-        cur.execute(
-            "INSERT INTO user_state (user_id) VALUES (%s) ON CONFLICT (user_id) "
-            "DO UPDATE SET user_id = EXCLUDED.user_id RETURNING live, dim",
-            (user,),
-        )
+    def _lock_user(
+        cur: psycopg.Cursor[Any], user: str, then: sql.Composable | None = None
+    ) -> tuple[_UserWrite, list[tuple[Any, ...]]]:
+        """Scope the transaction to ``user`` and lock (or create) their user_state row, in
+        one round trip; ``then`` runs after the lock in the same message (its rows are
+        returned)."""
+        u = sql.Literal(user)
+        parts: list[sql.Composable] = [
+            sql.SQL(
+                "SELECT set_config('app.user_id', {}, true), set_config('app.scope', '', true)"
+            ).format(u),
+            sql.SQL(
+                "INSERT INTO user_state (user_id) VALUES ({}) ON CONFLICT (user_id) "
+                "DO UPDATE SET user_id = EXCLUDED.user_id RETURNING live, dim"
+            ).format(u),
+        ]
+        if then is not None:
+            parts.append(then)
+        cur.execute(sql.SQL("; ").join(parts))
+        cur.nextset()
         live, dim = cur.fetchone() or (0, 0)
-        return _UserWrite(live=int(live), dim=int(dim))
+        rows: list[tuple[Any, ...]] = []
+        if then is not None:
+            cur.nextset()
+            rows = cur.fetchall()
+        return _UserWrite(live=int(live), dim=int(dim)), rows
 
     def _add(
         self,
@@ -494,7 +520,7 @@ class PostgresBackend:
 
     def _relock(self, cur: psycopg.Cursor[Any], user: str, write: _UserWrite) -> None:
         """After a whole-user PURGE in the same batch: a new user_state row."""
-        fresh = self._lock_user(cur, user)
+        fresh, _ = self._lock_user(cur, user)
         write.live, write.dim, write.purged = fresh.live, fresh.dim, False
 
     def _apply(
