@@ -113,6 +113,19 @@ def test_implements_the_protocol_and_hides_the_password(backend: PostgresBackend
     assert backend.recovery().damaged is False
 
 
+def test_location_never_shows_a_password() -> None:
+    from headroom.memory.store.postgres.backend import redact
+
+    assert redact("postgresql://me:pw@db.example:5432/x?sslmode=require") == (
+        "postgresql://me@db.example:5432/x?sslmode=require"
+    )
+    assert redact("postgresql:///x?host=/run/pg&password=pw&user=me") == (
+        "postgresql:///x?host=/run/pg&user=me"
+    )
+    assert redact("host=db password='p w' user=me") == "host=db password=*** user=me"
+    assert redact("postgresql://me@db/x") == "postgresql://me@db/x"
+
+
 def test_runs_as_a_plain_role_that_row_level_security_applies_to(
     backend: PostgresBackend,
 ) -> None:

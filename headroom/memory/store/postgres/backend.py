@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import struct
 import threading
 import time
@@ -36,7 +37,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -180,16 +181,24 @@ class _UserWrite:
 
 
 def redact(url: str) -> str:
-    """``url`` without its password (for messages and ``location``)."""
+    """``url`` without its password (for messages and ``location``): the one in the
+    authority part, a ``password`` query parameter, or a ``password=`` keyword of a libpq
+    key/value string."""
+    if "://" not in url:
+        return re.sub(r"(?i)\bpassword\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", "password=***", url)
     try:
         parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = (parts.username or "") + "@" + netloc.rsplit("@", 1)[1]
+        query = "&".join(
+            f"{key}={quote(value)}"
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+            if key.lower() != "password"
+        )
     except ValueError:
         return "postgresql://?"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = (parts.username or "") + "@"
-    return urlunsplit(parts._replace(netloc=user + netloc[1] if len(netloc) == 2 else ""))
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 class PostgresBackend:
