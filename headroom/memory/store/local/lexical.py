@@ -3,11 +3,11 @@
 Derived from the log exactly like the vector index: built from the user's live memories on
 first use, then kept current from the log's ``changes`` (labels are the sequence numbers of
 live versions), and dropped when the log is compacted (its generation changes). It is held in
-memory only; building costs ~70 µs per memory on first use.
+memory only and built on first use (costs: bench/README.md).
 
 The vector sum (float64, from the compiled core's ``vector_sum``) gives the user's mean memory,
 on which the hybrid search centres its query. It is kept current from ``changes`` too: added
-vectors are summed in; after any removal the whole sum is taken again (~1 ms per 10k memories).
+vectors are summed in; after any removal the whole sum is taken again.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def _catch_up(log: Any, user_id: str, lexicon: UserLexicon) -> None:
 
 
 def _sum_vectors(log: Any, user_id: str, lexicon: UserLexicon) -> None:
-    # The whole sum again (compiled, ~1 ms per 10k memories): after a removal, or at build.
+    # The whole sum again (one compiled pass): after a removal, or at build.
     # Its seq comes from the same read, so writes that land meanwhile are not counted twice.
     total, count, seq = log.vector_sum(user_id)
     lexicon.vectors = (np.asarray(total, np.float64), int(count), int(seq)) if count else None
