@@ -901,3 +901,78 @@ def test_ids_and_texts_with_quotes_and_backslashes_are_data(backend: PostgresBac
     assert [v.operation for v in backend.history(user, memory_id)] == ["add"]
     assert backend.users() == ["o", user] and backend.count(user) == 1
     assert [k for k, _ in backend.ranking(user).top("test", 3)] == [memory_id]
+
+
+# --- ANN indexes of big users ----------------------------------------------------------------
+
+
+def test_big_users_get_an_hnsw_index_that_search_uses(pg_url: str, pg_server: PgTestServer) -> None:
+    from headroom.memory.store.postgres.backend import ann_index_name, ann_index_prefix
+
+    rng = np.random.default_rng(5)
+    n, dim = 1200, 16
+    vectors = np.stack([unit(dim, rng) for _ in range(n)])
+    b = PostgresBackend(pg_url, ann_threshold=1000)
+    try:
+        big, small = "big user", "small user"
+        b.append(
+            [
+                add(big, f"m{i:04d}", vector=vectors[i], category=["fact", "context"][i % 2],
+                    metadata={"rare": i % 400 == 0})
+                for i in range(n)
+            ]
+        )  # fmt: skip
+        b.append([add(small, f"s{i}", vector=vectors[i]) for i in range(20)])
+        assert b.build_ann_index(small) is None  # below the threshold
+        report = b.compact()
+        assert report["ann_indexes"] == 1
+        name = ann_index_name(big, dim)
+        with pg_server.admin(database_of(pg_url)) as conn:
+            indexes = [r[0] for r in conn.execute("SELECT indexname FROM pg_indexes").fetchall()]
+        assert name in indexes and not any(ann_index_prefix(small) in i for i in indexes)
+        # the planner uses it for the search's query form
+        query = unit(dim, rng)
+        with b.transaction(big) as cur:
+            cur.execute(
+                f"EXPLAIN SELECT id FROM memories WHERE user_id = 'big user' "
+                f"AND deleted_seq IS NULL AND vector_dims(embedding) = {dim} "
+                f"ORDER BY (embedding::vector({dim})) <#> %s::vector LIMIT 10",
+                ("[" + ",".join(map(repr, query.tolist())) + "]",),
+            )
+            plan = "\n".join(r[0] for r in cur.fetchall())
+        assert name in plan, plan
+        # recall against the exact top-k, over several queries, answered by the index
+        answered: list[bool] = []
+        ann_search = b._ann_search
+
+        def spy(*args: Any) -> Any:
+            result = ann_search(*args)
+            answered.append(result is not None)
+            return result
+
+        b._ann_search = spy  # type: ignore[method-assign]
+        hits = total = 0
+        for _ in range(20):
+            q = unit(dim, rng)
+            want = {f"m{i:04d}" for i in np.argsort(-(vectors @ q))[:10]}
+            got = b.search(big, q, 10)
+            assert len(got) == 10
+            assert [s for _, s in got] == sorted((s for _, s in got), reverse=True)
+            hits += len(want & {m for m, _ in got})
+            total += 10
+        assert hits / total >= 0.9 and answered == [True] * 20
+        # filters inside the search: k results whenever k pass, never fewer
+        got = b.search(big, query, 25, Filter.build("context"))
+        assert len(got) == 25 and all(int(m[1:]) % 2 == 1 for m, _ in got)
+        got = b.search(big, query, 10, Filter.build(metadata={"rare": True}))
+        assert sorted(m for m, _ in got) == ["m0000", "m0400", "m0800"]
+        assert answered[-2:] == [True, False]  # the rare filter fell back to the exact scan
+        # a whole-user PURGE drops the index: nothing names the user any more
+        b.append([Entry.purge(big)])
+        with pg_server.admin(database_of(pg_url)) as conn:
+            defs = [r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes").fetchall()]
+        assert not any(big in d for d in defs) and not any(name in d for d in defs)
+        assert rows_everywhere(pg_server, pg_url, big) == {}
+        assert b.search(big, query, 5) == []
+    finally:
+        b.close()

@@ -26,6 +26,7 @@ dot products), with every filter inside the query.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -210,7 +211,10 @@ class PostgresBackend:
     without the schema (StoreNotFoundError). ``pool_size`` bounds the connections this
     process opens. ``compact_full`` makes :meth:`compact` rewrite the tables (VACUUM FULL:
     the bytes of deleted rows leave the table and index files; it locks each table
-    exclusively while it runs); False runs a plain VACUUM.
+    exclusively while it runs); False runs a plain VACUUM. ``ann_threshold``: users with at
+    least this many live memories get an HNSW index of their own (built by :meth:`compact` or
+    :meth:`build_ann_index`, searched with pgvector's iterative scan); None: exact search for
+    everyone.
     """
 
     def __init__(
@@ -221,6 +225,7 @@ class PostgresBackend:
         pool_size: int = 10,
         connect_timeout: float = 30.0,
         compact_full: bool = True,
+        ann_threshold: int | None = 10_000,
     ) -> None:
         if pool_size < 1:
             raise InvalidInputError(f"pool_size must be at least 1; got {pool_size}")
@@ -230,6 +235,10 @@ class PostgresBackend:
         self._pool_size = pool_size
         self._timeout = connect_timeout
         self._compact_full = compact_full
+        self._ann_threshold = ann_threshold
+        #: Names of the ANN indexes that exist (refreshed at most every _ANN_REFRESH_S).
+        self._ann_names: frozenset[str] = frozenset()
+        self._ann_checked = -1e9
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._closed = False
@@ -650,6 +659,13 @@ class PostgresBackend:
                 if write.live <= 0:
                     write.live, write.dim = 0, 0
             else:
+                # The user's ANN indexes name the user in their predicate: they go too.
+                cur.execute(
+                    "SELECT relname FROM pg_class WHERE relkind = 'i' AND relname LIKE %s",
+                    (ann_index_prefix(user) + "%",),
+                )
+                for (name,) in cur.fetchall():
+                    cur.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(name)))
                 for table in ("memories", "memory_versions", "removals", "jobs", "user_state"):
                     cur.execute(
                         sql.SQL("DELETE FROM {} WHERE user_id = %s").format(sql.Identifier(table)),
@@ -863,6 +879,10 @@ class PostgresBackend:
         if query.ndim != 1 or not np.isfinite(query).all():
             raise InvalidVectorError("a query vector must be a finite 1-D float32 array")
         user = sql.Literal(user_id)
+        if self._has_ann_index(user_id, query.shape[0]):
+            rows = self._ann_search(user_id, query, k, where)
+            if rows is not None:
+                return rows
         try:
             dims, rows = self._read(
                 user_id,
@@ -886,6 +906,98 @@ class PostgresBackend:
                 f"the query has {query.shape[0]} dims; the user's vectors have {dim}"
             )
         return [(row[0], float(row[1])) for row in rows]
+
+    # --- ANN indexes of big users ------------------------------------------------------------
+
+    def _has_ann_index(self, user_id: str, dim: int) -> bool:
+        if self._ann_threshold is None:
+            return False
+        now = time.monotonic()
+        if now - self._ann_checked > _ANN_REFRESH_S:
+            [rows] = self._read(
+                None,
+                sql.SQL(
+                    "SELECT relname FROM pg_class WHERE relkind = 'i' AND relname LIKE {}"
+                ).format(_ANN_PREFIX + "%"),
+            )
+            self._ann_names = frozenset(row[0] for row in rows)
+            self._ann_checked = now
+        return ann_index_name(user_id, dim) in self._ann_names
+
+    def _ann_search(
+        self, user_id: str, query: Vector, k: int, where: Filter
+    ) -> list[tuple[str, float]] | None:
+        """Top-k through the user's HNSW index, or None when it gave fewer than k rows (a
+        filter so selective that the iterative scan stopped early: the caller then scans
+        exactly, so the search never returns fewer rows than asked when enough match).
+
+        The query repeats the index's expression and predicate (``embedding::vector(d)``,
+        the literal user id, live rows, the dim) so the planner can use it; the iterative
+        scan (relaxed order, re-sorted here) keeps filtered searches from coming back short.
+        """
+        dim = query.shape[0]
+        vector = _vector_sql(query)
+        try:
+            [rows] = self._read(
+                user_id,
+                sql.SQL(
+                    "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+                    "set_config('hnsw.ef_search', {ef}, true); "
+                    "SELECT id, -((embedding::vector({d})) <#> {q}) FROM memories "
+                    "WHERE user_id = {u} AND deleted_seq IS NULL AND vector_dims(embedding) = {d} "
+                    "{f} ORDER BY (embedding::vector({d})) <#> {q} LIMIT {k}"
+                ).format(
+                    ef=str(max(40, 2 * k)),
+                    d=sql.SQL(str(int(dim))),
+                    q=vector,
+                    u=sql.Literal(user_id),
+                    f=_filter_sql(where),
+                    k=sql.Literal(k),
+                ),
+            )[1:]
+        except psycopg.errors.DataException:
+            return None
+        if len(rows) < k:
+            return None
+        pairs = [(row[0], float(row[1])) for row in rows]
+        pairs.sort(key=lambda pair: -pair[1])
+        return pairs
+
+    def build_ann_index(self, user_id: str) -> str | None:
+        """Build the user's HNSW index now if they have at least ``ann_threshold`` live
+        memories and none exists for their dim; returns its name (None: not needed).
+
+        ``CREATE INDEX CONCURRENTLY``: writes go on while it builds. The index is partial:
+        the user's live rows of one dim, over ``embedding::vector(dim)`` (the column has no
+        fixed dim). A whole-user PURGE drops it.
+        """
+        if self._ann_threshold is None:
+            return None
+        [rows] = self._read(
+            user_id,
+            sql.SQL("SELECT live, dim FROM user_state WHERE user_id = {}").format(
+                sql.Literal(user_id)
+            ),
+        )
+        if not rows or int(rows[0][0]) < self._ann_threshold or not int(rows[0][1]):
+            return None
+        dim = int(rows[0][1])
+        name = ann_index_name(user_id, dim)
+        statement = sql.SQL(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON memories "
+            "USING hnsw ((embedding::vector({d})) vector_ip_ops) "
+            "WHERE user_id = {u} AND deleted_seq IS NULL AND vector_dims(embedding) = {d}"
+        ).format(name=sql.Identifier(name), d=sql.SQL(str(dim)), u=sql.Literal(user_id))
+        pool = self._get_pool()
+        try:
+            with pool.connection() as conn:
+                conn.execute(statement)
+        except psycopg.OperationalError as exc:
+            raise PostgresUnavailableError(
+                f"the store at {self.location}: {_first_line(exc)}"
+            ) from None
+        self._ann_checked = -1e9  # see it on the next search
+        return name
 
     def ranking(self, user_id: str) -> PgUserRanking:
         """The user's lexical index and vector sum, caught up with every write so far."""
@@ -1032,9 +1144,22 @@ class PostgresBackend:
             raise PostgresUnavailableError(
                 f"the store at {self.location}: {_first_line(exc)}"
             ) from None
+        built = 0
+        if self._ann_threshold is not None:
+            [big] = self._read(
+                None,
+                sql.SQL("SELECT user_id FROM user_state WHERE live >= {} ORDER BY user_id").format(
+                    self._ann_threshold
+                ),
+                all_users=True,
+            )
+            for (user,) in big:  # IF NOT EXISTS: an index already there costs nothing
+                if self.build_ann_index(user):
+                    built += 1
         with self._rankings_lock:
             self._rankings.clear()
         return {
+            "ann_indexes": built,
             "dropped_memories": dropped,
             "bytes_before": before,
             "bytes_after": after,
@@ -1185,6 +1310,21 @@ class PostgresBackend:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+#: ANN index names: a prefix, a hash of the user id (names never show it), the dim.
+_ANN_PREFIX = "memories_ann_"
+_ANN_REFRESH_S = 30.0
+
+
+def ann_index_prefix(user_id: str) -> str:
+    """The name prefix of a user's ANN indexes."""
+    return _ANN_PREFIX + hashlib.sha256(user_id.encode()).hexdigest()[:24] + "_"
+
+
+def ann_index_name(user_id: str, dim: int) -> str:
+    """The name of a user's ANN index over vectors of ``dim``."""
+    return f"{ann_index_prefix(user_id)}{dim}"
 
 
 def _first_line(exc: BaseException) -> str:
