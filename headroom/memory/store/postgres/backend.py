@@ -947,7 +947,7 @@ class PostgresBackend:
                     "WHERE user_id = {u} AND deleted_seq IS NULL AND vector_dims(embedding) = {d} "
                     "{f} ORDER BY (embedding::vector({d})) <#> {q} LIMIT {k}"
                 ).format(
-                    ef=str(max(40, 2 * k)),
+                    ef=str(max(_ANN_EF_SEARCH, 2 * k)),
                     d=sql.SQL(str(int(dim))),
                     q=vector,
                     u=sql.Literal(user_id),
@@ -1315,6 +1315,10 @@ class PostgresBackend:
 #: ANN index names: a prefix, a hash of the user id (names never show it), the dim.
 _ANN_PREFIX = "memories_ann_"
 _ANN_REFRESH_S = 30.0
+#: hnsw.ef_search of ANN searches (at least 2k). Measured on a 10k-memory user, 384 dims:
+#: recall@10 1.0 on clustered vectors at 40 already; on uniformly random vectors (the worst
+#: case) 0.31 at 40, 0.53 at 100, 0.78 at 200, 0.93 at 400.
+_ANN_EF_SEARCH = 100
 
 
 def ann_index_prefix(user_id: str) -> str:
