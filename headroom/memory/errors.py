@@ -74,6 +74,20 @@ class StoreNotFoundError(StoreError):
     """There is no store at the path, and the caller asked not to create one."""
 
 
+class PostgresSetupError(StoreError):
+    """The database is not ready for the store and this role cannot make it so (e.g. the
+    pgvector extension is missing and the role may not install it); the message says exactly
+    what the operator must run."""
+
+
+class PostgresUnavailableError(StoreError):
+    """The PostgreSQL server could not be reached, or the connection broke during the call.
+
+    A read can simply be retried. For a write the outcome is unknown only when the connection
+    broke while the commit was in flight; otherwise nothing of the call was applied.
+    """
+
+
 class StoreFailedError(StoreError):
     """A write or fsync failed earlier; the store refuses further writes until reopened.
 
@@ -126,6 +140,8 @@ __all__ = [
     "InvalidVectorError",
     "MemoryNotFoundError",
     "ModelNotFoundError",
+    "PostgresSetupError",
+    "PostgresUnavailableError",
     "StoreClosedError",
     "StoreCorruptionError",
     "StoreError",

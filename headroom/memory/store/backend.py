@@ -333,7 +333,9 @@ class Backend(Protocol):
     # --- writes ------------------------------------------------------------------------------
 
     def append(self, entries: Sequence[Entry]) -> list[int]:
-        """Apply one atomic batch; returns the seq given to each entry (consecutive).
+        """Apply one atomic batch; returns the seq given to each entry (increasing; consecutive
+        on the local backend, with gaps where another process drew seqs at the same time on a
+        server backend).
 
         Derived state (indexes, lexical state) catches up before the next search; PURGE and
         REVECTOR drop what they invalidate. Raises the typed errors of the module docstring.

@@ -35,10 +35,14 @@ import functools
 import heapq
 import math
 import re
+import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from operator import itemgetter
+
+import numpy as np
+import numpy.typing as npt
 
 from ..errors import InvalidInputError, InvalidTypeError
 from .backend import LexicalScorer
@@ -263,6 +267,71 @@ class LexicalIndex:
 #: that a user of a few hundred memories always gets the exact top-k, small enough to bound the
 #: walk's cost for a user of 100k (bench/README.md has the figures).
 CANDIDATE_POSTINGS_BUDGET = 2000
+
+
+# --- a user's ranking state ------------------------------------------------------------------
+
+#: The sum of a user's live vectors (float64), how many were summed, and the user seq the sum is
+#: exact at (0 where the backend does not track it).
+VectorTotal = tuple[npt.NDArray[np.float64], int, int]
+
+
+@dataclass
+class RankingState:
+    """One user's BM25 index (with each memory's label and date) and vector sum, as a backend
+    derives them and catches them up from its change feed. Implements
+    ``backend.UserRanking``; every method is thread-safe.
+
+    ``vectors`` is replaced as one tuple, never changed in place, so a reader without the lock
+    sees a consistent sum and count. ``covered_seq`` is the user seq the state is exact at.
+    """
+
+    index: LexicalIndex = field(default_factory=LexicalIndex)
+    label_ids: dict[int, str] = field(default_factory=dict)
+    #: created_at (µs) of every indexed memory: the ranking's date terms need no row reads.
+    created: dict[str, int] = field(default_factory=dict)
+    vectors: VectorTotal | None = None
+    covered_seq: int = -1
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def top(self, query: str, k: int) -> list[tuple[str, float]]:
+        """The ``k`` best ``(memory id, BM25)`` for ``query``."""
+        with self.lock:
+            return self.index.top(query, k)
+
+    def scores(self, query: str, keys: Sequence[str]) -> list[float]:
+        """BM25 of each memory id in ``keys``."""
+        with self.lock:
+            return self.index.scores(query, keys)
+
+    def group_scores(self, query: str, groups: Sequence[Sequence[str]]) -> list[float]:
+        """BM25 of each group of memory ids taken as one document."""
+        with self.lock:
+            return self.index.group_scores(query, groups)
+
+    def vector_mean(self, min_count: int) -> npt.NDArray[np.float32] | None:
+        """The mean of the user's live vectors; None below ``min_count`` of them."""
+        vectors = self.vectors
+        if vectors is None or vectors[1] < max(min_count, 1):
+            return None
+        return (vectors[0] / vectors[1]).astype(np.float32)
+
+    def created_at(self, memory_id: str) -> int | None:
+        """``created_at`` (µs) of an indexed memory."""
+        return self.created.get(memory_id)
+
+    def add(self, label: int, memory_id: str, text: str, created_us: int) -> None:
+        """Index a live version (the caller holds ``lock``)."""
+        self.index.add(memory_id, text)
+        self.label_ids[int(label)] = memory_id
+        self.created[memory_id] = int(created_us)
+
+    def remove(self, label: int) -> None:
+        """Forget a version that is no longer live (the caller holds ``lock``)."""
+        memory_id = self.label_ids.pop(int(label), None)
+        if memory_id is not None:
+            self.index.remove(memory_id)
+            self.created.pop(memory_id, None)
 
 
 # --- dates in queries --------------------------------------------------------------------------

@@ -13,60 +13,15 @@ vectors are summed in; after any removal the whole sum is taken again.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ..ranking import LexicalIndex
+from ..ranking import RankingState, VectorTotal
 
-#: The sum of a user's live vectors, how many, and the user seq it is exact at.
-VectorTotal = tuple[npt.NDArray[np.float64], int, int]
-
-
-@dataclass
-class UserLexicon:
-    """One user's lexical index (with each memory's label and date) and vector sum, caught up
-    together. Implements ``backend.UserRanking``; every method is thread-safe."""
-
-    index: LexicalIndex = field(default_factory=LexicalIndex)
-    label_ids: dict[int, str] = field(default_factory=dict)
-    #: created_at (µs) of every indexed memory: the ranking's date terms need no row reads.
-    created: dict[str, int] = field(default_factory=dict)
-    #: (sum in float64, count, seq) of the user's live vectors: exact at that user seq (every
-    #: vector with a label at or below it is in, none above). Replaced as one tuple, never
-    #: changed in place, so a reader without the lock sees a consistent sum and count.
-    vectors: VectorTotal | None = None
-    covered_seq: int = -1
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def top(self, query: str, k: int) -> list[tuple[str, float]]:
-        """The ``k`` best ``(memory id, BM25)`` for ``query``."""
-        with self.lock:
-            return self.index.top(query, k)
-
-    def scores(self, query: str, keys: Sequence[str]) -> list[float]:
-        """BM25 of each memory id in ``keys``."""
-        with self.lock:
-            return self.index.scores(query, keys)
-
-    def group_scores(self, query: str, groups: Sequence[Sequence[str]]) -> list[float]:
-        """BM25 of each group of memory ids taken as one document."""
-        with self.lock:
-            return self.index.group_scores(query, groups)
-
-    def vector_mean(self, min_count: int) -> npt.NDArray[np.float32] | None:
-        """The mean of the user's live vectors; None below ``min_count`` of them."""
-        vectors = self.vectors
-        if vectors is None or vectors[1] < max(min_count, 1):
-            return None
-        return (vectors[0] / vectors[1]).astype(np.float32)
-
-    def created_at(self, memory_id: str) -> int | None:
-        """``created_at`` (µs) of an indexed memory."""
-        return self.created.get(memory_id)
+#: One user's lexical index and vector sum over the log (the shared ranking state).
+UserLexicon = RankingState
 
 
 class LexicalState:
@@ -137,19 +92,14 @@ def _catch_up(log: Any, user_id: str, lexicon: UserLexicon) -> None:
     elif len(added):
         lexicon.vectors = _add_vectors(total, added, vectors)
     for label in np.asarray(removed).tolist():
-        memory_id = lexicon.label_ids.pop(int(label), None)
-        if memory_id is not None:
-            lexicon.index.remove(memory_id)
-            lexicon.created.pop(memory_id, None)
+        lexicon.remove(label)
     labels = np.asarray(added, np.uint64)
     for label, info in zip(labels.tolist(), log.resolve(user_id, labels), strict=True):
         if info is None:
             continue
         row = log.get(user_id, info[0])
         if row is not None:
-            lexicon.index.add(row["id"], row["text"])
-            lexicon.label_ids[int(label)] = row["id"]
-            lexicon.created[row["id"]] = int(row["created_at"])
+            lexicon.add(label, row["id"], row["text"], row["created_at"])
 
 
 def _sum_vectors(log: Any, user_id: str, lexicon: UserLexicon) -> None:

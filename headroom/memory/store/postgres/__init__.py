@@ -5,8 +5,8 @@ database; docs/postgres.md describes its schema, isolation, pooling and what a h
 can promise there.
 """
 
+from ...errors import PostgresSetupError, PostgresUnavailableError
 from .backend import PgUserRanking, PostgresBackend
-from .errors import PostgresSetupError, PostgresUnavailableError
 from .schema import SCHEMA_VERSION
 
 __all__ = [

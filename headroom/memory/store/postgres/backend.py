@@ -36,12 +36,11 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import numpy as np
-import numpy.typing as npt
 import psycopg
 import psycopg.errors
 from psycopg import sql
@@ -57,14 +56,15 @@ from ...errors import (
     InvalidInputError,
     InvalidVectorError,
     MemoryNotFoundError,
+    PostgresSetupError,
+    PostgresUnavailableError,
     StoreClosedError,
     StoreNotFoundError,
 )
 from ...types import Memory, MemoryVersion
 from ..backend import ALL, ChangeSet, Entry, Filter, Job, Op, Recovery, Vector
-from ..ranking import LexicalIndex
+from ..ranking import LexicalIndex, RankingState, VectorTotal
 from . import schema
-from .errors import PostgresSetupError, PostgresUnavailableError
 
 logger = logging.getLogger("headroom.memory")
 
@@ -123,48 +123,12 @@ def _register_vector(context: AdaptContext, info: TypeInfo) -> None:
 
 
 @dataclass
-class PgUserRanking:
-    """One user's BM25 index and vector sum, caught up together through the change feed.
+class PgUserRanking(RankingState):
+    """One user's ranking state, caught up through the change feed. ``reset_seq`` is the start
+    of the user's change feed when it was built (a whole-user PURGE starts a new feed: the
+    state is then built again). The vector sum's seq is not tracked here (0)."""
 
-    Implements ``backend.UserRanking``; every method is thread-safe. ``covered_seq`` is the
-    user seq it is exact at; ``reset_seq`` the start of the user's change feed when it was
-    built (a whole-user PURGE starts a new feed: the cache is then built again).
-    """
-
-    index: LexicalIndex = field(default_factory=LexicalIndex)
-    label_ids: dict[int, str] = field(default_factory=dict)
-    created: dict[str, int] = field(default_factory=dict)
-    #: (sum in float64, count) of the live vectors at covered_seq; replaced as one tuple.
-    vectors: tuple[npt.NDArray[np.float64], int] | None = None
-    covered_seq: int = -1
     reset_seq: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def top(self, query: str, k: int) -> list[tuple[str, float]]:
-        """The ``k`` best ``(memory id, BM25)`` for ``query``."""
-        with self.lock:
-            return self.index.top(query, k)
-
-    def scores(self, query: str, keys: Sequence[str]) -> list[float]:
-        """BM25 of each memory id in ``keys``."""
-        with self.lock:
-            return self.index.scores(query, keys)
-
-    def group_scores(self, query: str, groups: Sequence[Sequence[str]]) -> list[float]:
-        """BM25 of each group of memory ids taken as one document."""
-        with self.lock:
-            return self.index.group_scores(query, groups)
-
-    def vector_mean(self, min_count: int) -> Vector | None:
-        """The mean of the user's live vectors; None below ``min_count`` of them."""
-        vectors = self.vectors
-        if vectors is None or vectors[1] < max(min_count, 1):
-            return None
-        return (vectors[0] / vectors[1]).astype(np.float32)
-
-    def created_at(self, memory_id: str) -> int | None:
-        """``created_at`` (µs) of an indexed memory."""
-        return self.created.get(memory_id)
 
 
 # --- the backend -----------------------------------------------------------------------------
@@ -1056,14 +1020,9 @@ class PostgresBackend:
             snapshot=True,
         )
         for (label,) in removed:
-            memory_id = ranking.label_ids.pop(int(label), None)
-            if memory_id is not None:
-                ranking.index.remove(memory_id)
-                ranking.created.pop(memory_id, None)
+            ranking.remove(label)
         for label, memory_id, text, created_us, _vector in added:
-            ranking.index.add(memory_id, text)
-            ranking.label_ids[int(label)] = memory_id
-            ranking.created[memory_id] = int(created_us)
+            ranking.add(label, memory_id, text, created_us)
         if removed:
             ranking.vectors = _vector_total(total)
         else:  # only additions: the sum so far (None: no vectors yet) plus theirs
@@ -1072,9 +1031,9 @@ class PostgresBackend:
                 stacked = np.asarray(extra, np.float32).sum(axis=0, dtype=np.float64)
                 current = ranking.vectors
                 ranking.vectors = (
-                    (stacked, len(extra))
+                    (stacked, len(extra), 0)
                     if current is None
-                    else (current[0] + stacked, current[1] + len(extra))
+                    else (current[0] + stacked, current[1] + len(extra), 0)
                 )
         ranking.covered_seq, ranking.reset_seq = _state(state)
 
@@ -1458,11 +1417,11 @@ def _total_sql(user: sql.Composable, condition: sql.Composable | None = None) ->
     ).format(user, condition or sql.SQL(""))
 
 
-def _vector_total(rows: list[tuple[Any, ...]]) -> tuple[npt.NDArray[np.float64], int] | None:
+def _vector_total(rows: list[tuple[Any, ...]]) -> VectorTotal | None:
     if not rows or not rows[0][1]:
         return None
     count = int(rows[0][1])
-    return np.asarray(rows[0][0], np.float64) * count, count
+    return np.asarray(rows[0][0], np.float64) * count, count, 0
 
 
 def _table_bytes(conn: psycopg.Connection[Any], tables: Sequence[str]) -> int:

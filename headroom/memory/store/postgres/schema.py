@@ -22,8 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import StoreVersionError
-from .errors import PostgresSetupError
+from ...errors import PostgresSetupError, StoreVersionError
 
 #: Key of the transaction-level advisory lock held while migrating (a fixed bigint: the
 #: ASCII bytes of "headroom").
