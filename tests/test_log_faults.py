@@ -49,7 +49,13 @@ def test_failed_write_or_fsync(tmp_path: Path, fault: str, sync: str, err: int) 
     log.close()
     assert reopen_ids(db) == (
         ["a", "b"],
-        {"torn_tail_bytes": 0, "corrupt_bytes": 0, "corrupt_records": 0, "segments": 1},
+        {
+            "torn_tail_bytes": 0,
+            "corrupt_bytes": 0,
+            "corrupt_records": 0,
+            "segments": 1,
+            "damaged_segments": [],
+        },
     )
 
 

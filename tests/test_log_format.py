@@ -92,6 +92,7 @@ def test_add_get_list_and_reopen(db: Path) -> None:
         "corrupt_bytes": 0,
         "corrupt_records": 0,
         "segments": 1,
+        "damaged_segments": [],
     }
     log.close()
 

@@ -40,11 +40,17 @@ def store(tmp_path: Path) -> tuple[Path, Path, bytes, list[Frame]]:
 
 
 def survivors(db: Path) -> tuple[list[str], dict[str, int]]:
+    """The ids that survived an open, and its recovery report without the damaged segments'
+    names, which are checked here: named exactly when bytes were skipped or cut, and real."""
     with N.Log(str(db)) as log:
         ids = [m["id"] for m in log.list("u")]
         for m in log.list("u"):
             assert m["text"] == f"text of {m['id']}"
-        return ids, log.recovery
+        recovery = dict(log.recovery)
+    damaged = recovery.pop("damaged_segments")
+    assert bool(damaged) == bool(recovery["torn_tail_bytes"] or recovery["corrupt_bytes"])
+    assert set(damaged) <= {seg.name for seg in segments(db)}
+    return ids, recovery
 
 
 def report(torn: int = 0, corrupt: int = 0, records: int = 0) -> dict[str, int]:
@@ -188,6 +194,7 @@ def test_damage_in_an_earlier_segment(tmp_path: Path) -> None:
             "corrupt_bytes": f.end - f.offset,
             "corrupt_records": 1,
             "segments": 2,
+            "damaged_segments": [first.name],  # the earlier one, not the last
         }
 
 

@@ -34,11 +34,13 @@ def test_opening_a_damaged_store_warns_and_stats_report_it(
     try:
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1 and "recovered from damage" in warnings[0].getMessage()
-        assert str(db) in warnings[0].getMessage() and "1 records" in warnings[0].getMessage()
+        message = warnings[0].getMessage()
+        assert str(db) in message and "1 records" in message and segments(db)[0].name in message
         lost = [i for i in ids if store.get("u", i) is None]
         assert len(lost) == 1  # one memory's record failed its checksum
         recovery = store.stats()["recovery"]
         assert recovery["corrupt_records"] == 1 and recovery["corrupt_bytes"] > 0
+        assert list(recovery["damaged_segments"]) == [segments(db)[0].name]
         report = store.verify()
         assert not report["ok"] and report["recovered_corrupt_records"] == 1
     finally:

@@ -483,6 +483,7 @@ PYBIND11_MODULE(_native, m) {
         d["corrupt_bytes"] = r.corrupt_bytes;
         d["corrupt_records"] = r.corrupt_records;
         d["segments"] = r.segments;
+        d["damaged_segments"] = r.damaged_segments;
         return d;
       })
       .def("stats", [](Log& log) {

@@ -244,7 +244,9 @@ void Log::ApplyFrames(State* target, bool lock, bool pinned, FrameScanner* scann
   rec->corrupt_records += st.corrupt_records;
 }
 
-void Log::LoadAll(bool locked) {
+void Log::LoadAll(bool locked) { Replay(LiveSegments(locked), locked); }
+
+std::vector<std::pair<uint64_t, SegmentHeader>> Log::LiveSegments(bool locked) {
   // Which segments are live: those above the highest `replaces` of any segment header.
   std::vector<uint64_t> nums = ListSegments(dir_);
   if (nums.empty()) {
@@ -303,7 +305,10 @@ void Log::LoadAll(bool locked) {
     for (const std::string& name : ListSegmentTemps(dir_)) UnlinkFile(dir_ + "/" + name);
   }
   if (live.empty()) Fail(ErrorKind::kCorruption, "the store " + dir_ + " has no live segment");
+  return live;
+}
 
+void Log::Replay(const std::vector<std::pair<uint64_t, SegmentHeader>>& live, bool locked) {
   auto fresh = std::make_unique<State>();
   Recovery rec;
   uint64_t frames = 0;
@@ -352,6 +357,7 @@ void Log::LoadAll(bool locked) {
                   : std::make_unique<FrameScanner>(cur.fd, h.header_size, size);
       FrameScanner& sc = *scp;
       uint64_t applied = 0;
+      const uint64_t damage_before = rec.corrupt_bytes + rec.torn_tail_bytes;
       ApplyFrames(fresh.get(), false, pinned, &sc, &applied, &rec, &frames);
       // After the segment's own records: a compaction output holds seqs below its floor.
       fresh->NoteSeqFloor(h.seq_floor);
@@ -365,6 +371,8 @@ void Log::LoadAll(bool locked) {
           TruncateFile(cur.fd, end, nullptr);
         }
       }
+      if (rec.corrupt_bytes + rec.torn_tail_bytes > damage_before)
+        rec.damaged_segments.push_back(SegmentName(live[i].first));
       if (last) {
         last_pos = end;
         last_fd = cur.Release();
@@ -378,6 +386,7 @@ void Log::LoadAll(bool locked) {
   recovery_.corrupt_bytes += rec.corrupt_bytes;
   recovery_.corrupt_records += rec.corrupt_records;
   recovery_.segments = live.size();
+  for (std::string& name : rec.damaged_segments) recovery_.damaged_segments.push_back(name);
   {
     std::unique_lock<std::shared_mutex> lk(state_mu_);
     state_.swap(fresh);

@@ -29,6 +29,7 @@ struct Recovery {
   uint64_t corrupt_bytes = 0;
   uint64_t corrupt_records = 0;
   uint64_t segments = 0;
+  std::vector<std::string> damaged_segments;  // names of segments with bytes skipped or cut
 };
 
 struct CompactResult {
@@ -134,7 +135,13 @@ class Log {
   // CheckOpen, and refuses when an earlier write or fsync failed (StoreFailedError).
   void CheckWritable() const;
   void RefreshForRead();
+  // Loads the store: LiveSegments, then Replay.
   void LoadAll(bool locked);
+  // The live segments with their headers, oldest first (the first one created for a new
+  // store; leftovers of an interrupted compaction or write removed when `locked`).
+  std::vector<std::pair<uint64_t, SegmentHeader>> LiveSegments(bool locked);
+  // Replays `live` into a fresh state and swaps it in; truncates a torn tail when `locked`.
+  void Replay(const std::vector<std::pair<uint64_t, SegmentHeader>>& live, bool locked);
   uint64_t RefreshLocked(bool locked);
   // Applies every frame the scanner yields; `pinned` when its bytes are a mapping the target
   // pins (else the target copies what it keeps).

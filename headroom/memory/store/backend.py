@@ -289,6 +289,7 @@ class Recovery:
     corrupt_bytes: int = 0  #: bytes skipped because they failed their checksum
     corrupt_records: int = 0  #: records lost in those bytes (as far as they could be counted)
     segments: int = 0  #: segments read
+    damaged_segments: tuple[str, ...] = ()  #: where bytes were skipped or cut off
 
     @property
     def damaged(self) -> bool:

@@ -91,6 +91,7 @@ class _RecoveryDict(TypedDict):
     corrupt_bytes: int
     corrupt_records: int
     segments: int
+    damaged_segments: list[str]
 
 class _StatsDict(TypedDict):
     users: int

@@ -106,10 +106,10 @@ class LocalBackend:
         if recovery.damaged:
             logger.warning(
                 "the store at %s recovered from damage: %d corrupt bytes (%d records) skipped, "
-                "%d bytes of a torn last write cut off, in %d segments read; run "
+                "%d bytes of a torn last write cut off, in %s; run "
                 "`headroom-memory verify --db %s` for details",
                 self.path, recovery.corrupt_bytes, recovery.corrupt_records,
-                recovery.torn_tail_bytes, recovery.segments, self.path,
+                recovery.torn_tail_bytes, ", ".join(recovery.damaged_segments) or "?", self.path,
             )  # fmt: skip
 
     # --- writes ------------------------------------------------------------------------------
@@ -329,6 +329,7 @@ class LocalBackend:
             corrupt_bytes=int(found["corrupt_bytes"]),
             corrupt_records=int(found["corrupt_records"]),
             segments=int(found["segments"]),
+            damaged_segments=tuple(found["damaged_segments"]),
         )
 
     def stats(self) -> dict[str, Any]:
