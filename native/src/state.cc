@@ -185,140 +185,154 @@ void State::Apply(const EntryView& in, bool pinned) {
   const EntryView e = keeps && !pinned ? Rebase(in, arena_.Copy(in.raw, in.raw_len)) : in;
   const float* vec = reinterpret_cast<const float*>(e.vec);
   switch (e.op) {
-    case kAdd: {
-      User* u = GetUser(e.user, true);
-      u->last_seq = e.seq;
-      if (u->by_id.Find(e.id, u->mems) >= 0) {
-        ++skipped_;
-        return;
-      }
-      uint32_t mi = static_cast<uint32_t>(u->mems.size());
-      u->mems.emplace_back();
-      Mem& m = u->mems.back();
-      m.id = e.id;
-      m.created_at = e.created_at;
-      m.label = e.seq;
-      m.first_seq = e.seq;
-      m.live = true;
-      m.model = Model(e.model);
-      m.versions.push_back(Version{e.seq, e.ts, kAdd, e.category, e.source, 1, e.text, e.meta,
-                                   m.model});
-      u->by_id.Insert(e.id, mi, u->mems);
-      u->by_label.Add(e.seq, mi);
-      ++u->live;
-      if (vec) AddRow(u, mi, vec, e.dim);
-      return;
-    }
+    case kAdd:
+      return ApplyAdd(e, vec);
     case kUpdate:
-    case kRevector: {
-      User* u = nullptr;
-      uint32_t mi = 0;
-      if (!FindLive(e, &u, &mi)) return;
-      const uint32_t old_dim = u->dim;
-      const float* saved = Unlabel(u, mi, e.seq);
-      Mem& m = u->mems[mi];
-      const Version& cur = m.versions[m.cur];
-      Version v{e.seq, e.ts, e.op, cur.category, cur.source, cur.number, {}, {}, cur.model};
-      if (e.op == kUpdate) {
-        if (e.category) v.category = e.category;
-        if (e.source) v.source = e.source;
-        v.number = cur.number + 1;
-        v.text = e.text;
-        v.meta = e.meta.empty() ? cur.meta : e.meta;
-        if (e.created_at) m.created_at = e.created_at;
-      }
-      if (e.vec) m.model = Model(e.model);
-      if (e.op == kUpdate) v.model = m.model;
-      m.versions.push_back(v);
-      if (e.op == kUpdate) m.cur = static_cast<uint32_t>(m.versions.size() - 1);
-      m.label = e.seq;
-      u->by_label.Add(e.seq, mi);
-      if (vec) {
-        AddRow(u, mi, vec, e.dim);
-      } else if (saved) {
-        AddRow(u, mi, saved, old_dim);
-      }
-      return;
-    }
-    case kDelete: {
-      User* u = nullptr;
-      uint32_t mi = 0;
-      if (!FindLive(e, &u, &mi)) return;
-      Unlabel(u, mi, e.seq);
-      Mem& m = u->mems[mi];
-      m.live = false;
-      --u->live;
-      const Version& cur = m.versions[m.cur];
-      m.versions.push_back(
-          Version{e.seq, e.ts, kDelete, cur.category, cur.source, cur.number, {}, {}, cur.model});
-      return;
-    }
-    case kClear: {
-      User* u = GetUser(e.user, false);
-      if (!u) return;
-      u->last_seq = e.seq;
-      for (uint32_t mi = 0; mi < u->mems.size(); ++mi) {
-        Mem& m = u->mems[mi];
-        if (!m.live) continue;
-        Unlabel(u, mi, e.seq);
-        m.live = false;
-        const Version& cur = m.versions[m.cur];
-        m.versions.push_back(
-            Version{e.seq, e.ts, kClear, cur.category, cur.source, cur.number, {}, {}, cur.model});
-      }
-      u->live = 0;
-      return;
-    }
-    case kPurge: {
-      std::string user(e.user);
-      DropJobsOf(user);
-      if (e.id.empty()) {
-        last_user_ = nullptr;
-        users_.erase(user);
-        return;
-      }
-      User* u = GetUser(e.user, false);
-      if (!u) return;
-      u->last_seq = e.seq;
-      const int64_t found = u->by_id.Find(e.id, u->mems);
-      if (found < 0) return;
-      const uint32_t mi = static_cast<uint32_t>(found);
-      Mem& m = u->mems[mi];
-      if (m.live) {
-        Unlabel(u, mi, e.seq);
-        --u->live;
-      }
-      u->by_id.Erase(e.id, u->mems);
-      m.live = false;
-      m.purged = true;
-      m.id = {};
-      m.versions.clear();
-      return;
-    }
-    case kPending: {
-      std::string id(e.id);
-      if (job_by_id_.count(id)) {
-        ++skipped_;
-        return;
-      }
-      if (User* u = GetUser(e.user, true)) u->last_seq = e.seq;
-      job_by_id_.emplace(id, e.seq);
-      jobs_.emplace(e.seq, Job{id, std::string(e.user), std::string(e.text), e.created_at, e.seq});
-      return;
-    }
-    case kDone: {
-      auto it = job_by_id_.find(std::string(e.id));
-      if (it == job_by_id_.end()) return;
-      jobs_.erase(it->second);
-      job_by_id_.erase(it);
-      return;
-    }
+    case kRevector:
+      return ApplyNewVersion(e, vec);
+    case kDelete:
+      return ApplyDelete(e);
+    case kClear:
+      return ApplyClear(e);
+    case kPurge:
+      return ApplyPurge(e);
+    case kPending:
+      return ApplyPending(e);
+    case kDone:
+      return ApplyDone(e);
     case kConfig:
       config_[std::string(e.id)] = {std::string(e.text), e.seq};
       return;
     default:
       ++skipped_;
   }
+}
+
+void State::ApplyAdd(const EntryView& e, const float* vec) {
+  User* u = GetUser(e.user, true);
+  u->last_seq = e.seq;
+  if (u->by_id.Find(e.id, u->mems) >= 0) {
+    ++skipped_;
+    return;
+  }
+  uint32_t mi = static_cast<uint32_t>(u->mems.size());
+  u->mems.emplace_back();
+  Mem& m = u->mems.back();
+  m.id = e.id;
+  m.created_at = e.created_at;
+  m.label = e.seq;
+  m.first_seq = e.seq;
+  m.live = true;
+  m.model = Model(e.model);
+  m.versions.push_back(Version{e.seq, e.ts, kAdd, e.category, e.source, 1, e.text, e.meta,
+                               m.model});
+  u->by_id.Insert(e.id, mi, u->mems);
+  u->by_label.Add(e.seq, mi);
+  ++u->live;
+  if (vec) AddRow(u, mi, vec, e.dim);
+}
+
+void State::ApplyNewVersion(const EntryView& e, const float* vec) {
+  User* u = nullptr;
+  uint32_t mi = 0;
+  if (!FindLive(e, &u, &mi)) return;
+  const uint32_t old_dim = u->dim;
+  const float* saved = Unlabel(u, mi, e.seq);
+  Mem& m = u->mems[mi];
+  const Version& cur = m.versions[m.cur];
+  Version v{e.seq, e.ts, e.op, cur.category, cur.source, cur.number, {}, {}, cur.model};
+  if (e.op == kUpdate) {
+    if (e.category) v.category = e.category;
+    if (e.source) v.source = e.source;
+    v.number = cur.number + 1;
+    v.text = e.text;
+    v.meta = e.meta.empty() ? cur.meta : e.meta;
+    if (e.created_at) m.created_at = e.created_at;
+  }
+  if (e.vec) m.model = Model(e.model);
+  if (e.op == kUpdate) v.model = m.model;
+  m.versions.push_back(v);
+  if (e.op == kUpdate) m.cur = static_cast<uint32_t>(m.versions.size() - 1);
+  m.label = e.seq;
+  u->by_label.Add(e.seq, mi);
+  if (vec) {
+    AddRow(u, mi, vec, e.dim);
+  } else if (saved) {
+    AddRow(u, mi, saved, old_dim);
+  }
+}
+
+void State::ApplyDelete(const EntryView& e) {
+  User* u = nullptr;
+  uint32_t mi = 0;
+  if (!FindLive(e, &u, &mi)) return;
+  Unlabel(u, mi, e.seq);
+  Mem& m = u->mems[mi];
+  m.live = false;
+  --u->live;
+  const Version& cur = m.versions[m.cur];
+  m.versions.push_back(
+      Version{e.seq, e.ts, kDelete, cur.category, cur.source, cur.number, {}, {}, cur.model});
+}
+
+void State::ApplyClear(const EntryView& e) {
+  User* u = GetUser(e.user, false);
+  if (!u) return;
+  u->last_seq = e.seq;
+  for (uint32_t mi = 0; mi < u->mems.size(); ++mi) {
+    Mem& m = u->mems[mi];
+    if (!m.live) continue;
+    Unlabel(u, mi, e.seq);
+    m.live = false;
+    const Version& cur = m.versions[m.cur];
+    m.versions.push_back(
+        Version{e.seq, e.ts, kClear, cur.category, cur.source, cur.number, {}, {}, cur.model});
+  }
+  u->live = 0;
+}
+
+void State::ApplyPurge(const EntryView& e) {
+  std::string user(e.user);
+  DropJobsOf(user);
+  if (e.id.empty()) {
+    last_user_ = nullptr;
+    users_.erase(user);
+    return;
+  }
+  User* u = GetUser(e.user, false);
+  if (!u) return;
+  u->last_seq = e.seq;
+  const int64_t found = u->by_id.Find(e.id, u->mems);
+  if (found < 0) return;
+  const uint32_t mi = static_cast<uint32_t>(found);
+  Mem& m = u->mems[mi];
+  if (m.live) {
+    Unlabel(u, mi, e.seq);
+    --u->live;
+  }
+  u->by_id.Erase(e.id, u->mems);
+  m.live = false;
+  m.purged = true;
+  m.id = {};
+  m.versions.clear();
+}
+
+void State::ApplyPending(const EntryView& e) {
+  std::string id(e.id);
+  if (job_by_id_.count(id)) {
+    ++skipped_;
+    return;
+  }
+  if (User* u = GetUser(e.user, true)) u->last_seq = e.seq;
+  job_by_id_.emplace(id, e.seq);
+  jobs_.emplace(e.seq, Job{id, std::string(e.user), std::string(e.text), e.created_at, e.seq});
+}
+
+void State::ApplyDone(const EntryView& e) {
+  auto it = job_by_id_.find(std::string(e.id));
+  if (it == job_by_id_.end()) return;
+  jobs_.erase(it->second);
+  job_by_id_.erase(it);
 }
 
 // --- queries ----------------------------------------------------------------------------

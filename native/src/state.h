@@ -244,6 +244,14 @@ class State {
   User* GetUser(std::string_view name, bool create);
   // The live memory an UPDATE/REVECTOR/DELETE names: sets *user and *mi, records the entry's
   // seq on the user and returns true; counts the entry as skipped and returns false otherwise.
+  // The ops of Apply, one each (e is already rebased when the state keeps its bytes).
+  void ApplyAdd(const EntryView& e, const float* vec);
+  void ApplyNewVersion(const EntryView& e, const float* vec);  // UPDATE and REVECTOR
+  void ApplyDelete(const EntryView& e);
+  void ApplyClear(const EntryView& e);
+  void ApplyPurge(const EntryView& e);
+  void ApplyPending(const EntryView& e);
+  void ApplyDone(const EntryView& e);
   bool FindLive(const EntryView& e, User** user, uint32_t* mi);
   uint32_t Model(std::string_view model);
   void AddRow(User* u, uint32_t mi, const float* v, uint32_t dim);
