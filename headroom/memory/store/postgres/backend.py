@@ -119,6 +119,26 @@ def _register_vector(context: AdaptContext, info: TypeInfo) -> None:
     context.adapters.register_loader(info.oid, _VectorTextLoader)
 
 
+#: Soft-deletes the user's live memories (one when ``id_filter`` names it), records their
+#: labels as removed and a history version of op ``op`` for each; returns how many.
+_SOFT_DELETE = """
+WITH del AS (
+    UPDATE memories SET deleted_seq = %(seq)s
+    WHERE user_id = %(user)s {id_filter} AND deleted_seq IS NULL
+    RETURNING id, label, version, text, category, source, metadata
+), rem AS (
+    INSERT INTO removals (user_id, seq, label)
+    SELECT %(user)s, %(seq)s, label FROM del
+), ver AS (
+    INSERT INTO memory_versions (user_id, memory_id, seq, op, version, text,
+                                 category, source, metadata, at_us)
+    SELECT %(user)s, id, %(seq)s, {op}, version, text, category, source, metadata, %(ts)s
+    FROM del
+)
+SELECT count(*) FROM del
+"""
+
+
 # --- the ranking cache -----------------------------------------------------------------------
 
 
@@ -551,23 +571,7 @@ class PostgresBackend:
             self._update(cur, write, entry, seq, ts)
         elif op is Op.DELETE:
             cur.execute(
-                """
-                WITH del AS (
-                    UPDATE memories SET deleted_seq = %(seq)s
-                    WHERE user_id = %(user)s AND id = %(id)s AND deleted_seq IS NULL
-                    RETURNING id, label, version, text, category, source, metadata
-                ), rem AS (
-                    INSERT INTO removals (user_id, seq, label)
-                    SELECT %(user)s, %(seq)s, label FROM del
-                ), ver AS (
-                    INSERT INTO memory_versions (user_id, memory_id, seq, op, version, text,
-                                                 category, source, metadata, at_us)
-                    SELECT %(user)s, id, %(seq)s, 3, version, text, category, source, metadata,
-                           %(ts)s
-                    FROM del
-                )
-                SELECT count(*) FROM del
-                """,
+                _SOFT_DELETE.format(id_filter="AND id = %(id)s", op=V_DELETE),
                 {"seq": seq, "user": user, "id": memory_id, "ts": ts},
             )
             if not _count(cur):
@@ -577,23 +581,7 @@ class PostgresBackend:
                 write.live, write.dim = 0, 0
         elif op is Op.CLEAR:
             cur.execute(
-                """
-                WITH del AS (
-                    UPDATE memories SET deleted_seq = %(seq)s
-                    WHERE user_id = %(user)s AND deleted_seq IS NULL
-                    RETURNING id, label, version, text, category, source, metadata
-                ), rem AS (
-                    INSERT INTO removals (user_id, seq, label)
-                    SELECT %(user)s, %(seq)s, label FROM del
-                ), ver AS (
-                    INSERT INTO memory_versions (user_id, memory_id, seq, op, version, text,
-                                                 category, source, metadata, at_us)
-                    SELECT %(user)s, id, %(seq)s, 4, version, text, category, source, metadata,
-                           %(ts)s
-                    FROM del
-                )
-                SELECT count(*) FROM del
-                """,
+                _SOFT_DELETE.format(id_filter="", op=V_CLEAR),
                 {"seq": seq, "user": user, "ts": ts},
             )
             _count(cur)
