@@ -534,6 +534,35 @@ def test_rest_without_a_user_is_400(served: Served) -> None:
     assert response.status_code == 400 and "no user" in response.json()["error"]["message"]
 
 
+def test_browsers_cannot_reach_the_server(served: Served, up: Upstream) -> None:
+    # A web page the operator visits sends simple cross-site POSTs (text/plain, an Origin of
+    # its own) without asking first, and a DNS-rebinding page names its own host: neither may
+    # add, read or forget memories.
+    rest(served, "POST", "/v1/memory/memories", json={"user": "amy", "text": "User likes tea"})
+    page = {"Origin": "http://evil.example", "Content-Type": "text/plain"}
+    body = json.dumps({"user": "amy"})
+    for method, path in (("POST", "/v1/memory/forget"), ("POST", "/v1/chat/completions")):
+        response = rest(served, method, path, headers=page, content=body)
+        assert response.status_code == 403 and response.json()["error"]["code"] == "bad_origin"
+    rebinding = {"Host": "evil.example:8787"}
+    response = rest(served, "GET", "/v1/memory/export", params={"user": "amy"}, headers=rebinding)
+    assert response.status_code == 421, response.text
+    response = rest(served, "POST", "/v1/memory/forget", content=body,
+                    headers={"Content-Type": "text/plain"})  # fmt: skip
+    assert response.status_code == 415, response.text
+    assert memories(served, "amy") == ["User likes tea"]
+    local = {"Origin": "http://localhost:3000"}  # a page of the operator's own, on loopback
+    assert (
+        rest(
+            served, "GET", "/v1/memory/memories", params={"user": "amy"}, headers=local
+        ).status_code
+        == 200
+    )
+    assert rest(served, "GET", "/v1/models/../../admin").status_code in (400, 404)
+    response = rest(served, "GET", "/v1/models/%2e%2e/admin")
+    assert response.status_code == 400 and up.requests == []
+
+
 # --- keys, failures, the upstream unreachable ----------------------------------------------------
 
 

@@ -136,6 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
         extraction_model=args.extraction_model,
         wrap_options=options,
         max_connections=args.max_connections,
+        loopback_only=_is_loopback(args.host),
     )
     sock = _listen(args.host, args.port)
     app = create_app(config, sdk_factory)

@@ -53,6 +53,7 @@ import anyio
 import httpx2
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -129,6 +130,8 @@ class ServerConfig:
     max_connections: int = 100
     timeout_s: float = 600.0
     flush_timeout_s: float = 30.0
+    #: Bound to a loopback address: a request must name a loopback host (DNS rebinding).
+    loopback_only: bool = True
 
 
 class HttpError(Exception):
@@ -348,6 +351,10 @@ class MemoryServer:
         if body is None:
             self.authorize(request)
         path = request.url.path.removeprefix("/v1")
+        if any(part in ("..", ".") for part in path.split("/")):
+            raise HttpError(
+                400, "a path may not hold '.' or '..' segments", "invalid_request_error"
+            )
         url = self.upstream + path + (f"?{request.url.query}" if request.url.query else "")
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED]
         content: bytes | AsyncIterator[bytes]
@@ -451,6 +458,57 @@ def _signature(create: Callable[..., Any], needed: str) -> tuple[frozenset[str],
     return frozenset(known | {"memory"}), frozenset(required | {needed})
 
 
+_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def _host_name(value: str) -> str:
+    """The host of a ``Host`` header or an ``Origin`` URL, lower-cased, without the port."""
+    value = value.strip().lower()
+    value = value.split("://", 1)[-1].split("/", 1)[0]
+    if value.startswith("["):
+        return value.split("]", 1)[0] + "]"
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def _is_loopback_name(name: str) -> bool:
+    return name in _LOOPBACK_NAMES or name.startswith("127.")
+
+
+def browser_problem(headers: Mapping[str, str], loopback_only: bool) -> HttpError | None:
+    """Why a request must be refused before any route sees it, or None.
+
+    The server is for back ends, not browsers: a request carrying an ``Origin`` that is not a
+    loopback page is refused (a web page the operator visits could otherwise add, read or
+    forget memories: browsers send simple cross-site POSTs without asking), and a server bound
+    to loopback answers only requests that name a loopback host (DNS rebinding).
+    """
+    origin = headers.get("origin")
+    if origin is not None and not _is_loopback_name(_host_name(origin)):
+        return HttpError(403, "cross-origin requests are refused", "forbidden", "bad_origin")
+    host = headers.get("host")
+    if loopback_only and host is not None and not _is_loopback_name(_host_name(host)):
+        return HttpError(421, f"this server answers only loopback hosts, not {host!r}",
+                         "invalid_request_error", "bad_host")  # fmt: skip
+    return None
+
+
+class BrowserGuard:
+    """ASGI middleware applying :func:`browser_problem` to every HTTP request."""
+
+    def __init__(self, app: Any, loopback_only: bool) -> None:
+        self.app = app
+        self.loopback_only = loopback_only
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            problem = browser_problem(headers, self.loopback_only)
+            if problem is not None:
+                await problem.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(config: ServerConfig, sdk_factory: SdkFactory) -> Starlette:
     """The ASGI application; ``app.state.server`` is its :class:`MemoryServer`."""
     from .rest import memory_routes
@@ -486,6 +544,7 @@ def create_app(config: ServerConfig, sdk_factory: SdkFactory) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HttpError: handle_http_error, Exception: handle_unexpected},
+        middleware=[Middleware(BrowserGuard, loopback_only=config.loopback_only)],
     )
     app.state.server = server
     return app

@@ -121,9 +121,16 @@ def _fields(data: Mapping[str, Any], allowed: Iterable[str]) -> None:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
+    """The JSON object of a write's body ({} for none); a body must say application/json."""
     raw = await request.body()
     if not raw.strip():
         return {}
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        raise HttpError(
+            415, f"the body must be sent as application/json; got {kind or 'no content type'}",
+            "invalid_request_error",
+        )  # fmt: skip
     try:
         body = json.loads(raw)
     except ValueError as exc:
