@@ -220,6 +220,21 @@ def test_a_record_without_times_is_dated_now(store: MemoryStore) -> None:
         store.import_([{"user_id": "u", "id": "b", "text": "x", "created_at": "yesterday"}])
 
 
+def test_an_import_skips_ids_the_user_already_has_even_deleted(
+    store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Export, delete one, import the export back: nothing may fail half-way (one record per
+    # batch here, so a failure in a later batch would leave earlier ones written).
+    monkeypatch.setattr("headroom.memory.store.store.IMPORT_BATCH", 1)
+    kept = store.add("u", "User likes tea")
+    gone = store.add("u", "User likes coffee")
+    exported = list(store.export())
+    store.delete("u", gone.id)
+    assert store.import_([*exported, {"user_id": "u", "id": "new", "text": "User is 40"}]) == 1
+    assert sorted(m.id for m in store.get_all("u")) == sorted([kept.id, "new"])
+    assert store.history("u", gone.id)[-1].operation == "delete"
+
+
 def test_a_bad_record_imports_nothing(open_store: OpenStore) -> None:
     store = open_store()
     good = {"user_id": "u", "id": "a", "text": "User likes tea", "category": "fact"}

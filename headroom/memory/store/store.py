@@ -698,8 +698,8 @@ class MemoryStore:
         raises a typed error naming it (``record N``, counted from 1) and writes nothing.
         Records are then written in atomic batches of :data:`IMPORT_BATCH`; a crash in
         between leaves whole records, and importing the same file again completes it (a
-        record whose id is already live for its user is skipped). Returns how many memories
-        were imported.
+        record whose id its user already has, live or soft-deleted, is skipped). Returns how
+        many memories were imported.
         """
         backend = self._backend()
         batches: list[list[Entry]] = []
@@ -728,7 +728,9 @@ class MemoryStore:
             raise InvalidInputError(f"a record must be a JSON object; got {type(record).__name__}")
         user_id = T.validate_user_id(record.get("user_id"))
         memory_id = str(record.get("id") or uuid.uuid4().hex)
-        if (user_id, memory_id) in seen or backend.get(user_id, memory_id) is not None:
+        # An id the user already has, live or soft-deleted (until purged), is kept as it is.
+        known = backend.get(user_id, memory_id) is not None or backend.history(user_id, memory_id)
+        if (user_id, memory_id) in seen or known:
             return []
         seen.add((user_id, memory_id))
         history = record.get("history", [])
