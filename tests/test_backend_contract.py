@@ -235,6 +235,17 @@ def test_an_import_skips_ids_the_user_already_has_even_deleted(
     assert store.history("u", gone.id)[-1].operation == "delete"
 
 
+def test_nul_characters_are_refused_on_every_backend(store: MemoryStore) -> None:
+    # PostgreSQL text cannot hold U+0000: no backend takes it, so a store moves anywhere.
+    with pytest.raises(errors.InvalidTextError):
+        store.add("u", "User likes \x00 tea")
+    with pytest.raises(errors.InvalidMetadataError):
+        store.add("u", "User likes tea", metadata={"k": ["x\x00"]})
+    with pytest.raises(errors.InvalidInputError, match="record 1"):
+        store.import_([{"user_id": "u", "id": "a\x00b", "text": "User likes tea"}])
+    assert store.get_all("u") == []
+
+
 def test_a_bad_record_imports_nothing(open_store: OpenStore) -> None:
     store = open_store()
     good = {"user_id": "u", "id": "a", "text": "User likes tea", "category": "fact"}

@@ -23,7 +23,9 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 SENTINEL = "\u00a7"  # only ever inside memory texts, never in the visible part
 
 texts = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=60
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    min_size=1,
+    max_size=60,
 ).filter(lambda t: bool(t.strip()))
 short_ids = st.sampled_from([f"m{i}" for i in range(1, 8)])
 ids = st.one_of(short_ids, st.text(min_size=1, max_size=6).filter(lambda t: bool(t.strip())))

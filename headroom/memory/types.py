@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from .errors import (
     InvalidCategoryError,
+    InvalidInputError,
     InvalidMetadataError,
     InvalidSourceError,
     InvalidTextError,
@@ -101,6 +102,8 @@ def validate_text(text: object) -> str:
         raise InvalidTextError(f"memory text is not valid UTF-8 text: {exc.reason}") from None
     if size > MAX_TEXT_BYTES:
         raise InvalidTextError(f"memory text is {size} bytes; the limit is {MAX_TEXT_BYTES}")
+    if "\x00" in stripped:  # no backend may hold what another cannot (PostgreSQL text cannot)
+        raise InvalidTextError("memory text must not contain NUL characters")
     return stripped
 
 
@@ -123,7 +126,20 @@ def validate_metadata(metadata: object) -> dict[str, Any]:
     except UnicodeEncodeError as exc:
         raise InvalidMetadataError(f"metadata is not valid UTF-8 text: {exc.reason}") from None
     loaded: dict[str, Any] = json.loads(encoded)
+    if _holds_nul(loaded):
+        raise InvalidMetadataError("metadata must not contain NUL characters")
     return loaded
+
+
+def _holds_nul(value: object) -> bool:
+    """True when a NUL character is in any string (key or value) of a JSON value."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def to_timestamp_us(value: datetime | float | int | None) -> int | None:
@@ -243,3 +259,19 @@ class MemoryUpdate:
 def validate_source(source: object) -> Source:
     """``source`` if it names a source, else InvalidSourceError."""
     return SOURCES[source_code(source) - 1]  # type: ignore[arg-type]
+
+
+def validate_memory_id(memory_id: object) -> str:
+    """``memory_id`` if it can name a memory on every backend (a non-empty str of at most
+    :data:`MAX_USER_ID_BYTES` UTF-8 bytes without control characters), else InvalidInputError."""
+    if not isinstance(memory_id, str) or not memory_id.strip():
+        raise InvalidInputError(f"a memory id must be a non-empty str; got {memory_id!r}")
+    try:
+        size = len(memory_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInputError("a memory id must be valid UTF-8 text") from None
+    if size > MAX_USER_ID_BYTES or any(unicodedata.category(c) == "Cc" for c in memory_id):
+        raise InvalidInputError(
+            f"a memory id must be at most {MAX_USER_ID_BYTES} bytes without control characters"
+        )
+    return memory_id

@@ -727,7 +727,8 @@ class MemoryStore:
         if not isinstance(record, Mapping):
             raise InvalidInputError(f"a record must be a JSON object; got {type(record).__name__}")
         user_id = T.validate_user_id(record.get("user_id"))
-        memory_id = str(record.get("id") or uuid.uuid4().hex)
+        given = record.get("id")
+        memory_id = uuid.uuid4().hex if given in (None, "") else T.validate_memory_id(given)
         # An id the user already has, live or soft-deleted (until purged), is kept as it is.
         known = backend.get(user_id, memory_id) is not None or backend.history(user_id, memory_id)
         if (user_id, memory_id) in seen or known:
