@@ -352,5 +352,7 @@ def test_stats_and_reopen(open_store: OpenStore) -> None:
     assert stats["total_memories"] == 3 and stats["users"] == 2
     assert stats["categories"] == {"preference": 1, "fact": 1, "context": 1}
     assert stats["recovery"]["corrupt_bytes"] == 0
-    assert store.stats("u")["total_memories"] == 2
+    own = store.stats("u")
+    assert own["total_memories"] == 2 and own["users"] == 1
+    assert not {"store", "path", "recovery"} & set(own)  # nothing about other users or the store
     assert store.backend.memories("u", Filter.build("preference"))[0].text == "User likes tea"

@@ -113,7 +113,7 @@ def _stats(args: argparse.Namespace) -> int:
     rows: list[list[Any]] = [["total memories", stats["total_chunks"]]]
     rows += [[f"  {name}", count] for name, count in stats["categories"].items()]
     rows += [["users", stats["users"]], ["embedding model", stats.get("embedding_model") or "-"]]
-    rows += [[f"store: {k}", v] for k, v in sorted(stats["store"].items())]
+    rows += [[f"store: {k}", v] for k, v in sorted(stats.get("store", {}).items())]
     _table(rows, ["what", "value"])
     return EXIT_OK
 

@@ -620,8 +620,10 @@ class MemoryStore:
         return self._backend().users()
 
     def stats(self, user_id: str | None = None) -> dict[str, Any]:
-        """Counts: ``total_chunks`` (live memories), per category, users, the embedding model,
-        what opening the store recovered from (``recovery``), and the backend's sizes."""
+        """Counts: ``total_chunks`` (live memories), per category, users and the embedding
+        model. For the whole store (``user_id`` None) also its location, what opening it
+        recovered from (``recovery``) and the backend's sizes (``store``); a user's stats say
+        nothing of other users or of the store (they reach end users through the facade)."""
         backend = self._backend()
         users = [T.validate_user_id(user_id)] if user_id is not None else backend.users()
         per_category = dict.fromkeys(T.CATEGORIES, 0)
@@ -631,16 +633,18 @@ class MemoryStore:
                 per_category[memory.category] += 1
                 total += 1
         recorded = self.recorded_model()
-        return {
+        stats: dict[str, Any] = {
             "total_chunks": total,
             "total_memories": total,
             "categories": per_category,
             "users": len(users),
             "embedding_model": recorded["model"] if recorded else None,
-            "path": self.path,
-            "recovery": asdict(backend.recovery()),
-            "store": backend.stats(),
         }
+        if user_id is None:
+            stats["path"] = self.path
+            stats["recovery"] = asdict(backend.recovery())
+            stats["store"] = backend.stats()
+        return stats
 
     # --- background jobs ---------------------------------------------------------------------
 
