@@ -155,6 +155,20 @@ def test_missing_pgvector_is_a_typed_error_that_says_what_to_run(
     PostgresBackend(url).close()
 
 
+def test_a_role_that_skips_row_level_security_is_refused(pg_server: PgTestServer) -> None:
+    # A superuser (or a BYPASSRLS role) would see every user's rows whatever the policies say.
+    url = pg_server.new_database()
+    superuser = pg_server.url(database_of(url), admin=True)
+    with pytest.raises(PostgresSetupError, match="row-level security"):
+        PostgresBackend(superuser)
+    with pg_server.admin(database_of(url)) as conn:
+        tables = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone()
+    assert tables == (0,)  # refused before any migration ran
+    PostgresBackend(url).close()  # the plain role opens it
+
+
 def test_create_false_refuses_a_database_without_the_schema(pg_url: str) -> None:
     with pytest.raises(errors.StoreNotFoundError, match="no store"):
         PostgresBackend(pg_url, create=False)

@@ -165,6 +165,20 @@ class _UserWrite:
     touched: bool = False
 
 
+def _refuse_privileged_role(conn: psycopg.Connection[Any], location: str) -> None:
+    """PostgresSetupError when the role skips row-level security (superuser or BYPASSRLS):
+    the second wall between users would silently not be there."""
+    row = conn.execute(
+        "SELECT rolname, rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    if row is not None and row[1]:
+        raise PostgresSetupError(
+            f"the role {row[0]} of {location} is a superuser or has BYPASSRLS, which skips "
+            "row-level security between users; connect as a plain role that owns the store's "
+            "tables (docs/postgres.md)"
+        )
+
+
 def redact(url: str) -> str:
     """``url`` without its password (for messages and ``location``): the one in the
     authority part, a ``password`` query parameter, or a ``password=`` keyword of a libpq
@@ -241,6 +255,7 @@ class PostgresBackend:
                 self.url, autocommit=True, prepare_threshold=None,
                 connect_timeout=max(1, int(self._timeout)),
             ) as conn:  # fmt: skip
+                _refuse_privileged_role(conn, self.location)
                 found = schema.migrate(conn, create=self._create)
                 if found == 0 and not self._create:
                     raise StoreNotFoundError(f"no store in the database at {self.location}")

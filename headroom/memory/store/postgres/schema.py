@@ -11,9 +11,10 @@ distributed by it) and has row-level security ENABLEd and FORCEd (the owner is s
 too): a statement sees a row only when the transaction set ``app.user_id`` to the row's user
 (``set_config('app.user_id', ..., true)``), or set ``app.scope`` to ``all`` for the few
 cross-user reads the backend makes on purpose (users(), pending() of every user, stats(),
-compact()). A statement with neither setting sees no rows: isolation fails closed. Writes
-always need the user setting (``WITH CHECK``). The role that runs the library must not be a
-superuser or have BYPASSRLS: those skip row-level security.
+compact()). A statement with neither setting sees no rows: isolation fails closed. Inserts
+and updates always need the user setting (``WITH CHECK``); deletes under ``app.scope = all``
+do not (compact). The role that runs the library must not be a superuser or have BYPASSRLS:
+those skip row-level security, and the backend refuses to open with one.
 
 docs/postgres.md describes the tables and what each column holds.
 """
