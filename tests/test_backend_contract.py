@@ -268,6 +268,8 @@ def test_jobs_are_durable_until_done_and_forget_drops_them(open_store: OpenStore
         ("u", {"turn": 1}),
         ("v", {"turn": 2}),
     ]
+    store.complete("v", first)  # another user's job: left alone
+    assert len(store.pending()) == 2
     store.complete("u", first)
     assert [j.user_id for j in store.pending()] == ["v"]
     store.enqueue("v", {"turn": 3})

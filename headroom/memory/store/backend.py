@@ -126,8 +126,9 @@ class Entry:
 
     @classmethod
     def purge(cls, user_id: str, memory_id: str = "") -> Entry:
-        """Hard delete of every version of one memory, or of the whole user (with its jobs)
-        when ``memory_id`` is empty; the bytes go at the next :meth:`Backend.compact`."""
+        """Hard delete of every version of one memory, or of the whole user when ``memory_id``
+        is empty; either way the user's pending jobs go too. The bytes go at the next
+        :meth:`Backend.compact`."""
         return cls(Op.PURGE, user_id, memory_id)
 
     @classmethod

@@ -658,9 +658,11 @@ class MemoryStore:
         return job_id
 
     def complete(self, user_id: str, job_id: str) -> None:
-        """Mark a background job done."""
+        """Mark one of the user's background jobs done (another user's job is left alone)."""
         user_id = T.validate_user_id(user_id)
-        self._backend().append([Entry.done(user_id, job_id)])
+        backend = self._backend()
+        if any(job.id == job_id for job in backend.pending(user_id)):
+            backend.append([Entry.done(user_id, job_id)])
 
     def pending(self, user_id: str | None = None) -> list[Job]:
         """Open background jobs, oldest first (all users when ``user_id`` is None)."""
