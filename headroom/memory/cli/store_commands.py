@@ -530,8 +530,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
             "is parsed and checked before anything is written: a bad line exits 1 naming it "
             "(line N: ...) and nothing is imported. Without --user each record goes to its own "
             "user_id and a record without one is an error; --user sets the owner of every "
-            "record, overriding the file's user_id. A record whose id is already live for its "
-            "user is skipped."
+            "record, overriding the file's user_id. A record whose id its user already has (live "
+            "or soft-deleted) is skipped."
         ),
     )
     _common(p, user=OWNER, json_out=False)

@@ -14,12 +14,12 @@ and the call goes on (without memories, or without storing).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..protocol import responses as rsp
-from ..protocol.block import MemoryOps
+from ..protocol.block import MemoryOps, ParsedAnswer
 from ..protocol.pipeline import (
     MemoryEvent,
     Mode,
@@ -171,22 +171,16 @@ class Core:
         streamed: bool = False,
     ) -> None:
         """Clean a completed ChatCompletion in place and store or queue what it carries."""
-        ops = MemoryOps()
-        problems: tuple[str, ...] = ()
-        answer: str | None = None
-        try:
+
+        def read() -> tuple[str | None, ParsedAnswer | None]:
             choices = getattr(result, "choices", None) or []
             first = choices[0] if choices else None
             answer = getattr(getattr(first, "message", None), "content", None)
-            if not self.background:
-                parsed = clean_completion(result, prepared.id_map)
-                if parsed is not None and prepared.extract and not prepared.background:
-                    ops, problems = parsed.ops, tuple(parsed.problems)
-        except Exception as exc:  # the parser never raises; this guards the unexpected
-            logger.exception("headroom.memory: could not clean the answer")
-            self.event(MemoryEvent(self.settings.user_id, prepared.mode, "inline", error=exc))
-            return
-        self.after(client, prepared, request, answer, ops, problems, streamed)
+            if self.background:
+                return answer, None
+            return answer, clean_completion(result, prepared.id_map)
+
+        self._finish(client, prepared, request, streamed, read)
 
     def finish_response(
         self,
@@ -204,21 +198,37 @@ class Core:
         A background wrapper, and a structured-output call (no block was asked for: cleaning
         could only damage the JSON), leave the response as the provider sent it.
         """
-        ops = MemoryOps()
-        problems: tuple[str, ...] = ()
-        answer: str | None = None
-        try:
+
+        def read() -> tuple[str | None, ParsedAnswer | None]:
             answer = rsp.response_text(result)
             rsp.restore_instructions(result, sent_instructions, request.get("instructions"))
-            if not self.background and not prepared.background:
-                parsed = rsp.clean_response(result, prepared.id_map)
-                if prepared.extract:
-                    ops, problems = parsed.ops, tuple(parsed.problems)
+            if self.background or prepared.background:
+                return answer, None
+            return answer, rsp.clean_response(result, prepared.id_map)
+
+        self._finish(client, prepared, request, False, read)
+
+    def _finish(
+        self,
+        client: Any,
+        prepared: Prepared,
+        request: Mapping[str, Any],
+        streamed: bool,
+        read: Callable[[], tuple[str | None, ParsedAnswer | None]],
+    ) -> None:
+        """``read()`` gives the answer's text and, when it cleaned the result, what it parsed;
+        the ops are kept when this call extracts inline. Never raises."""
+        ops = MemoryOps()
+        problems: tuple[str, ...] = ()
+        try:
+            answer, parsed = read()
+            if parsed is not None and prepared.extract and not prepared.background:
+                ops, problems = parsed.ops, tuple(parsed.problems)
         except Exception as exc:  # the parser never raises; this guards the unexpected
             logger.exception("headroom.memory: could not clean the answer")
             self.event(MemoryEvent(self.settings.user_id, prepared.mode, "inline", error=exc))
             return
-        self.after(client, prepared, request, answer, ops, problems, False)
+        self.after(client, prepared, request, answer, ops, problems, streamed)
 
     def finish_stream(
         self,
