@@ -120,10 +120,9 @@ class LocalBackend:
             return []
         engine = self.engine
         seqs: list[int] = engine.append([_native_entry(e) for e in entries])
-        for entry in entries:
-            if entry.op in (Op.PURGE, Op.REVECTOR):
-                engine.drop_user_index(entry.user_id)
-                self._lexical.drop(entry.user_id)
+        for user_id in {e.user_id for e in entries if e.op in (Op.PURGE, Op.REVECTOR)}:
+            engine.drop_user_index(user_id)
+            self._lexical.drop(user_id)
         return seqs
 
     # --- reads -------------------------------------------------------------------------------
