@@ -26,9 +26,10 @@ from ... import types as T
 from ...errors import InvalidVectorError, StoreClosedError, StoreNotFoundError
 from ...types import Memory, MemoryVersion
 from ..backend import ALL, ChangeSet, Entry, Filter, Job, Op, Recovery, Vector
+from ..ranking import RankingState
 from .engine import Engine, _native
 from .index import UserIndex
-from .lexical import LexicalState, UserLexicon
+from .lexical import LexicalState
 
 logger = logging.getLogger("headroom.memory")
 
@@ -232,7 +233,7 @@ class LocalBackend:
         order = sorted(range(len(labels)), key=lambda i: (-float(scores[i]), int(labels[i])))
         return [(wanted[int(labels[i])], float(scores[i])) for i in order[:k]]
 
-    def ranking(self, user_id: str) -> UserLexicon:
+    def ranking(self, user_id: str) -> RankingState:
         """The user's lexical index and vector sum, caught up with the log."""
         return self._lexical.get(self.engine.log, user_id)
 

@@ -20,15 +20,12 @@ import numpy.typing as npt
 
 from ..ranking import RankingState, VectorTotal
 
-#: One user's lexical index and vector sum over the log (the shared ranking state).
-UserLexicon = RankingState
-
 
 class LexicalState:
-    """Every user's :class:`UserLexicon` over one log, caught up on use."""
+    """Every user's :class:`RankingState` over one log, caught up on use."""
 
     def __init__(self) -> None:
-        self._lexicons: dict[str, UserLexicon] = {}
+        self._lexicons: dict[str, RankingState] = {}
         self._lock = threading.Lock()
         self._generation = -1
 
@@ -40,7 +37,7 @@ class LexicalState:
             else:
                 self._lexicons.pop(user_id, None)
 
-    def loaded(self, user_id: str) -> UserLexicon | None:
+    def loaded(self, user_id: str) -> RankingState | None:
         """The user's state if it is held, without catching it up."""
         with self._lock:
             return self._lexicons.get(user_id)
@@ -50,7 +47,7 @@ class LexicalState:
         if self.loaded(user_id) is not None:
             self.get(log, user_id)
 
-    def get(self, log: Any, user_id: str) -> UserLexicon:
+    def get(self, log: Any, user_id: str) -> RankingState:
         """The user's state, caught up with every entry of the log so far."""
         generation = int(log.generation)
         with self._lock:
@@ -59,7 +56,7 @@ class LexicalState:
                 self._generation = generation
             lexicon = self._lexicons.get(user_id)
             if lexicon is None:
-                lexicon = self._lexicons[user_id] = UserLexicon()
+                lexicon = self._lexicons[user_id] = RankingState()
         target = int(log.user_seq(user_id))
         if target == lexicon.covered_seq:
             return lexicon
@@ -73,7 +70,7 @@ class LexicalState:
         return lexicon
 
 
-def _build(log: Any, user_id: str, lexicon: UserLexicon) -> None:
+def _build(log: Any, user_id: str, lexicon: RankingState) -> None:
     rows = log.list(user_id, 0)
     lexicon.index.add_many((row["id"], row["text"]) for row in rows)
     lexicon.label_ids = {int(row["seq"]): row["id"] for row in rows}
@@ -81,7 +78,7 @@ def _build(log: Any, user_id: str, lexicon: UserLexicon) -> None:
     _sum_vectors(log, user_id, lexicon)
 
 
-def _catch_up(log: Any, user_id: str, lexicon: UserLexicon) -> None:
+def _catch_up(log: Any, user_id: str, lexicon: RankingState) -> None:
     since = lexicon.covered_seq
     removed, added, vectors = log.changes(user_id, since)
     total = lexicon.vectors
@@ -102,7 +99,7 @@ def _catch_up(log: Any, user_id: str, lexicon: UserLexicon) -> None:
             lexicon.add(label, row["id"], row["text"], row["created_at"])
 
 
-def _sum_vectors(log: Any, user_id: str, lexicon: UserLexicon) -> None:
+def _sum_vectors(log: Any, user_id: str, lexicon: RankingState) -> None:
     # The whole sum again (one compiled pass): after a removal, or at build.
     # Its seq comes from the same read, so writes that land meanwhile are not counted twice.
     total, count, seq = log.vector_sum(user_id)
