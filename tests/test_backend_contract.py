@@ -8,6 +8,10 @@ and reopen. A backend joins by adding itself to ``tests.backends.KINDS``.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -358,3 +362,123 @@ def test_stats_and_reopen(open_store: OpenStore) -> None:
     assert own["total_memories"] == 2 and own["users"] == 1
     assert not {"store", "path", "recovery"} & set(own)  # nothing about other users or the store
     assert store.backend.memories("u", Filter.build("preference"))[0].text == "User likes tea"
+
+
+# --- claimed jobs: one worker at a time, exactly once, a killed worker's job comes back --------
+
+
+def test_a_claimed_job_is_held_until_completed_with_its_ops(store: MemoryStore) -> None:
+    first = store.enqueue("u", {"turn": 1})
+    second = store.enqueue("v", {"turn": 2})
+    claim = store.claim(worker="w1", lease_s=60)
+    assert claim is not None and claim.job.id == first and claim.job.payload == {"turn": 1}
+    assert claim.worker == "w1" and claim.token
+    other = store.claim(worker="w2", lease_s=60)  # the oldest is held: the next one
+    assert other is not None and other.job.id == second and other.token != claim.token
+    assert store.claim(worker="w3", lease_s=60) is None  # both held
+    assert store.claim("u", worker="w3", lease_s=60, job_id=first) is None
+    assert len(store.pending()) == 2  # held jobs are still open
+    applied = store.apply("u", adds=[NewMemory("User said turn 1")], claim=claim)
+    assert [m.text for m in applied.added] == ["User said turn 1"]
+    assert [j.id for j in store.pending()] == [second]
+    with pytest.raises(errors.JobLostError):  # done already: completing again applies nothing
+        store.apply("u", adds=[NewMemory("User said it twice")], claim=claim)
+    assert [m.text for m in store.get_all("u")] == ["User said turn 1"]
+    with pytest.raises(errors.InvalidInputError):  # a claim completes its own user's job only
+        store.apply("u", adds=[NewMemory("mixed")], claim=other)
+    store.apply("v", claim=other)  # nothing to apply: the job is still completed
+    assert store.pending() == [] and store.get_all("v") == []
+
+
+def test_a_released_job_is_claimable_at_once_and_the_old_claim_is_lost(
+    store: MemoryStore,
+) -> None:
+    job = store.enqueue("u", {"turn": 1})
+    claim = store.claim("u", worker="w1", lease_s=60)
+    assert claim is not None
+    store.release(claim)
+    again = store.claim("u", worker="w2", lease_s=60)
+    assert again is not None and again.job.id == job
+    store.release(claim)  # no longer held by it: nothing happens
+    assert store.claim("u", worker="w3", lease_s=60) is None
+    with pytest.raises(errors.JobLostError):
+        store.apply("u", adds=[NewMemory("from the first worker")], claim=claim)
+    store.apply("u", adds=[NewMemory("from the second worker")], claim=again)
+    assert [m.text for m in store.get_all("u")] == ["from the second worker"]
+
+
+def test_after_its_lease_a_job_is_claimed_again_and_only_the_new_claim_completes(
+    store: MemoryStore,
+) -> None:
+    store.enqueue("u", {"turn": 1})
+    slow = store.claim("u", worker="slow", lease_s=0.3)
+    assert slow is not None
+    assert store.claim("u", worker="fast", lease_s=60) is None
+    time.sleep(0.5)
+    fast = store.claim("u", worker="fast", lease_s=60)
+    assert fast is not None and fast.job.id == slow.job.id
+    with pytest.raises(errors.JobLostError):
+        store.apply("u", adds=[NewMemory("from the slow worker")], claim=slow)
+    store.apply("u", adds=[NewMemory("from the fast worker")], claim=fast)
+    assert [m.text for m in store.get_all("u")] == ["from the fast worker"]
+    assert store.pending() == []
+
+
+def test_a_lapsed_claim_nobody_took_over_still_completes(store: MemoryStore) -> None:
+    store.enqueue("u", {"turn": 1})
+    claim = store.claim("u", worker="w", lease_s=0.1)
+    assert claim is not None
+    time.sleep(0.2)
+    store.apply("u", adds=[NewMemory("late but alone")], claim=claim)
+    assert store.pending() == [] and len(store.get_all("u")) == 1
+
+
+def test_forgetting_the_user_loses_the_claim_and_applies_nothing(store: MemoryStore) -> None:
+    store.enqueue("u", {"turn": 1})
+    claim = store.claim(worker="w", lease_s=60)
+    assert claim is not None
+    store.forget("u")
+    with pytest.raises(errors.JobLostError):
+        store.apply("u", adds=[NewMemory("User said a secret")], claim=claim)
+    assert store.get_all("u") == [] and store.pending() == []
+
+
+def test_a_bad_lease_is_a_typed_error(store: MemoryStore) -> None:
+    for lease in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(errors.InvalidInputError):
+            store.claim(lease_s=lease)
+
+
+_CLAIMER = """
+import sys, time
+from headroom.memory.store.store import open_backend
+backend = open_backend(sys.argv[1], sync="off")
+claim = backend.claim(None, "doomed", float(sys.argv[2]))
+print(claim.job.id if claim else "none", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_workers_job_is_claimed_again_after_its_lease(store: MemoryStore) -> None:
+    job = store.enqueue("u", {"turn": 1})
+    store.flush()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CLAIMER, store.backend.location, "1.0"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == job  # the child holds it
+        assert store.claim(worker="w", lease_s=60) is None
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    deadline = time.monotonic() + 30
+    claim = None
+    while claim is None:
+        assert time.monotonic() < deadline, "the killed worker's job never came back"
+        time.sleep(0.1)
+        claim = store.claim(worker="w", lease_s=60)
+    assert claim.job.id == job
+    store.apply("u", adds=[NewMemory("User said turn 1")], claim=claim)
+    assert store.pending() == [] and len(store.get_all("u")) == 1

@@ -114,6 +114,12 @@ class EmbeddingModelMismatchError(StoreError):
     """
 
 
+class JobLostError(HeadroomMemoryError):
+    """The claim on a background job is no longer held: its lease ran out and another worker
+    claimed it, or the job is gone (completed, or purged with its user). Nothing of the
+    completion was applied."""
+
+
 # --- embedders -------------------------------------------------------------------------------
 
 
@@ -138,6 +144,7 @@ __all__ = [
     "InvalidTypeError",
     "InvalidUserIdError",
     "InvalidVectorError",
+    "JobLostError",
     "MemoryNotFoundError",
     "ModelNotFoundError",
     "PostgresSetupError",

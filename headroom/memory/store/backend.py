@@ -270,6 +270,20 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A worker's hold on one background job, until ``until_us`` (the backend's clock, µs).
+
+    ``token`` is new at every claim: completing with a claim whose token is no longer the
+    job's (another worker claimed it after the lease ran out) is refused.
+    """
+
+    job: Job
+    token: str
+    worker: str
+    until_us: int
+
+
+@dataclass(frozen=True)
 class ChangeSet:
     """What changed in a user's live set after a seq: the change feed.
 
@@ -406,6 +420,32 @@ class Backend(Protocol):
         """Open background jobs (of one user, or all), oldest first."""
         ...
 
+    def claim(
+        self, user_id: str | None, worker: str, lease_s: float, job_id: str | None = None
+    ) -> Claim | None:
+        """Claim the oldest open job nobody holds (of one user, or of any user when
+        ``user_id`` is None; only job ``job_id`` when given) for ``lease_s`` seconds, or None.
+
+        A job is held from its claim until it is completed or released, or until the lease
+        runs out (a killed worker's job comes back then). One job is held by at most one
+        claim at a time; holding it takes no lock and no transaction that outlives the call.
+        """
+        ...
+
+    def complete(self, claim: Claim, entries: Sequence[Entry] = ()) -> list[int]:
+        """Apply ``entries`` and mark the claimed job done, in one atomic batch, only if the
+        claim is still the job's; returns the seqs of ``entries``.
+
+        Raises JobLostError (and applies nothing) when the job was claimed again since (the
+        lease ran out), or is gone (completed, or purged with its user). A claim whose lease
+        ran out but that nobody took over still completes.
+        """
+        ...
+
+    def release(self, claim: Claim) -> None:
+        """Give a held job back (claimable again at once); nothing when the claim is lost."""
+        ...
+
     def config(self) -> dict[str, str]:
         """The latest value of every CONFIG key."""
         ...
@@ -452,6 +492,7 @@ __all__ = [
     "ALL",
     "Backend",
     "ChangeSet",
+    "Claim",
     "Entry",
     "Filter",
     "Job",

@@ -43,13 +43,16 @@ from ..errors import (
     StoreClosedError,
 )
 from ..types import Memory, MemoryUpdate, MemoryVersion, NewMemory
-from .backend import Backend, Entry, Filter, Job
+from .backend import Backend, Claim, Entry, Filter, Job
 from .hybrid import HybridSearcher
 
 #: A new memory this similar (cosine) to an existing one of the same user supersedes it instead
 #: of being stored beside it. MiniLM paraphrases of one fact score 0.85-0.95; distinct facts
 #: about one topic rarely pass 0.9.
 DEFAULT_DEDUP_THRESHOLD = 0.92
+
+#: How long a claimed background job stays held without being completed (seconds).
+DEFAULT_LEASE_S = 300.0
 
 #: Records written per batch by ``import_`` (every record is validated before the first).
 IMPORT_BATCH = 1024
@@ -306,20 +309,25 @@ class MemoryStore:
         deletes: Sequence[str] = (),
         source: str = "inline",
         dedup: bool = True,
+        claim: Claim | None = None,
     ) -> AppliedOps:
         """Apply adds, updates and deletes (real ids) as one atomic batch.
 
         Updates and deletes of ids that are not live for this user are dropped (they may have
         been deleted since they were shown); invalid texts, categories, metadata or times
-        raise before anything is written.
+        raise before anything is written. With ``claim`` (a job of this user, from
+        :meth:`claim`) the batch also completes the job, only while the claim holds it
+        (JobLostError otherwise, and nothing is applied).
         """
         user_id = T.validate_user_id(user_id)
+        if claim is not None and claim.job.user_id != user_id:
+            raise InvalidInputError(f"job {claim.job.id} is not a job of this user")
         src = T.validate_source(source)
         new_items = [_normalise_new(item) for item in adds]
         upd_items = [_normalise_update(item) for item in updates]
         del_ids = [str(i) for i in deletes]
         texts = [item.text for item in new_items] + [item.text for item in upd_items]
-        if not texts and not del_ids:
+        if not texts and not del_ids and claim is None:
             return AppliedOps()
         vectors = self._embed(texts) if texts else np.empty((0, 0), np.float32)
         with self._lock:
@@ -329,8 +337,11 @@ class MemoryStore:
             self._plan_adds(backend, user_id, new_items, vectors[:split], src, dedup, plan)
             self._plan_updates(backend, user_id, upd_items, vectors[split:], src, plan)
             self._plan_deletes(backend, user_id, del_ids, src, plan)
-            if plan.entries:
+            if claim is not None:
+                backend.complete(claim, plan.entries)
+            elif plan.entries:
                 backend.append(plan.entries)
+            if plan.entries:
                 self._warm(user_id)
             added: list[Memory] = []
             updated: list[Memory] = []
@@ -667,6 +678,29 @@ class MemoryStore:
     def pending(self, user_id: str | None = None) -> list[Job]:
         """Open background jobs, oldest first (all users when ``user_id`` is None)."""
         return self._backend().pending(user_id)
+
+    def claim(
+        self,
+        user_id: str | None = None,
+        *,
+        worker: str = "",
+        lease_s: float = DEFAULT_LEASE_S,
+        job_id: str | None = None,
+    ) -> Claim | None:
+        """Claim the oldest open job nobody holds (of one user, or any; only ``job_id`` when
+        given) for ``lease_s`` seconds, or None. Complete it with ``apply(..., claim=)``
+        or give it back with :meth:`release`; a claim left alone runs out after its lease."""
+        if user_id is not None:
+            user_id = T.validate_user_id(user_id)
+        if not (isinstance(lease_s, (int, float)) and math.isfinite(lease_s) and lease_s > 0):
+            raise InvalidInputError(
+                f"lease_s must be a positive number of seconds; got {lease_s!r}"
+            )
+        return self._backend().claim(user_id, worker, float(lease_s), job_id)
+
+    def release(self, claim: Claim) -> None:
+        """Give a claimed job back at once (nothing when the claim is no longer held)."""
+        self._backend().release(claim)
 
     # --- export / import ---------------------------------------------------------------------
 

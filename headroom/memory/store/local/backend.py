@@ -12,20 +12,24 @@ to the parent) and the log is reopened on first use.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ... import types as T
-from ...errors import InvalidVectorError, StoreClosedError, StoreNotFoundError
+from ...errors import InvalidVectorError, JobLostError, StoreClosedError, StoreNotFoundError
 from ...types import Memory, MemoryVersion
-from ..backend import ALL, ChangeSet, Entry, Filter, Job, Op, Recovery, Vector
+from ..backend import ALL, ChangeSet, Claim, Entry, Filter, Job, Op, Recovery, Vector
 from ..ranking import RankingState
 from .engine import Engine, _native
 from .index import UserIndex
@@ -258,6 +262,87 @@ class LocalBackend:
             if user_id is None or row["user"] == user_id
         ]
 
+    def claim(
+        self, user_id: str | None, worker: str, lease_s: float, job_id: str | None = None
+    ) -> Claim | None:
+        """Claim the oldest open job nobody holds (see Backend.claim).
+
+        The claim lives in a small file per job under ``jobs/`` (token, worker, lease end),
+        read and written under an ``flock`` of that file held only for the check and the
+        write: any process on this host sees it, and a killed worker's claim simply runs out.
+        """
+        for job in self.pending(user_id):
+            if job_id is not None and job.id != job_id:
+                continue
+            with self._job_file(job.id) as handle:
+                if not self._is_pending(job):  # completed while we waited for the lock
+                    continue
+                held = _read_claim(handle)
+                now = _now_us()
+                if held is not None and int(held.get("until_us", 0)) > now:
+                    continue
+                claim = Claim(job, uuid.uuid4().hex, worker, now + round(lease_s * 1e6))
+                _write_claim(
+                    handle, {"token": claim.token, "worker": worker, "until_us": claim.until_us}
+                )
+                return claim
+        return None
+
+    def complete(self, claim: Claim, entries: Sequence[Entry] = ()) -> list[int]:
+        """Apply ``entries`` and DONE of the job in one batch if the claim is still the
+        job's (see Backend.complete); the job's claim file goes with it."""
+        job = claim.job
+        with self._job_file(job.id) as handle:
+            held = _read_claim(handle)
+            if held is None or held.get("token") != claim.token or not self._is_pending(job):
+                raise JobLostError(f"job {job.id} is no longer held by this claim")
+            seqs = self.append([*entries, Entry.done(job.user_id, job.id)])
+            with contextlib.suppress(FileNotFoundError):
+                self._job_path(job.id).unlink()
+        return seqs[:-1]
+
+    def release(self, claim: Claim) -> None:
+        """Give the job back if this claim still holds it."""
+        with self._job_file(claim.job.id) as handle:
+            held = _read_claim(handle)
+            if held is not None and held.get("token") == claim.token:
+                _write_claim(handle, None)
+
+    def _is_pending(self, job: Job) -> bool:
+        return any(j.id == job.id for j in self.pending(job.user_id))
+
+    def _job_path(self, job_id: str) -> Path:
+        """A job's claim file (named by a hash: a job id may hold any character)."""
+        name = hashlib.sha256(job_id.encode()).hexdigest()[:32]
+        return self.path / "jobs" / f"{name}.claim"
+
+    @contextlib.contextmanager
+    def _job_file(self, job_id: str) -> Iterator[Any]:
+        """The job's claim file, open and exclusively ``flock``ed for the block."""
+        _ = self.engine  # raises StoreClosedError on a closed store
+        path = self._job_path(job_id)
+        path.parent.mkdir(exist_ok=True)
+        with open(path, "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield handle
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _prune_claims(self) -> int:
+        """Remove the claim files of jobs that are no longer open; returns how many."""
+        folder = self.path / "jobs"
+        if not folder.is_dir():
+            return 0
+        keep = {self._job_path(job.id).name for job in self.pending()}
+        removed = 0
+        for path in folder.glob("*.claim"):
+            if path.name not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+        return removed
+
     def config(self) -> dict[str, str]:
         """Latest CONFIG values."""
         return dict(self.engine.log.config())
@@ -269,6 +354,7 @@ class LocalBackend:
         with self._lock:
             report = self.engine.compact()
             self._lexical.drop()
+            self._prune_claims()
             return report
 
     def verify(self, *, repair: bool = False) -> dict[str, Any]:
@@ -385,6 +471,29 @@ def _native_entry(entry: Entry) -> tuple[Any, ...]:
         entry.vector,
         entry.at_us,
     )
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _read_claim(handle: Any) -> dict[str, Any] | None:
+    """The claim a claim file holds (None: empty, or unreadable after a torn write)."""
+    handle.seek(0)
+    data = handle.read()
+    try:
+        held = json.loads(data) if data else None
+    except ValueError:
+        return None
+    return held if isinstance(held, dict) else None
+
+
+def _write_claim(handle: Any, held: dict[str, Any] | None) -> None:
+    handle.seek(0)
+    handle.truncate()
+    if held is not None:
+        handle.write(json.dumps(held).encode())
+    handle.flush()
 
 
 def _json(metadata: Any) -> str:

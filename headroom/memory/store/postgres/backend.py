@@ -34,6 +34,7 @@ import re
 import struct
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ from ... import types as T
 from ...errors import (
     InvalidInputError,
     InvalidVectorError,
+    JobLostError,
     MemoryNotFoundError,
     PostgresSetupError,
     PostgresUnavailableError,
@@ -62,7 +64,7 @@ from ...errors import (
     StoreNotFoundError,
 )
 from ...types import Memory, MemoryVersion
-from ..backend import ALL, ChangeSet, Entry, Filter, Job, Op, Recovery, Vector
+from ..backend import ALL, ChangeSet, Claim, Entry, Filter, Job, Op, Recovery, Vector
 from ..ranking import LexicalIndex, RankingState, VectorTotal
 from . import schema
 
@@ -76,6 +78,12 @@ _VERSION_NAMES = {V_ADD: "add", V_UPDATE: "update", V_DELETE: "delete", V_CLEAR:
 _ABANDONED: list[Any] = []
 
 _BEGIN_SNAPSHOT = sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+#: The server's clock in microseconds since the Unix epoch (leases of claimed jobs).
+_NOW_US = sql.SQL("(extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+
+#: How many claimable jobs a claim across users looks at (their users are tried in turn).
+_CLAIM_CANDIDATES = 100
 
 _MEMORY_COLUMNS = "id, text, category, source, metadata, created_us, updated_us, user_id, label"
 
@@ -389,11 +397,17 @@ class PostgresBackend:
         """Apply one atomic batch (see Backend.append); returns each entry's seq."""
         if not entries:
             return []
+        return self._append(entries)
+
+    def _append(self, entries: Sequence[Entry], claim: Claim | None = None) -> list[int]:
+        """One transaction: lock the users' rows, check ``claim`` and delete its job (when
+        given; JobLostError rolls everything back), draw the seqs, apply the entries."""
         for entry in entries:
             _check_entry(entry)
-        users = sorted(
-            {e.user_id for e in entries if e.user_id and e.op not in (Op.DONE, Op.CONFIG)}
-        )
+        touched = {e.user_id for e in entries if e.user_id and e.op not in (Op.DONE, Op.CONFIG)}
+        if claim is not None:
+            touched.add(claim.job.user_id)
+        users = sorted(touched)
         now = time.time_ns() // 1000
         with self.transaction() as cur:
             state: dict[str, _UserWrite] = {}
@@ -411,6 +425,9 @@ class PostgresBackend:
                 drawn = cur.fetchall()
             seqs = sorted(int(row[0]) for row in drawn)
             current = users[-1] if users else ""
+            if claim is not None:
+                self._take_claimed(cur, claim)
+                current = claim.job.user_id
             i = 0
             while i < len(entries):
                 entry = entries[i]
@@ -1062,6 +1079,103 @@ class PostgresBackend:
                 created_at=T.from_timestamp_us(r[3]))
             for r in rows
         ]  # fmt: skip
+
+    def claim(
+        self, user_id: str | None, worker: str, lease_s: float, job_id: str | None = None
+    ) -> Claim | None:
+        """Claim the oldest open job nobody holds (see Backend.claim).
+
+        ``UPDATE jobs ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1)``, in a
+        transaction scoped to the job's user: row-level security checks the write as it does
+        every other. Across users (``user_id`` None) the candidates' users are read first
+        (the one cross-user statement, a read), then each is claimed in its own user's
+        transaction. The lease is measured on the server's clock, so hosts' clocks may differ.
+        """
+        if user_id is not None:
+            return self._claim_of(user_id, worker, lease_s, job_id)
+        only = sql.SQL("id = {} AND").format(job_id) if job_id is not None else sql.SQL("")
+        [rows] = self._read(
+            None,
+            sql.SQL(
+                "SELECT user_id FROM jobs WHERE {} (claimed_until IS NULL OR claimed_until <= {}) "
+                "ORDER BY seq LIMIT {}"
+            ).format(only, _NOW_US, _CLAIM_CANDIDATES),
+            all_users=True,
+        )
+        tried: set[str] = set()
+        for (user,) in rows:
+            if user not in tried:
+                tried.add(user)
+                claim = self._claim_of(user, worker, lease_s, job_id)
+                if claim is not None:
+                    return claim
+        return None
+
+    def _claim_of(
+        self, user_id: str, worker: str, lease_s: float, job_id: str | None
+    ) -> Claim | None:
+        token = uuid.uuid4().hex
+        only = (
+            sql.SQL("AND id = {}").format(sql.Literal(job_id))
+            if job_id is not None
+            else sql.SQL("")
+        )
+        with self.transaction(user_id) as cur:
+            cur.execute(
+                sql.SQL(
+                    """
+                    UPDATE jobs SET claim_token = {token}, claimed_by = {worker},
+                                    claimed_until = {now} + {lease}
+                    WHERE user_id = {user} AND id = (
+                        SELECT id FROM jobs
+                        WHERE user_id = {user} {only}
+                          AND (claimed_until IS NULL OR claimed_until <= {now})
+                        ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)
+                    RETURNING id, payload, created_us, claimed_until
+                    """
+                ).format(
+                    token=sql.Literal(token),
+                    worker=sql.Literal(worker),
+                    now=_NOW_US,
+                    lease=sql.Literal(max(0, round(lease_s * 1e6))),
+                    user=sql.Literal(user_id),
+                    only=only,
+                )
+            )
+            row = cur.fetchone()
+        if row is None:
+            return None
+        job = Job(
+            id=row[0], user_id=user_id, payload=json.loads(row[1]),
+            created_at=T.from_timestamp_us(row[2]),
+        )  # fmt: skip
+        return Claim(job, token, worker, int(row[3]))
+
+    def complete(self, claim: Claim, entries: Sequence[Entry] = ()) -> list[int]:
+        """Apply ``entries`` and delete the claimed job in one transaction if the claim is
+        still the job's (see Backend.complete)."""
+        return self._append(entries, claim)
+
+    @staticmethod
+    def _take_claimed(cur: psycopg.Cursor[Any], claim: Claim) -> None:
+        """Delete the claimed job (the transaction is scoped to its user) or raise
+        JobLostError, which rolls the transaction back."""
+        _scope(cur, claim.job.user_id)
+        cur.execute(
+            "DELETE FROM jobs WHERE user_id = %s AND id = %s AND claim_token = %s RETURNING id",
+            (claim.job.user_id, claim.job.id, claim.token),
+        )
+        if cur.fetchone() is None:
+            raise JobLostError(f"job {claim.job.id} is no longer held by this claim")
+
+    def release(self, claim: Claim) -> None:
+        """Give the job back if this claim still holds it."""
+        with self.transaction(claim.job.user_id) as cur:
+            cur.execute(
+                "UPDATE jobs SET claim_token = NULL, claimed_by = NULL, claimed_until = NULL "
+                "WHERE user_id = %s AND id = %s AND claim_token = %s",
+                (claim.job.user_id, claim.job.id, claim.token),
+            )
 
     def config(self) -> dict[str, str]:
         """Latest CONFIG values."""

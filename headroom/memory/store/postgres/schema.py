@@ -135,6 +135,13 @@ MIGRATIONS: list[list[str]] = [
         *_rls("removals"),
         *_rls("jobs"),
     ],
+    # 2: claims of background jobs. A worker claims a job by setting a new token and a lease
+    # end (server clock, µs); completing deletes the job only while the token is still its
+    # own. A killed worker's job is claimable again once claimed_until has passed.
+    [
+        "ALTER TABLE jobs ADD COLUMN claim_token text, ADD COLUMN claimed_by text, "
+        "ADD COLUMN claimed_until bigint",
+    ],
 ]
 
 #: The schema version this library writes and reads.
