@@ -7,15 +7,22 @@ Contract:
   several users are never mixed in one prompt, and the operations are applied to that
   user only. The call goes through the client registered for that user (else the client
   registered first; the raw client, never a memory wrapper), with the job's model.
-- Success: the operations are applied (``source="background"``) and the job is completed
-  (``store.complete``). Any failure (provider error, store error) leaves the job pending;
-  it is retried with exponential backoff (``retry_base`` doubling up to ``retry_max``
-  seconds). A job is never dropped because a call failed.
-- Jobs left pending by an earlier process are picked up when the worker starts
-  (:func:`worker_for` creates one worker per store per process). Two processes on one
-  store may both run an old job; applying it twice at worst stores a near-duplicate, which
-  the store's dedup supersedes.
-- A job no longer pending in the store (completed by another process, or purged by a hard
+- Exactly once: before its LLM call a worker claims the job in the store
+  (``store.claim``, for ``lease_s`` seconds; no transaction or lock is held during the
+  call), and the operations are applied (``source="background"``) together with the job's
+  completion in one atomic write that succeeds only while the claim still holds the job
+  (``store.apply(..., claim=)``). So several workers (threads, processes, hosts) may share
+  one store's queue: a job held by one is not run by another, and a worker whose lease ran
+  out while another took the job over applies nothing (``JobLostError``).
+- Any failure (provider error, store error) gives the claim back and leaves the job
+  pending; this worker retries it with exponential backoff (``retry_base`` doubling up to
+  ``retry_max`` seconds). A job is never dropped because a call failed.
+- Jobs left pending by any process are picked up when the worker starts
+  (:func:`worker_for` creates one worker per store per process) and every ``poll_s``
+  seconds after that, while a client is registered; a killed worker's job is claimable
+  again once its lease has run out, and a job held elsewhere is tried again after
+  ``lease_s``.
+- A job no longer pending in the store (completed by another worker, or purged by a hard
   ``forget`` of its user) is dropped without a call: forgetting a user also cancels the
   extractions queued for them.
 - :meth:`ExtractionWorker.flush` makes every known job due now and waits until each has
@@ -25,16 +32,20 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import enum
+import itertools
 import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from ..errors import JobLostError
 from ..protocol.block import MEMORY_INSTRUCTION
 from ..protocol.pipeline import (
     MemoryEvent,
@@ -43,10 +54,11 @@ from ..protocol.pipeline import (
     find_memories,
     notify,
     parse_choice,
-    store_ops,
 )
+from ..store.store import DEFAULT_LEASE_S
 
 if TYPE_CHECKING:
+    from ..store.backend import Claim
     from ..store.store import MemoryStore
 
 logger = logging.getLogger("headroom.memory")
@@ -68,6 +80,18 @@ EXTRACTION_PROMPT = (
 def make_payload(messages: list[dict[str, str]], model: str | None) -> dict[str, Any]:
     """The JSON payload of a job: the turn to extract from and the model to use."""
     return {"v": PAYLOAD_VERSION, "model": model, "messages": messages}
+
+
+#: How often an idle worker looks for jobs other processes left (seconds).
+DEFAULT_POLL_S = 10.0
+
+_SERIAL = itertools.count(1)
+
+
+class _Outcome(enum.Enum):
+    DONE = "done"  #: completed here, or no longer pending: forget the job
+    FAILED = "failed"  #: the call or the write failed: retry with backoff
+    BUSY = "busy"  #: another worker holds it: look again after a lease
 
 
 @dataclass
@@ -105,10 +129,16 @@ class ExtractionWorker:
         *,
         retry_base: float = 1.0,
         retry_max: float = 300.0,
+        lease_s: float = DEFAULT_LEASE_S,
+        poll_s: float = DEFAULT_POLL_S,
     ) -> None:
         self._store = store
         self.retry_base = retry_base
         self.retry_max = retry_max
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self._serial = next(_SERIAL)
+        self._next_poll = 0.0
         self._settings: dict[str, Settings] = {}
         self._cond = threading.Condition()
         self._jobs: dict[str, _Job] = {}
@@ -217,14 +247,19 @@ class ExtractionWorker:
         )
         self._thread.start()
 
-    def _next_job(self) -> _Job | None:
-        """Wait for a due job whose user has a client; None when closed."""
+    def _next_job(self) -> _Job | bool | None:
+        """Wait for a due job whose user has a client (the job), or for the time to look for
+        jobs of other processes (True); None when closed."""
         while not self._closed:
             now = time.monotonic()
             ready = [j for j in self._jobs.values() if j.due <= now and self._client_for(j)]
             if ready:
                 return ready[0]
             dues = [j.due for j in self._jobs.values() if self._client_for(j)]
+            if self._default is not None:
+                if now >= self._next_poll:
+                    return True
+                dues.append(self._next_poll)
             wait = max(0.0, min(dues) - now) if dues else None
             self._cond.wait(wait)
         return None
@@ -238,29 +273,56 @@ class ExtractionWorker:
                 job = self._next_job()
                 if job is None:
                     return
+                if job is True:
+                    self._next_poll = time.monotonic() + self.poll_s
+            if job is True:
+                self._poll()
+                continue
+            assert isinstance(job, _Job)
+            with self._cond:
                 client, observer = self._client_for(job) or (None, None)
                 mark = self._round
-            ok = self._attempt(job, client, observer)
+            outcome = self._attempt(job, client, observer)
             with self._cond:
-                job.attempts += 1
                 job.last_round = mark
-                if ok:
+                if outcome is _Outcome.DONE:
                     self._jobs.pop(job.id, None)
+                elif outcome is _Outcome.BUSY:
+                    job.due = time.monotonic() + self.lease_s
                 elif self._round != mark:  # a flush began during the attempt: try again now
+                    job.attempts += 1
                     job.due = 0.0
                 else:
+                    job.attempts += 1
                     delay = min(self.retry_max, self.retry_base * 2 ** (job.attempts - 1))
                     job.due = time.monotonic() + delay * (0.75 + 0.25 * random.random())
                 self._cond.notify_all()
 
-    def _attempt(self, job: _Job, client: Any, observer: Observer | None) -> bool:
-        """One extraction of ``job``; True when it is done (completed in the store)."""
-        settings = self._settings.get(job.user_id) or Settings(user_id=job.user_id)
+    def _poll(self) -> None:
+        """Pick up jobs other processes left in the store (never raises)."""
         try:
-            if job.id not in {j.id for j in self._store.pending(job.user_id)}:
-                return True  # done elsewhere, or purged by forget(): never extract it
-            messages = list(job.payload.get("messages") or [])
-            model = job.payload.get("model")
+            self.resume()
+        except Exception:
+            logger.debug("headroom.memory: looking for pending jobs failed", exc_info=True)
+
+    def _worker_id(self) -> str:
+        """Who holds a claim, for operators: host, process and worker."""
+        return f"{socket.gethostname()}:{os.getpid()}:{self._serial}"
+
+    def _attempt(self, job: _Job, client: Any, observer: Observer | None) -> _Outcome:
+        """One extraction of ``job`` under a claim (see the module docstring)."""
+        settings = self._settings.get(job.user_id) or Settings(user_id=job.user_id)
+        claim: Claim | None = None
+        try:
+            claim = self._store.claim(
+                job.user_id, worker=self._worker_id(), lease_s=self.lease_s, job_id=job.id
+            )
+            if claim is None:
+                if job.id in {j.id for j in self._store.pending(job.user_id)}:
+                    return _Outcome.BUSY
+                return _Outcome.DONE  # done elsewhere, or purged by forget(): never extract it
+            messages = list(claim.job.payload.get("messages") or [])
+            model = claim.job.payload.get("model")
             prompt, id_map, shown = self._prompt(settings, messages)
             answer = self._call(client, model, prompt)
             parsed = parse_choice(answer, id_map)
@@ -271,9 +333,30 @@ class ExtractionWorker:
                     job.user_id,
                     "; ".join(parsed.problems),
                 )
-            store_ops(self._store, job.user_id, parsed.ops, source="background")
-            self._store.complete(job.user_id, job.id)
+            ops = parsed.ops
+            self._store.apply(
+                job.user_id,
+                adds=tuple(ops.add),
+                updates=tuple(ops.update),
+                deletes=tuple(ops.delete),
+                source="background",
+                claim=claim,
+            )
+        except JobLostError:
+            logger.info(
+                "headroom.memory: extraction job %s for user %r was taken over by another "
+                "worker after its lease (%.0f s); its result here was not applied",
+                job.id,
+                job.user_id,
+                self.lease_s,
+            )
+            return _Outcome.DONE
         except Exception as exc:
+            if claim is not None:
+                try:
+                    self._store.release(claim)
+                except Exception:  # the lease runs out by itself
+                    logger.debug("headroom.memory: releasing job %s failed", job.id, exc_info=True)
             logger.warning(
                 "headroom.memory: extraction job %s for user %r failed (attempt %d), kept "
                 "pending: %s",
@@ -283,7 +366,7 @@ class ExtractionWorker:
                 exc,
             )
             notify(observer, MemoryEvent(job.user_id, "on", "background", error=exc))
-            return False
+            return _Outcome.FAILED
         notify(
             observer,
             MemoryEvent(
@@ -295,7 +378,7 @@ class ExtractionWorker:
                 problems=tuple(parsed.problems),
             ),
         )
-        return True
+        return _Outcome.DONE
 
     def _prompt(
         self, settings: Settings, messages: list[Any]
@@ -378,7 +461,7 @@ def worker_for(store: MemoryStore, **options: Any) -> ExtractionWorker:
         entry = _WORKERS.get(id(store))
         if entry is not None and entry[0] is store:
             worker = entry[1]
-            for name in ("retry_base", "retry_max"):
+            for name in ("retry_base", "retry_max", "lease_s", "poll_s"):
                 if name in options:
                     setattr(worker, name, options[name])
             return worker

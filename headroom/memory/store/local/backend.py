@@ -73,6 +73,8 @@ class LocalBackend:
         self._pid = os.getpid()
         self._closed = False
         self._lexical = LexicalState()
+        #: Descriptors holding the ``.held`` locks of this process's claims, by token.
+        self._holds: dict[str, int] = {}
         self._engine: Engine | None = self._open_engine()
         self._report_recovery()
 
@@ -267,9 +269,11 @@ class LocalBackend:
     ) -> Claim | None:
         """Claim the oldest open job nobody holds (see Backend.claim).
 
-        The claim lives in a small file per job under ``jobs/`` (token, worker, lease end),
-        read and written under an ``flock`` of that file held only for the check and the
-        write: any process on this host sees it, and a killed worker's claim simply runs out.
+        A claim is a small file per job under ``jobs/`` (token, worker, lease end), read and
+        written under an ``flock`` of that file held only for the check and the write. The
+        holder also keeps an ``flock`` on the job's ``.held`` file until it completes or
+        releases: the kernel drops it when the holder dies, so on one host a killed worker's
+        job is claimable at once (not only after its lease).
         """
         for job in self.pending(user_id):
             if job_id is not None and job.id != job_id:
@@ -279,14 +283,34 @@ class LocalBackend:
                     continue
                 held = _read_claim(handle)
                 now = _now_us()
-                if held is not None and int(held.get("until_us", 0)) > now:
+                alive = self._hold(job.id)  # None: the holder still runs
+                if held is not None and int(held.get("until_us", 0)) > now and alive is None:
                     continue
                 claim = Claim(job, uuid.uuid4().hex, worker, now + round(lease_s * 1e6))
                 _write_claim(
                     handle, {"token": claim.token, "worker": worker, "until_us": claim.until_us}
                 )
+                if alive is not None:
+                    self._holds[claim.token] = alive
                 return claim
         return None
+
+    def _hold(self, job_id: str) -> int | None:
+        """A descriptor holding the job's ``.held`` lock, or None when another holder (a
+        live process, or another claim of this one) has it."""
+        path = self._job_path(job_id).with_suffix(".held")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _let_go(self, token: str) -> None:
+        fd = self._holds.pop(token, None)
+        if fd is not None:
+            os.close(fd)
 
     def complete(self, claim: Claim, entries: Sequence[Entry] = ()) -> list[int]:
         """Apply ``entries`` and DONE of the job in one batch if the claim is still the
@@ -297,8 +321,10 @@ class LocalBackend:
             if held is None or held.get("token") != claim.token or not self._is_pending(job):
                 raise JobLostError(f"job {job.id} is no longer held by this claim")
             seqs = self.append([*entries, Entry.done(job.user_id, job.id)])
-            with contextlib.suppress(FileNotFoundError):
-                self._job_path(job.id).unlink()
+            for path in (self._job_path(job.id), self._job_path(job.id).with_suffix(".held")):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            self._let_go(claim.token)
         return seqs[:-1]
 
     def release(self, claim: Claim) -> None:
@@ -307,6 +333,7 @@ class LocalBackend:
             held = _read_claim(handle)
             if held is not None and held.get("token") == claim.token:
                 _write_claim(handle, None)
+            self._let_go(claim.token)
 
     def _is_pending(self, job: Job) -> bool:
         return any(j.id == job.id for j in self.pending(job.user_id))
@@ -334,10 +361,10 @@ class LocalBackend:
         folder = self.path / "jobs"
         if not folder.is_dir():
             return 0
-        keep = {self._job_path(job.id).name for job in self.pending()}
+        keep = {self._job_path(job.id).stem for job in self.pending()}
         removed = 0
-        for path in folder.glob("*.claim"):
-            if path.name not in keep:
+        for path in [*folder.glob("*.claim"), *folder.glob("*.held")]:
+            if path.stem not in keep:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                     removed += 1
@@ -433,6 +460,10 @@ class LocalBackend:
                 return
             self._closed = True
             engine, self._engine = self._engine, None
+            holds, self._holds = list(self._holds.values()), {}
+        for fd in holds:  # this process's claims end here, as at its exit
+            with contextlib.suppress(OSError):
+                os.close(fd)
         if engine is not None and self._pid == os.getpid():
             engine.close()
 
@@ -440,6 +471,11 @@ class LocalBackend:
         """In the child: drop the inherited log without flushing; reopen lazily."""
         self._lock = threading.RLock()
         self._pid = os.getpid()
+        # The parent's claims stay the parent's: our copies of their lock descriptors go.
+        for fd in self._holds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._holds = {}
         # A thread of the parent may have held a lexicon's lock mid-update: start afresh.
         self._lexical = LexicalState()
         if self._engine is not None:
