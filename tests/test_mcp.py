@@ -256,11 +256,41 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     (
         "add_memory",
         {"text": "Likes tea", "user_id": "bob"},
-        "unknown argument(s) user_id; it takes text, category (this server serves one fixed user",
+        "unknown argument(s) user_id; it takes text, category, dedup (this server serves one "
+        "fixed user",
     ),
     ("search_memories", {"query": "tea", "user": "bob"}, "unknown argument(s) user"),
     ("drop_everything", {}, "Unknown tool: drop_everything"),
 ]
+
+
+def test_add_memory_dedups_by_default_and_adds_a_copy_on_request(tmp_path: Path) -> None:
+    async def body(session: ClientSession, init: InitializeResult) -> list[str]:
+        schema = {t.name: t for t in (await session.list_tools()).tools}["add_memory"]
+        assert schema.input_schema["properties"]["dedup"]["default"] is True
+        first = ok(await session.call_tool("add_memory", {"text": "User has a dog named Max"}))
+        same = ok(await session.call_tool("add_memory", {"text": "user has a dog named max"}))
+        near = ok(await session.call_tool("add_memory", {"text": "The user has a dog called Max"}))
+        assert same == first and near["id"] == first["id"]  # 0.9466 with MiniLM: superseded
+        copy = ok(
+            await session.call_tool(
+                "add_memory", {"text": "The user has a dog called Max", "dedup": False}
+            )
+        )
+        return [first["id"], copy["id"]]
+
+    first_id, copy_id = serve(tmp_path / "db", "alice", body, tmp_path / "err.log")
+    with MemoryStore(tmp_path / "db") as store:
+        assert [(m.id, m.text) for m in store.get_all("alice")] == [
+            (first_id, "The user has a dog called Max"),
+            (copy_id, "The user has a dog called Max"),
+        ]
+        history = store.history("alice", first_id)
+        assert [h.text for h in history] == [
+            "User has a dog named Max",
+            "The user has a dog called Max",
+        ]
+    no_traceback(tmp_path / "err.log")
 
 
 def test_bad_input_is_a_tool_error_naming_the_problem_and_the_server_keeps_serving(

@@ -505,6 +505,7 @@ def test_rest_every_route(served: Served, up: Upstream) -> None:
             400,
             "created_at",
         ),
+        ("POST", "/v1/memory/memories", {"json": {"text": "a", "dedup": "yes"}}, 400, "dedup"),
         ("GET", "/v1/memory/memories", {"params": {"since": "yesterday"}}, 400, "since"),
         ("GET", "/v1/memory/memories/nope", {}, 404, "nope"),
         ("PATCH", "/v1/memory/memories/nope", {"json": {"text": "b"}}, 404, "nope"),
@@ -527,6 +528,18 @@ def test_rest_bad_input_is_a_json_4xx(
     response = rest(served, method, path, headers=headers, **kwargs)
     assert response.status_code == status, response.text
     assert needle in response.json()["error"]["message"]
+
+
+def test_rest_add_keeps_copies_by_default_and_dedups_on_request(served: Served) -> None:
+    user = {"X-Headroom-User": "dee"}
+    path = "/v1/memory/memories"
+    copies = [rest(served, "POST", path, headers=user, json={"text": "Dee rows"}) for _ in "ab"]
+    assert [r.status_code for r in copies] == [201, 201]
+    assert copies[0].json()["id"] != copies[1].json()["id"]
+    first = rest(served, "POST", path, headers=user, json={"text": "Dee sails", "dedup": True})
+    again = rest(served, "POST", path, headers=user, json={"text": "Dee sails", "dedup": True})
+    assert again.status_code == 201 and again.json() == first.json()  # the stored memory
+    assert sorted(memories(served, "dee")) == ["Dee rows", "Dee rows", "Dee sails"]
 
 
 def test_rest_without_a_user_is_400(served: Served) -> None:

@@ -90,14 +90,19 @@ class MemoryFacade:
         category: str = "fact",
         metadata: Mapping[str, Any] | None = None,
         created_at: TimeLike = None,
+        *,
+        dedup: bool = False,
     ) -> Memory:
-        """Store one memory and return it."""
+        """Store one memory and return it; with ``dedup=True``, return the stored memory this
+        text duplicates (unchanged) or nearly duplicates (updated to this text) instead of
+        adding a copy. The default keeps every explicit add (``MemoryStore.add`` says why)."""
         return self._ready().add(
             self.user_id,
             text,
             category=category,
             metadata=None if metadata is None else validate_metadata(metadata),
             created_at=created_at,
+            dedup=dedup,
         )
 
     def get_all(

@@ -10,7 +10,10 @@ Tools (every result is JSON: ids, texts, categories, scores, ISO 8601 times):
 - ``search_memories(query, top_k=5, category=None)``: the most relevant memories, best first;
 - ``list_memories(category=None, limit=100, offset=0)``: every memory, oldest first, a page
   at a time, with the total;
-- ``add_memory(text, category="fact")``: store a new memory;
+- ``add_memory(text, category="fact", dedup=True)``: store a new memory; a text already
+  stored, or a near-duplicate (the inline path's rule), returns that memory instead (updated
+  to this text) unless ``dedup`` is false. The default differs from ``MemoryStore.add``'s
+  because here a model decides what to add, as on the inline path, and models repeat;
 - ``update_memory(memory_id, text, category=None)``: a new version (the old one stays in the
   history);
 - ``delete_memory(memory_id)``: soft delete (hidden at once; history kept until compaction);
@@ -325,16 +328,26 @@ def create_server(store: MemoryStore, user_id: str) -> MCPServer[Any]:
             ),
         ],
         category: Annotated[CategoryName, Field(description=_CATEGORY_HELP)] = "fact",
+        dedup: Annotated[
+            bool,
+            Field(
+                description=(
+                    "true (default): when this text is already stored, or a stored memory says "
+                    "nearly the same, that memory is returned (updated to this text) instead "
+                    "of adding a copy; false: always add a new memory."
+                )
+            ),
+        ] = True,
     ) -> MemoryItem:
         """Remember something new about the user, for later conversations.
 
         Store one durable fact, preference or piece of context the user shared about
         themselves; one memory per fact. If a stored memory says something close, update it
-        instead (update_memory) rather than adding a near-copy. Returns the stored memory with
-        its id.
+        instead (update_memory) rather than adding a near-copy; a repeat or near-copy is
+        caught anyway unless dedup is false. Returns the stored memory with its id.
         """
         with _tool_errors():
-            return MemoryItem.of(store.add(user_id, text, category=category))
+            return MemoryItem.of(store.add(user_id, text, category=category, dedup=dedup))
 
     @server.tool(
         annotations=ToolAnnotations(

@@ -189,12 +189,16 @@ def memory_routes(server: MemoryServer) -> list[Route]:
         return JSONResponse({"results": results})
 
     async def add(memory: Any, data: dict[str, Any], request: Request) -> Response:
-        _fields(data, ("text", "category", "metadata", "created_at"))
+        _fields(data, ("text", "category", "metadata", "created_at", "dedup"))
+        dedup = data.get("dedup", False)
+        if not isinstance(dedup, bool):
+            raise _bad(f"dedup must be true or false; got {dedup!r}")
         added = await memory.add(
             _str("text", data.get("text"), required=True),
             category=_str("category", data.get("category")) or "fact",
             metadata=_metadata(data.get("metadata")),
             created_at=_time("created_at", data.get("created_at")),
+            dedup=dedup,
         )
         return JSONResponse(memory_json(added), status_code=201)
 
@@ -430,10 +434,19 @@ OPENAPI: dict[str, Any] = {
                         "category": _CATEGORY,
                         "metadata": {"type": "object"},
                         "created_at": _TIME,
+                        "dedup": {
+                            "type": "boolean",
+                            "default": False,
+                            "description": "return the stored memory this text duplicates "
+                            "(or update a near-duplicate to it) instead of adding a copy",
+                        },
                     },
                     ["text"],
                 ),
-                "responses": {"201": _json(_ref("Memory"), "added"), **_ERRORS},
+                "responses": {
+                    "201": _json(_ref("Memory"), "added (with dedup: the memory it duplicates)"),
+                    **_ERRORS,
+                },
             },
         },
         "/v1/memory/memories/{memory_id}": {

@@ -70,6 +70,7 @@ class AppliedOps:
     updated: tuple[Memory, ...] = ()
     deleted: tuple[str, ...] = ()
     skipped: tuple[str, ...] = field(default=())  # texts dropped as exact duplicates
+    existing: tuple[Memory, ...] = ()  # the stored memories those skipped texts duplicate
 
 
 @dataclass
@@ -80,6 +81,7 @@ class _Plan:
     touched: dict[str, str] = field(default_factory=dict)  # memory id -> "add" | "update"
     deleted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)  # stored ids that skipped adds duplicate
 
 
 # --- the process-wide registry ----------------------------------------------------------------
@@ -278,10 +280,25 @@ class MemoryStore:
         metadata: dict[str, Any] | None = None,
         created_at: datetime | float | None = None,
         source: str = "manual",
+        *,
+        dedup: bool = False,
     ) -> Memory:
-        """Store one memory and return it (no near-duplicate check: an explicit add is kept)."""
+        """Store one memory and return it.
+
+        ``dedup=False`` (the default) always stores a new memory: an explicit add is a
+        deliberate write, and a repeated one may be a repeated event; deduplicating costs a
+        search, and a near-duplicate would rewrite another memory's text. ``dedup=True`` applies
+        the rule of the inline path (:meth:`apply`'s planning, the one source of it): when the
+        user already has this text (case, spacing and a final full stop aside) nothing is
+        written and that memory is returned; when a stored memory is a near-duplicate (cosine at or above
+        ``dedup_threshold``) it is updated to this text (its old version kept in history) and
+        returned; otherwise the new memory is.
+        """
+        if not isinstance(dedup, bool):
+            raise InvalidTypeError(f"dedup must be a bool; got {type(dedup).__name__}")
         item = NewMemory(text, T.validate_category(category), metadata, created_at)
-        return self.add_many(user_id, [item], source=source, dedup=False).added[0]
+        applied = self.add_many(user_id, [item], source=source, dedup=dedup)
+        return (applied.added or applied.updated or applied.existing)[0]
 
     def add_many(
         self,
@@ -349,7 +366,14 @@ class MemoryStore:
                 memory = backend.get(user_id, memory_id)
                 if memory is not None:
                     (added if op == "add" else updated).append(memory)
-        return AppliedOps(tuple(added), tuple(updated), tuple(plan.deleted), tuple(plan.skipped))
+            existing = [backend.get(user_id, memory_id) for memory_id in plan.existing]
+        return AppliedOps(
+            tuple(added),
+            tuple(updated),
+            tuple(plan.deleted),
+            tuple(plan.skipped),
+            tuple(memory for memory in existing if memory is not None),
+        )
 
     def _plan_adds(
         self,
@@ -379,6 +403,7 @@ class MemoryStore:
                     hit = backend.get(user_id, hit_id)
                     if hit is not None and _norm_text(hit.text) == norm:
                         plan.skipped.append(item.text)
+                        plan.existing.append(hit_id)
                         continue
                     if score >= self.dedup_threshold and hit_id not in plan.touched:
                         target = hit_id
