@@ -13,6 +13,7 @@ a fresh machine after ``pip install -e '.[test,bench]'`` with no other setup.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import shutil
@@ -44,6 +45,7 @@ class PgTestServer:
     socket_dir: str
     admin_uri: str
     template: str | None = None
+    restarted: bool = False
 
     def admin(self, database: str = "postgres") -> Any:
         """An autocommit superuser connection to ``database``."""
@@ -84,8 +86,26 @@ class PgTestServer:
             conn.execute(f'CREATE DATABASE "{name}" OWNER {APP_ROLE} TEMPLATE "{self.template}"')
         return self.url(name)
 
+    def stop_postgres(self, mode: str = "immediate") -> None:
+        """Stop the server process (``immediate``: as a crash, WAL replay at the next start);
+        its data directory and socket directory stay."""
+        from pgserver._commands import pg_ctl
+
+        pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.handle.pgdata, user=self.handle.system_user)
+        self.restarted = True
+
+    def start_postgres(self) -> None:
+        """Start the server again on the same data and the same socket (same URLs)."""
+        from pgserver._commands import pg_ctl
+
+        args = ["-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.handle.log)]
+        pg_ctl([*args, "start"], pgdata=self.handle.pgdata, user=self.handle.system_user)
+
     def stop(self) -> None:
         """Stop the server and remove its directory."""
+        if self.restarted:  # pgserver's handle knows only the first server process
+            with contextlib.suppress(Exception):
+                self.stop_postgres("fast")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.handle.cleanup()
@@ -103,6 +123,17 @@ def server() -> PgTestServer:
             _server = _start()
             atexit.register(_stop)
         return _server
+
+
+def start_private() -> PgTestServer:
+    """A server of the caller's own (never the session's), for tests that stop and restart
+    it; the caller calls its ``stop()``. A commit that returned survives a crash of it
+    (``synchronous_commit`` on; without fsync, since the machine itself does not crash)."""
+    srv = _start()
+    with srv.admin() as conn:
+        conn.execute("ALTER SYSTEM RESET synchronous_commit")
+        conn.execute("SELECT pg_reload_conf()")
+    return srv
 
 
 def _stop() -> None:
