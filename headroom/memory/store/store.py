@@ -290,9 +290,9 @@ class MemoryStore:
         search, and a near-duplicate would rewrite another memory's text. ``dedup=True`` applies
         the rule of the inline path (:meth:`apply`'s planning, the one source of it): when the
         user already has this text (case, spacing and a final full stop aside) nothing is
-        written and that memory is returned; when a stored memory is a near-duplicate (cosine at or above
-        ``dedup_threshold``) it is updated to this text (its old version kept in history) and
-        returned; otherwise the new memory is.
+        written and that memory is returned; when a stored memory is a near-duplicate (cosine
+        at or above ``dedup_threshold``) it is updated to this text (its old version kept in
+        history) and returned; otherwise the new memory is.
         """
         if not isinstance(dedup, bool):
             raise InvalidTypeError(f"dedup must be a bool; got {type(dedup).__name__}")
