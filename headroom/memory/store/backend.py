@@ -364,6 +364,11 @@ class Backend(Protocol):
         """The live memory, or None (unknown, deleted, or another user's)."""
         ...
 
+    def get_many(self, user_id: str, memory_ids: Sequence[str]) -> dict[str, Memory]:
+        """The live memories among ``memory_ids``, by id (unknown, deleted and other users'
+        ids are left out); one read, however many ids (a server backend: one round trip)."""
+        ...
+
     def memories(self, user_id: str, where: Filter = ALL) -> list[Memory]:
         """The user's live memories that pass ``where``, in creation order (oldest first)."""
         ...

@@ -156,13 +156,21 @@ class HybridSearcher:
             )
             for memory_id, score in zip(ids, scores, strict=True)
         ]
+        ranked = rerank(query, candidates, ranking, self.config)
         results: list[tuple[Memory, float]] = []
-        for i, score in rerank(query, candidates, ranking, self.config):
-            memory = rows.get(ids[i]) or backend.get(user_id, ids[i])
-            if memory is not None:  # None: deleted by another writer meanwhile
-                results.append((memory, float(score)))
-                if len(results) == top_k:
-                    break
+        start = 0
+        while len(results) < top_k and start < len(ranked):
+            # The rows of as many as are still wanted, in one read (a server backend: one
+            # round trip); more only when some were deleted by another writer meanwhile.
+            chunk = ranked[start : start + top_k - len(results)]
+            start += len(chunk)
+            missing = [ids[i] for i, _ in chunk if ids[i] not in rows]
+            if missing:
+                rows.update(backend.get_many(user_id, missing))
+            for i, score in chunk:
+                memory = rows.get(ids[i])
+                if memory is not None:
+                    results.append((memory, float(score)))
         return results
 
 

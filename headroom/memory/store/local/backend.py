@@ -139,6 +139,15 @@ class LocalBackend:
         row = self.engine.log.get(user_id, memory_id)
         return None if row is None else _memory(row)
 
+    def get_many(self, user_id: str, memory_ids: Sequence[str]) -> dict[str, Memory]:
+        """The live memories among ``memory_ids``, by id (in-process reads)."""
+        found = {}
+        for memory_id in memory_ids:
+            row = self.engine.log.get(user_id, memory_id)
+            if row is not None:
+                found[memory_id] = _memory(row)
+        return found
+
     def memories(self, user_id: str, where: Filter = ALL) -> list[Memory]:
         """Live memories passing ``where``, oldest first."""
         return [_memory(row) for row in self._rows(user_id, where)]
