@@ -171,7 +171,6 @@ class _UserWrite:
     seq: int = 0
     purged: bool = False
     touched: bool = False
-    removed: int = 0  #: rows this batch added to ``removals``
 
 
 def _refuse_privileged_role(conn: psycopg.Connection[Any], location: str) -> None:
@@ -457,13 +456,9 @@ class PostgresBackend:
                         current = user
                     cur.execute(
                         "UPDATE user_state SET seq = %s, live = %s, dim = %s, "
-                        "reset_seq = COALESCE(reset_seq, %s), removals = removals + %s "
-                        "WHERE user_id = %s RETURNING removals",
-                        (write.seq, write.live, write.dim, write.seq, write.removed, user),
+                        "reset_seq = COALESCE(reset_seq, %s) WHERE user_id = %s",
+                        (write.seq, write.live, write.dim, write.seq, user),
                     )
-                    if _count(cur) > 2 * REMOVALS_KEPT:
-                        _prune_removals(cur, user, REMOVALS_KEPT)
-        self._grown([user for user, write in state.items() if write.touched], state)
         return seqs
 
     @staticmethod
@@ -613,7 +608,6 @@ class PostgresBackend:
             )
             if not _count(cur):
                 raise MemoryNotFoundError(f"no live memory {memory_id} for this user")
-            write.removed += 1
             write.live -= 1
             if write.live <= 0:
                 write.live, write.dim = 0, 0
@@ -622,7 +616,7 @@ class PostgresBackend:
                 _SOFT_DELETE.format(id_filter="", op=V_CLEAR),
                 {"seq": seq, "user": user, "ts": ts},
             )
-            write.removed += _count(cur)
+            _count(cur)
             write.live = 0
             write.dim = 0
         elif op is Op.PURGE:
@@ -645,9 +639,7 @@ class PostgresBackend:
                     """,
                     {"user": user, "id": memory_id, "seq": seq},
                 )
-                gone = _count(cur)
-                write.removed += gone
-                write.live -= gone
+                write.live -= _count(cur)
                 if write.live <= 0:
                     write.live, write.dim = 0, 0
             else:
@@ -747,7 +739,6 @@ class PostgresBackend:
             )
         if not _count(cur):
             raise MemoryNotFoundError(f"no live memory {memory_id} for this user")
-        write.removed += 1
         if entry.vector is not None:
             _check_dim(write, len(entry.vector), replacing=True)
 
@@ -1408,37 +1399,6 @@ class PostgresBackend:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-#: The change feed keeps about this many removals per user (between this and twice this):
-#: a reader further behind rebuilds its state instead of catching up.
-REMOVALS_KEPT = 4096
-
-
-def _prune_removals(cur: psycopg.Cursor[Any], user: str, keep: int) -> int:
-    """Drop the user's removals but the newest ``keep`` and move the start of the user's
-    change feed (``reset_seq``) past them, so a reader that needed them rebuilds (the
-    transaction is scoped to the user and holds their user_state row); returns how many."""
-    cur.execute(
-        """
-        WITH cut AS (
-            SELECT seq FROM removals WHERE user_id = %(user)s
-            ORDER BY seq DESC OFFSET %(keep)s LIMIT 1
-        ), gone AS (
-            DELETE FROM removals WHERE user_id = %(user)s AND seq <= (SELECT seq FROM cut)
-            RETURNING 1
-        ), counted AS (
-            SELECT count(*) AS n FROM gone
-        )
-        UPDATE user_state SET
-            reset_seq = GREATEST(COALESCE(reset_seq, 0), (SELECT seq FROM cut)),
-            removals = GREATEST(0, removals - (SELECT n FROM counted))
-        WHERE user_id = %(user)s AND EXISTS (SELECT 1 FROM cut)
-        RETURNING (SELECT n FROM counted)
-        """,
-        {"user": user, "keep": keep},
-    )
-    return _count(cur)
 
 
 #: ANN index names: a prefix, a hash of the user id (names never show it), the dim.
