@@ -8,10 +8,11 @@ and prices whole messages the way the chat format does:
   fields (``role``, ``content``, ``tool_call_id``, ``refusal``, ...); a ``name`` costs one
   more token (:data:`NAME_OVERHEAD`), as in OpenAI's published counting recipe;
 - ``content`` may be a string, None, or a list of content parts: ``text`` and ``refusal`` parts
-  cost their text; an ``image_url`` part costs a fixed :data:`IMAGE_TOKENS` (765, what GPT-4o
+  (and the Responses API's ``input_text`` and ``output_text``) cost their text; an
+  ``image_url`` or ``input_image`` part costs a fixed :data:`IMAGE_TOKENS` (765, what GPT-4o
   charges for a 1024x1024 image at high detail) or :data:`IMAGE_TOKENS_LOW` (85) with
-  ``detail="low"``; ``input_audio`` and ``file`` parts cost a fixed :data:`AUDIO_TOKENS` and
-  :data:`FILE_TOKENS`; any other part costs the text of its JSON form;
+  ``detail="low"``; ``input_audio`` and ``file`` / ``input_file`` parts cost a fixed
+  :data:`AUDIO_TOKENS` and :data:`FILE_TOKENS`; any other part costs the text of its JSON form;
 - each tool call costs :data:`TOOL_CALL_OVERHEAD` plus its id, function name and arguments (or a
   custom tool's name and input); a legacy ``function_call`` costs its name and arguments;
 - a list of messages costs the sum plus :data:`REPLY_PRIMING` (3) for the reply's header.
@@ -72,6 +73,10 @@ CACHE_SIZE = 4096
 CACHE_MAX_CHARS = 8192
 
 Message = Mapping[str, Any]
+
+#: Content part types that carry their text in ``text`` (chat, and the Responses API's input and
+#: output parts).
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 
 
 def _cached(count: Callable[[str], int]) -> Callable[[str], int]:
@@ -190,7 +195,7 @@ class TokenCounter:
         if not isinstance(part, Mapping):
             raise InvalidInputError(f"a content part must be a mapping, not {type(part).__name__}")
         kind = part.get("type")
-        if kind == "text" and isinstance(part.get("text"), str):
+        if kind in _TEXT_PARTS and isinstance(part.get("text"), str):
             return self.count_text(part["text"])
         if kind == "refusal" and isinstance(part.get("refusal"), str):
             return self.count_text(part["refusal"])
@@ -198,9 +203,11 @@ class TokenCounter:
             image = part.get("image_url")
             low = isinstance(image, Mapping) and image.get("detail") == "low"
             return IMAGE_TOKENS_LOW if low else IMAGE_TOKENS
+        if kind == "input_image":
+            return IMAGE_TOKENS_LOW if part.get("detail") == "low" else IMAGE_TOKENS
         if kind == "input_audio":
             return AUDIO_TOKENS
-        if kind == "file":
+        if kind in ("file", "input_file"):
             return FILE_TOKENS
         return self.count_text(json.dumps(part, ensure_ascii=False, default=str))
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..protocol import responses as rsp
 from ..protocol.block import MemoryOps, ParsedAnswer
+from ..protocol.budget import PromptBudget, fit_input, fit_messages
 from ..protocol.pipeline import (
     MemoryEvent,
     Mode,
@@ -58,6 +59,7 @@ class Core:
     writer: Writer
     worker_options: dict[str, Any] = field(default_factory=dict)
     worker: ExtractionWorker | None = None
+    budget: PromptBudget | None = None
 
     def event(self, event: MemoryEvent) -> None:
         """Hand ``event`` to the observer; an observer that raises is logged, not raised."""
@@ -106,9 +108,60 @@ class Core:
                 background=False,
                 error=exc,
             )
+        prepared = self._fit_messages(messages, prepared)
         if self.background and mode in ("on", "write"):
             prepared = replace(prepared, mode=mode, extract=False, background=True)
         return prepared
+
+    def _fit_messages(self, messages: list[Any], prepared: Prepared) -> Prepared:
+        """``prepared`` within the prompt budget (``protocol/budget.py``), if there is one.
+
+        An instruction that does not fit sends the turn's extraction to the background queue.
+        On a failure (e.g. a malformed conversation), log and send ``prepared`` as it is.
+        """
+        if self.budget is None:
+            return prepared
+        instructed = prepared.extract and not prepared.background
+        try:
+            fitted = fit_messages(
+                messages, instructed=instructed, context=prepared.context, budget=self.budget
+            )
+        except Exception as exc:
+            logger.warning("headroom.memory: could not fit the prompt budget: %s", exc)
+            return prepared
+        return replace(
+            prepared,
+            messages=fitted.messages,
+            context=fitted.context,
+            background=prepared.background or (instructed and not fitted.instructed),
+        )
+
+    def _fit_input(
+        self, result: rsp.PreparedInput, source: object, instructions: object
+    ) -> rsp.PreparedInput:
+        """The Responses twin of :meth:`_fit_messages`."""
+        if self.budget is None:
+            return result
+        prepared = result.prepared
+        instructed = prepared.extract and not prepared.background
+        try:
+            fitted = fit_input(
+                source,
+                instructions,
+                instructed=instructed,
+                context=prepared.context,
+                budget=self.budget,
+            )
+        except Exception as exc:
+            logger.warning("headroom.memory: could not fit the prompt budget: %s", exc)
+            return result
+        prepared = replace(
+            prepared,
+            messages=fitted.messages,
+            context=fitted.context,
+            background=prepared.background or (instructed and not fitted.instructed),
+        )
+        return rsp.PreparedInput(fitted.input, fitted.instructions, prepared)
 
     def prepare_input(
         self, kwargs: Mapping[str, Any], mode: Mode, *, json_mode: bool
@@ -139,6 +192,7 @@ class Core:
                     error=exc,
                 ),
             )
+        result = self._fit_input(result, source, instructions)
         if self.background and mode in ("on", "write"):
             prepared = replace(result.prepared, mode=mode, extract=False, background=True)
             result = replace(result, prepared=prepared)

@@ -35,6 +35,7 @@ from typing import Any
 from ..embedders.base import Embedder
 from ..errors import InvalidInputError
 from ..protocol import responses as rsp
+from ..protocol.budget import PromptBudget
 from ..protocol.pipeline import Mode, Settings, check_mode, is_json_mode
 from ..store.store import MemoryStore
 from ..types import validate_user_id
@@ -47,7 +48,18 @@ from .writer import Writer
 DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
 
 _OPTIONS = frozenset(
-    {"min_score", "max_tokens", "role", "observer", "embedder", "sync", "retry_base", "retry_max"}
+    {
+        "min_score",
+        "max_tokens",
+        "max_prompt_tokens",
+        "token_counter",
+        "role",
+        "observer",
+        "embedder",
+        "sync",
+        "retry_base",
+        "retry_max",
+    }
 )
 
 
@@ -535,6 +547,16 @@ def _check_options(user_id: str, top_k: object, options: Mapping[str, Any]) -> S
     )
 
 
+def _budget(options: Mapping[str, Any]) -> PromptBudget | None:
+    """The prompt budget of ``max_prompt_tokens`` / ``token_counter`` (None without one)."""
+    max_prompt_tokens = options.get("max_prompt_tokens")
+    if max_prompt_tokens is None:
+        if options.get("token_counter") is not None:
+            raise InvalidInputError("token_counter counts for max_prompt_tokens; set both")
+        return None
+    return PromptBudget.of(max_prompt_tokens, options.get("token_counter"))
+
+
 def _build(
     client: Any,
     user_id: str,
@@ -547,6 +569,7 @@ def _build(
     options: Mapping[str, Any],
 ) -> Any:
     settings = _check_options(validate_user_id(user_id), top_k, options)
+    budget = _budget(options)
     if not isinstance(db_path, (str, os.PathLike)):
         raise InvalidInputError(f"db_path must be a path; got {type(db_path).__name__}")
     if extraction_model is not None and not isinstance(extraction_model, str):
@@ -571,6 +594,7 @@ def _build(
         observer=options.get("observer"),
         writer=_writer_for(store),
         worker_options=worker_options,
+        budget=budget,
     )
     own = client.copy()
     if background:
@@ -598,6 +622,13 @@ def with_fast_memory(
     durability: "always" | "interval" | "off"), ``retry_base`` / ``retry_max`` (backoff of
     background extractions, used by JSON-mode calls). Unknown options raise
     InvalidInputError. Returns a client used exactly like ``client``; sync or async as it is.
+
+    ``max_prompt_tokens=N`` makes the whole prompt sent (the caller's messages, or
+    ``instructions`` and ``input``, plus the instruction and the memories) fit N tokens,
+    counted with ``token_counter`` (default: tiktoken when available offline, else the
+    estimate; a TokenCounter or a ``text -> int`` callable). The oldest turns go first, then
+    memories, then the instruction (that turn is then extracted in the background); the
+    system prompt and the last user turn are always sent (``protocol/budget.py``).
     """
     return _build(
         client, user_id, db_path, top_k, use_local_embeddings, embedding_model, False, None, options
