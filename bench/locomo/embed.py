@@ -7,6 +7,9 @@ Contracts:
   disk under ``bench/results/cache/<model id>/``, keyed by the SHA-256 of the text, so a rerun
   embeds nothing it has embedded before. Inside ``with cached.bypass():`` it calls the model
   every time (for latency measurements of the query path).
+- :class:`QueryPath` is MiniLM's query path (``embed_query`` in a ``query_mode``) as an
+  ``Embedder`` of its own id, so a ``CachedEmbedder`` over it caches query vectors apart;
+  :class:`SplitEmbedder` pairs fp32 memories with such queries, as the store then sees them.
 """
 
 from __future__ import annotations
@@ -23,19 +26,18 @@ import numpy.typing as npt
 
 from bench.common import RESULTS_DIR
 from headroom.memory.embedders.base import Embedder
+from headroom.memory.embedders.minilm import MiniLMEmbedder
 
 CACHE_DIR = RESULTS_DIR / "cache"
 
 
-def load_embedder() -> Embedder:
+def load_embedder(query_mode: str = "fp32") -> MiniLMEmbedder:
     """The store's default local embedder (MiniLM on onnxruntime, one thread) without its LRU.
 
     The query cache is off so query-path latency is measured with a real embedding; the
     corpus is cached on disk by :class:`CachedEmbedder` instead.
     """
-    from headroom.memory.embedders.minilm import MiniLMEmbedder
-
-    return MiniLMEmbedder(cache_size=0)
+    return MiniLMEmbedder(cache_size=0, query_mode=query_mode)
 
 
 def _key(text: str) -> str:
@@ -115,3 +117,53 @@ class CachedEmbedder:
         for i, k in enumerate(keys):
             out[i] = self._vectors[k]
         return out
+
+
+class QueryPath:
+    """``inner.embed_query`` as an ``Embedder`` whose ``model_id`` names the query mode."""
+
+    def __init__(self, inner: MiniLMEmbedder) -> None:
+        self.inner = inner
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.inner.model_id}@query-{self.inner.query_mode}"
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return self.inner.embed_query(texts)
+
+
+class SplitEmbedder:
+    """Stored texts through ``memories``, search queries (``embed_query``) through ``queries``."""
+
+    def __init__(self, memories: CachedEmbedder, queries: CachedEmbedder) -> None:
+        self.memories = memories
+        self.queries = queries
+
+    @property
+    def model_id(self) -> str:
+        return self.memories.model_id
+
+    @property
+    def dim(self) -> int:
+        return self.memories.dim
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return self.memories.embed(texts)
+
+    def embed_query(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return self.queries.embed(texts)
+
+    @contextmanager
+    def bypass(self) -> Iterator[None]:
+        """Both caches bypassed (see :meth:`CachedEmbedder.bypass`)."""
+        with self.memories.bypass(), self.queries.bypass():
+            yield
+
+    def save(self) -> None:
+        self.memories.save()
+        self.queries.save()

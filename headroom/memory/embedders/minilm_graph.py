@@ -11,6 +11,10 @@ the untouched weight, on activations kept 2-D (tokens, hidden) between layers: l
 text than 3-D ``MatMul`` + ``Add`` over transposed weights (bench/README.md). Q, K and V
 run as one Gemm over their concatenated weights (folded into a constant at load).
 
+The int8 variant (for search queries) replaces each linear layer by onnxruntime's
+``DynamicQuantizeMatMul`` over weights quantized per output channel at build time (numpy,
+symmetric, 127 levels each side, held inline: the graph is then about 11 MB).
+
 Inputs: ``input_ids`` and ``attention_mask``, int64 ``(batch, seq)``, seq <= 512.
 Output: ``embedding``, float32 ``(batch, 384)``, rows of unit length.
 
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import ModelNotFoundError
 from . import onnx_writer
@@ -31,6 +36,10 @@ from .graph_cache import GRAPH_VERSION
 from .safetensors_header import SafetensorsHeader, TensorInfo, read_header
 
 OPSET = 20
+#: onnxruntime's contrib-op domain (DynamicQuantizeMatMul).
+MS = "com.microsoft"
+#: How the linear layers run: fp32 Gemm, or int8 (see ``build_graph_bytes``).
+LINEAR_KINDS = ("fp32", "int8")
 IR_VERSION = 9
 
 _DTYPES = {"F32": onnx_writer.FLOAT, "I64": onnx_writer.INT64}
@@ -39,10 +48,14 @@ _DTYPES = {"F32": onnx_writer.FLOAT, "I64": onnx_writer.INT64}
 class _Builder:
     """Accumulates nodes and initializers; names every intermediate value uniquely."""
 
-    def __init__(self, helper: Any, header: SafetensorsHeader, weights: str):
+    def __init__(
+        self, helper: Any, header: SafetensorsHeader, weights: str, folder: Path, linear: str
+    ):
         self.h = helper
         self.header = header
         self.weights = weights
+        self.folder = folder
+        self.linear = linear
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
         self._n = 0
@@ -85,10 +98,39 @@ class _Builder:
             self._loaded.add(key)
         return key
 
-    def gemm(self, x: str, prefix: str) -> str:
-        """``x @ W.T + b`` for the torch Linear layer ``prefix``; ``x`` is 2-D."""
-        w, bias = self.weight(f"{prefix}.weight"), self.weight(f"{prefix}.bias")
-        return self.op("Gemm", [x, w, bias], transB=1)
+    def array(self, key: str) -> npt.NDArray[np.float32]:
+        """The safetensors tensor ``key`` read into memory (for weights rewritten at build)."""
+        info = self.header.tensors.get(key)
+        if info is None or info.dtype != "F32":
+            raise ModelNotFoundError(f"weights lack tensor {key} (or it is not F32)")
+        count = int(np.prod(info.shape))
+        data = np.fromfile(self.folder / self.weights, "<f4", count, offset=info.offset)
+        return data.astype(np.float32).reshape(info.shape)
+
+    def linear_layer(self, x: str, prefixes: tuple[str, ...]) -> str:
+        """``x @ W.T + b`` for the torch Linear layers ``prefixes`` side by side; ``x`` is 2-D.
+
+        fp32: one Gemm over the untouched weights (several are concatenated at load). int8:
+        the weights quantized per output channel at build (symmetric, 127 levels each side),
+        the activations per tensor per call (onnxruntime's DynamicQuantizeMatMul: uint8
+        activations times int8 weights, int32 sums, scaled back to float with the bias added).
+        """
+        if self.linear == "fp32":
+            ws = [self.weight(f"{p}.weight") for p in prefixes]
+            bs = [self.weight(f"{p}.bias") for p in prefixes]
+            w = ws[0] if len(ws) == 1 else self.op("Concat", ws, axis=0)
+            bias = bs[0] if len(bs) == 1 else self.op("Concat", bs, axis=0)
+            return self.op("Gemm", [x, w, bias], transB=1)
+        w_f = np.concatenate([self.array(f"{p}.weight") for p in prefixes], axis=0)
+        b_f = np.concatenate([self.array(f"{p}.bias") for p in prefixes], axis=0)
+        scale, w_q = quantize_per_channel(w_f)
+        name = self.name("wq")
+        self.inits.append(self.h.make_raw_tensor(name, self.h.INT8, w_q.T.shape, w_q.T.tobytes()))
+        w_scale = self.const(scale, np.float32, "wscale")
+        bias = self.const(b_f, np.float32, "bias")
+        zero = self.name("wzero")
+        self.inits.append(self.h.make_raw_tensor(zero, self.h.INT8, (), b"\x00"))
+        return self.op("DynamicQuantizeMatMul", [x, name, w_scale, zero, bias], domain=MS)
 
     def layer_norm(self, x: str, prefix: str, eps: float) -> str:
         return self.op(
@@ -97,6 +139,16 @@ class _Builder:
             axis=-1,
             epsilon=eps,
         )
+
+
+def quantize_per_channel(
+    w: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int8]]:
+    """Symmetric int8 per row of ``w`` (out, in): ``(scale, q)``, ``w ~= q * scale[:, None]``."""
+    scale = np.abs(w).max(axis=1) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
+    return scale, q
 
 
 def _config(model_dir: Path) -> dict[str, Any]:
@@ -108,7 +160,10 @@ def _config(model_dir: Path) -> dict[str, Any]:
 
 
 def build_graph_bytes(
-    model_dir: Path, weights_name: str = "model.safetensors", proto: Any = None
+    model_dir: Path,
+    weights_name: str = "model.safetensors",
+    proto: Any = None,
+    linear: str = "fp32",
 ) -> bytes:
     """Serialised ONNX model for the BERT sentence encoder in ``model_dir``.
 
@@ -117,8 +172,13 @@ def build_graph_bytes(
 
     ``model_dir`` holds ``config.json`` and ``weights_name``. The external-data locations are
     ``weights_name`` relative to the folder onnxruntime is told to read initializers from.
+    ``linear``: ``"fp32"`` (the exact graph, every weight external) or ``"int8"`` (the query
+    graph: the linear layers' weights quantized here, per output channel, and held inline;
+    embeddings and LayerNorms stay fp32 and external).
     Raises ModelNotFoundError if the files are missing or not a BERT of the expected layout.
     """
+    if linear not in LINEAR_KINDS:
+        raise ValueError(f"linear must be one of {LINEAR_KINDS}; got {linear!r}")
     helper: Any = proto if proto is not None else onnx_writer
     cfg = _config(model_dir)
     hidden = int(cfg["hidden_size"])
@@ -127,7 +187,7 @@ def build_graph_bytes(
     if cfg.get("hidden_act", "gelu") != "gelu" or hidden % heads:
         raise ModelNotFoundError(f"{model_dir} is not a BERT encoder this builder supports")
     header = read_header(model_dir / weights_name)
-    b = _Builder(helper, header, weights_name)
+    b = _Builder(helper, header, weights_name, model_dir, linear)
     head_dim = hidden // heads
 
     ids, mask = "input_ids", "attention_mask"
@@ -155,14 +215,8 @@ def build_graph_bytes(
 
     for i in range(int(cfg["num_hidden_layers"])):
         p = f"encoder.layer.{i}"
-        names = ("query", "key", "value")
-        qkv_w = b.op(
-            "Concat",
-            [b.weight(f"{p}.attention.self.{n}.weight", (hidden, hidden)) for n in names],
-            axis=0,
-        )
-        qkv_b = b.op("Concat", [b.weight(f"{p}.attention.self.{n}.bias") for n in names], axis=0)
-        qkv = b.op("Gemm", [x, qkv_w, qkv_b], transB=1)  # (tokens, 3 * hidden)
+        names = tuple(f"{p}.attention.self.{n}" for n in ("query", "key", "value"))
+        qkv = b.linear_layer(x, names)  # (tokens, 3 * hidden)
         qkv = b.op("Transpose", [b.op("Reshape", [qkv, heads_shape])], perm=[0, 2, 1, 3])
         q, k, v = b.ops("Split", [qkv], 3, axis=1, num_outputs=3)  # (batch, heads, seq, dim)
         k = b.op("Transpose", [k], perm=[0, 1, 3, 2])
@@ -170,10 +224,10 @@ def build_graph_bytes(
         probs = b.op("Softmax", [scores], axis=-1)
         ctx = b.op("Transpose", [b.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
         ctx = b.op("Reshape", [ctx, tokens_shape])
-        attn = b.gemm(ctx, f"{p}.attention.output.dense")
+        attn = b.linear_layer(ctx, (f"{p}.attention.output.dense",))
         x = b.layer_norm(b.op("Add", [attn, x]), f"{p}.attention.output.LayerNorm", eps)
-        inter = b.op("Gelu", [b.gemm(x, f"{p}.intermediate.dense")])
-        out = b.gemm(inter, f"{p}.output.dense")
+        inter = b.op("Gelu", [b.linear_layer(x, (f"{p}.intermediate.dense",))])
+        out = b.linear_layer(inter, (f"{p}.output.dense",))
         x = b.layer_norm(b.op("Add", [out, x]), f"{p}.output.LayerNorm", eps)
     x = b.op("Reshape", [x, b.op("Concat", [batch_seq, b.const([hidden])], axis=0)])
 
@@ -199,7 +253,8 @@ def build_graph_bytes(
     )
     data: bytes = helper.make_model_bytes(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
+        opset_imports=[helper.make_opsetid("", OPSET)]
+        + ([helper.make_opsetid(MS, 1)] if linear == "int8" else []),
         ir_version=IR_VERSION,
         producer_name="headroom-memory",
         producer_version=str(GRAPH_VERSION),

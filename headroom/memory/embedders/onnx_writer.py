@@ -2,11 +2,11 @@
 
 ONNX models are protobuf (``onnx.proto``, proto2 syntax). This module writes the wire format
 directly for ModelProto, GraphProto, NodeProto, AttributeProto (int, float, ints), TensorProto
-(inline int64/float data, or external data), ValueInfoProto and OperatorSetIdProto, with the
-same function names and arguments as ``onnx.helper`` for the subset used. Fields are written in
-field-number order and repeated fields exactly as ``onnx``'s own serialiser writes them (dims
-and ints unpacked; float_data and int64_data packed), so the bytes are identical to those of the
-same model built with ``onnx.helper``: ``tests/test_embedder_graph.py`` checks that.
+(inline int64/float data, raw bytes, or external data), ValueInfoProto and OperatorSetIdProto,
+with the same function names and arguments as ``onnx.helper`` for the subset used. Fields are
+written in field-number order and repeated fields exactly as ``onnx``'s own serialiser writes
+them (dims and ints unpacked; float_data and int64_data packed), so the bytes are identical to
+those of the same model built with ``onnx.helper``: ``tests/test_embedder_graph.py`` checks it.
 
 Every ``make_*`` function returns the serialised message as ``bytes``.
 """
@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 # onnx.TensorProto.DataType values and TensorProto.DataLocation.EXTERNAL.
 FLOAT = 1
+UINT8 = 2
+INT8 = 3
 INT32 = 6
 INT64 = 7
 EXTERNAL = 1
@@ -98,6 +100,11 @@ def make_tensor(name: str, data_type: int, dims: Sequence[int], vals: Sequence[f
     if len(vals):
         out += _bytes(field, payload)
     return out + _str(8, name)
+
+
+def make_raw_tensor(name: str, data_type: int, dims: Sequence[int], raw: bytes) -> bytes:
+    """TensorProto with ``raw`` (little-endian) in ``raw_data``, as ``make_tensor(raw=True)``."""
+    return b"".join(_int(1, d) for d in dims) + _int(2, data_type) + _str(8, name) + _bytes(9, raw)
 
 
 def make_external_tensor(

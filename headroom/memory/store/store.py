@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from .. import process
 from .. import types as T
-from ..embedders.base import Embedder
+from ..embedders.base import Embedder, embed_queries
 from ..errors import (
     EmbeddingModelMismatchError,
     InvalidInputError,
@@ -261,8 +261,9 @@ class MemoryStore:
                 "PATH --model MODEL"
             )
 
-    def _embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        vectors = np.ascontiguousarray(self.embedder.embed(list(texts)), dtype=np.float32)
+    def _embed(self, texts: Sequence[str], query: bool = False) -> npt.NDArray[np.float32]:
+        embed = (lambda t: embed_queries(self.embedder, t)) if query else self.embedder.embed
+        vectors = np.ascontiguousarray(embed(list(texts)), dtype=np.float32)
         if vectors.shape != (len(texts), self.embedder.dim) or not np.isfinite(vectors).all():
             raise InvalidVectorError(
                 f"the embedder returned an array of shape {vectors.shape}; expected "
@@ -614,7 +615,7 @@ class MemoryStore:
         # The lexical side needs only the text: it runs while the query is embedded.
         prefetched = self._hybrid.prefetch(backend, user_id, text) if text is not None else None
         if isinstance(query, str):
-            vector = self._embed([query])[0]
+            vector = self._embed([query], query=True)[0]
         else:
             vector = _check_vector(query, self.embedder.dim)
         if text is not None:
