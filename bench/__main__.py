@@ -20,6 +20,7 @@ SUITES: dict[str, str] = {
     "store": "bench.bench_store",
     "wrapper": "bench.bench_wrapper",
     "server": "bench.bench_server",
+    "injection": "bench.bench_injection",
     "postgres": "bench.bench_postgres",
 }
 

@@ -36,7 +36,7 @@ from ..embedders.base import Embedder
 from ..errors import InvalidInputError
 from ..protocol import responses as rsp
 from ..protocol.budget import PromptBudget
-from ..protocol.pipeline import Mode, Settings, check_mode, is_json_mode
+from ..protocol.pipeline import DEFAULT_MIN_SCORE, Mode, Settings, check_mode, is_json_mode
 from ..store.store import MemoryStore
 from ..types import validate_user_id
 from .background import is_async_client
@@ -541,7 +541,11 @@ def _check_options(user_id: str, top_k: object, options: Mapping[str, Any]) -> S
     return Settings(
         user_id=user_id,
         top_k=top_k,
-        min_score=_number(options, "min_score", Settings.min_score, float("-inf")),
+        min_score=(
+            None
+            if "min_score" in options and options["min_score"] is None
+            else _number(options, "min_score", DEFAULT_MIN_SCORE, float("-inf"))
+        ),
         max_tokens=max_tokens,
         role=role,
     )
@@ -615,8 +619,9 @@ def with_fast_memory(
 ) -> Any:
     """Wrap ``client`` with inline memory for ``user_id`` (one extra block per answer).
 
-    Options: ``min_score`` (relevance floor, default 0.15), ``max_tokens`` (budget of the
-    injected memories, default 300), ``role`` (of the injected message, default "system"),
+    Options: ``min_score`` (relevance floor, default 0.15; None: each user's own, measured
+    by ``protocol.relevance``), ``max_tokens`` (budget of the injected memories, default
+    300), ``role`` (of the injected message, default "system"),
     ``observer`` (callable receiving a :class:`~headroom.memory.protocol.pipeline.MemoryEvent` per
     call), ``embedder`` (an Embedder instance instead of the named model), ``sync`` (store
     durability: "always" | "interval" | "off"), ``retry_base`` / ``retry_max`` (backoff of

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import InvalidInputError
 from ..types import Memory
+from . import relevance
 from .block import (
     MEMORY_INSTRUCTION,
     MemoryOps,
@@ -47,6 +48,9 @@ MODES: tuple[Mode, ...] = ("on", "off", "read", "write")
 #: prompt prefix stays identical across calls and provider prompt caching keeps working.
 INSTRUCTION_MESSAGE: Mapping[str, str] = {"role": "system", "content": MEMORY_INSTRUCTION}
 
+#: The fixed relevance floor wrappers inject with unless told otherwise.
+DEFAULT_MIN_SCORE = 0.15
+
 #: Response formats under which no inline block can be appended to the answer.
 JSON_FORMATS = frozenset({"json_object", "json_schema"})
 
@@ -55,15 +59,16 @@ JSON_FORMATS = frozenset({"json_object", "json_schema"})
 class Settings:
     """How one wrapper injects: fixed at wrap time.
 
-    ``min_score`` is the relevance floor on the search score (the cosine similarity, centred
-    for users of 100+ memories, plus the hybrid bonuses: ``MemoryStore.search``); ``max_tokens``
-    the budget of the injected message; ``role`` the role of that message (``"system"`` by
-    default).
+    ``min_score`` is a fixed floor on the search score (the cosine similarity, centred for
+    users of 100+ memories, plus the hybrid bonuses: ``MemoryStore.search``); None injects
+    what clears the user's own background instead (the relevance decision of
+    ``relevance.py``). ``max_tokens`` is the budget of the injected message;
+    ``role`` the role of that message (``"system"`` by default).
     """
 
     user_id: str
     top_k: int = 5
-    min_score: float = 0.15
+    min_score: float | None = DEFAULT_MIN_SCORE
     max_tokens: int = 300
     role: str = "system"
 
@@ -197,16 +202,22 @@ def notify(observer: Observer | None, event: MemoryEvent) -> None:
 
 def find_memories(store: MemoryStore, settings: Settings, query: str) -> InjectedContext | None:
     """The user's memories relevant to ``query``, rendered for injection (the one search every
-    path injects with: inline, background extraction); None when nothing is relevant enough."""
+    path injects with: inline, background extraction); None when nothing is relevant enough:
+    below ``settings.min_score`` when it is set, else by :func:`relevance.select` against the
+    user's background."""
     if not query:
         return None
     results = store.search(
         settings.user_id, query, top_k=settings.top_k, min_score=settings.min_score
     )
-    if not results:
+    floor = settings.min_score
+    if floor is None and results:
+        background = relevance.calibration().background(store, settings.user_id)
+        results, floor = relevance.select(results, background), background.floor
+    if not results or floor is None:
         return None
     context = build_injection(
-        results, min_score=settings.min_score, max_tokens=settings.max_tokens, role=settings.role
+        results, min_score=floor, max_tokens=settings.max_tokens, role=settings.role
     )
     return context if context.message is not None else None
 

@@ -1,0 +1,359 @@
+"""What the wrapper injects, per store size and relevance rule: ``python -m bench injection``.
+
+Stores (one user each, in a temporary MemoryStore with the real MiniLM model):
+
+- ``small``: each persona of ``bench/injection/personas.json`` alone (7-15 memories, written in
+  sessions on separate days);
+- ``large``: the same persona plus the observation facts of one LoCoMo conversation, the first
+  speaker's name written as "User" (170-340 memories; dev personas take tune conversations,
+  held-out personas report ones);
+- ``locomo``: the facts of each LoCoMo tune conversation as they are.
+
+Messages: each persona's messages (``wanted`` memories must come, ``ok`` ones may), the generic
+messages of ``bench/injection/generic.json`` against every store (``dev`` and ``heldout``
+halves), and the LoCoMo tune questions of categories 1-4 against their conversation.
+
+For every message the store's search (``MemoryStore.search``, top 5, the call the wrapper
+makes) runs once; each rule of :data:`RULES` then decides what of those results it injects.
+Figures per store kind, split and rule: ``generic`` (share of generic messages that inject
+anything), ``recall`` (share of wanted memories injected), ``precision`` (share of injected
+memories that were wanted, ``ok`` ones left out of the count) and, for LoCoMo, ``evidence``
+(share of questions whose injection holds a memory from their evidence). Then the cost the
+default rule adds to an injection: the calibration per user (once per growth of its memory
+count) and the per-call check, against a fixed floor in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from bench.common import CpuWatch, format_table, machine_info, write_json
+from bench.locomo.data import REPORT_SPLIT, TUNE_SPLIT, Conversation, load
+from bench.locomo.embed import CachedEmbedder, load_embedder
+from headroom.memory.protocol import relevance
+from headroom.memory.protocol.pipeline import Settings, find_memories
+from headroom.memory.store.ranking import tokenize
+from headroom.memory.store.store import MemoryStore
+from headroom.memory.types import Memory, NewMemory
+
+DATA = Path(__file__).resolve().parent / "injection"
+TOP_K = 5
+#: The conversation whose facts fill each persona's large store.
+FILLER: dict[str, str] = dict(
+    zip(("maya", "rex7", "priya", "tom"), TUNE_SPLIT, strict=True),
+    **dict(zip(("lena", "carlos", "ana"), REPORT_SPLIT, strict=True)),
+)
+_BASE_DATE = datetime(2024, 3, 1, 12, tzinfo=timezone.utc)
+
+Results = list[tuple[Memory, float]]
+
+
+@dataclass
+class Case:
+    """One message against one store: its search results and what it should inject."""
+
+    text: str
+    results: Results
+    wanted: frozenset[str] = frozenset()  # keys (persona) or dia_ids (LoCoMo)
+    ok: frozenset[str] = frozenset()
+    generic: bool = False
+
+
+@dataclass
+class StoreCase:
+    """One user's store, its background probes' results and its cases."""
+
+    user: str
+    kind: str  # small | large | locomo
+    split: str  # dev | heldout | tune
+    count: int
+    probes: list[Results] = field(default_factory=list)
+    cases: list[Case] = field(default_factory=list)
+
+
+# --- rules --------------------------------------------------------------------------------------
+
+#: A rule: (the store's probe results, the message's results) -> what it injects.
+Rule = Callable[[StoreCase, Results], Results]
+
+
+def _probe_best(store: StoreCase) -> list[float]:
+    return [r[0][1] if r else 0.0 for r in store.probes]
+
+
+def fixed(floor: float) -> Rule:
+    """Today's rule: every result at or above a fixed floor."""
+    return lambda store, results: [(m, s) for m, s in results if s >= floor]
+
+
+def library_rule(store: StoreCase, results: Results) -> Results:
+    """The library's rule (``relevance.select``) over this store's probe background."""
+    return relevance.select(results, relevance.Background(store.count, tuple(_probe_best(store))))
+
+
+def per_memory(q: float, margin: float) -> Rule:
+    """Every result at or above a quantile of the probes' best scores plus a margin."""
+
+    def rule(store: StoreCase, results: Results) -> Results:
+        floor = relevance.quantile(_probe_best(store), q) + margin
+        return [(m, s) for m, s in results if s >= floor]
+
+    return rule
+
+
+def mean_sd(k: float) -> Rule:
+    """Every result at or above the probes' mean best score plus k standard deviations."""
+
+    def rule(store: StoreCase, results: Results) -> Results:
+        best = _probe_best(store)
+        floor = statistics.fmean(best) + k * statistics.pstdev(best)
+        return [(m, s) for m, s in results if s >= floor]
+
+    return rule
+
+
+def gate(q: float, margin: float, floor_margin: float | None, lexical: float | None = None) -> Rule:
+    """A message gate (quantile q + margin), then a per-memory floor (median + floor_margin;
+    None: none). ``lexical``: below the gate, a memory sharing a query word still goes in
+    at the floor plus this much."""
+
+    def rule(store: StoreCase, results: Results) -> Results:
+        best = _probe_best(store)
+        g = relevance.quantile(best, q) + margin
+        f = -9.0 if floor_margin is None else relevance.quantile(best, 0.5) + floor_margin
+        if results and results[0][1] >= g:
+            return [(m, s) for m, s in results if s >= f]
+        if lexical is None:
+            return []
+        words = set(tokenize(store_query[0]))
+        return [(m, s) for m, s in results if s >= f + lexical and words & set(tokenize(m.text))]
+
+    return rule
+
+
+store_query = [""]  # the message a lexical rule is deciding (set by evaluate)
+
+#: Every rule measured, by name; the library's default first among the new ones.
+RULES: dict[str, Rule] = {
+    "fixed 0.15 (today)": fixed(0.15),
+    "fixed 0.3": fixed(0.3),
+    "fixed 0.4": fixed(0.4),
+    "fixed 0.5": fixed(0.5),
+    "background (library: gate p90+0.225, floor p50+0.05)": library_rule,
+    "gate p90+0.225, no floor": gate(0.9, 0.225, None),
+    "gate p90+0.225 + lexical path +0.1": gate(0.9, 0.225, 0.05, lexical=0.1),
+    "gate p100+0.1, floor p50+0.05": gate(1.0, 0.1, 0.05),
+    "gate p75+0.325, floor p50+0.05": gate(0.75, 0.325, 0.05),
+    "per-memory p90+0.2": per_memory(0.9, 0.2),
+    "per-memory p100+0.1": per_memory(1.0, 0.1),
+    "per-memory p75+0.3": per_memory(0.75, 0.3),
+    "per-memory mean+3.5sd": mean_sd(3.5),
+}
+
+
+# --- building the stores -----------------------------------------------------------------------
+
+
+def _persona_items(persona: dict[str, Any]) -> list[NewMemory]:
+    items = []
+    for day, session in enumerate(persona["sessions"]):
+        for key, text, category in session:
+            created = _BASE_DATE + timedelta(days=3 * day)
+            items.append(NewMemory(text, category, {"key": key}, created))
+    return items
+
+
+def _as_user(conv: Conversation) -> list[NewMemory]:
+    """The conversation's facts with its first speaker written as "User" (filler)."""
+    name = conv.speakers[0]
+    pattern = re.compile(rf"\b{re.escape(name)}\b")
+    return [
+        NewMemory(pattern.sub("User", f.text), "fact", {"key": "filler"}, f.created_at)
+        for f in conv.facts
+    ]
+
+
+def _search(store: MemoryStore, user: str, text: str) -> Results:
+    return store.search(user, text, top_k=TOP_K)
+
+
+def build(store: MemoryStore, generic: dict[str, list[str]]) -> list[StoreCase]:
+    """Ingest every store and run every message's search once."""
+    personas = json.loads((DATA / "personas.json").read_text(encoding="utf-8"))["personas"]
+    convs = {c.sample_id: c for c in load(ids=TUNE_SPLIT + REPORT_SPLIT)}
+    plans: list[tuple[str, str, str, list[NewMemory], list[Case]]] = []
+    for p in personas:
+        messages = [
+            Case(m["text"], [], frozenset(m["wanted"]), frozenset(m.get("ok", ())))
+            for m in p["messages"]
+        ]
+        items = _persona_items(p)
+        plans.append((f"{p['name']}-small", "small", p["split"], items, messages))
+        filler = _as_user(convs[FILLER[p["name"]]])
+        plans.append((f"{p['name']}-large", "large", p["split"], items + filler, messages))
+    for cid in TUNE_SPLIT:
+        conv = convs[cid]
+        items = [
+            NewMemory(f.text, "fact", {"dia": list(f.dia_ids)}, f.created_at) for f in conv.facts
+        ]
+        questions = [
+            Case(q.question, [], frozenset(q.evidence))
+            for q in conv.questions
+            if q.evidence and q.category in (1, 2, 3, 4)
+        ]
+        plans.append((f"locomo-{cid}", "locomo", "tune", items, questions))
+    out = []
+    for user, kind, split, items, messages in plans:
+        store.add_many(user, items, source="import", dedup=False)
+        sc = StoreCase(user, kind, split, store.backend.count(user))
+        sc.probes = [_search(store, user, p) for p in relevance.PROBES]
+        for m in messages:
+            sc.cases.append(Case(m.text, _search(store, user, m.text), m.wanted, m.ok))
+        for half, texts in generic.items():
+            for t in texts:
+                sc.cases.append(
+                    Case(t, _search(store, user, t), generic=True, ok=frozenset([half]))
+                )
+        out.append(sc)
+    return out
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+
+def _keys(memory: Memory) -> set[str]:
+    meta = memory.metadata or {}
+    if "dia" in meta:
+        return set(meta["dia"])
+    return {str(meta.get("key"))}
+
+
+def evaluate(stores: Sequence[StoreCase], rule: Rule, kind: str, split: str) -> dict[str, float]:
+    """The figures of one rule over the stores of one kind, messages of one split."""
+    generic = generic_hit = wanted = wanted_hit = injected = injected_good = 0
+    questions = question_hit = 0
+    for sc in stores:
+        if sc.kind != kind:
+            continue
+        for case in sc.cases:
+            store_query[0] = case.text
+            kept = rule(sc, case.results)
+            if case.generic:
+                if split in case.ok:
+                    generic += 1
+                    generic_hit += bool(kept)
+                continue
+            if kind == "locomo":
+                questions += 1
+                question_hit += any(_keys(m) & case.wanted for m, _ in kept)
+                continue
+            if sc.split != split:
+                continue
+            wanted += len(case.wanted)
+            got = set().union(*(_keys(m) for m, _ in kept)) if kept else set()
+            wanted_hit += len(got & case.wanted)
+            for m, _ in kept:
+                keys = _keys(m)
+                if keys & case.ok:
+                    continue
+                injected += 1
+                injected_good += bool(keys & case.wanted)
+    out = {"generic": generic_hit / generic if generic else float("nan")}
+    if kind == "locomo":
+        out["evidence"] = question_hit / questions if questions else float("nan")
+    else:
+        out["recall"] = wanted_hit / wanted if wanted else float("nan")
+        out["precision"] = injected_good / injected if injected else float("nan")
+    return out
+
+
+def _cost(store: MemoryStore, stores: Sequence[StoreCase], calls: int) -> dict[str, float]:
+    """ms: a calibration per user, and find_memories with the rule and with a fixed floor
+    (background cached), interleaved."""
+    calib: list[float] = []
+    rule_ms: list[float] = []
+    fixed_ms: list[float] = []
+    for sc in stores:
+        t0 = time.perf_counter()
+        relevance.background_of(store, sc.user, sc.count)
+        calib.append((time.perf_counter() - t0) * 1000)
+        auto = Settings(user_id=sc.user, min_score=None)
+        floor = Settings(user_id=sc.user, min_score=0.15)
+        texts = [c.text for c in sc.cases][:calls]
+        find_memories(store, auto, texts[0])  # calibrates once, outside the timing
+        for text in texts:
+            for settings, sink in ((auto, rule_ms), (floor, fixed_ms)):
+                t0 = time.perf_counter()
+                find_memories(store, settings, text)
+                sink.append((time.perf_counter() - t0) * 1000)
+    return {
+        "calibration_ms_p50": statistics.median(calib),
+        "calibration_ms_max": max(calib),
+        "find_memories_rule_ms_p50": statistics.median(rule_ms),
+        "find_memories_fixed_ms_p50": statistics.median(fixed_ms),
+    }
+
+
+def main(argv: list[str]) -> int:
+    """Run the suite; print one table per store kind; write bench/results/injection.json."""
+    ap = argparse.ArgumentParser(prog="python -m bench injection", description=__doc__)
+    ap.add_argument("--cost-calls", type=int, default=40, help="timed calls per store")
+    args = ap.parse_args(argv)
+    info = machine_info()
+    print(f"injection suite: {info['cpu_model']}, {info['usable_cores']} usable cores")
+    generic = json.loads((DATA / "generic.json").read_text(encoding="utf-8"))
+    generic = {half: generic[half] for half in ("dev", "heldout")}
+    embedder = CachedEmbedder(load_embedder())
+    payload: dict[str, Any] = {"machine": info, "figures": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-injection-") as folder, CpuWatch() as watch:
+        store = MemoryStore(folder, embedder=embedder, sync="off")
+        stores = build(store, generic)
+        embedder.save()
+        for kind, splits in (
+            ("small", ("dev", "heldout")),
+            ("large", ("dev", "heldout")),
+            ("locomo", ("dev", "heldout")),
+        ):
+            sizes = [sc.count for sc in stores if sc.kind == kind]
+            print(f"\n{kind} stores ({len(sizes)} users, {min(sizes)}-{max(sizes)} memories)")
+            rows = []
+            for name, rule in RULES.items():
+                cells: list[object] = [name]
+                for split in splits:
+                    fig = evaluate(stores, rule, kind, split)
+                    payload["figures"][f"{kind}/{split}/{name}"] = fig
+                    cells += [f"{v:.3f}" for v in fig.values()]
+                rows.append(cells)
+            cols = ["generic", "evidence"] if kind == "locomo" else ["generic", "recall", "prec"]
+            if kind == "locomo":
+                headers = ["rule", "generic dev", "evidence", "generic held-out", "evidence"]
+            else:
+                headers = ["rule"] + [f"{c} {s}" for s in splits for c in cols]
+            print(format_table(headers, rows))
+        with embedder.bypass():
+            cost = _cost(store, stores, args.cost_calls)
+        store.close()
+    payload["cost"] = cost
+    payload["cpu"] = dataclasses.asdict(watch.report)
+    print(
+        f"\ncost (query embedded live): calibration per user p50 {cost['calibration_ms_p50']:.1f} "
+        f"ms (max {cost['calibration_ms_max']:.1f}); find_memories p50 with the rule "
+        f"{cost['find_memories_rule_ms_p50']:.2f} ms, with a fixed floor "
+        f"{cost['find_memories_fixed_ms_p50']:.2f} ms"
+    )
+    share = watch.report.others_share
+    print(f"other processes used {share:.0%} of the CPU" if share is not None else "")
+    path = write_json("injection", payload)
+    print(f"wrote {path}")
+    return 0

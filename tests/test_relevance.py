@@ -1,0 +1,171 @@
+"""The relevance decision (protocol/relevance.py): the rule, the calibration, and the wrapper
+injecting with it (``min_score=None``) for a small and a large store, real MiniLM throughout."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import openai
+import pytest
+from openai_server import ScriptedServer
+
+from bench.locomo import data
+from headroom.memory import with_fast_memory
+from headroom.memory.protocol import relevance
+from headroom.memory.protocol.relevance import Background, Calibration, quantile, select
+from headroom.memory.store.store import MemoryStore
+from headroom.memory.types import Memory, NewMemory
+
+MAYA = (
+    "User's name is Maya",
+    "User is a backend developer at a small fintech startup",
+    "User lives in Porto",
+    "User's team uses the PostgreSQL database for its whole stack",
+    "User writes most services in Python",
+    "User prefers writing SQL by hand over using ORMs",
+    "User is migrating the payments service to an event-driven design",
+    "User's team is evaluating Kafka and RabbitMQ as the message broker",
+    "User cycles to work most days",
+)
+
+
+def _memory(text: str) -> Memory:
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    return Memory(
+        id=f"id-{text}",
+        text=text,
+        category="fact",
+        created_at=now,
+        updated_at=now,
+        source="manual",
+        metadata={},
+    )
+
+
+# --- the rule ------------------------------------------------------------------------------------
+
+
+def test_quantile_interpolates_like_numpy() -> None:
+    values = [0.5, 0.1, 0.3, 0.2]
+    assert quantile(values, 0.0) == 0.1 and quantile(values, 1.0) == 0.5
+    assert math.isclose(quantile(values, 0.5), 0.25)
+    assert math.isclose(quantile(values, 0.9), 0.44)
+    with pytest.raises(ValueError):
+        quantile([], 0.5)
+
+
+def test_gate_and_floor_follow_the_probe_scores() -> None:
+    scores = tuple(i / 100 for i in range(11))  # 0.00 .. 0.10
+    bg = Background(10, scores)
+    assert math.isclose(bg.gate, 0.09 + relevance.GATE_MARGIN)
+    assert math.isclose(bg.floor, 0.05 + relevance.FLOOR_MARGIN)
+    shifted = Background(10, tuple(s + 0.3 for s in scores))
+    assert math.isclose(shifted.gate - bg.gate, 0.3) and math.isclose(shifted.floor - bg.floor, 0.3)
+
+
+def test_floor_never_exceeds_the_gate() -> None:
+    bg = Background(3, (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.9))
+    assert bg.floor <= bg.gate
+
+
+def test_select_injects_nothing_below_the_gate_and_filters_by_floor_above_it() -> None:
+    bg = Background(10, tuple(0.1 for _ in range(10)))  # gate 0.325, floor 0.15
+    a, b, c = _memory("a"), _memory("b"), _memory("c")
+    assert select([(a, 0.32), (b, 0.2)], bg) == []
+    assert select([(a, 0.4), (b, 0.2), (c, 0.1)], bg) == [(a, 0.4), (b, 0.2)]
+    assert select([], bg) == []
+    assert select([(a, float("nan"))], bg) == []
+
+
+@pytest.mark.parametrize(
+    ("measured", "now", "current"),
+    [(8, 8, True), (8, 9, True), (8, 10, False), (8, 7, True), (8, 6, False), (0, 1, False)],
+)
+def test_background_is_measured_again_when_the_count_moves_by_the_factor(
+    measured: int, now: int, current: bool
+) -> None:
+    assert Background(measured, (0.1,)).is_current(now) is current
+
+
+# --- calibration on a real store -----------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[MemoryStore]:
+    s = MemoryStore(tmp_path / "store", sync="off")
+    yield s
+    s.close()
+
+
+def test_calibration_measures_once_and_again_after_growth(store: MemoryStore) -> None:
+    store.add_many("maya", [NewMemory(t) for t in MAYA[:4]], dedup=False)
+    cal = Calibration()
+    first = cal.background(store, "maya")
+    assert first.count == 4 and len(first.probe_scores) == len(relevance.PROBES)
+    assert cal.background(store, "maya") is first and cal.measured == 1
+    store.add("maya", MAYA[4])  # 5 >= 4 * 1.25: measured again
+    second = cal.background(store, "maya")
+    assert second.count == 5 and cal.measured == 2
+    assert cal.background(store, "bob").count == 0  # an empty user: no memories to score
+    assert cal.background(store, "bob").probe_scores == (0.0,) * len(relevance.PROBES)
+
+
+# --- end to end through the wrapper -------------------------------------------------------------
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    with ScriptedServer() as s:
+        yield s
+
+
+def _injected(server: ScriptedServer) -> list[str]:
+    """The texts of the memories injected in the last request."""
+    messages = server.chat_requests()[-1]["messages"]
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str) and "<memories>" in content:
+            lines = content.split("<memories>\n")[1].split("\n</memories>")[0].split("\n")
+            return [json.loads(line)["text"] for line in lines]
+    return []
+
+
+def _ask(client: object, server: ScriptedServer, text: str) -> list[str]:
+    server.push("ok")
+    client.chat.completions.create(  # type: ignore[attr-defined]
+        model="m", messages=[{"role": "user", "content": text}], memory="read"
+    )
+    return _injected(server)
+
+
+def _large_filler() -> list[NewMemory]:
+    if not data.locomo_path().is_file():
+        pytest.skip(f"LoCoMo not found at {data.locomo_path()}")
+    conv = data.load(ids=["conv-26"])[0]
+    name = conv.speakers[0]
+    return [NewMemory(f.text.replace(name, "User"), "fact", None, f.created_at) for f in conv.facts]
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_wrapper_injects_relevant_memories_and_nothing_for_generic_messages(
+    server: ScriptedServer, tmp_path: Path, size: str
+) -> None:
+    base = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+    client = with_fast_memory(base, user_id="maya", db_path=tmp_path / "db", min_score=None)
+    items = [NewMemory(t) for t in MAYA] + (_large_filler() if size == "large" else [])
+    MemoryStore.open(tmp_path / "db").add_many("maya", items, source="import", dedup=False)
+    for generic in ("hi", "thanks!", "make it shorter", "what is 17 times 23?"):
+        assert _ask(client, server, generic) == [], generic
+    assert "User lives in Porto" in _ask(
+        client, server, "Can you remind me which city I live in now?"
+    )
+    assert "User's team is evaluating Kafka and RabbitMQ as the message broker" in _ask(
+        client, server, "Which broker do you think fits us better?"
+    )
+    # A fixed floor is still an explicit override: 0.15 injects for "hi" as before.
+    fixed = with_fast_memory(base, user_id="maya", db_path=tmp_path / "db", min_score=0.15)
+    assert _ask(fixed, server, "hi") != []
