@@ -18,6 +18,11 @@ complete: a reader that saw a user's seq S will find every later change of that 
 seq above S. Seqs of one batch are consecutive unless another batch draws seqs at the same
 moment (they still increase within the batch).
 
+Jobs are claimed with ``FOR UPDATE SKIP LOCKED`` for a lease on the server's clock, and
+completed (their ops applied, the job deleted) in one transaction only while the claim's token
+is still the job's; docs/postgres.md (The job queue) says how claims across users keep
+row-level security on every write. The change feed's removals stay bounded (REMOVALS_KEPT).
+
 Searches are exact: the user's live rows (btree on user_id), ordered by ``embedding <#> q``
 (the negative inner product; the store's vectors are unit-length and the protocol returns
 dot products), with every filter inside the query.
@@ -171,6 +176,7 @@ class _UserWrite:
     seq: int = 0
     purged: bool = False
     touched: bool = False
+    removed: int = 0  #: rows this batch added to ``removals``
 
 
 def _refuse_privileged_role(conn: psycopg.Connection[Any], location: str) -> None:
@@ -245,6 +251,10 @@ class PostgresBackend:
         #: Names of the ANN indexes that exist (refreshed at most every _ANN_REFRESH_S).
         self._ann_names: frozenset[str] = frozenset()
         self._ann_checked = -1e9
+        #: Users whose index this process is building, and when it last started one for each.
+        self._building: set[str] = set()
+        self._build_tried: dict[str, float] = {}
+        self._build_locks: dict[str, threading.Lock] = {}
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._closed = False
@@ -456,9 +466,13 @@ class PostgresBackend:
                         current = user
                     cur.execute(
                         "UPDATE user_state SET seq = %s, live = %s, dim = %s, "
-                        "reset_seq = COALESCE(reset_seq, %s) WHERE user_id = %s",
-                        (write.seq, write.live, write.dim, write.seq, user),
+                        "reset_seq = COALESCE(reset_seq, %s), removals = removals + %s "
+                        "WHERE user_id = %s RETURNING removals",
+                        (write.seq, write.live, write.dim, write.seq, write.removed, user),
                     )
+                    if _count(cur) > 2 * REMOVALS_KEPT:
+                        _prune_removals(cur, user, REMOVALS_KEPT)
+        self._grown([user for user, write in state.items() if write.touched], state)
         return seqs
 
     @staticmethod
@@ -608,6 +622,7 @@ class PostgresBackend:
             )
             if not _count(cur):
                 raise MemoryNotFoundError(f"no live memory {memory_id} for this user")
+            write.removed += 1
             write.live -= 1
             if write.live <= 0:
                 write.live, write.dim = 0, 0
@@ -616,7 +631,7 @@ class PostgresBackend:
                 _SOFT_DELETE.format(id_filter="", op=V_CLEAR),
                 {"seq": seq, "user": user, "ts": ts},
             )
-            _count(cur)
+            write.removed += _count(cur)
             write.live = 0
             write.dim = 0
         elif op is Op.PURGE:
@@ -639,7 +654,9 @@ class PostgresBackend:
                     """,
                     {"user": user, "id": memory_id, "seq": seq},
                 )
-                write.live -= _count(cur)
+                gone = _count(cur)
+                write.removed += gone
+                write.live -= gone
                 if write.live <= 0:
                     write.live, write.dim = 0, 0
             else:
@@ -739,6 +756,7 @@ class PostgresBackend:
             )
         if not _count(cur):
             raise MemoryNotFoundError(f"no live memory {memory_id} for this user")
+        write.removed += 1
         if entry.vector is not None:
             _check_dim(write, len(entry.vector), replacing=True)
 
@@ -960,13 +978,63 @@ class PostgresBackend:
         pairs.sort(key=lambda pair: -pair[1])
         return pairs
 
+    def _grown(self, users: Sequence[str], state: dict[str, _UserWrite]) -> None:
+        """Start building, off the caller's thread, the HNSW index of each user in ``users``
+        who now has at least ``ann_threshold`` live memories and none for their dim (one
+        build per user at a time in this process, and a look at most every _ANN_REFRESH_S)."""
+        threshold = self._ann_threshold
+        if threshold is None:
+            return
+        now = time.monotonic()
+        for user in users:
+            write = state[user]
+            if write.purged or write.live < threshold or not write.dim:
+                continue
+            if ann_index_name(user, write.dim) in self._ann_names:
+                continue
+            with self._lock:
+                if user in self._building or now - self._build_tried.get(user, -1e9) < (
+                    _ANN_REFRESH_S
+                ):
+                    continue
+                self._building.add(user)
+                self._build_tried[user] = now
+            threading.Thread(
+                target=self._build_in_background, args=(user,), daemon=True,
+                name="headroom-memory-ann-build",
+            ).start()  # fmt: skip
+
+    def _wait_for_builds(self) -> None:
+        """Wait for this process's index builds (a VACUUM FULL beside a CREATE INDEX
+        CONCURRENTLY of the same table is a deadlock that PostgreSQL breaks by failing one)."""
+        with self._lock:
+            locks = list(self._build_locks.values())
+        for lock in locks:
+            with lock:
+                pass
+
+    def _build_in_background(self, user_id: str) -> None:
+        try:
+            self.build_ann_index(user_id)
+        except Exception:  # the next growth or compact() tries again
+            logger.warning(
+                "headroom.memory: building the HNSW index of a user of %s failed",
+                self.location,
+                exc_info=True,
+            )
+        finally:
+            with self._lock:
+                self._building.discard(user_id)
+
     def build_ann_index(self, user_id: str) -> str | None:
         """Build the user's HNSW index now if they have at least ``ann_threshold`` live
         memories and none exists for their dim; returns its name (None: not needed).
 
         ``CREATE INDEX CONCURRENTLY``: writes go on while it builds. The index is partial:
         the user's live rows of one dim, over ``embedding::vector(dim)`` (the column has no
-        fixed dim). A whole-user PURGE drops it.
+        fixed dim). A whole-user PURGE drops it. An invalid index of that name that no
+        session is building (a build that was interrupted, e.g. its process exited) is
+        dropped and built again.
         """
         if self._ann_threshold is None:
             return None
@@ -986,9 +1054,24 @@ class PostgresBackend:
             "WHERE user_id = {u} AND deleted_seq IS NULL AND vector_dims(embedding) = {d}"
         ).format(name=sql.Identifier(name), d=sql.SQL(str(dim)), u=sql.Literal(user_id))
         pool = self._get_pool()
+        with self._lock:
+            lock = self._build_locks.setdefault(user_id, threading.Lock())
         try:
-            with pool.connection() as conn:
+            with lock, pool.connection() as conn:  # one build per user in this process
+                stale = conn.execute(
+                    "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                    "WHERE c.relname = %s AND NOT i.indisvalid AND NOT EXISTS ("
+                    "SELECT 1 FROM pg_stat_progress_create_index p "
+                    "WHERE p.index_relid = i.indexrelid)",
+                    (name,),
+                ).fetchone()
+                if stale is not None:
+                    conn.execute(
+                        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name))
+                    )
                 conn.execute(statement)
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+            pass  # another process created it at the same moment
         except psycopg.OperationalError as exc:
             raise PostgresUnavailableError(
                 f"the store at {self.location}: {_first_line(exc)}"
@@ -1203,7 +1286,9 @@ class PostgresBackend:
         After it, no SQL can reach a deleted or purged memory (that holds from the commit of
         the PURGE already), and with ``compact_full`` the table and index files have been
         rewritten without their bytes. WAL, replicas and backups still hold them until they
-        age out: docs/postgres.md says what Postgres can and cannot promise.
+        age out: docs/postgres.md says what Postgres can and cannot promise. The change feed
+        starts afresh for every user (their removals go; ``reset_seq`` moves to their seq), so
+        every process's ranking cache is built again once.
         """
         with self.transaction(all_users=True) as cur:
             cur.execute(
@@ -1219,15 +1304,26 @@ class PostgresBackend:
                 """
             )
             dropped = _count(cur)
+            cur.execute("SELECT DISTINCT user_id FROM removals")
+            feeds = [row[0] for row in cur.fetchall()]
+        for user in feeds:  # one short transaction each: appends of others go on meanwhile
+            with self.transaction(user) as cur:
+                # Locks the row (waits for an append in flight), then reads its final seq.
+                cur.execute(
+                    "UPDATE user_state SET reset_seq = seq, removals = 0 WHERE user_id = %s",
+                    (user,),
+                )
+                cur.execute("DELETE FROM removals WHERE user_id = %s", (user,))
         tables = ("memories", "memory_versions", "removals", "jobs", "user_state", "config")
         started = time.perf_counter()
+        self._wait_for_builds()
         pool = self._get_pool()
         try:
             with pool.connection() as conn:
                 before = _table_bytes(conn, tables)
                 verb = "VACUUM (FULL, ANALYZE)" if self._compact_full else "VACUUM (ANALYZE)"
                 for table in tables:
-                    conn.execute(sql.SQL(verb + " {}").format(sql.Identifier(table)))
+                    _vacuum(conn, sql.SQL(verb + " {}").format(sql.Identifier(table)))
                 after = _table_bytes(conn, tables)
         except psycopg.OperationalError as exc:
             raise PostgresUnavailableError(
@@ -1381,6 +1477,8 @@ class PostgresBackend:
         self._lock = threading.RLock()
         self._rankings_lock = threading.Lock()
         self._rankings = {}
+        # The parent's builds are the parent's.
+        self._building, self._build_tried, self._build_locks = set(), {}, {}
         self._pid = os.getpid()
         inherited = list(self._connections)
         self._connections = weakref.WeakSet()
@@ -1399,6 +1497,38 @@ class PostgresBackend:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+#: The change feed keeps about this many removals per user (between this and twice this):
+#: a reader further behind rebuilds its state instead of catching up.
+REMOVALS_KEPT = 4096
+
+
+def _prune_removals(cur: psycopg.Cursor[Any], user: str, keep: int) -> int:
+    """Drop the user's removals but the newest ``keep`` and move the start of the user's
+    change feed (``reset_seq``) past them, so a reader that needed them rebuilds (the
+    transaction is scoped to the user and holds their user_state row); returns how many."""
+    cur.execute(
+        """
+        WITH cut AS (
+            SELECT seq FROM removals WHERE user_id = %(user)s
+            ORDER BY seq DESC OFFSET %(keep)s LIMIT 1
+        ), gone AS (
+            DELETE FROM removals WHERE user_id = %(user)s AND seq <= (SELECT seq FROM cut)
+            RETURNING 1
+        ), counted AS (
+            SELECT count(*) AS n FROM gone
+        )
+        UPDATE user_state SET
+            reset_seq = GREATEST(COALESCE(reset_seq, 0), COALESCE((SELECT seq FROM cut), 0)),
+            removals = (SELECT count(*) FROM removals WHERE user_id = %(user)s)
+                       - (SELECT n FROM counted)
+        WHERE user_id = %(user)s
+        RETURNING (SELECT n FROM counted)
+        """,
+        {"user": user, "keep": keep},
+    )
+    return _count(cur)
 
 
 #: ANN index names: a prefix, a hash of the user id (names never show it), the dim.
@@ -1552,6 +1682,19 @@ def _vector_total(rows: list[tuple[Any, ...]]) -> VectorTotal | None:
         return None
     count = int(rows[0][1])
     return np.asarray(rows[0][0], np.float64) * count, count, 0
+
+
+def _vacuum(conn: psycopg.Connection[Any], statement: sql.Composed, tries: int = 3) -> None:
+    """Run a VACUUM, again after a deadlock (with another host's CREATE INDEX CONCURRENTLY,
+    which PostgreSQL broke by failing this side)."""
+    for attempt in range(tries):
+        try:
+            conn.execute(statement)
+            return
+        except psycopg.errors.DeadlockDetected:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def _table_bytes(conn: psycopg.Connection[Any], tables: Sequence[str]) -> int:

@@ -10,11 +10,12 @@ Every table that holds a user's data leads its keys with ``user_id`` (so the tab
 distributed by it) and has row-level security ENABLEd and FORCEd (the owner is subject to it
 too): a statement sees a row only when the transaction set ``app.user_id`` to the row's user
 (``set_config('app.user_id', ..., true)``), or set ``app.scope`` to ``all`` for the few
-cross-user reads the backend makes on purpose (users(), pending() of every user, stats(),
-compact()). A statement with neither setting sees no rows: isolation fails closed. Inserts
-and updates always need the user setting (``WITH CHECK``); deletes under ``app.scope = all``
-do not (compact). The role that runs the library must not be a superuser or have BYPASSRLS:
-those skip row-level security, and the backend refuses to open with one.
+cross-user reads the backend makes on purpose (users(), pending() of every user, the
+candidates of a job claim across users, stats(), compact()). A statement with neither
+setting sees no rows: isolation fails closed. Inserts and updates always need the user
+setting (``WITH CHECK``); deletes under ``app.scope = all`` do not (compact). The role
+that runs the library must not be a superuser or have BYPASSRLS: those skip row-level
+security, and the backend refuses to open with one.
 
 docs/postgres.md describes the tables and what each column holds.
 """
@@ -142,6 +143,9 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE jobs ADD COLUMN claim_token text, ADD COLUMN claimed_by text, "
         "ADD COLUMN claimed_until bigint",
     ],
+    # 3: how many rows of the change feed's removals each user has (counted from here on),
+    # so appends keep the feed bounded (the oldest go, and reset_seq moves past them).
+    ["ALTER TABLE user_state ADD COLUMN removals integer NOT NULL DEFAULT 0"],
 ]
 
 #: The schema version this library writes and reads.
