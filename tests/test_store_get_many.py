@@ -86,6 +86,18 @@ def test_a_hybrid_search_reads_its_results_in_one_call(store: MemoryStore) -> No
     assert [m.id for m, _ in results] == counting.get_manys[0]
 
 
+def test_a_dense_search_and_a_write_read_their_memories_in_one_call(store: MemoryStore) -> None:
+    store.add_many("u", [NewMemory(t) for t in TEXTS], dedup=False)
+    counting = Counting(store.backend)
+    with MemoryStore(store.location, embedder=HashEmbedder(64), backend=counting) as view:  # type: ignore[arg-type]
+        results = view.search("u", "notes about topic tea", top_k=7, hybrid=False)
+        assert len(results) == 7 and [m.id for m, _ in results] == counting.get_manys[0]
+        applied = view.add_many("u", [NewMemory(f"a new note {i}") for i in range(3)], dedup=False)
+        assert [m.text for m in applied.added] == [f"a new note {i}" for i in range(3)]
+    assert counting.gets == 0 and len(counting.get_manys) == 2
+    assert counting.get_manys[1] == [m.id for m in applied.added]
+
+
 def test_a_result_deleted_meanwhile_is_replaced_by_the_next(store: MemoryStore) -> None:
     store.add_many("u", [NewMemory(t) for t in TEXTS], dedup=False)
     expected = [m.id for m, _ in store.search("u", "notes about topic tea", top_k=11)]
@@ -97,7 +109,7 @@ def test_a_result_deleted_meanwhile_is_replaced_by_the_next(store: MemoryStore) 
     assert [len(ids) for ids in counting.get_manys] == [10, 1]
 
 
-def test_a_postgres_hybrid_search_takes_three_round_trips_whatever_k(
+def test_a_postgres_search_takes_the_same_round_trips_whatever_k(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     pytest.importorskip("psycopg")
@@ -122,3 +134,6 @@ def test_a_postgres_hybrid_search_takes_three_round_trips_whatever_k(
             assert len(store.search("u", "notes about topic tea", top_k=k)) == k
             # the user's seq (ranking caught up?), the dense top-k, the rows
             assert len(reads) == 3, k
+            reads.clear()
+            assert len(store.search("u", "notes about topic tea", top_k=k, hybrid=False)) == k
+            assert len(reads) == 2, k  # the dense top-k, the rows

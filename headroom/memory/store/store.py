@@ -363,10 +363,10 @@ class MemoryStore:
                 self._warm(user_id)
             added: list[Memory] = []
             updated: list[Memory] = []
+            rows = backend.get_many(user_id, list(plan.touched))
             for memory_id, op in plan.touched.items():
-                memory = backend.get(user_id, memory_id)
-                if memory is not None:
-                    (added if op == "add" else updated).append(memory)
+                if memory_id in rows:
+                    (added if op == "add" else updated).append(rows[memory_id])
             existing = [backend.get(user_id, memory_id) for memory_id in plan.existing]
         return AppliedOps(
             tuple(added),
@@ -621,11 +621,9 @@ class MemoryStore:
         if text is not None:
             pairs = self._hybrid.search(backend, user_id, text, vector, top_k, where, prefetched)
         else:
-            pairs = [
-                (memory, score)
-                for memory_id, score in backend.search(user_id, vector, top_k, where)
-                if (memory := backend.get(user_id, memory_id)) is not None
-            ]
+            hits = backend.search(user_id, vector, top_k, where)
+            rows = backend.get_many(user_id, [memory_id for memory_id, _ in hits])
+            pairs = [(rows[memory_id], score) for memory_id, score in hits if memory_id in rows]
         return [(m, float(s)) for m, s in pairs if min_score is None or s >= min_score]
 
     def get(self, user_id: str, memory_id: str) -> Memory | None:
