@@ -376,6 +376,10 @@ def test_a_claimed_job_is_held_until_completed_with_its_ops(store: MemoryStore) 
     other = store.claim(worker="w2", lease_s=60)  # the oldest is held: the next one
     assert other is not None and other.job.id == second and other.token != claim.token
     assert store.claim(worker="w3", lease_s=60) is None  # both held
+    store.release(other)
+    assert store.claim("u", worker="w3", lease_s=60) is None  # never another user's job
+    other = store.claim("v", worker="w2", lease_s=60)
+    assert other is not None and other.job.id == second
     assert store.claim("u", worker="w3", lease_s=60, job_id=first) is None
     assert len(store.pending()) == 2  # held jobs are still open
     applied = store.apply("u", adds=[NewMemory("User said turn 1")], claim=claim)

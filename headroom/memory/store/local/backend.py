@@ -288,12 +288,14 @@ class LocalBackend:
             if job_id is not None and job.id != job_id:
                 continue
             with self._job_file(job.id) as handle:
-                if not self._is_pending(job):  # completed while we waited for the lock
-                    continue
                 held = _read_claim(handle)
                 now = _now_us()
                 alive = self._hold(job.id)  # None: the holder still runs
                 if held is not None and int(held.get("until_us", 0)) > now and alive is None:
+                    continue
+                if not self._is_pending(job):  # completed while we waited for the lock
+                    if alive is not None:
+                        os.close(alive)
                     continue
                 claim = Claim(job, uuid.uuid4().hex, worker, now + round(lease_s * 1e6))
                 _write_claim(
