@@ -22,6 +22,7 @@ SUITES: dict[str, str] = {
     "server": "bench.bench_server",
     "injection": "bench.bench_injection",
     "postgres": "bench.bench_postgres",
+    "postgres-locomo": "bench.locomo.postgres",
 }
 
 

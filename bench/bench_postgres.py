@@ -265,7 +265,7 @@ def with_options(url: str, options: str) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
-def _tree_cpu_seconds(pid: int) -> float:
+def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of a process and its children: its own, its reaped children's (``cutime``,
     ``cstime``) and its live children's. 0 when the process is gone."""
 
@@ -302,11 +302,11 @@ class Cpu:
 @contextlib.contextmanager
 def watched(name: str, server: Server, report: dict[str, Any]) -> Iterator[None]:
     """Measure the block; store its :class:`Cpu` in ``report["cpu"][name]`` and print it."""
-    before = _tree_cpu_seconds(server.pid) if server.pid else None
+    before = tree_cpu_seconds(server.pid) if server.pid else None
     with CpuWatch() as watch:
         yield
     r: CpuReport = watch.report
-    server_s = _tree_cpu_seconds(server.pid) - before if server.pid and before is not None else None
+    server_s = tree_cpu_seconds(server.pid) - before if server.pid and before is not None else None
     others = None if r.others_cpu_s is None else max(0.0, r.others_cpu_s - (server_s or 0.0))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     share = None if others is None or r.wall_s <= 0 else others / (r.wall_s * cores)

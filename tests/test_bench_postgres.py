@@ -39,8 +39,8 @@ def test_with_options_adds_a_libpq_option_to_any_url() -> None:
 
 
 def test_tree_cpu_seconds_counts_a_live_process_and_is_zero_for_a_gone_one() -> None:
-    assert bp._tree_cpu_seconds(os.getpid()) > 0
-    assert bp._tree_cpu_seconds(2**22 + 12345) == 0.0
+    assert bp.tree_cpu_seconds(os.getpid()) > 0
+    assert bp.tree_cpu_seconds(2**22 + 12345) == 0.0
 
 
 @pytest.mark.slow
@@ -92,3 +92,30 @@ def test_quick_run_prints_and_writes_every_row(
     assert "postgres server" in out and "other processes" in out
     assert "hybrid p50" in out and "add_many 3 p50" in out
     assert "target:" not in out  # no 10k-memory user in the quick run
+
+
+@pytest.mark.slow
+@pytest.mark.needs_data
+def test_locomo_quick_run_scores_both_backends_alike(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.locomo import data
+    from bench.locomo import postgres as locomo_pg
+
+    if not data.locomo_path().is_file():
+        pytest.skip(f"LoCoMo not found at {data.locomo_path()}")
+    assert locomo_pg.main(["--quick", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "postgres-locomo-quick.json").read_text())
+    assert [(r["unit"], r["ranking"]) for r in report["rows"]] == [
+        ("facts", "hybrid"),
+        ("facts", "dense (hybrid=False)"),
+    ]
+    for row in report["rows"]:
+        assert row["questions"] > 100
+        assert 0.3 < row["recall@5"]["embedded"] < 1.0
+        # Same vectors, exact search on both: the same rankings, so the same scores.
+        assert row["same_top10_share"] >= 0.99
+        assert abs(row["r5_diff"]) <= locomo_pg.TARGET_R5_DIFF
+    assert "target: facts R@5 within 0.005 of the embedded store" in out
+    assert report["cpu"]["facts, hybrid"]["server_cpu_s"] > 0

@@ -167,7 +167,8 @@ class StoreRetriever:
 
     name = "store"
 
-    def __init__(self, embedder: Embedder, folder: Path) -> None:
+    def __init__(self, embedder: Embedder, folder: Path | str) -> None:
+        """A store at ``folder``: a directory, or a PostgreSQL URL."""
         from headroom.memory.store.store import MemoryStore
 
         self.store = MemoryStore.open(str(folder), embedder=embedder)
