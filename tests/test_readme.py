@@ -16,6 +16,10 @@ from typing import Any
 import pytest
 from openai_server import Reply, ScriptedServer
 
+from headroom.memory.protocol.block import MEMORY_INSTRUCTION
+from headroom.memory.protocol.budget import chat_prompt_tokens
+from headroom.transforms import default_counter
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -55,6 +59,13 @@ def test_readme_python_blocks_run(
             if client is not None and hasattr(client, "flush"):
                 client.flush()
         assert server.chat_requests(), "the README's examples never reached the server"
+        # The rolling-window section's budgeted call: what was sent fits its 4,000 tokens.
+        budgeted = [
+            b["messages"] for b in server.chat_requests() if _last_user_text(b) == "And now?"
+        ]
+        assert len(budgeted) == 1
+        assert chat_prompt_tokens(budgeted[0], default_counter()) <= 4000
+        assert {"role": "system", "content": MEMORY_INSTRUCTION} in budgeted[0]
     printed = capsys.readouterr().out
     # The quickstart's search finds what its first call extracted; no block text is printed.
     assert "User said: I'm a Python developer at a fintech startup" in printed
