@@ -27,6 +27,10 @@ Figures, per size (milliseconds, p50/p99, one onnxruntime thread unless ``--thre
   memories in its own venv (:mod:`bench.wrapper_anchor`), and the ratio ours/theirs. It
   stores synchronously, so its critical path includes its store path.
 
+``--backend postgres`` puts our store in PostgreSQL instead (a fresh database per size on the
+``postgres`` suite's own server, TCP on 127.0.0.1, or ``--url``); the server's CPU is then
+reported apart from other processes'.
+
 Targets at 10k memories (issue 4): critical path p50 < 6 ms and p99 < 15 ms; store path
 p50 < 10 ms for 3 memories. Printed beside the figures with pass/fail, with the CPU time other
 processes used while each part ran (``bench.common.CpuWatch``). Results go to
@@ -52,6 +56,7 @@ import numpy as np
 import numpy.typing as npt
 import openai
 
+from bench.bench_postgres import Server, given_server, local_server, tree_cpu_seconds
 from bench.common import (
     RESULTS_DIR,
     CpuReport,
@@ -121,6 +126,10 @@ class Config:
     name: str
     results_dir: Path
     threads: int = 1
+    #: Where our store lives: "local" (a store directory) or "postgres" (a fresh database
+    #: per size on the postgres suite's own server, or ``url``).
+    backend: str = "local"
+    url: str | None = None
 
 
 def parse_args(argv: Sequence[str]) -> Config:
@@ -140,10 +149,19 @@ def parse_args(argv: Sequence[str]) -> Config:
     parser.add_argument(
         "--threads", type=int, default=1, help="onnxruntime threads of our embedder (default 1)"
     )
+    parser.add_argument(
+        "--backend",
+        choices=("local", "postgres"),
+        default="local",
+        help="our store: a directory (default) or PostgreSQL (a local server, or --url)",
+    )
+    parser.add_argument("--url", help="with --backend postgres: a PostgreSQL URL of yours")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="output folder")
     args = parser.parse_args(list(argv))
     quick = bool(args.quick)
+    if args.url and args.backend != "postgres":
+        raise InvalidInputError("--url needs --backend postgres")
     try:
         sizes = (
             tuple(int(v) for v in args.sizes.split(","))
@@ -166,9 +184,12 @@ def parse_args(argv: Sequence[str]) -> Config:
         anchor_min_calls=min(calls, 20),
         seed=int(args.seed),
         name=("wrapper-quick" if quick else "wrapper")
-        + (f"-{args.threads}threads" if args.threads != 1 else ""),
+        + (f"-{args.threads}threads" if args.threads != 1 else "")
+        + ("-postgres" if args.backend == "postgres" else ""),
         results_dir=Path(args.results),
         threads=int(args.threads),
+        backend=args.backend,
+        url=args.url,
     )
 
 
@@ -362,8 +383,11 @@ class CorpusEmbedder:
         return np.ascontiguousarray(self._vectors[rows], dtype=np.float32)
 
 
-def prefill(path: Path, texts: Sequence[str], vectors: Vectors, model_id: str) -> dict[str, float]:
-    """Give :data:`USER` the memories ``texts`` in a new store at ``path``; close it.
+def prefill(
+    path: Path | str, texts: Sequence[str], vectors: Vectors, model_id: str
+) -> dict[str, float]:
+    """Give :data:`USER` the memories ``texts`` in a new store at ``path`` (a directory or a
+    PostgreSQL URL); close it.
 
     Goes through ``MemoryStore.add_many`` (no dedup: corpus sentences are distinct) in
     batches, then runs one search so an index the engine keeps for a large user is built (and
@@ -525,12 +549,32 @@ def _watched(cpu: dict[str, CpuReport], name: str) -> Iterator[None]:
     cpu[name] = watch.report
 
 
+@contextmanager
+def _server_cpu(server: Server | None, out: dict[str, float | None], name: str) -> Iterator[None]:
+    """CPU seconds the PostgreSQL server's processes used during the block (None: not ours)."""
+    pid = server.pid if server is not None else None
+    before = tree_cpu_seconds(pid) if pid else 0.0
+    yield
+    out[name] = tree_cpu_seconds(pid) - before if pid else None
+
+
 def measure_ours(
-    size: int, workload: Workload, base_url: str, folder: Path, cfg: Config
+    size: int,
+    workload: Workload,
+    base_url: str,
+    folder: Path,
+    cfg: Config,
+    server: Server | None = None,
 ) -> OursResult:
-    """Pre-fill a store with ``size`` memories, then time calls, parts and applies."""
+    """Pre-fill a store with ``size`` memories, then time calls, parts and applies.
+
+    The store is a directory under ``folder``, or with ``server`` a new PostgreSQL database
+    of it (its server's CPU is then recorded in the checks, apart from other processes').
+    """
     script = workload.scripts[size]
-    path = folder / f"ours-{size}"
+    path: Path | str = folder / f"ours-{size}"
+    if server is not None:
+        path = server.database(f"wrapper_{size}_{os.getpid()}")
     filled = prefill(path, workload.memories[:size], workload.vectors[:size], workload.model_id)
     bare = openai.OpenAI(base_url=base_url, api_key="bench-no-key", max_retries=0)
     injected: list[int] = []
@@ -551,10 +595,20 @@ def measure_ours(
             wrapped.chat.completions.create(**_request(query))
             wrapped.flush()
             bare.chat.completions.create(**_request(query))
-        with _watched(cpu, "calls"):
+        server_cpu: dict[str, float | None] = {}
+        with _watched(cpu, "calls"), _server_cpu(server, server_cpu, "calls"):
             checks: dict[str, Any] = measure_calls(wrapped, bare, script, samples)
-        with _watched(cpu, "parts"):
+        with _watched(cpu, "parts"), _server_cpu(server, server_cpu, "parts"):
             measure_parts(store, script, samples)
+        if server is not None:
+            checks["backend"] = f"postgres ({server.transport})"
+            checks["postgres_server_cpu_s"] = server_cpu
+            # The server is another process: CpuWatch counted it among the others.
+            for name, seconds in server_cpu.items():
+                if seconds is not None and cpu[name].others_cpu_s is not None:
+                    others = max(0.0, float(cpu[name].others_cpu_s or 0.0) - seconds)
+                    share = others / (cpu[name].wall_s * len(os.sched_getaffinity(0)))
+                    cpu[name] = CpuReport(cpu[name].wall_s, cpu[name].own_cpu_s, others, share)
         measured = injected[len(script.warmup) :][: len(script.calls)]
         checks["injected_per_call"] = float(np.mean(measured)) if measured else 0.0
         checks["memories_after"] = store.backend.count(USER)
@@ -796,9 +850,15 @@ def report(
             f"{checks['memories_in_blocks']} memories in blocks (mean "
             f"{checks['block_memory_words_mean']:.1f} words; queries "
             f"{checks['query_words_mean']:.1f}); user has "
-            f"{checks['memories_after']:,} memories after the run (sync={checks['sync']}, "
+            f"{checks['memories_after']:,} memories after the run "
+            f"({checks.get('backend', 'local')}, sync={checks['sync']}, "
             f"onnxruntime threads={checks['embedder_threads']})"
         )
+        if "postgres_server_cpu_s" in checks:
+            line += "; postgres server CPU: " + ", ".join(
+                f"{seconds:.1f} s during the {name}" if seconds is not None else f"n/a ({name})"
+                for name, seconds in checks["postgres_server_cpu_s"].items()
+            )
         if size in anchor_raw:
             raw = anchor_raw[size]
             line += (
@@ -862,6 +922,19 @@ def _plot(cfg: Config, payload: Mapping[str, Any]) -> Path | None:
 # --- entry point ---------------------------------------------------------------------------------
 
 
+@contextmanager
+def _server(cfg: Config) -> Iterator[Server | None]:
+    """The PostgreSQL server of a ``--backend postgres`` run (None for the local backend)."""
+    if cfg.backend != "postgres":
+        yield None
+    elif cfg.url:
+        with given_server(cfg.url) as server:
+            yield server
+    else:
+        with local_server() as server:
+            yield server
+
+
 def run(cfg: Config, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the suite for ``cfg``; print the tables; return the JSON payload (also written)."""
     info = machine_info()
@@ -879,11 +952,11 @@ def run(cfg: Config, progress: Callable[[str], None] = print) -> dict[str, Any]:
     why_not: str | None = "not asked for (--no-anchor)"
     anchor_cpu: CpuReport | None = None
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-wrapper-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="bench-wrapper-") as tmp, _server(cfg) as server:
             folder = Path(tmp)
             for size in cfg.sizes:
                 progress(f"ours: {size:,} memories ...")
-                ours[size] = measure_ours(size, workload, llm.base_url, folder, cfg)
+                ours[size] = measure_ours(size, workload, llm.base_url, folder, cfg, server)
             if cfg.anchor:
                 progress("headroom-ai 0.2.15 in its own venv ...")
                 anchor_out, why_not, anchor_cpu = run_anchor(cfg, workload, llm.base_url, folder)

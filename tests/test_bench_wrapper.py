@@ -220,3 +220,24 @@ def _corpus_for(cfg: bw.Config) -> Corpus:
     from bench.corpus import load_corpus
 
     return load_corpus(bw.needed_sentences(cfg))
+
+
+def test_small_run_on_postgres_measures_the_same_figures(tmp_path: Path) -> None:
+    # --backend postgres: our store is a fresh database on the postgres suite's own server.
+    cfg = bw.parse_args(["--sizes", "100", "--calls", "6", "--no-anchor", "--backend", "postgres"])
+    cfg = dataclasses.replace(cfg, results_dir=tmp_path)
+    assert cfg.name == "wrapper-postgres"
+    payload = bw.run(cfg, progress=lambda _: None)
+    assert json.loads((tmp_path / "wrapper-postgres.json").read_text())["config"]["backend"] == (
+        "postgres"
+    )
+    result = payload["ours"]["100"]
+    stats, checks = result["stats"], result["checks"]
+    for name in bw.ROW_ORDER:
+        assert name in stats, name
+    assert checks["backend"] == "postgres (TCP 127.0.0.1)"
+    assert checks["leaked_block_text"] == 0 and 0 < checks["injected_per_call"] <= 5
+    assert checks["memories_after"] >= 100 + 12
+    assert checks["postgres_server_cpu_s"]["parts"] > 0
+    with pytest.raises(InvalidInputError):
+        bw.parse_args(["--url", "postgresql://x@/db"])  # --url needs --backend postgres
