@@ -1,8 +1,14 @@
 """Embedder benchmark: our MiniLM on onnxruntime, optionally beside sentence-transformers.
 
     python -m bench embedder [--runs 5] [--texts 200] [--threads 1] [--compare-st]
+                             [--query-modes fp32,int8] [--store-path]
 
 Measures, on the same texts (the first ``--texts`` rows of the shared MiniLM reference set):
+
+- query modes: ``MiniLMEmbedder.embed_query`` per ``query_mode``, one text per call, runs
+  interleaved mode by mode: p50/p99 wall and p50 thread-CPU ms, the p50 ratio to fp32 in the
+  same run, and cosine (mean, minimum) against the reference vectors over the whole set;
+- store path (``--store-path``): ``MemoryStore.add_many`` of three new memories, and its parts;
 
 - single text: p50/p99 latency of ``embed([text])`` over every text, per run;
 - batch: texts/s embedding all texts in one call, which runs length-sorted batches of 32;
@@ -381,6 +387,86 @@ def compare(
     return mine, theirs, vectors
 
 
+# --- query modes ------------------------------------------------------------------------------
+
+
+def _time_queries(embed: EmbedFn, texts: list[str]) -> dict[str, float]:
+    """Every text alone through ``embed``: wall p50/p99 and thread-CPU p50, in ms."""
+    wall, cpu = [], []
+    with CpuWatch() as watch:
+        for t in texts:
+            c0, t0 = time.thread_time(), time.perf_counter()
+            embed([t])
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
+    w, c = np.asarray(wall) * 1000, np.asarray(cpu) * 1000
+    return {
+        "p50_ms": float(np.percentile(w, 50)),
+        "p99_ms": float(np.percentile(w, 99)),
+        "cpu_p50_ms": float(np.percentile(c, 50)),
+        "others_share": watch.report.others_share or 0.0,
+    }
+
+
+def query_modes(
+    modes: Sequence[str], texts: list[str], ref_texts: list[str], ref: np.ndarray, runs: int,
+    threads: int,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Each query mode's latency (runs interleaved, order alternating) and parity."""
+    from headroom.memory.embedders import MiniLMEmbedder
+
+    embedders = {m: MiniLMEmbedder(threads=threads, cache_size=0, query_mode=m) for m in modes}
+    out: dict[str, dict[str, Any]] = {}
+    for mode, e in embedders.items():
+        warm(e.embed_query, texts)
+        cos = (e.embed_query(ref_texts) * ref).sum(axis=1)
+        out[mode] = {
+            "path": e.query_path,
+            "cos_mean": float(cos.mean()),
+            "cos_min": float(cos.min()),
+            "runs": [],
+        }
+    for r in range(runs):
+        for mode in modes if r % 2 == 0 else list(reversed(modes)):
+            out[mode]["runs"].append(_time_queries(embedders[mode].embed_query, texts))
+    for row in out.values():
+        for key in ("p50_ms", "p99_ms", "cpu_p50_ms"):
+            row[key] = median_of_runs([run[key] for run in row["runs"]])
+        if "fp32" in out:
+            pairs = zip(row["runs"], out["fp32"]["runs"], strict=True)
+            row["p50_ratio_to_fp32"] = median_of_runs([a["p50_ms"] / b["p50_ms"] for a, b in pairs])
+        row["others_cpu_share_median"] = statistics.median(x["others_share"] for x in row["runs"])
+    return out
+
+
+def print_query_modes(rows: dict[str, dict[str, Any]], threads: int) -> None:
+    print(f"\nquery modes (embed_query, one text per call, {threads} thread(s)):")
+    headers = [
+        "query_mode (runs as)",
+        "p50 ms",
+        "p99 ms",
+        "CPU p50 ms",
+        "p50 / fp32",
+        "cos mean",
+        "cos min",
+        "others CPU",
+    ]
+    body = [
+        [
+            f"{mode} ({row['path']})",
+            _fmt(row["p50_ms"]),
+            _fmt(row["p99_ms"]),
+            _fmt(row["cpu_p50_ms"]),
+            _fmt(row["p50_ratio_to_fp32"]) if "p50_ratio_to_fp32" in row else "-",
+            f"{row['cos_mean']:.5f}",
+            f"{row['cos_min']:.5f}",
+            f"{100 * row['others_cpu_share_median']:.0f}%",
+        ]
+        for mode, row in rows.items()
+    ]
+    print(format_table(headers, body))
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
@@ -485,6 +571,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=200, help="how many reference texts")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of both sides")
     parser.add_argument("--compare-st", action="store_true", help="also run sentence-transformers")
+    parser.add_argument(
+        "--query-modes",
+        default="fp32,int8",
+        help="comma-separated MiniLM query modes to time and check against the reference",
+    )
     parser.add_argument("--worker-st", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--texts-file", help=argparse.SUPPRESS)
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
@@ -494,7 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ref_dir = shared_dir() / "data" / "minilm_reference"
     lines = (ref_dir / "texts.jsonl").read_text("utf-8").splitlines()
-    texts = [json.loads(line) for line in lines[: args.texts]]
+    ref_texts = [json.loads(line) for line in lines]
+    texts = ref_texts[: args.texts]
     counts = token_counts(texts)
     work = float(sum(flops(n) for n in counts))
     print(
@@ -524,10 +616,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.compare_st:
         rows["sentence-transformers (torch)"] = summarise(raw["st"], work, len(texts), peak)
     print_tables(rows, peak, args.threads)
+    modes = [m for m in args.query_modes.split(",") if m]
+    qrows: dict[str, dict[str, Any]] = {}
+    if modes:
+        ref = np.load(ref_dir / "embeddings.npy")
+        qrows = query_modes(modes, texts, ref_texts, ref, args.runs, args.threads)
+        print_query_modes(qrows, args.threads)
     path = write_json(
         "embedder",
         {
             "args": vars(args),
+            "query_modes": qrows,
             "mean_tokens": float(np.mean(counts)),
             "matmul_peak_gflops": peak,
             "summary": rows,

@@ -1,9 +1,9 @@
 """MiniLM's query path (``query_mode``) with the real weights: parity, selection, the store.
 
-``query_mode="int8"`` embeds search queries with a second graph whose linear layers run on int8;
-memories are embedded in fp32 whatever the mode. The parity thresholds below sit under the
-figures measured on the shared reference set (int8: mean cosine 0.9936, minimum 0.9765 against
-sentence-transformers), so a worse quantization fails them.
+``query_mode="int8"`` (the default) embeds search queries with a second graph whose linear
+layers run on int8; memories are embedded in fp32 whatever the mode. The parity thresholds
+below sit under the figures measured on the shared reference set (int8: mean cosine 0.9936,
+minimum 0.9765 against sentence-transformers), so a worse quantization fails them.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headroom.memory.embedders import MiniLMEmbedder, clear_embedders, get_embedder
+from headroom.memory.embedders import MiniLMEmbedder, clear_embedders, get_embedder, minilm
 from headroom.memory.embedders.base import embed_queries
 from headroom.memory.embedders.graph_cache import graph_path
-from headroom.memory.embedders.minilm import QUERY_MODES
+from headroom.memory.embedders.int8_probe import int8_sums_exact
+from headroom.memory.embedders.minilm import DEFAULT_QUERY_MODE, QUERY_MODES
 from headroom.memory.embedders.minilm_graph import quantize_per_channel
 from headroom.memory.embedders.resolve import package_model_dir
 from headroom.memory.errors import InvalidInputError, InvalidTypeError
@@ -100,8 +101,8 @@ def test_int8_query_rows_do_not_depend_on_the_batch(
 
 
 def test_fp32_mode_queries_are_the_stored_vectors(cache_home: Path) -> None:
-    fp32 = MiniLMEmbedder(cache_size=4)
-    assert fp32.query_mode == "fp32"
+    fp32 = MiniLMEmbedder(cache_size=4, query_mode="fp32")
+    assert fp32.query_mode == fp32.query_path == "fp32"
     texts = ["where did I park?", "my sister lives in Lisbon"]
     np.testing.assert_array_equal(fp32.embed_query(texts), fp32.embed(texts))
     assert fp32.cache.hits == 2  # one cache for both paths: the second call was all hits
@@ -114,6 +115,28 @@ def test_int8_query_cache_is_its_own(cache_home: Path) -> None:
     assert emb.cache.hits == 0  # the fp32 call did not read the int8 vector
     assert 0.97 < float(q[0] @ m[0]) < 1.0
     np.testing.assert_array_equal(emb.embed_query(["what is my dog called?"]), q)
+
+
+def test_int8_is_the_default_where_it_sums_exactly(cache_home: Path) -> None:
+    """The default was chosen by the LoCoMo rule (docs/embedder.md); this CPU runs it exactly."""
+    assert DEFAULT_QUERY_MODE == "int8" and MiniLMEmbedder().query_mode == "int8"
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.is_file() else set()
+    if flags & {"avx512_vnni", "avx_vnni"}:  # int32 dot products: the probe must say exact
+        assert int8_sums_exact() is True
+    expected = "int8" if int8_sums_exact() else "fp32"
+    assert MiniLMEmbedder().query_path == expected
+
+
+def test_a_cpu_whose_int8_sums_saturate_gets_fp32_queries(
+    cache_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The portable path: the probe's verdict (forced here) sends int8 queries to fp32."""
+    monkeypatch.setattr(minilm, "int8_sums_exact", lambda: False)
+    emb = MiniLMEmbedder(cache_size=0, query_mode="int8")
+    assert emb.query_mode == "int8" and emb.query_path == "fp32"
+    texts = ["what is my dog called?", "my sister lives in Lisbon"]
+    np.testing.assert_array_equal(emb.embed_query(texts), emb.embed(texts))
 
 
 def test_query_mode_is_validated_and_inputs_are_typed(int8: MiniLMEmbedder) -> None:
@@ -133,7 +156,9 @@ def test_get_embedder_passes_the_mode(cache_home: Path) -> None:
         fast = get_embedder(query_mode="int8")
         assert isinstance(fast, MiniLMEmbedder) and fast.query_mode == "int8"
         assert get_embedder(query_mode="int8") is fast
-        assert get_embedder(query_mode="fp32") is not fast
+        exact = get_embedder(query_mode="fp32")
+        assert isinstance(exact, MiniLMEmbedder) and exact.query_mode == "fp32"
+        assert exact is not fast
         with pytest.raises(InvalidInputError, match="query_mode"):
             get_embedder(query_mode="fp16")
     finally:
@@ -163,7 +188,7 @@ def test_quantize_per_channel_round_trips_within_half_a_step() -> None:
 def test_store_search_embeds_the_query_with_the_query_path(tmp_path: Path) -> None:
     """Through a real store: memories stored in fp32, the search query on the int8 path."""
     emb = MiniLMEmbedder(cache_size=16, query_mode="int8")
-    exact = MiniLMEmbedder(cache_size=0)
+    exact = MiniLMEmbedder(cache_size=0, query_mode="fp32")
     store = MemoryStore(str(tmp_path / "m.db"), embedder=emb)
     memory, query = "My sister Ana lives in Lisbon", "which city does my sister live in?"
     try:
@@ -177,3 +202,27 @@ def test_store_search_embeds_the_query_with_the_query_path(tmp_path: Path) -> No
         assert emb.query_cache.hits == 1  # embed_queries above read the search's entry
     finally:
         store.close()
+
+
+def test_locomo_split_embedder_caches_queries_apart(cache_home: Path, tmp_path: Path) -> None:
+    """The LoCoMo suite's int8 rows: fp32 memories, int8 queries, each cached in its own folder."""
+    from bench.locomo.embed import CachedEmbedder, QueryPath, SplitEmbedder
+
+    inner = MiniLMEmbedder(cache_size=0, query_mode="int8")
+    split = SplitEmbedder(
+        CachedEmbedder(inner, tmp_path), CachedEmbedder(QueryPath(inner), tmp_path)
+    )
+    text = ["when did I move to Berlin?"]
+    np.testing.assert_array_equal(split.embed(text), inner.embed(text))
+    np.testing.assert_array_equal(split.embed_query(text), inner.embed_query(text))
+    np.testing.assert_array_equal(embed_queries(split, text), inner.embed_query(text))
+    split.save()
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert folders == [
+        "sentence-transformers_all-MiniLM-L6-v2",
+        "sentence-transformers_all-MiniLM-L6-v2_query-int8",
+    ]
+    assert (split.queries.misses, split.queries.hits) == (1, 1)
+    with split.bypass():  # the live query path of the latency runs: no cache involved
+        split.embed_query(text)
+    assert (split.queries.misses, split.queries.hits) == (1, 1)

@@ -45,7 +45,7 @@ from bench.locomo.retrievers import (
 from bench.locomo.scale import scale_latency
 from bench.locomo.scoring import BUDGETS, QuestionResult, score_question, summarize
 from bench.locomo.variants import Variant, rewrite_query
-from headroom.memory.embedders.minilm import QUERY_MODES
+from headroom.memory.embedders.minilm import DEFAULT_QUERY_MODE, QUERY_MODES
 from headroom.memory.store.ranking import DEFAULT_CONFIG, RankConfig
 
 #: How deep every retriever ranks (enough for the largest token budget over facts and turns).
@@ -247,8 +247,10 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--query-mode",
         choices=QUERY_MODES,
-        default="fp32",
-        help="also run the store with queries embedded in this MiniLM query_mode (fp32 memories)",
+        default=DEFAULT_QUERY_MODE,
+        help="MiniLM query_mode: unless fp32, the store rows run again with queries embedded "
+        "in it (memories fp32), and the --scale run embeds its queries in it (default: "
+        "the library's default, %(default)s)",
     )
     return p.parse_args(list(argv))
 
@@ -363,7 +365,7 @@ def main(argv: Sequence[str]) -> int:
                 if s is not None:
                     s.close()
         if args.scale and not args.quick:
-            extra["scale"] = scale_latency(embedder, load(), args.scale)
+            extra["scale"] = scale_latency(split or embedder, load(), args.scale)
         (split or embedder).save()
     conv_tokens = {c.sample_id: count(c.full_text()) for c in convs}
     print(f"LoCoMo evidence retrieval, split={args.split} ({', '.join(ids)}), categories 1-4")

@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from ..errors import EmbedderError, InvalidInputError, ModelNotFoundError
 from .graph_cache import graph_bytes
+from .int8_probe import int8_sums_exact
 from .lru import VectorCache
 from .resolve import MODEL_ID, ResolvedModel, resolve
 from .text_input import check_texts, clean_text
@@ -34,6 +35,9 @@ CACHE_MAX_BATCH = 16
 #: ``query_mode`` values: how :meth:`MiniLMEmbedder.embed_query` runs the model (memories are
 #: always embedded in fp32). ``int8``: linear layers on int8 weights and activations.
 QUERY_MODES = ("fp32", "int8")
+#: The default ``query_mode``: int8 kept LoCoMo retrieval through the store within 0.005 of
+#: fp32 queries at R@5 and R@10 (facts and turns, both splits; docs/embedder.md).
+DEFAULT_QUERY_MODE = "int8"
 #: Sessions inherited from a parent process across fork; see MiniLMEmbedder._get_runtime.
 _FORKED_AWAY: list[object] = []
 
@@ -122,12 +126,14 @@ class MiniLMEmbedder:
         warmup: load the model (and the query model) and run one text now instead of at the
             first call.
         query_mode: how :meth:`embed_query` runs the model, one of :data:`QUERY_MODES`.
-            ``"fp32"``: exactly :meth:`embed`. ``"int8"``: a second graph whose linear layers
-            run on int8 (weights quantized per output channel when the graph is built,
-            activations per call): about a third of the CPU of fp32 per query, with vectors
-            close to, not equal to, the fp32 ones (docs/embedders.md states the parity and
-            retrieval figures). :meth:`embed` (what the store stores) is fp32 in every mode,
-            so ``model_id`` does not depend on the mode.
+            ``"fp32"``: exactly :meth:`embed`. ``"int8"`` (the default): a second graph whose
+            linear layers run on int8 (weights quantized per output channel when the graph is
+            built, activations per call): vectors close to, not equal to, the fp32 ones, for
+            a fraction of the CPU (docs/embedder.md states the parity, speed and retrieval
+            figures). Where onnxruntime's int8 sums would saturate on this CPU
+            (:mod:`.int8_probe`), int8 queries run in fp32 instead (:attr:`query_path`).
+            :meth:`embed` (what the store stores) is fp32 in every mode, so ``model_id``
+            does not depend on the mode.
 
     Thread-safe: the first load happens once however many threads call at the same time.
     Fork-safe: a forked child loads its own session on first use (the parent's is not reused).
@@ -143,7 +149,7 @@ class MiniLMEmbedder:
         max_tokens: int = MAX_TOKENS,
         model_id: str | None = None,
         warmup: bool = False,
-        query_mode: str = "fp32",
+        query_mode: str = DEFAULT_QUERY_MODE,
     ) -> None:
         for name, value, low in (
             ("threads", threads, 1),
@@ -181,6 +187,15 @@ class MiniLMEmbedder:
     @property
     def query_mode(self) -> str:
         """How :meth:`embed_query` runs the model (see the class docstring)."""
+        return self._query_mode
+
+    @property
+    def query_path(self) -> str:
+        """What :meth:`embed_query` runs: ``query_mode``, or ``"fp32"`` where int8 cannot run
+        exactly on this CPU (decided once per process by :func:`.int8_probe.int8_sums_exact`).
+        """
+        if self._query_mode == "int8" and not int8_sums_exact():
+            return "fp32"
         return self._query_mode
 
     @property
@@ -233,8 +248,8 @@ class MiniLMEmbedder:
     def warmup(self) -> None:
         """Load the model(s) and embed one text, so the first real call pays no start-up cost."""
         self._get_runtime().run(["warm up"], 1)
-        if self._query_mode != "fp32":
-            self._get_runtime(self._query_mode).run(["warm up"], 1)
+        if self.query_path != "fp32":
+            self._get_runtime(self.query_path).run(["warm up"], 1)
 
     def _get_runtime(self, linear: str = "fp32") -> _Runtime:
         runtime = self._runtimes.get(linear)
@@ -265,9 +280,10 @@ class MiniLMEmbedder:
     def embed_query(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Embed search queries: :meth:`embed`'s contract, the model run in ``query_mode``.
 
-        In ``"fp32"`` mode this is :meth:`embed` (same vectors, same cache).
+        In ``"fp32"`` mode this is :meth:`embed` (same vectors, same cache). In ``"int8"`` mode
+        each text runs alone (activations are quantized per run, so a batch would couple rows).
         """
-        return self._embed(texts, self._query_mode, self._query_cache)
+        return self._embed(texts, self.query_path, self._query_cache)
 
     def _embed(
         self, texts: Sequence[str], linear: str, cache: VectorCache
