@@ -160,11 +160,12 @@ def test_wrapper_injects_relevant_memories_and_nothing_for_generic_messages(
     MemoryStore.open(tmp_path / "db").add_many("maya", items, source="import", dedup=False)
     for generic in ("hi", "thanks!", "make it shorter", "what is 17 times 23?"):
         assert _ask(client, server, generic) == [], generic
-    assert "User lives in Porto" in _ask(
-        client, server, "Can you remind me which city I live in now?"
+    retries = "How should we handle retries when a payment event fails to publish?"
+    assert "User is migrating the payments service to an event-driven design" in _ask(
+        client, server, retries
     )
     assert "User's team is evaluating Kafka and RabbitMQ as the message broker" in _ask(
-        client, server, "Which broker do you think fits us better?"
+        client, server, "Is Kafka or RabbitMQ better for our payments events?"
     )
     # A fixed floor is still an explicit override: 0.15 injects for "hi" as before.
     fixed = with_fast_memory(base, user_id="maya", db_path=tmp_path / "db", min_score=0.15)

@@ -83,7 +83,7 @@ PROBES: tuple[str, ...] = (
 #: A message injects only when its best score reaches this quantile of the probes' best
 #: scores plus ``GATE_MARGIN``.
 GATE_QUANTILE = 0.9
-GATE_MARGIN = 0.225
+GATE_MARGIN = 0.25
 #: Once it does, each result at or above this quantile plus ``FLOOR_MARGIN`` is injected.
 FLOOR_QUANTILE = 0.5
 FLOOR_MARGIN = 0.05
