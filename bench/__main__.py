@@ -21,6 +21,7 @@ SUITES: dict[str, str] = {
     "wrapper": "bench.bench_wrapper",
     "server": "bench.bench_server",
     "injection": "bench.bench_injection",
+    "budget": "bench.bench_budget",
     "postgres": "bench.bench_postgres",
     "postgres-locomo": "bench.locomo.postgres",
 }

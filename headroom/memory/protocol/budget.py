@@ -202,18 +202,23 @@ def fit_messages(
     window = RollingWindowTransform(max_tokens=plan.window_limit, token_counter=counter)
     _, report = window.apply_with_report(view)
     out = [messages[i] for i in report.kept]
+    tokens = report.tokens_after  # counts add up: the added messages' costs go on top
     if plan.instructed:
         out = instruct(out)
+        tokens += instruction_cost
     context = plan.context
     index = last_user_index(out)
     if context is None or context.message is None or index is None:
         context = None
     else:
         out.insert(index, context.message)
+        tokens += counter.count_message(context.message)
+    if not report.kept:
+        tokens = chat_prompt_tokens(out, counter)  # no reply priming in tokens_after
     return Fitted(
         context=context,
         instructed=plan.instructed,
-        tokens=chat_prompt_tokens(out, counter),
+        tokens=tokens,
         over_budget=plan.over_budget,
         messages=out,
     )
