@@ -428,6 +428,28 @@ def test_after_its_lease_a_job_is_claimed_again_and_only_the_new_claim_completes
     assert store.pending() == []
 
 
+def test_a_renewed_claim_stays_held_past_its_first_lease(store: MemoryStore) -> None:
+    store.enqueue("u", {"turn": 1})
+    claim = store.claim("u", worker="slow", lease_s=0.3)
+    assert claim is not None
+    renewed = store.renew(claim, lease_s=60)
+    assert renewed.token == claim.token and renewed.until_us > claim.until_us
+    time.sleep(0.5)
+    assert store.claim("u", worker="other", lease_s=60) is None  # still held
+    store.apply("u", adds=[NewMemory("from the slow worker")], claim=claim)
+    with pytest.raises(errors.JobLostError):  # done: nothing left to renew
+        store.renew(claim, lease_s=60)
+    store.enqueue("u", {"turn": 2})
+    lapsed = store.claim("u", worker="slow", lease_s=0.1)
+    assert lapsed is not None
+    time.sleep(0.3)
+    assert store.claim("u", worker="other", lease_s=60) is not None
+    with pytest.raises(errors.JobLostError):  # taken over: a late renewal does not steal it
+        store.renew(lapsed, lease_s=60)
+    with pytest.raises(errors.InvalidInputError):
+        store.renew(lapsed, lease_s=0)
+
+
 def test_a_lapsed_claim_nobody_took_over_still_completes(store: MemoryStore) -> None:
     store.enqueue("u", {"turn": 1})
     claim = store.claim("u", worker="w", lease_s=0.1)

@@ -158,3 +158,42 @@ def test_several_workers_do_each_job_exactly_once_and_take_over_a_killed_ones(
     assert extractor.turns.count(extractor.hold) >= 2
     assert applied[extractor.hold][0] > extractor.turns.index(extractor.hold) + 1
     store.close()
+
+
+def test_a_call_longer_than_the_lease_keeps_its_job(server: ScriptedServer, pg_url: str) -> None:
+    import openai
+
+    from headroom.memory.client.background import ExtractionWorker
+
+    def slow(body: dict[str, Any]) -> Reply:
+        time.sleep(2.5)  # four leases of 0.6 s
+        add = {"text": "User said a slow thing", "category": "fact"}
+        return Reply(f"<memory>{json.dumps({'add': [add]})}</memory>")
+
+    server.responder = slow
+    store = MemoryStore(pg_url, embedder=HashEmbedder(dim=32))
+    worker = ExtractionWorker(store, lease_s=0.6, poll_s=60)
+    try:
+        messages = [{"role": "user", "content": "a slow thing"}]
+        job = store.enqueue("u", make_payload(messages, "m"))
+        worker.register("u", openai.OpenAI(base_url=server.base_url, api_key="t", max_retries=0))
+        worker.resume()
+        stolen = []
+        deadline = time.monotonic() + 60
+        while not server.chat_requests():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        while store.pending():  # another worker trying all along never gets it
+            assert time.monotonic() < deadline
+            claim = store.claim("u", worker="thief", lease_s=60, job_id=job)
+            if claim is not None:
+                stolen.append(claim)
+                store.release(claim)
+            time.sleep(0.05)
+        assert stolen == []
+        assert worker.flush(timeout=30)
+        assert [m.text for m in store.get_all("u")] == ["User said a slow thing"]
+        assert len(server.chat_requests()) == 1
+    finally:
+        worker.close()
+        store.close()

@@ -8,12 +8,13 @@ Contract:
   user only. The call goes through the client registered for that user (else the client
   registered first; the raw client, never a memory wrapper), with the job's model.
 - Exactly once: before its LLM call a worker claims the job in the store
-  (``store.claim``, for ``lease_s`` seconds; no transaction or lock is held during the
-  call), and the operations are applied (``source="background"``) together with the job's
-  completion in one atomic write that succeeds only while the claim still holds the job
-  (``store.apply(..., claim=)``). So several workers (threads, processes, hosts) may share
-  one store's queue: a job held by one is not run by another, and a worker whose lease ran
-  out while another took the job over applies nothing (``JobLostError``).
+  (``store.claim``, for ``lease_s`` seconds, renewed every third of it while the call runs;
+  no transaction or lock is held during the call), and the operations are applied
+  (``source="background"``) together with the job's completion in one atomic write that
+  succeeds only while the claim still holds the job (``store.apply(..., claim=)``). So
+  several workers (threads, processes, hosts) may share one store's queue: a job held by
+  one is not run by another, and a worker whose lease ran out while another took the job
+  over applies nothing (``JobLostError``).
 - Any failure (provider error, store error) gives the claim back and leaves the job
   pending; this worker retries it with exponential backoff (``retry_base`` doubling up to
   ``retry_max`` seconds). A job is never dropped because a call failed.
@@ -32,6 +33,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import json
@@ -41,7 +43,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -305,6 +307,31 @@ class ExtractionWorker:
         except Exception:
             logger.debug("headroom.memory: looking for pending jobs failed", exc_info=True)
 
+    @contextlib.contextmanager
+    def _renewing(self, claim: Claim) -> Iterator[None]:
+        """Renew ``claim`` every third of the lease while the block runs (on a thread of its
+        own: the block is a blocking LLM call), so a long call keeps its job; a worker that
+        dies stops renewing and its job comes back after one lease."""
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(self.lease_s / 3):
+                try:
+                    self._store.renew(claim, self.lease_s)
+                except JobLostError:
+                    return  # taken over or gone: the completion will say so
+                except Exception:  # the store is unreachable now: try at the next beat
+                    logger.debug("headroom.memory: renewing job %s failed", claim.job.id,
+                                 exc_info=True)  # fmt: skip
+
+        beat = threading.Thread(target=renew, name="headroom-memory-lease", daemon=True)
+        beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beat.join()
+
     def _worker_id(self) -> str:
         """Who holds a claim, for operators: host, process and worker."""
         return f"{socket.gethostname()}:{os.getpid()}:{self._serial}"
@@ -323,25 +350,26 @@ class ExtractionWorker:
                 return _Outcome.DONE  # done elsewhere, or purged by forget(): never extract it
             messages = list(claim.job.payload.get("messages") or [])
             model = claim.job.payload.get("model")
-            prompt, id_map, shown = self._prompt(settings, messages)
-            answer = self._call(client, model, prompt)
-            parsed = parse_choice(answer, id_map)
-            if parsed.problems:
-                logger.warning(
-                    "headroom.memory: extraction block of job %s for user %r: %s",
-                    job.id,
+            with self._renewing(claim):
+                prompt, id_map, shown = self._prompt(settings, messages)
+                answer = self._call(client, model, prompt)
+                parsed = parse_choice(answer, id_map)
+                if parsed.problems:
+                    logger.warning(
+                        "headroom.memory: extraction block of job %s for user %r: %s",
+                        job.id,
+                        job.user_id,
+                        "; ".join(parsed.problems),
+                    )
+                ops = parsed.ops
+                self._store.apply(
                     job.user_id,
-                    "; ".join(parsed.problems),
+                    adds=tuple(ops.add),
+                    updates=tuple(ops.update),
+                    deletes=tuple(ops.delete),
+                    source="background",
+                    claim=claim,
                 )
-            ops = parsed.ops
-            self._store.apply(
-                job.user_id,
-                adds=tuple(ops.add),
-                updates=tuple(ops.update),
-                deletes=tuple(ops.delete),
-                source="background",
-                claim=claim,
-            )
         except JobLostError:
             logger.info(
                 "headroom.memory: extraction job %s for user %r was taken over by another "

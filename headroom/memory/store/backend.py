@@ -447,6 +447,11 @@ class Backend(Protocol):
         """
         ...
 
+    def renew(self, claim: Claim, lease_s: float) -> Claim:
+        """Extend a held claim: the job stays held until ``lease_s`` seconds from now (same
+        token). Raises JobLostError when the claim no longer holds the job."""
+        ...
+
     def release(self, claim: Claim) -> None:
         """Give a held job back (claimable again at once); nothing when the claim is lost."""
         ...

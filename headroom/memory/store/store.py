@@ -51,8 +51,10 @@ from .hybrid import HybridSearcher
 #: about one topic rarely pass 0.9.
 DEFAULT_DEDUP_THRESHOLD = 0.92
 
-#: How long a claimed background job stays held without being completed (seconds).
-DEFAULT_LEASE_S = 300.0
+#: How long a claimed background job stays held without being completed or renewed (seconds):
+#: a killed worker's job is claimable again after it (the extraction worker renews every
+#: third of it while its call runs).
+DEFAULT_LEASE_S = 60.0
 
 #: Records written per batch by ``import_`` (every record is validated before the first).
 IMPORT_BATCH = 1024
@@ -716,11 +718,14 @@ class MemoryStore:
         or give it back with :meth:`release`; a claim left alone runs out after its lease."""
         if user_id is not None:
             user_id = T.validate_user_id(user_id)
-        if not (isinstance(lease_s, (int, float)) and math.isfinite(lease_s) and lease_s > 0):
-            raise InvalidInputError(
-                f"lease_s must be a positive number of seconds; got {lease_s!r}"
-            )
+        _check_lease(lease_s)
         return self._backend().claim(user_id, worker, float(lease_s), job_id)
+
+    def renew(self, claim: Claim, lease_s: float = DEFAULT_LEASE_S) -> Claim:
+        """Keep a claimed job held for ``lease_s`` more seconds from now (a worker whose call
+        runs long renews before its lease runs out); JobLostError when no longer held."""
+        _check_lease(lease_s)
+        return self._backend().renew(claim, float(lease_s))
 
     def release(self, claim: Claim) -> None:
         """Give a claimed job back at once (nothing when the claim is no longer held)."""
@@ -899,6 +904,13 @@ class MemoryStore:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def _check_lease(lease_s: Any) -> None:
+    if isinstance(lease_s, bool) or not (
+        isinstance(lease_s, (int, float)) and math.isfinite(lease_s) and lease_s > 0
+    ):
+        raise InvalidInputError(f"lease_s must be a positive number of seconds; got {lease_s!r}")
 
 
 def _normalise_new(item: NewMemory) -> NewMemory:

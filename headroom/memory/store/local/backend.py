@@ -12,6 +12,7 @@ to the parent) and the log is reopened on first use.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -337,6 +338,17 @@ class LocalBackend:
                     path.unlink()
             self._let_go(claim.token)
         return seqs[:-1]
+
+    def renew(self, claim: Claim, lease_s: float) -> Claim:
+        """Move the claim's lease end to ``lease_s`` from now, if it still holds the job."""
+        job = claim.job
+        with self._job_file(job.id) as handle:
+            held = _read_claim(handle)
+            if held is None or held.get("token") != claim.token or not self._is_pending(job):
+                raise JobLostError(f"job {job.id} is no longer held by this claim")
+            until = _now_us() + round(lease_s * 1e6)
+            _write_claim(handle, {**held, "until_us": until})
+        return dataclasses.replace(claim, until_us=until)
 
     def release(self, claim: Claim) -> None:
         """Give the job back if this claim still holds it."""

@@ -31,6 +31,7 @@ dot products), with every filter inside the query.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -1263,6 +1264,28 @@ class PostgresBackend:
         )
         if cur.fetchone() is None:
             raise JobLostError(f"job {claim.job.id} is no longer held by this claim")
+
+    def renew(self, claim: Claim, lease_s: float) -> Claim:
+        """Move the claim's lease end to ``lease_s`` from now (server clock), if it still
+        holds the job."""
+        with self.transaction(claim.job.user_id) as cur:
+            cur.execute(
+                sql.SQL(
+                    "UPDATE jobs SET claimed_until = {now} + {lease} "
+                    "WHERE user_id = {user} AND id = {id} AND claim_token = {token} "
+                    "RETURNING claimed_until"
+                ).format(
+                    now=_NOW_US,
+                    lease=sql.Literal(max(0, round(lease_s * 1e6))),
+                    user=sql.Literal(claim.job.user_id),
+                    id=sql.Literal(claim.job.id),
+                    token=sql.Literal(claim.token),
+                )
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise JobLostError(f"job {claim.job.id} is no longer held by this claim")
+        return dataclasses.replace(claim, until_us=int(row[0]))
 
     def release(self, claim: Claim) -> None:
         """Give the job back if this claim still holds it."""
