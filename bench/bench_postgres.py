@@ -79,7 +79,7 @@ from bench.corpus import Corpus, load_corpus
 from headroom.memory.errors import InvalidInputError
 from headroom.memory.store.backend import Entry
 from headroom.memory.store.store import MemoryStore
-from headroom.memory.types import NewMemory
+from headroom.memory.types import NewMemory, validate_text
 
 Vectors = npt.NDArray[np.float32]
 
@@ -363,7 +363,7 @@ class Workload:
 def needed_sentences(cfg: Config) -> int:
     """Corpus sentences one run needs (queries, the timed adds of three stores, the fill)."""
     biggest = max([*cfg.sizes, cfg.users * cfg.per_user])
-    return cfg.queries + add_texts_needed(cfg) + biggest
+    return cfg.queries + add_texts_needed(cfg) + biggest + SPARE_SENTENCES
 
 
 def add_texts_needed(cfg: Config) -> int:
@@ -373,13 +373,28 @@ def add_texts_needed(cfg: Config) -> int:
 
 
 ADD_WARMUP = 3
+#: Corpus sentences beyond the run's needs, for those left out as invalid memory texts.
+SPARE_SENTENCES = 100
 
 
 def build_workload(cfg: Config, corpus: Corpus) -> Workload:
-    """Split the corpus (seeded) into queries, add texts and fill memories."""
-    order = [int(i) for i in np.random.default_rng(cfg.seed).permutation(len(corpus))]
+    """Split the corpus (seeded) into queries, add texts and fill memories; sentences the
+    store would refuse as memory texts (a NUL character, ...) are left out."""
+    order = [
+        int(i)
+        for i in np.random.default_rng(cfg.seed).permutation(len(corpus))
+        if _valid_text(corpus.sentences[int(i)])
+    ]
     q, a = cfg.queries, add_texts_needed(cfg)
     return Workload(corpus, order[:q], order[q : q + a], order[q + a :])
+
+
+def _valid_text(text: str) -> bool:
+    try:
+        validate_text(text)
+    except InvalidInputError:
+        return False
+    return True
 
 
 def fill_entries(
@@ -480,6 +495,7 @@ class Stores:
     pg: MemoryStore
     pg_exact: MemoryStore
     pg_async: MemoryStore
+    url: str
 
     def close(self) -> None:
         for store in (self.embedded, self.pg, self.pg_exact, self.pg_async):
@@ -511,6 +527,7 @@ def open_stores(cfg: Config, server: Server, name: str, corpus: Corpus) -> Itera
                     ann_threshold=cfg.ann_threshold,
                 ),
             ),
+            url,
         )  # fmt: skip
         try:
             yield stores
@@ -544,15 +561,14 @@ def run_config(
             t0 = time.perf_counter()
             st.embedded.search(picks[0][0], corpus.vectors[qrows[0]], top_k=K)
             out["embedded_first_search_s"] = time.perf_counter() - t0
-            built = []
-            t0 = time.perf_counter()
-            if per_user >= cfg.ann_threshold:
-                for user, _ in users:
-                    if st.pg.backend.build_ann_index(user):  # type: ignore[attr-defined]
-                        built.append(user)
-            out["pg_hnsw_build_s"] = time.perf_counter() - t0 if built else None
+            hnsw = (
+                ready_ann_indexes(st, users, int(corpus.vectors.shape[1]))
+                if per_user >= cfg.ann_threshold
+                else None
+            )
+            out["pg_hnsw"] = hnsw
         embedded_index = "hnswlib" if per_user >= DEFAULT_ANN_THRESHOLD else "exact scan"
-        pg_rows = [("postgres", "HNSW (build_ann_index)", st.pg)] if built else []
+        pg_rows = [("postgres", f"HNSW ({hnsw['built_by']})", st.pg)] if hnsw else []
         pg_rows.append(("postgres", "exact", st.pg_exact))
         backends = [("embedded", embedded_index, st.embedded), *pg_rows]
         if len(users) > 1:  # first search of a user: the ranking state is built then
@@ -595,7 +611,7 @@ def run_config(
             )
         out["search"] = rows
         with watched(f"{label}: add", server, report):
-            pg_index = "HNSW" if built else "exact"
+            pg_index = "HNSW" if hnsw else "exact"
             add_stores = {
                 "embedded (sync interval)": (st.embedded, embedded_index),
                 "postgres (synchronous_commit on)": (st.pg, pg_index),
@@ -603,6 +619,41 @@ def run_config(
             }
             out["add"] = time_adds(cfg, add_stores, work, picks)
     return out
+
+
+def ready_ann_indexes(
+    st: Stores, users: Sequence[tuple[str, Sequence[int]]], dim: int, timeout_s: float = 1800.0
+) -> dict[str, Any]:
+    """Every user's HNSW index built and valid: ``build_ann_index`` for each (as ``compact()``
+    does), then a wait until PostgreSQL marks each index valid (a concurrent build in
+    progress, e.g. one the backend started as the user grew, is not used by the planner until
+    then). Returns who built them and the seconds until all were ready."""
+    import psycopg
+
+    from headroom.memory.store.postgres.backend import ann_index_name
+
+    names = [ann_index_name(user, dim) for user, _ in users]
+    valid = (
+        "SELECT count(*) FILTER (WHERE i.indisvalid), count(*) FROM pg_class c "
+        "JOIN pg_index i ON i.indexrelid = c.oid WHERE c.relname = ANY(%s)"
+    )
+    t0 = time.perf_counter()
+    with psycopg.connect(st.url, autocommit=True) as conn:
+        existed = conn.execute(valid, (names,)).fetchone()[1]  # type: ignore[index]
+        for user, _ in users:
+            st.pg.backend.build_ann_index(user)  # type: ignore[attr-defined]
+        while True:
+            ready, count = conn.execute(valid, (names,)).fetchone()  # type: ignore[misc]
+            if ready == len(names):
+                break
+            if time.perf_counter() - t0 > timeout_s:
+                raise RuntimeError(f"{ready} of {len(names)} HNSW indexes valid ({count} exist)")
+            time.sleep(0.2)
+    return {
+        "built_by": "background build as the user grew" if existed else "build_ann_index",
+        "ready_s": time.perf_counter() - t0,
+        "indexes": len(names),
+    }
 
 
 def _hybrid(
@@ -692,12 +743,15 @@ def run(cfg: Config, corpus: Corpus | None = None) -> dict[str, Any]:
                 users = [(f"hbench-{tag}-{u}", rows) for u, rows in users]
             print(f"\n== {label}", flush=True)
             results.append(run_config(cfg, server, work, label, users, report))
+            print_config(results[-1])
             if cfg.url:
                 _forget(cfg.url, corpus, users)
         report["server"] = {"transport": server.transport, **server.settings}
     report["results"] = results
     report["machine"] = machine_info()
-    print_report(cfg, report)
+    print(f"\nserver: {', '.join(f'{k} {v}' for k, v in report['server'].items())}")
+    for line in target_lines(report):
+        print(line)
     path = write_json(cfg.name, report, cfg.results_dir)
     print(f"\nwrote {path}")
     return report
@@ -712,82 +766,81 @@ def _forget(url: str, corpus: Corpus, users: Sequence[tuple[str, Sequence[int]]]
         store.close()
 
 
-def print_report(cfg: Config, report: Mapping[str, Any]) -> None:
-    """The tables: search and add per configuration, the target, the CPU shares."""
-    server = report["server"]
-    print(f"\nserver: {', '.join(f'{k} {v}' for k, v in server.items())}")
-    for res in report["results"]:
-        print(f"\n{res['label']} (k={K}; p50 / p99 ms; ratio = postgres / embedded p50)")
-        base = next(r for r in res["search"] if r["backend"] == "embedded")
-        print(
-            format_table(
+def print_config(res: Mapping[str, Any]) -> None:
+    """One configuration's tables: search, first search, add, fill and index times."""
+    print(f"\n{res['label']} (k={K}; p50 / p99 ms; ratio = postgres / embedded p50)")
+    base = next(r for r in res["search"] if r["backend"] == "embedded")
+    print(
+        format_table(
+            [
+                "backend",
+                "index",
+                "hybrid p50",
+                "p99",
+                "ratio",
+                "dense p50",
+                "p99",
+                "ratio",
+                "dense R@10",
+                "hybrid overlap",
+            ],
+            [
                 [
-                    "backend",
-                    "index",
-                    "hybrid p50",
-                    "p99",
-                    "ratio",
-                    "dense p50",
-                    "p99",
-                    "ratio",
-                    "dense R@10",
-                    "hybrid overlap",
-                ],
-                [
-                    [
-                        r["backend"],
-                        r["index"],
-                        r["hybrid_ms"]["p50"],
-                        r["hybrid_ms"]["p99"],
-                        f"{r['hybrid_ms']['p50'] / base['hybrid_ms']['p50']:.2f}x",
-                        r["dense_ms"]["p50"],
-                        r["dense_ms"]["p99"],
-                        f"{r['dense_ms']['p50'] / base['dense_ms']['p50']:.2f}x",
-                        r["dense_recall_at_10"],
-                        r["hybrid_overlap_with_embedded"],
-                    ]
-                    for r in res["search"]
-                ],
-            )
+                    r["backend"],
+                    r["index"],
+                    r["hybrid_ms"]["p50"],
+                    r["hybrid_ms"]["p99"],
+                    f"{r['hybrid_ms']['p50'] / base['hybrid_ms']['p50']:.2f}x",
+                    r["dense_ms"]["p50"],
+                    r["dense_ms"]["p99"],
+                    f"{r['dense_ms']['p50'] / base['dense_ms']['p50']:.2f}x",
+                    r["dense_recall_at_10"],
+                    r["hybrid_overlap_with_embedded"],
+                ]
+                for r in res["search"]
+            ],
         )
-        if "first_search" in res:
-            firsts = ", ".join(
-                f"{k.replace('|', ' ')} {v['p50']:.2f} / {v['p99']:.2f}"
-                for k, v in res["first_search"].items()
-            )
-            print(f"first hybrid search of a user (ranking state built then): {firsts}")
-        print(
-            format_table(
-                [
-                    "add (MemoryStore)",
-                    "near-dup searches on",
-                    "add 1 p50",
-                    "p99",
-                    "add_many 3 p50",
-                    "p99",
-                ],
-                [
-                    [
-                        a["store"],
-                        a["index"],
-                        a["add_1_ms"]["p50"],
-                        a["add_1_ms"]["p99"],
-                        a["add_3_ms"]["p50"],
-                        a["add_3_ms"]["p99"],
-                    ]
-                    for a in res["add"]
-                ],
-            )
+    )
+    if "first_search" in res:
+        firsts = ", ".join(
+            f"{k.replace('|', ' ')} {v['p50']:.2f} / {v['p99']:.2f}"
+            for k, v in res["first_search"].items()
         )
-        hnsw = res.get("pg_hnsw_build_s")
-        print(
-            f"fill (Backend.append): embedded {res['fill_s']['embedded']:.1f} s, postgres "
-            f"{res['fill_s']['postgres']:.1f} s; embedded first search "
-            f"{res['embedded_first_search_s']:.2f} s"
-            + (f"; postgres HNSW build {hnsw:.1f} s" if hnsw is not None else "")
+        print(f"first hybrid search of a user (ranking state built then): {firsts}")
+    print(
+        format_table(
+            [
+                "add (MemoryStore)",
+                "near-dup searches on",
+                "add 1 p50",
+                "p99",
+                "add_many 3 p50",
+                "p99",
+            ],
+            [
+                [
+                    a["store"],
+                    a["index"],
+                    a["add_1_ms"]["p50"],
+                    a["add_1_ms"]["p99"],
+                    a["add_3_ms"]["p50"],
+                    a["add_3_ms"]["p99"],
+                ]
+                for a in res["add"]
+            ],
         )
-    for line in target_lines(report):
-        print(line)
+    )
+    hnsw = res.get("pg_hnsw")
+    print(
+        f"fill (Backend.append): embedded {res['fill_s']['embedded']:.1f} s, postgres "
+        f"{res['fill_s']['postgres']:.1f} s; embedded first search (hnswlib built then) "
+        f"{res['embedded_first_search_s']:.2f} s"
+        + (
+            f"; postgres HNSW ({hnsw['built_by']}) valid {hnsw['ready_s']:.1f} s after the fill"
+            if hnsw
+            else ""
+        )
+    )
 
 
 def target_lines(report: Mapping[str, Any]) -> list[str]:

@@ -63,8 +63,12 @@ def test_quick_run_prints_and_writes_every_row(
         rows = {(r["backend"], r["index"]): r for r in res["search"]}
         expected = {("embedded", "exact scan"), ("postgres", "exact")}
         if res["per_user"] >= 1000:  # the quick run's HNSW threshold
-            expected.add(("postgres", "HNSW (build_ann_index)"))
-            assert res["pg_hnsw_build_s"] > 0
+            hnsw = res["pg_hnsw"]
+            assert hnsw["built_by"] in ("build_ann_index", "background build as the user grew")
+            assert hnsw["indexes"] == 1 and hnsw["ready_s"] > 0
+            expected.add(("postgres", f"HNSW ({hnsw['built_by']})"))
+        else:
+            assert res["pg_hnsw"] is None
         assert set(rows) == expected
         for (backend, index), row in rows.items():
             for key in ("hybrid_ms", "dense_ms"):
