@@ -467,6 +467,125 @@ def print_query_modes(rows: dict[str, dict[str, Any]], threads: int) -> None:
     print(format_table(headers, body))
 
 
+# --- store path ---------------------------------------------------------------------------------
+
+#: Parts of the store path, in table order (see :func:`store_path`).
+STORE_PARTS = (
+    "apply, 3 new memories (sync=interval)",
+    "  embed the 3 in one batch (fp32)",
+    "  embed the 3 one by one (fp32)",
+    "  apply with the 3 vectors cached: dedup + append",
+    "  apply, vectors cached, dedup=False: append",
+    "apply, 3 new memories (sync=always)",
+    "  apply, vectors cached, dedup=False: append + fdatasync",
+)
+
+
+def _fresh_blocks(texts: list[str], rounds: int) -> list[list[str]]:
+    """``rounds`` blocks of three texts no store has seen (a round number appended)."""
+    return [[f"{texts[(3 * r + i) % len(texts)]} ({r})" for i in range(3)] for r in range(rounds)]
+
+
+def store_path(texts: list[str], memories: int, rounds: int, threads: int) -> dict[str, Any]:
+    """``MemoryStore.apply`` of three new memories for a user holding ``memories``, and parts.
+
+    Each round uses fresh texts. ``exact`` (no cache) embeds inside ``apply``; ``cached``
+    has the three texts in its LRU first, so its ``apply`` is the rest of the path (the
+    near-duplicate search of each new memory, the log append, the indexes' update).
+    """
+    import tempfile
+
+    from headroom.memory.embedders import MiniLMEmbedder
+    from headroom.memory.store.store import MemoryStore
+
+    exact = MiniLMEmbedder(threads=threads, cache_size=0)
+    cached = MiniLMEmbedder(threads=threads, cache_size=64)
+    base = [f"{texts[i % len(texts)]} [{i}]" for i in range(memories)]
+    vectors = exact.embed(base)
+    wall: dict[str, list[float]] = {k: [] for k in STORE_PARTS}
+    cpu: dict[str, list[float]] = {k: [] for k in STORE_PARTS}
+    with tempfile.TemporaryDirectory(prefix="bench-store-path-") as tmp, CpuWatch() as watch:
+        stores = {}
+        for sync in ("interval", "always"):
+            for name, emb in (("exact", exact), ("cached", cached)):
+                path = f"{tmp}/{sync}-{name}.db"
+                _preload(path, base, vectors)
+                stores[sync, name] = MemoryStore(path, embedder=emb, sync=sync)
+        for block in _fresh_blocks(texts, rounds):
+            for part, fn in _store_round(stores, exact, cached, block):
+                c0, t0 = time.thread_time(), time.perf_counter()
+                fn()
+                wall[part].append((time.perf_counter() - t0) * 1000)
+                cpu[part].append((time.thread_time() - c0) * 1000)
+        for store in stores.values():
+            store.close()
+    return {
+        "memories": memories,
+        "rounds": rounds,
+        "others_share": watch.report.others_share,
+        "ms": {
+            k: {
+                "p50": float(np.median(wall[k])),
+                "p99": float(np.percentile(wall[k], 99)),
+                "cpu_p50": float(np.median(cpu[k])),
+            }
+            for k in STORE_PARTS
+        },
+    }
+
+
+def _store_round(
+    stores: dict[tuple[str, str], Any], exact: Any, cached: Any, block: list[str]
+) -> list[tuple[str, Callable[[], object]]]:
+    """One round's timed steps, in :data:`STORE_PARTS` order (each on texts new to it)."""
+    from headroom.memory.types import NewMemory
+
+    adds = [NewMemory(t) for t in block]
+    tagged = [f"{t} ~" for t in block]
+    c_adds = [NewMemory(t) for t in tagged]
+    d_adds = [NewMemory(f"{t} !") for t in block]
+    cached.embed(tagged)  # the cached runs find their vectors in the LRU
+    cached.embed([a.text for a in d_adds])
+    return [
+        (STORE_PARTS[0], lambda: stores["interval", "exact"].apply("u", adds=adds)),
+        (STORE_PARTS[1], lambda: exact.embed(tagged)),
+        (STORE_PARTS[2], lambda: [exact.embed([t]) for t in tagged]),
+        (STORE_PARTS[3], lambda: stores["interval", "cached"].apply("u", adds=c_adds)),
+        (
+            STORE_PARTS[4],
+            lambda: stores["interval", "cached"].apply("u", adds=d_adds, dedup=False),
+        ),
+        (STORE_PARTS[5], lambda: stores["always", "exact"].apply("u", adds=adds)),
+        (STORE_PARTS[6], lambda: stores["always", "cached"].apply("u", adds=d_adds, dedup=False)),
+    ]
+
+
+def _preload(path: str, texts: list[str], vectors: np.ndarray) -> None:
+    """Give user ``u`` of the store at ``path`` the memories ``texts`` (``vectors`` given)."""
+    from headroom.memory.embedders import MiniLMEmbedder
+    from headroom.memory.store.store import MemoryStore
+    from headroom.memory.types import NewMemory
+
+    loader = MiniLMEmbedder(cache_size=500)
+    store = MemoryStore(path, embedder=loader)
+    for start in range(0, len(texts), 500):
+        chunk = texts[start : start + 500]
+        for t, v in zip(chunk, vectors[start : start + 500], strict=True):
+            loader.cache.put(t, v)
+        store.add_many("u", [NewMemory(t) for t in chunk], source="import", dedup=False)
+    store.close()
+
+
+def print_store_path(result: dict[str, Any]) -> None:
+    print(
+        f"\nstore path: 3 new memories for a user of {result['memories']}, "
+        f"{result['rounds']} rounds (ms); other processes used "
+        f"{100 * (result['others_share'] or 0.0):.0f}% of the CPU"
+    )
+    rows = [[k, v["p50"], v["p99"], v["cpu_p50"]] for k, v in result["ms"].items()]
+    print(format_table(["part", "p50", "p99", "CPU p50"], rows))
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
@@ -576,6 +695,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="fp32,int8",
         help="comma-separated MiniLM query modes to time and check against the reference",
     )
+    parser.add_argument(
+        "--store-path",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="also time MemoryStore.apply of 3 new memories and its parts, ROUNDS times",
+    )
+    parser.add_argument(
+        "--store-memories", type=int, default=2000, help="memories the store-path user holds"
+    )
     parser.add_argument("--worker-st", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--texts-file", help=argparse.SUPPRESS)
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
@@ -622,10 +751,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         ref = np.load(ref_dir / "embeddings.npy")
         qrows = query_modes(modes, texts, ref_texts, ref, args.runs, args.threads)
         print_query_modes(qrows, args.threads)
+    spath: dict[str, Any] = {}
+    if args.store_path:
+        spath = store_path(texts, args.store_memories, args.store_path, args.threads)
+        print_store_path(spath)
     path = write_json(
         "embedder",
         {
             "args": vars(args),
+            "store_path": spath,
             "query_modes": qrows,
             "mean_tokens": float(np.mean(counts)),
             "matmul_peak_gflops": peak,
