@@ -7,6 +7,7 @@ Stores (one user each, in a temporary MemoryStore with the real MiniLM model):
 - ``large``: the same persona plus the observation facts of one LoCoMo conversation, the first
   speaker's name written as "User" (170-340 memories; dev personas take tune conversations,
   held-out personas report ones);
+- ``xlarge``: the persona plus the facts of all seven conversations so written (~1,770);
 - ``locomo``: the facts of each LoCoMo tune conversation as they are.
 
 Messages: each persona's messages (``wanted`` memories must come, ``ok`` ones may), the generic
@@ -209,6 +210,8 @@ def build(store: MemoryStore, generic: dict[str, list[str]]) -> list[StoreCase]:
         plans.append((f"{p['name']}-small", "small", p["split"], items, messages))
         filler = _as_user(convs[FILLER[p["name"]]])
         plans.append((f"{p['name']}-large", "large", p["split"], items + filler, messages))
+        every = [m for conv in convs.values() for m in _as_user(conv)]
+        plans.append((f"{p['name']}-xlarge", "xlarge", p["split"], items + every, messages))
     for cid in TUNE_SPLIT:
         conv = convs[cid]
         items = [
@@ -359,6 +362,7 @@ def main(argv: list[str]) -> int:
         for kind, splits in (
             ("small", ("dev", "heldout")),
             ("large", ("dev", "heldout")),
+            ("xlarge", ("dev", "heldout")),
             ("locomo", ("dev", "heldout")),
         ):
             sizes = [sc.count for sc in stores if sc.kind == kind]
