@@ -76,7 +76,7 @@ def test_chat_prompt_fits_and_keeps_what_it_must(
     out = fitted.messages
     assert messages == before  # the caller's list is untouched
     keep = sorted(must_keep(messages, 1))
-    floor = max(counter.count_messages([messages[i] for i in keep]), 3)
+    floor = counter.count_messages([messages[i] for i in keep])  # 0 for no messages
     instruction = counter.count_message(INSTRUCTION_MESSAGE)
     # what is sent: the caller's messages (a subsequence, the same objects), plus the
     # instruction when it is in and the memories when they are in
@@ -94,7 +94,7 @@ def test_chat_prompt_fits_and_keeps_what_it_must(
     else:
         assert fitted.over_budget and positions == keep and added == []
     # priorities: the instruction goes in whenever it fits beside the floor
-    assert fitted.instructed == (instructed and floor + instruction <= budget)
+    assert fitted.instructed == (instructed and max(floor, 3) + instruction <= budget)
     if fitted.context is not None:
         assert context is not None
         offered = {m.id for _, m, _ in context.shown}
@@ -104,7 +104,7 @@ def test_chat_prompt_fits_and_keeps_what_it_must(
     if context is not None and last_user_index(messages) is not None and floor <= budget:
         kept = len(fitted.context.shown) if fitted.context is not None else 0
         if kept < len(context.shown):
-            room = budget - floor - (instruction if fitted.instructed else 0)
+            room = budget - max(floor, 3) - (instruction if fitted.instructed else 0)
             assert context.message is not None
             assert counter.count_message(context.message) > room
     # a budget that is not binding changes nothing

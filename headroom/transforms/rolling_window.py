@@ -115,9 +115,13 @@ class RollingWindowTransform:
         return self.apply_with_report(messages)[0]
 
     def apply_with_report(
-        self, messages: Sequence[Mapping[str, Any]]
+        self, messages: Sequence[Mapping[str, Any]], *, warn: bool = True
     ) -> tuple[list[dict[str, Any]], WindowReport]:
-        """Like :meth:`apply`, and also returns the :class:`WindowReport` of this call."""
+        """Like :meth:`apply`, and also returns the :class:`WindowReport` of this call.
+
+        ``warn=False`` leaves out the over-budget warning (rule 5), for a caller that tries a
+        budget and acts on ``report.over_budget`` itself; the report is the same.
+        """
         conversation = parse_conversation(messages)
         costs = [self.counter.count_message(message) for message in messages]
         dropped_flags = [False] * len(costs)
@@ -151,7 +155,7 @@ class RollingWindowTransform:
             oversized=oversized,
             counter=self.counter.name,
         )
-        if over_budget:
+        if over_budget and warn:
             _log.warning(
                 "rolling window: %d tokens kept exceed max_tokens=%d (messages that must stay "
                 "are too large; oversized: %s)",

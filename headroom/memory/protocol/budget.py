@@ -33,7 +33,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from headroom.transforms import RollingWindowTransform, TokenCounter, TokenCounterLike
+from headroom.transforms import (
+    RollingWindowTransform,
+    TokenCounter,
+    TokenCounterLike,
+    WindowReport,
+)
 from headroom.transforms.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING, resolve_counter
 
 from ..errors import InvalidInputError
@@ -174,13 +179,33 @@ def _plan(
     """Rules 2-4 of the module docstring, in numbers: what goes in, and what the caller's
     conversation may then cost. ``floor`` includes the reply priming (once per prompt)."""
     limit = budget.max_tokens
-    floor = max(floor, REPLY_PRIMING)
+    over_budget = floor > limit
+    floor = max(floor, REPLY_PRIMING)  # the priming is due as soon as anything is sent
     keep_instruction = instructed and floor + instruction_cost <= limit
     room = limit - floor - (instruction_cost if keep_instruction else 0)
     kept = _shrink(context, room, budget.counter) if room > 0 else None
     memory_cost = budget.counter.count_message(kept.message) if kept and kept.message else 0
     window = limit - (instruction_cost if keep_instruction else 0) - memory_cost
-    return _Plan(keep_instruction, kept, max(window, 1), floor > limit)
+    return _Plan(keep_instruction, kept, max(window, 1), over_budget)
+
+
+def _optimistic(
+    budget: PromptBudget, instruction_cost: int, instructed: bool, context: InjectedContext | None
+) -> _Plan:
+    """The plan that adds the instruction and every memory of ``context``; its window limit
+    may be below 1 (they alone exceed the budget)."""
+    memory = context.message if context is not None else None
+    memory_cost = budget.counter.count_message(memory) if memory is not None else 0
+    limit = budget.max_tokens - (instruction_cost if instructed else 0) - memory_cost
+    return _Plan(instructed, context if memory is not None else None, limit, False)
+
+
+def _window(
+    messages: Sequence[Mapping[str, Any]], limit: int, counter: TokenCounter, *, warn: bool
+) -> WindowReport:
+    """The report of the rolling window of ``messages`` at ``limit`` (at least 1) tokens."""
+    transform = RollingWindowTransform(max_tokens=max(limit, 1), token_counter=counter)
+    return transform.apply_with_report(messages, warn=warn)[1]
 
 
 def fit_messages(
@@ -195,12 +220,14 @@ def fit_messages(
     and messages are never mutated; kept messages are the caller's own objects."""
     view = [_view(m) for m in messages]
     counter = budget.counter
-    window = RollingWindowTransform(token_counter=counter)
-    floor = window.minimum_tokens(view)
     instruction_cost = counter.count_message(INSTRUCTION_MESSAGE)
-    plan = _plan(budget, floor, instruction_cost, instructed, context)
-    window = RollingWindowTransform(max_tokens=plan.window_limit, token_counter=counter)
-    _, report = window.apply_with_report(view)
+    # First try with everything added: one pass of the window when that fits (the usual case).
+    plan = _optimistic(budget, instruction_cost, instructed, context)
+    report = _window(view, plan.window_limit, counter, warn=False)
+    if report.over_budget or plan.window_limit < 1 or not view:
+        # Everything droppable was dropped: what is left is the floor. Plan from it.
+        plan = _plan(budget, report.tokens_after, instruction_cost, instructed, context)
+        report = _window(view, plan.window_limit, counter, warn=True)
     out = [messages[i] for i in report.kept]
     tokens = report.tokens_after  # counts add up: the added messages' costs go on top
     if plan.instructed:
@@ -248,13 +275,16 @@ def fit_input(
     by_cost = TokenCounter.from_message_fn(lambda m: int(m["cost"]), name=counter.name)
     base = responses_prompt_messages(instructions, None)
     base_cost = counter.count_message(base[0]) if base else 0
-    floor = base_cost + RollingWindowTransform(token_counter=by_cost).minimum_tokens(shapes)
     with_instr = {"role": "system", "content": with_instruction(instructions)}
     instruction_cost = counter.count_message(with_instr) - base_cost
-    plan = _plan(budget, floor, instruction_cost, instructed, context)
-    limit = max(plan.window_limit - base_cost, 1)
-    window = RollingWindowTransform(max_tokens=limit, token_counter=by_cost)
-    _, report = window.apply_with_report(shapes)
+    # As fit_messages: everything added first, the floor only when that does not fit. The
+    # caller's instructions are part of the floor, outside the window.
+    plan = _optimistic(budget, instruction_cost, instructed, context)
+    report = _window(shapes, plan.window_limit - base_cost, by_cost, warn=False)
+    if report.over_budget or plan.window_limit - base_cost < 1 or not report.kept:
+        floor = base_cost + (report.tokens_after if report.kept else 0)
+        plan = _plan(budget, floor, instruction_cost, instructed, context)
+        report = _window(shapes, plan.window_limit - base_cost, by_cost, warn=True)
     kept = [items[i] for i in report.kept]
     context = plan.context
     index = last_user_item(kept)
