@@ -474,6 +474,7 @@ STORE_PARTS = (
     "apply, 3 new memories (sync=interval)",
     "  embed the 3 in one batch (fp32)",
     "  embed the 3 one by one (fp32)",
+    "  embed the 3 one by one (int8 path; the library stores fp32)",
     "  apply with the 3 vectors cached: dedup + append",
     "  apply, vectors cached, dedup=False: append",
     "apply, 3 new memories (sync=always)",
@@ -491,14 +492,16 @@ def store_path(texts: list[str], memories: int, rounds: int, threads: int) -> di
 
     Each round uses fresh texts. ``exact`` (no cache) embeds inside ``apply``; ``cached``
     has the three texts in its LRU first, so its ``apply`` is the rest of the path (the
-    near-duplicate search of each new memory, the log append, the indexes' update).
+    near-duplicate search of each new memory, the log append, the indexes' update). The int8
+    row embeds the three on the int8 query path, one per run: what storing int8 vectors
+    would cost (``python -m bench locomo --memory-mode int8`` measures their quality).
     """
     import tempfile
 
     from headroom.memory.embedders import MiniLMEmbedder
     from headroom.memory.store.store import MemoryStore
 
-    exact = MiniLMEmbedder(threads=threads, cache_size=0)
+    exact = MiniLMEmbedder(threads=threads, cache_size=0, query_mode="int8")
     cached = MiniLMEmbedder(threads=threads, cache_size=64)
     base = [f"{texts[i % len(texts)]} [{i}]" for i in range(memories)]
     vectors = exact.embed(base)
@@ -550,13 +553,14 @@ def _store_round(
         (STORE_PARTS[0], lambda: stores["interval", "exact"].apply("u", adds=adds)),
         (STORE_PARTS[1], lambda: exact.embed(tagged)),
         (STORE_PARTS[2], lambda: [exact.embed([t]) for t in tagged]),
-        (STORE_PARTS[3], lambda: stores["interval", "cached"].apply("u", adds=c_adds)),
+        (STORE_PARTS[3], lambda: exact.embed_query(tagged)),
+        (STORE_PARTS[4], lambda: stores["interval", "cached"].apply("u", adds=c_adds)),
         (
-            STORE_PARTS[4],
+            STORE_PARTS[5],
             lambda: stores["interval", "cached"].apply("u", adds=d_adds, dedup=False),
         ),
-        (STORE_PARTS[5], lambda: stores["always", "exact"].apply("u", adds=adds)),
-        (STORE_PARTS[6], lambda: stores["always", "cached"].apply("u", adds=d_adds, dedup=False)),
+        (STORE_PARTS[6], lambda: stores["always", "exact"].apply("u", adds=adds)),
+        (STORE_PARTS[7], lambda: stores["always", "cached"].apply("u", adds=d_adds, dedup=False)),
     ]
 
 

@@ -252,6 +252,13 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         "in it (memories fp32), and the --scale run embeds its queries in it (default: "
         "the library's default, %(default)s)",
     )
+    p.add_argument(
+        "--memory-mode",
+        choices=QUERY_MODES,
+        default="fp32",
+        help="embed the memories too (and so every query) on this MiniLM path: int8 measures "
+        "what int8 stored vectors would cost in quality (the library stores fp32)",
+    )
     return p.parse_args(list(argv))
 
 
@@ -306,10 +313,11 @@ def main(argv: Sequence[str]) -> int:
     resamples = 300 if args.quick else args.resamples
     convs = load(ids=ids)
     kinds: list[UnitKind] = list(UNIT_KINDS) if args.unit == "all" else [args.unit]
-    inner = load_embedder(args.query_mode)
-    embedder = CachedEmbedder(inner)
+    inner = load_embedder("int8" if args.memory_mode == "int8" else args.query_mode)
+    # --memory-mode int8: every retriever's vectors (memories and queries) from the int8 path.
+    embedder = CachedEmbedder(QueryPath(inner) if args.memory_mode == "int8" else inner)
     split = None
-    if args.query_mode != "fp32":
+    if args.query_mode != "fp32" and args.memory_mode == "fp32":
         split = SplitEmbedder(embedder, CachedEmbedder(QueryPath(inner)))
     if not BM25Retriever.available():
         print(
@@ -386,6 +394,7 @@ def main(argv: Sequence[str]) -> int:
     if rep.others_share is not None:
         print(f"other processes used {rep.others_share:.0%} of the CPU during the run")
     name = f"locomo_{args.split}_{args.unit}{'_sweep' if args.sweep else ''}"
+    name += "_int8_memories" if args.memory_mode == "int8" else ""
     name += "_quick" if args.quick else ""
     path = write_json(
         name,
@@ -397,6 +406,7 @@ def main(argv: Sequence[str]) -> int:
             "conversation_tokens": conv_tokens,
             "embedder": embedder.model_id,
             "query_mode": args.query_mode,
+            "memory_mode": args.memory_mode,
             "cpu": rep,
             "results": summary,
             **extra,
