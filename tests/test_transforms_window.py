@@ -311,3 +311,19 @@ def test_sdk_response_objects_are_refused_with_a_hint() -> None:
 def test_bad_configuration_is_refused_at_construction(kwargs: dict[str, Any]) -> None:
     with pytest.raises(InvalidInputError):
         RollingWindowTransform(**kwargs)
+
+
+def test_warn_false_leaves_out_the_warning_and_keeps_the_report(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    messages = [user("u" * 50), bot("a"), user("v" * 50)]
+    window = RollingWindowTransform(max_tokens=PRIMING + 5, token_counter=FLAT)
+    with caplog.at_level(logging.WARNING, logger="headroom.transforms"):
+        quiet, quiet_report = window.apply_with_report(messages, warn=False)
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING, logger="headroom.transforms"):
+        loud, loud_report = window.apply_with_report(messages)
+    assert len(caplog.records) == 1 and quiet == loud and quiet_report == loud_report
+    # over budget, everything droppable is gone: tokens_after is what must stay
+    assert quiet_report.over_budget and quiet_report.kept == (2,)
+    assert quiet_report.tokens_after == PRIMING + FLAT.count_message(messages[2])

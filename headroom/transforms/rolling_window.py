@@ -166,22 +166,6 @@ class RollingWindowTransform:
         self.last_report = report
         return [dict(messages[i]) for i in kept], report
 
-    def minimum_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
-        """Tokens of what :meth:`apply` always keeps of ``messages`` (rule 1), whatever
-        ``max_tokens`` is: the least any window of them can cost (0 for no messages).
-
-        Counted as :meth:`apply` counts, reply priming included; raises as :meth:`apply`.
-        """
-        conversation = parse_conversation(messages)
-        droppable = {
-            index
-            for unit, _ in self._droppable(conversation)
-            for atom in unit
-            for index in range(atom.start, atom.stop)
-        }
-        kept = [self.counter.count_message(m) for i, m in enumerate(messages) if i not in droppable]
-        return REPLY_PRIMING + sum(kept) if kept else 0
-
     def _droppable(self, conversation: Conversation) -> list[tuple[tuple[Atom, ...], bool]]:
         """Units that may be dropped, oldest first, each with whether it is a whole turn."""
         turns = conversation.turns
