@@ -264,12 +264,7 @@ class LocalBackend:
     def pending(self, user_id: str | None = None) -> list[Job]:
         """Open jobs, oldest first."""
         return [
-            Job(
-                id=row["id"],
-                user_id=row["user"],
-                payload=json.loads(row["text"]),
-                created_at=T.from_timestamp_us(row["created_at"]),
-            )
+            _job(row)
             for row in self.engine.log.pending()
             if user_id is None or row["user"] == user_id
         ]
@@ -285,9 +280,12 @@ class LocalBackend:
         releases: the kernel drops it when the holder dies, so on one host a killed worker's
         job is claimable at once (not only after its lease).
         """
-        for job in self.pending(user_id):
-            if job_id is not None and job.id != job_id:
+        for row in self.engine.log.pending():
+            if (user_id is not None and row["user"] != user_id) or (
+                job_id is not None and row["id"] != job_id
+            ):
                 continue
+            job = _job(row)
             with self._job_file(job.id) as handle:
                 held = _read_claim(handle)
                 now = _now_us()
@@ -326,16 +324,17 @@ class LocalBackend:
 
     def complete(self, claim: Claim, entries: Sequence[Entry] = ()) -> list[int]:
         """Apply ``entries`` and DONE of the job in one batch if the claim is still the
-        job's (see Backend.complete); the job's claim file goes with it."""
+        job's (see Backend.complete); the job's claim is emptied (its files go at the next
+        compaction)."""
         job = claim.job
         with self._job_file(job.id) as handle:
             held = _read_claim(handle)
             if held is None or held.get("token") != claim.token or not self._is_pending(job):
                 raise JobLostError(f"job {job.id} is no longer held by this claim")
             seqs = self.append([*entries, Entry.done(job.user_id, job.id)])
-            for path in (self._job_path(job.id), self._job_path(job.id).with_suffix(".held")):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+            # Emptied, not unlinked: unlinking costs milliseconds on some filesystems (an
+            # overlay), and compact() removes the files of finished jobs.
+            _write_claim(handle, None)
             self._let_go(claim.token)
         return seqs[:-1]
 
@@ -359,7 +358,9 @@ class LocalBackend:
             self._let_go(claim.token)
 
     def _is_pending(self, job: Job) -> bool:
-        return any(j.id == job.id for j in self.pending(job.user_id))
+        return any(
+            row["id"] == job.id and row["user"] == job.user_id for row in self.engine.log.pending()
+        )
 
     def _job_path(self, job_id: str) -> Path:
         """A job's claim file (named by a hash: a job id may hold any character)."""
@@ -367,17 +368,17 @@ class LocalBackend:
         return self.path / "jobs" / f"{name}.claim"
 
     @contextlib.contextmanager
-    def _job_file(self, job_id: str) -> Iterator[Any]:
+    def _job_file(self, job_id: str) -> Iterator[int]:
         """The job's claim file, open and exclusively ``flock``ed for the block."""
         _ = self.engine  # raises StoreClosedError on a closed store
         path = self._job_path(job_id)
         path.parent.mkdir(exist_ok=True)
-        with open(path, "a+b") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield handle
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            os.close(fd)  # releases the flock
 
     def _prune_claims(self) -> int:
         """Remove the claim files of jobs that are no longer open; returns how many."""
@@ -532,14 +533,28 @@ def _native_entry(entry: Entry) -> tuple[Any, ...]:
     )
 
 
+def _job(row: dict[str, Any]) -> Job:
+    """A job of the log's ``pending()`` rows."""
+    return Job(
+        id=row["id"],
+        user_id=row["user"],
+        payload=json.loads(row["text"]),
+        created_at=T.from_timestamp_us(row["created_at"]),
+    )
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-def _read_claim(handle: Any) -> dict[str, Any] | None:
+#: Size of a claim file's one record: always written whole, padded with spaces, never
+#: truncated (on ext4 a write after a truncate to 0 makes close() wait for the disk).
+_CLAIM_BYTES = 512
+
+
+def _read_claim(fd: int) -> dict[str, Any] | None:
     """The claim a claim file holds (None: empty, or unreadable after a torn write)."""
-    handle.seek(0)
-    data = handle.read()
+    data = os.pread(fd, _CLAIM_BYTES, 0).strip()
     try:
         held = json.loads(data) if data else None
     except ValueError:
@@ -547,12 +562,12 @@ def _read_claim(handle: Any) -> dict[str, Any] | None:
     return held if isinstance(held, dict) else None
 
 
-def _write_claim(handle: Any, held: dict[str, Any] | None) -> None:
-    handle.seek(0)
-    handle.truncate()
+def _write_claim(fd: int, held: dict[str, Any] | None) -> None:
+    data = b""
     if held is not None:
-        handle.write(json.dumps(held).encode())
-    handle.flush()
+        held = {**held, "worker": str(held.get("worker", ""))[:64]}  # fits the record
+        data = json.dumps(held, ensure_ascii=True).encode()
+    os.pwrite(fd, data.ljust(_CLAIM_BYTES), 0)
 
 
 def _json(metadata: Any) -> str:
