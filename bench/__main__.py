@@ -24,6 +24,7 @@ SUITES: dict[str, str] = {
     "budget": "bench.bench_budget",
     "postgres": "bench.bench_postgres",
     "postgres-locomo": "bench.locomo.postgres",
+    "queue": "bench.bench_queue",
 }
 
 
