@@ -33,6 +33,16 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def test_add_keeps_copies_unless_dedup(tmp_path: Path, capsys) -> None:
+    db = str(tmp_path / "db")
+    ids = [run(capsys, "add", "--db", db, "--user", "u", "Likes tea")[1].strip() for _ in "ab"]
+    assert len(set(ids)) == 2
+    code, out, _ = run(capsys, "add", "--db", db, "--user", "u", "likes tea.", "--dedup")
+    assert code == 0 and out.strip() in ids  # a stored memory, not a third copy
+    with MemoryStore(db) as store:
+        assert [m.text for m in store.get_all("u")] == ["Likes tea", "Likes tea"]
+
+
 def test_add_list_search_show_history_delete(tmp_path: Path, capsys) -> None:
     db = str(tmp_path / "db")
     code, out, _ = run(capsys, "add", "--db", db, "--user", "u", "User prefers tea", "--category",

@@ -157,7 +157,9 @@ def _add(args: argparse.Namespace) -> int:
     T.validate_user_id(args.user)  # bad input never creates a store
     T.validate_text(args.text)
     with _open(args, create=True) as store:
-        memory = store.add(args.user, args.text, category=args.category, metadata=metadata)
+        memory = store.add(
+            args.user, args.text, category=args.category, metadata=metadata, dedup=args.dedup
+        )
     if args.json:
         _print_json(memory.to_dict())
     else:
@@ -469,6 +471,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("text")
     p.add_argument("--category", default="fact", choices=["preference", "fact", "context"])
     p.add_argument("--metadata", help="a JSON object")
+    p.add_argument(
+        "--dedup",
+        action="store_true",
+        help="when the user has this text, or a near-duplicate of it, print that memory "
+        "(updated to this text) instead of adding a copy",
+    )
     p.set_defaults(handler=_add)
 
     for name, handler, helptext in (
