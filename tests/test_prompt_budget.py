@@ -197,6 +197,27 @@ def test_a_tight_budget_drops_memories_then_the_instruction_never_the_last_messa
     assert len(server.chat_requests()) == 2  # the worker's own extraction call
 
 
+def test_responses_a_budget_without_room_for_the_instruction_extracts_in_the_background(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "memory.db"
+    seed(path)
+    items = conversation(3)[1:]
+    floor = responses_prompt_tokens(SYSTEM["content"], items[-1:], COUNTER)
+    events: list[Any] = []
+    client = wrap(
+        server, path, fast=True, is_async=False, max_prompt_tokens=floor + 5, observer=events.append
+    )
+    server.push("Use vim.")
+    answer = client.responses.create(model="m", instructions=SYSTEM["content"], input=items)
+    assert answer.output_text == "Use vim." and answer.instructions == SYSTEM["content"]
+    client.flush()
+    body = server.responses_requests()[0]
+    assert body["instructions"] == SYSTEM["content"] and body["input"] == items[-1:]
+    assert responses_prompt_tokens(body["instructions"], body["input"], COUNTER) <= floor + 5
+    assert {e.kind for e in events} == {"background"}
+
+
 def test_a_floor_over_the_budget_is_sent_as_it_is_and_the_call_succeeds(
     server: ScriptedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
