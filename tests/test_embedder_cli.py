@@ -149,6 +149,7 @@ def test_download_builds_the_cache_and_nothing_needs_onnx(tmp_path: Path) -> Non
     cache = xdg / "headroom" / "models" / "all-MiniLM-L6-v2"
     assert all((cache / name).is_file() for name in MODEL_FILES)
     assert len(list(graphs.glob("minilm-v*.onnx"))) == 1  # same weights, same graph
+    assert len(list(graphs.glob("minilm-int8-v*.onnx"))) == 1  # the query graph, also no onnx
 
     info = _model_cli(_env(xdg), "info", "--json")
     report = json.loads(info.stdout)

