@@ -35,8 +35,8 @@ CACHE_MAX_BATCH = 16
 #: ``query_mode`` values: how :meth:`MiniLMEmbedder.embed_query` runs the model (memories are
 #: always embedded in fp32). ``int8``: linear layers on int8 weights and activations.
 QUERY_MODES = ("fp32", "int8")
-#: The default ``query_mode``: int8 kept LoCoMo retrieval through the store within 0.005 of
-#: fp32 queries at R@5 and R@10 (facts and turns, both splits; docs/embedder.md).
+#: The default ``query_mode``: with int8 queries no LoCoMo R@5 or R@10 through the store fell
+#: more than 0.005 below fp32 queries (facts and turns, both splits; docs/embedder.md).
 DEFAULT_QUERY_MODE = "int8"
 #: Sessions inherited from a parent process across fork; see MiniLMEmbedder._get_runtime.
 _FORKED_AWAY: list[object] = []
