@@ -49,5 +49,7 @@ def test_export_import_moves_a_store_both_ways_exactly(
     assert _records(_cli("export", "--db", back, "--vectors")) == _records(original)
 
     for db in (local, url, back):
-        hits = json.loads(_cli("search", "--db", db, "--user", "alice", "which database", "--json"))
+        hits = json.loads(
+            _cli("search", "--db", db, "--user", "alice", "database preference", "--json")
+        )
         assert hits[0]["text"] == "User prefers PostgreSQL for new projects"
