@@ -1,15 +1,17 @@
 """Embedder benchmark: our MiniLM on onnxruntime, optionally beside sentence-transformers.
 
     python -m bench embedder [--runs 5] [--texts 200] [--threads 1] [--compare-st]
-                             [--query-modes fp32,int8] [--store-path]
+                             [--query-modes fp32,int8] [--store-path ROUNDS]
+                             [--store-memories N] [--search ROUNDS]
 
 Measures, on the same texts (the first ``--texts`` rows of the shared MiniLM reference set):
 
 - query modes: ``MiniLMEmbedder.embed_query`` per ``query_mode``, one text per call, runs
   interleaved mode by mode: p50/p99 wall and p50 thread-CPU ms, the p50 ratio to fp32 in the
   same run, and cosine (mean, minimum) against the reference vectors over the whole set;
-- store path (``--store-path``): ``MemoryStore.add_many`` of three new memories, and its parts;
-
+- store path (``--store-path``): ``MemoryStore.apply`` of three new memories, and its parts;
+- search (``--search``): ``MemoryStore.search`` of a fresh query embedded live, fp32 queries
+  against int8 queries on the same memories, rounds interleaved;
 - single text: p50/p99 latency of ``embed([text])`` over every text, per run;
 - batch: texts/s embedding all texts in one call, which runs length-sorted batches of 32;
 - every figure as the median of ``--runs`` runs with its spread, plus the CPU time other
@@ -564,6 +566,59 @@ def _store_round(
     ]
 
 
+def search_path(texts: list[str], memories: int, rounds: int, threads: int) -> dict[str, Any]:
+    """``MemoryStore.search`` of a fresh query (embedded live) with fp32 and int8 queries.
+
+    Two stores hold the same ``memories`` fp32 memories for user ``u``; their embedders differ
+    only in ``query_mode`` and cache nothing. Rounds alternate which store goes first.
+    """
+    import tempfile
+
+    from headroom.memory.embedders import MiniLMEmbedder
+    from headroom.memory.store.store import MemoryStore
+
+    modes = ("fp32", "int8")
+    exact = MiniLMEmbedder(threads=threads, cache_size=0, query_mode="fp32")
+    base = [f"{texts[i % len(texts)]} [{i}]" for i in range(memories)]
+    vectors = exact.embed(base)
+    wall: dict[str, list[float]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp, CpuWatch() as watch:
+        stores = {}
+        for mode in modes:
+            _preload(f"{tmp}/{mode}.db", base, vectors)
+            emb = MiniLMEmbedder(threads=threads, cache_size=0, query_mode=mode)
+            stores[mode] = MemoryStore(f"{tmp}/{mode}.db", embedder=emb)
+            stores[mode].search("u", "warm up the indexes", top_k=5)
+        for r in range(rounds):
+            query = f"what about {texts[(7 * r) % len(texts)]}?"
+            for mode in modes if r % 2 == 0 else modes[::-1]:
+                t0 = time.perf_counter()
+                stores[mode].search("u", query, top_k=5)
+                wall[mode].append((time.perf_counter() - t0) * 1000)
+        for store in stores.values():
+            store.close()
+    ratio = [a / b for a, b in zip(wall["int8"], wall["fp32"], strict=True)]
+    return {
+        "memories": memories,
+        "rounds": rounds,
+        "others_share": watch.report.others_share,
+        "ms": {m: {"p50": float(np.median(v)), "p99": float(np.percentile(v, 99))}
+               for m, v in wall.items()},
+        "int8_over_fp32_median": float(np.median(ratio)),
+    }  # fmt: skip
+
+
+def print_search_path(result: dict[str, Any]) -> None:
+    print(
+        f"\nsearch with the query embedded live, user of {result['memories']}, "
+        f"{result['rounds']} rounds (ms); other processes used "
+        f"{100 * (result['others_share'] or 0.0):.0f}% of the CPU"
+    )
+    rows = [[f"{m} queries", v["p50"], v["p99"]] for m, v in result["ms"].items()]
+    print(format_table(["store.search", "p50", "p99"], rows))
+    print(f"int8 / fp32, median of per-round ratios: {result['int8_over_fp32_median']:.2f}")
+
+
 def _preload(path: str, texts: list[str], vectors: np.ndarray) -> None:
     """Give user ``u`` of the store at ``path`` the memories ``texts`` (``vectors`` given)."""
     from headroom.memory.embedders import MiniLMEmbedder
@@ -709,6 +764,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--store-memories", type=int, default=2000, help="memories the store-path user holds"
     )
+    parser.add_argument(
+        "--search",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="also time MemoryStore.search with fp32 and int8 queries, ROUNDS times",
+    )
     parser.add_argument("--worker-st", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--texts-file", help=argparse.SUPPRESS)
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
@@ -759,11 +821,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.store_path:
         spath = store_path(texts, args.store_memories, args.store_path, args.threads)
         print_store_path(spath)
+    search: dict[str, Any] = {}
+    if args.search:
+        search = search_path(texts, args.store_memories, args.search, args.threads)
+        print_search_path(search)
     path = write_json(
         "embedder",
         {
             "args": vars(args),
             "store_path": spath,
+            "search": search,
             "query_modes": qrows,
             "mean_tokens": float(np.mean(counts)),
             "matmul_peak_gflops": peak,
