@@ -1,5 +1,5 @@
 """The relevance decision (protocol/relevance.py): the rule, the calibration, and the wrapper
-injecting with it (``min_score=None``) for a small and a large store, real MiniLM throughout."""
+injecting with it (the default) for a small and a large store, real MiniLM throughout."""
 
 from __future__ import annotations
 
@@ -58,27 +58,37 @@ def test_quantile_interpolates_like_numpy() -> None:
         quantile([], 0.5)
 
 
-def test_gate_and_floor_follow_the_probe_scores() -> None:
+def test_gate_rises_with_genericness_and_both_follow_the_probe_scores() -> None:
     scores = tuple(i / 100 for i in range(11))  # 0.00 .. 0.10
     bg = Background(10, scores)
-    assert math.isclose(bg.gate, 0.09 + relevance.GATE_MARGIN)
+    assert math.isclose(bg.gate(0.0), 0.09 + relevance.GATE_BASE)
+    assert math.isclose(bg.gate(0.5) - bg.gate(0.0), 0.5 * relevance.GATE_SLOPE)
     assert math.isclose(bg.floor, 0.05 + relevance.FLOOR_MARGIN)
     shifted = Background(10, tuple(s + 0.3 for s in scores))
-    assert math.isclose(shifted.gate - bg.gate, 0.3) and math.isclose(shifted.floor - bg.floor, 0.3)
+    assert math.isclose(shifted.gate(0.2) - bg.gate(0.2), 0.3)
+    assert math.isclose(shifted.floor - bg.floor, 0.3)
 
 
-def test_floor_never_exceeds_the_gate() -> None:
-    bg = Background(3, (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.9))
-    assert bg.floor <= bg.gate
-
-
-def test_select_injects_nothing_below_the_gate_and_filters_by_floor_above_it() -> None:
-    bg = Background(10, tuple(0.1 for _ in range(10)))  # gate 0.325, floor 0.15
+def test_select_gates_on_the_best_score_then_filters_by_the_floor() -> None:
+    bg = Background(10, tuple(0.3 for _ in range(10)))  # gate(g) = -0.15 + 2 g, floor 0.35
     a, b, c = _memory("a"), _memory("b"), _memory("c")
-    assert select([(a, 0.32), (b, 0.2)], bg) == []
-    assert select([(a, 0.4), (b, 0.2), (c, 0.1)], bg) == [(a, 0.4), (b, 0.2)]
-    assert select([], bg) == []
-    assert select([(a, float("nan"))], bg) == []
+    generic, personal = 0.8, 0.2  # gates 1.45 and 0.25
+    assert select([(a, 0.9), (b, 0.4)], bg, generic) == []
+    assert select([(a, 0.9), (b, 0.4), (c, 0.1)], bg, personal) == [(a, 0.9), (b, 0.4)]
+    # The best result goes in once the message passes, even below the floor.
+    assert select([(a, 0.3), (b, 0.2)], bg, personal) == [(a, 0.3)]
+    assert select([(a, 0.2)], bg, personal) == []
+    assert select([], bg, personal) == []
+    assert select([(a, float("nan"))], bg, personal) == []
+
+
+def test_probes_are_generic_messages_and_genericness_tells_them_apart(store: MemoryStore) -> None:
+    assert set(relevance.PROBES) <= set(relevance.GENERIC)
+    embedder = store.embedder
+    assert relevance.genericness(embedder, "hello") > 0.99  # one of them
+    assert relevance.genericness(embedder, "hi") > 0.6
+    personal = relevance.genericness(embedder, "What database should I use for my new project?")
+    assert personal < 0.35
 
 
 @pytest.mark.parametrize(
@@ -155,11 +165,17 @@ def test_wrapper_injects_relevant_memories_and_nothing_for_generic_messages(
     server: ScriptedServer, tmp_path: Path, size: str
 ) -> None:
     base = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
-    client = with_fast_memory(base, user_id="maya", db_path=tmp_path / "db", min_score=None)
+    client = with_fast_memory(base, user_id="maya", db_path=tmp_path / "db")  # the default rule
     items = [NewMemory(t) for t in MAYA] + (_large_filler() if size == "large" else [])
     MemoryStore.open(tmp_path / "db").add_many("maya", items, source="import", dedup=False)
     for generic in ("hi", "thanks!", "make it shorter", "what is 17 times 23?"):
         assert _ask(client, server, generic) == [], generic
+    assert "User's team uses the PostgreSQL database for its whole stack" in _ask(
+        client, server, "What database should I use for my new project?"
+    )
+    assert "User lives in Porto" in _ask(
+        client, server, "Can you remind me which city I live in now?"
+    )
     retries = "How should we handle retries when a payment event fails to publish?"
     assert "User is migrating the payments service to an event-driven design" in _ask(
         client, server, retries

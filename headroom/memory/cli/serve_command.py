@@ -63,7 +63,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--user-keys", metavar="FILE", help='JSON {"key": "user id"}: each key pins one user'
     )
     serve.add_argument("--top-k", type=int, default=5, help="memories injected per call")
-    serve.add_argument("--min-score", type=float, help="relevance floor (default 0.15)")
+    serve.add_argument(
+        "--min-score", type=float, help="a fixed relevance floor (default: decided per user)"
+    )
     serve.add_argument("--extraction-model", help="background mode: model of the extraction")
     serve.add_argument("--max-connections", type=int, default=100, help="upstream pool size")
     serve.add_argument("--access-log", action="store_true", help="log every request's line")

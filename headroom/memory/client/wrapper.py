@@ -36,7 +36,7 @@ from ..embedders.base import Embedder
 from ..errors import InvalidInputError
 from ..protocol import responses as rsp
 from ..protocol.budget import PromptBudget
-from ..protocol.pipeline import DEFAULT_MIN_SCORE, Mode, Settings, check_mode, is_json_mode
+from ..protocol.pipeline import Mode, Settings, check_mode, is_json_mode
 from ..store.store import MemoryStore
 from ..types import validate_user_id
 from .background import is_async_client
@@ -543,8 +543,8 @@ def _check_options(user_id: str, top_k: object, options: Mapping[str, Any]) -> S
         top_k=top_k,
         min_score=(
             None
-            if "min_score" in options and options["min_score"] is None
-            else _number(options, "min_score", DEFAULT_MIN_SCORE, float("-inf"))
+            if options.get("min_score") is None
+            else _number(options, "min_score", 0.0, float("-inf"))
         ),
         max_tokens=max_tokens,
         role=role,
@@ -619,8 +619,8 @@ def with_fast_memory(
 ) -> Any:
     """Wrap ``client`` with inline memory for ``user_id`` (one extra block per answer).
 
-    Options: ``min_score`` (relevance floor, default 0.15; None: each user's own, measured
-    by ``protocol.relevance``), ``max_tokens`` (budget of the injected memories, default
+    Options: ``min_score`` (a fixed relevance floor; default None: the relevance decision of
+    ``protocol.relevance``), ``max_tokens`` (budget of the injected memories, default
     300), ``role`` (of the injected message, default "system"),
     ``observer`` (callable receiving a :class:`~headroom.memory.protocol.pipeline.MemoryEvent` per
     call), ``embedder`` (an Embedder instance instead of the named model), ``sync`` (store

@@ -20,6 +20,7 @@ Modes (the per-call ``memory=`` keyword): ``"on"`` (default: inject, instruct, s
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -48,9 +49,6 @@ MODES: tuple[Mode, ...] = ("on", "off", "read", "write")
 #: prompt prefix stays identical across calls and provider prompt caching keeps working.
 INSTRUCTION_MESSAGE: Mapping[str, str] = {"role": "system", "content": MEMORY_INSTRUCTION}
 
-#: The fixed relevance floor wrappers inject with unless told otherwise.
-DEFAULT_MIN_SCORE = 0.15
-
 #: Response formats under which no inline block can be appended to the answer.
 JSON_FORMATS = frozenset({"json_object", "json_schema"})
 
@@ -59,16 +57,16 @@ JSON_FORMATS = frozenset({"json_object", "json_schema"})
 class Settings:
     """How one wrapper injects: fixed at wrap time.
 
-    ``min_score`` is a fixed floor on the search score (the cosine similarity, centred for
-    users of 100+ memories, plus the hybrid bonuses: ``MemoryStore.search``); None injects
-    what clears the user's own background instead (the relevance decision of
-    ``relevance.py``). ``max_tokens`` is the budget of the injected message;
-    ``role`` the role of that message (``"system"`` by default).
+    ``min_score`` None (the default) injects what the relevance decision of ``relevance.py``
+    keeps (the user's own background, the message's genericness); a number is a fixed floor
+    on the search score instead (the cosine similarity, centred for users of 100+ memories,
+    plus the hybrid bonuses: ``MemoryStore.search``). ``max_tokens`` is the budget of the
+    injected message; ``role`` the role of that message (``"system"`` by default).
     """
 
     user_id: str
     top_k: int = 5
-    min_score: float | None = DEFAULT_MIN_SCORE
+    min_score: float | None = None
     max_tokens: int = 300
     role: str = "system"
 
@@ -203,18 +201,17 @@ def notify(observer: Observer | None, event: MemoryEvent) -> None:
 def find_memories(store: MemoryStore, settings: Settings, query: str) -> InjectedContext | None:
     """The user's memories relevant to ``query``, rendered for injection (the one search every
     path injects with: inline, background extraction); None when nothing is relevant enough:
-    below ``settings.min_score`` when it is set, else by :func:`relevance.select` against the
-    user's background."""
+    below ``settings.min_score`` when it is set, else by :func:`relevance.relevant` (the
+    user's background and the message's genericness)."""
     if not query:
         return None
     results = store.search(
         settings.user_id, query, top_k=settings.top_k, min_score=settings.min_score
     )
     floor = settings.min_score
-    if floor is None and results:
-        background = relevance.calibration().background(store, settings.user_id)
-        results, floor = relevance.select(results, background), background.floor
-    if not results or floor is None:
+    if floor is None:
+        results, floor = relevance.relevant(store, settings.user_id, query, results), -math.inf
+    if not results:
         return None
     context = build_injection(
         results, min_score=floor, max_tokens=settings.max_tokens, role=settings.role

@@ -3,25 +3,27 @@
 A fixed floor on the search score cannot work across store sizes: the fused score of a
 message that is about nothing the user said ("hi", "make it shorter") grows with the number
 and kind of memories held (more memories to resemble, centring, the lexical and session
-bonuses). So the floor is measured per user: the *background* is what the fixed generic
-messages of :data:`PROBES` score against this user's memories, through the same search the
-wrapper injects with, and a message injects only what clears that background.
+bonuses). So the floor is measured per user, and raised for messages that look generic:
 
-The rule (:func:`select`), over the ``(memory, score)`` results of the message's search:
+- the user's *background* is what the generic messages of :data:`PROBES` score against this
+  user's memories, through the same search the wrapper injects with (:class:`Background`);
+- a message's *genericness* is its cosine to the nearest of the generic messages of
+  :data:`GENERIC` (:func:`genericness`): about 0.8 for "hi", 0.2 for "What database should I
+  use for my new project?";
+- the message injects only when its best score reaches :meth:`Background.gate`: the
+  ``GATE_QUANTILE`` quantile of the probes' best scores plus ``GATE_BASE`` plus
+  ``GATE_SLOPE`` times its genericness; then each result at or above
+  :attr:`Background.floor` (the ``FLOOR_QUANTILE`` quantile plus ``FLOOR_MARGIN``) goes in.
 
-- the message injects nothing unless its best score reaches :attr:`Background.gate`, the
-  ``GATE_QUANTILE`` quantile of the probes' best scores plus ``GATE_MARGIN``;
-- when it does, each result scoring at least :attr:`Background.floor` (the
-  ``FLOOR_QUANTILE`` quantile plus ``FLOOR_MARGIN``) is kept, best first.
-
-Quantiles and margins are differences of scores of one user under one embedder, so the rule
-holds for any store size and embedding mode; the figures that chose them (and every rule
-measured against them) are in bench/README.md, section "Relevance decision"
+The background is a difference of scores of one user, the genericness a cosine between two
+queries embedded alike, so int8 and fp32 query embeddings give the same decisions within
+their noise. The constants were chosen with MiniLM; the figures that chose them, and every
+rule measured against them, are in bench/README.md, section "Relevance decision"
 (``python -m bench injection``).
 
 :class:`Calibration` keeps each user's background per store and measures it again when the
-user's memory count has moved by ``REFRESH_FACTOR`` since (a few searches, never on every
-call: the probes' vectors come from the embedder's query cache after the first time).
+user's memory count has moved by ``REFRESH_FACTOR`` since (24 searches, never on every
+call); the generic messages are embedded once per embedder.
 """
 
 from __future__ import annotations
@@ -34,25 +36,152 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+import numpy.typing as npt
+
 from .. import process
+from ..embedders.base import Embedder, embed_queries
 from ..types import Memory
 
 if TYPE_CHECKING:
     from ..store.store import MemoryStore
 
 __all__ = [
+    "GENERIC",
     "PROBES",
     "Background",
     "Calibration",
     "background_of",
     "calibration",
+    "genericness",
+    "relevant",
     "select",
 ]
 
-#: Messages about nothing a user could have told us: greetings, thanks, edits of the previous
-#: answer, arithmetic, creative and general requests. Their best scores against a user's
-#: memories are that user's background. (The injection suite's generic messages are other
-#: texts, so the rule is judged on messages it was not calibrated with.)
+#: Generic messages, about nothing a user could have told us: greetings, thanks, edits of the
+#: previous answer, arithmetic, creative and general requests, coding questions about no one's
+#: project. A message's genericness is its cosine to the nearest of them. (The injection
+#: suite's generic messages are other texts, so the rule is judged on messages it was not
+#: built with.)
+GENERIC: tuple[str, ...] = (
+    # greetings, closings, acknowledgements
+    "hello",
+    "hi there",
+    "hey!",
+    "good afternoon",
+    "good night",
+    "how's it going?",
+    "what's up?",
+    "thanks",
+    "ok, thank you",
+    "thanks a lot!",
+    "cheers",
+    "bye for now",
+    "see you later",
+    "yes",
+    "no",
+    "why?",
+    "sure, go ahead",
+    "okay",
+    "nice",
+    "that's great",
+    "I see",
+    "makes sense",
+    "hmm",
+    "interesting",
+    "alright",
+    # edits of the previous answer
+    "shorten that",
+    "rewrite it more formally",
+    "fix the typos",
+    "make a list of that",
+    "make it more concise",
+    "expand on the second point",
+    "add a title",
+    "use simpler words",
+    "make it sound more casual",
+    "turn this into a numbered list",
+    "rephrase the first sentence",
+    "add an example",
+    "remove the jargon",
+    "summarize that in one line",
+    "write it as an email",
+    "translate it to German",
+    "give me a different version",
+    "keep going",
+    "start over",
+    "can you clarify that?",
+    "that's wrong, try again",
+    # arithmetic and conversions
+    "what is 12 plus 45?",
+    "what's 30% of 80?",
+    "convert 10 km to miles",
+    "sort these numbers: 5, 2, 9",
+    "what is 144 divided by 12?",
+    "what's 7 squared?",
+    "how many days are in a leap year?",
+    "convert 3 pounds to kilograms",
+    "what is 2.5 times 4?",
+    "how many hours are in two days?",
+    "what is the cube root of 27?",
+    "add 19 and 23",
+    # creative requests
+    "write a poem about rain",
+    "tell me a story about a dragon",
+    "write a funny tweet",
+    "write a song about friendship",
+    "tell me a knock-knock joke",
+    "write a haiku about winter",
+    "invent a name for a superhero",
+    "describe a sunset in three sentences",
+    "write a short fable",
+    "make up a riddle about time",
+    "write a slogan for a lemonade stand",
+    "compose a short rap about pizza",
+    # general knowledge
+    "what is the capital of Japan?",
+    "how does a rainbow form?",
+    "who invented the telephone?",
+    "what is the largest ocean?",
+    "how long does light take to reach Earth from the Sun?",
+    "who was the first person on the Moon?",
+    "what causes earthquakes?",
+    "how many legs does a spider have?",
+    "what is the chemical symbol for gold?",
+    "when was the printing press invented?",
+    "what language is spoken in Brazil?",
+    "why do leaves change colour?",
+    "what is gravity?",
+    "how do airplanes stay in the air?",
+    "what's the longest river in Africa?",
+    # coding and tech, unrelated to anyone
+    "explain recursion",
+    "how do I declare an array in Java?",
+    "what is a pointer in C?",
+    "how do I write a for loop in Go?",
+    "what does SQL JOIN do?",
+    "explain what an API is",
+    "what is the difference between git merge and rebase?",
+    "how do I parse JSON in JavaScript?",
+    "what is a race condition?",
+    "explain object-oriented programming",
+    "what is Docker?",
+    "how do I make a div scroll horizontally?",
+    "what does O(n log n) mean?",
+    "what is a REST endpoint?",
+    "write a function that checks if a number is prime",
+    # words and language
+    "what time zone is GMT+2?",
+    "what's the opposite of 'ancient'?",
+    "use 'serendipity' in a sentence",
+    "how do you pronounce 'quinoa'?",
+    "what does 'ubiquitous' mean?",
+    "is it 'affect' or 'effect' here?",
+    "what's another word for 'big'?",
+    "spell 'restaurant'",
+)
+
+#: The generic messages searched against a user's memories to measure their background.
 PROBES: tuple[str, ...] = (
     "hello",
     "thanks",
@@ -81,9 +210,10 @@ PROBES: tuple[str, ...] = (
 )
 
 #: A message injects only when its best score reaches this quantile of the probes' best
-#: scores plus ``GATE_MARGIN``.
+#: scores plus ``GATE_BASE`` plus ``GATE_SLOPE`` times its genericness.
 GATE_QUANTILE = 0.9
-GATE_MARGIN = 0.25
+GATE_BASE = -0.45
+GATE_SLOPE = 2.0
 #: Once it does, each result at or above this quantile plus ``FLOOR_MARGIN`` is injected.
 FLOOR_QUANTILE = 0.5
 FLOOR_MARGIN = 0.05
@@ -116,15 +246,15 @@ class Background:
     count: int
     probe_scores: tuple[float, ...]
 
-    @property
-    def gate(self) -> float:
-        """The best score a message needs to inject anything."""
-        return quantile(self.probe_scores, GATE_QUANTILE) + GATE_MARGIN
+    def gate(self, genericness: float) -> float:
+        """The best score a message of this genericness needs to inject anything."""
+        base = quantile(self.probe_scores, GATE_QUANTILE) + GATE_BASE
+        return base + GATE_SLOPE * genericness
 
     @property
     def floor(self) -> float:
-        """The score each injected memory needs (never above the gate)."""
-        return min(quantile(self.probe_scores, FLOOR_QUANTILE) + FLOOR_MARGIN, self.gate)
+        """The score each memory needs to go in once the message has passed the gate."""
+        return quantile(self.probe_scores, FLOOR_QUANTILE) + FLOOR_MARGIN
 
     def is_current(self, count: int) -> bool:
         """Whether a user now holding ``count`` memories may keep this background."""
@@ -136,17 +266,73 @@ class Background:
 
 
 def select(
-    results: Sequence[tuple[Memory, float]], background: Background
+    results: Sequence[tuple[Memory, float]], background: Background, genericness: float
 ) -> list[tuple[Memory, float]]:
-    """The results worth injecting under ``background`` (the rule of the module docstring).
+    """The results worth injecting for a message of this genericness (the module's rule).
 
-    Pure; keeps the order of ``results``. Empty when no score reaches the gate.
+    Pure; keeps the order of ``results``. Empty when the best score is below the gate; else
+    every result at or above the floor, and the best one even when the floor is above it.
     """
     scores = [score for _, score in results if not math.isnan(score)]
-    if not scores or max(scores) < background.gate:
+    if not scores:
         return []
-    floor = background.floor
+    best = max(scores)
+    if best < background.gate(genericness):
+        return []
+    floor = min(background.floor, best)
     return [(memory, score) for memory, score in results if score >= floor]
+
+
+class _GenericVectors:
+    """The vectors of :data:`GENERIC` per embedder (embedded as queries, once)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_embedder: weakref.WeakKeyDictionary[Embedder, npt.NDArray[np.float32]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def of(self, embedder: Embedder) -> npt.NDArray[np.float32]:
+        with self._lock:
+            known = self._by_embedder.get(embedder)
+        if known is not None:
+            return known
+        vectors = np.asarray(embed_queries(embedder, list(GENERIC)), dtype=np.float32)
+        with self._lock:
+            self._by_embedder[embedder] = vectors
+        return vectors
+
+
+_GENERIC_VECTORS = process.PerProcess(_GenericVectors)
+
+
+def genericness(embedder: Embedder, query: str) -> float:
+    """The cosine of ``query`` to the nearest message of :data:`GENERIC`, clipped to [0, 1].
+
+    Both are embedded as search queries; the query's vector comes from the embedder's query
+    cache when it has one (the search just embedded it).
+    """
+    bank = _GENERIC_VECTORS.get().of(embedder)
+    vector = np.asarray(embed_queries(embedder, [query])[0], dtype=np.float32)
+    return min(1.0, max(0.0, float(np.max(bank @ vector))))
+
+
+def relevant(
+    store: MemoryStore, user_id: str, query: str, results: Sequence[tuple[Memory, float]]
+) -> list[tuple[Memory, float]]:
+    """What of ``results`` (``query``'s search for ``user_id``) to inject: :func:`select` with
+    this process's background of the user and the query's genericness. The genericness is
+    computed only when it can change the answer (the gate moves with it from ``gate(0)`` to
+    ``gate(1)``)."""
+    scores = [score for _, score in results if not math.isnan(score)]
+    if not scores:
+        return []
+    background = calibration().background(store, user_id)
+    best = max(scores)
+    if best < background.gate(0.0):
+        return []
+    generic = 0.0 if best >= background.gate(1.0) else genericness(store.embedder, query)
+    return select(results, background, generic)
 
 
 def background_of(store: MemoryStore, user_id: str, count: int) -> Background:
@@ -196,17 +382,6 @@ class Calibration:
                 users.popitem(last=False)
             self.measured += 1
         return fresh
-
-    def forget(self, store: MemoryStore, user_id: str | None = None) -> None:
-        """Drop the backgrounds of ``user_id`` (all users when None) in ``store``."""
-        with self._lock:
-            users = self._stores.get(store)
-            if users is None:
-                return
-            if user_id is None:
-                users.clear()
-            else:
-                users.pop(user_id, None)
 
 
 #: One per process (a forked child starts with none: the parent's lock may be held).
