@@ -18,12 +18,13 @@ bonuses). So the floor is measured per user, and raised for messages that look g
 The background is a difference of scores of one user, the genericness a cosine between two
 queries embedded alike, so int8 and fp32 query embeddings give the same decisions within
 their noise. The constants were chosen with MiniLM; the figures that chose them, and every
-rule measured against them, are in bench/README.md, section "Relevance decision"
-(``python -m bench injection``).
+rule measured against them, are in bench/README.md, section "`injection`: the relevance
+decision" (``python -m bench injection``).
 
 :class:`Calibration` keeps each user's background per store and measures it again when the
 user's memory count has moved by ``REFRESH_FACTOR`` since (24 searches, never on every
-call); the generic messages are embedded once per embedder.
+call; edits that keep the count keep the background); the generic messages are embedded
+once per process and embedder.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import numpy.typing as npt
 
 from .. import process
 from ..embedders.base import Embedder, embed_queries
+from ..embedders.minilm import CACHE_MAX_BATCH
 from ..types import Memory
 
 if TYPE_CHECKING:
@@ -297,7 +299,12 @@ class _GenericVectors:
             known = self._by_embedder.get(embedder)
         if known is not None:
             return known
-        vectors = np.asarray(embed_queries(embedder, list(GENERIC)), dtype=np.float32)
+        # In calls of at most CACHE_MAX_BATCH texts, which MiniLM's query cache keeps: the
+        # probes (among these messages) are then found there by the calibration's searches.
+        texts = list(GENERIC)
+        step = CACHE_MAX_BATCH
+        chunks = [embed_queries(embedder, texts[i : i + step]) for i in range(0, len(texts), step)]
+        vectors = np.vstack(chunks).astype(np.float32)
         with self._lock:
             self._by_embedder[embedder] = vectors
         return vectors
@@ -336,7 +343,9 @@ def relevant(
 
 
 def background_of(store: MemoryStore, user_id: str, count: int) -> Background:
-    """Measure ``user_id``'s background now: one top-1 search per probe."""
+    """Measure ``user_id``'s background now: one top-1 search per probe (the generic messages
+    are embedded first, once per embedder, so the probes' vectors come from its cache)."""
+    _GENERIC_VECTORS.get().of(store.embedder)
     scores = []
     for probe in PROBES:
         hits = store.search(user_id, probe, top_k=1)
@@ -357,7 +366,7 @@ class Calibration:
         self._stores: weakref.WeakKeyDictionary[MemoryStore, OrderedDict[str, Background]] = (
             weakref.WeakKeyDictionary()
         )
-        #: Backgrounds measured by this instance (a figure for tests and the bench suite).
+        #: Backgrounds measured by this instance (for tests).
         self.measured = 0
 
     def background(self, store: MemoryStore, user_id: str) -> Background:
