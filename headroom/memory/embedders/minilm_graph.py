@@ -121,6 +121,10 @@ class _Builder:
             w = ws[0] if len(ws) == 1 else self.op("Concat", ws, axis=0)
             bias = bs[0] if len(bs) == 1 else self.op("Concat", bs, axis=0)
             return self.op("Gemm", [x, w, bias], transB=1)
+        return self.int8_linear(x, prefixes)
+
+    def int8_linear(self, x: str, prefixes: tuple[str, ...]) -> str:
+        """``linear_layer`` in int8: one DynamicQuantizeMatMul over weights quantized here."""
         w_f = np.concatenate([self.array(f"{p}.weight") for p in prefixes], axis=0)
         b_f = np.concatenate([self.array(f"{p}.bias") for p in prefixes], axis=0)
         scale, w_q = quantize_per_channel(w_f)
