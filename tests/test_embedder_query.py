@@ -226,3 +226,31 @@ def test_locomo_split_embedder_caches_queries_apart(cache_home: Path, tmp_path: 
     with split.bypass():  # the live query path of the latency runs: no cache involved
         split.embed_query(text)
     assert (split.queries.misses, split.queries.hits) == (1, 1)
+
+
+def test_the_wrapper_searches_with_the_query_path_of_its_embedder(tmp_path: Path) -> None:
+    """``with_fast_memory(..., embedder=MiniLMEmbedder(query_mode=...))`` over real HTTP: the
+    user's message is embedded on that embedder's query path (its own cache in int8 mode)."""
+    import openai
+    from openai_server import ScriptedServer
+
+    from headroom.memory import with_fast_memory
+    from headroom.memory.client.background import close_all
+
+    message = "what does my sister do in Lisbon?"
+    with ScriptedServer() as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+        for mode in QUERY_MODES:
+            emb = MiniLMEmbedder(cache_size=16, query_mode=mode)
+            wrapped = with_fast_memory(
+                client, user_id="alice", db_path=tmp_path / mode, embedder=emb, min_score=-1.0
+            )
+            wrapped.memory.add("My sister Ana works as an architect in Lisbon")
+            server.push("noted")
+            wrapped.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": message}]
+            )
+            assert emb.query_cache.get(message) is not None
+            exact_hit = emb.cache.get(message) is not None
+            assert exact_hit is (mode == "fp32"), mode  # int8 queries never enter fp32's cache
+    close_all()
