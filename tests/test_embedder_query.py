@@ -254,3 +254,24 @@ def test_the_wrapper_searches_with_the_query_path_of_its_embedder(tmp_path: Path
             exact_hit = emb.cache.get(message) is not None
             assert exact_hit is (mode == "fp32"), mode  # int8 queries never enter fp32's cache
     close_all()
+
+
+def test_threads_loading_and_embedding_queries_at_once_agree(cache_home: Path) -> None:
+    """The int8 session is loaded once however many threads ask first; every vector matches."""
+    import threading
+
+    emb = MiniLMEmbedder(cache_size=0, query_mode="int8")
+    texts = [f"where did I leave the {thing}?" for thing in ("keys", "bike", "book", "cat")]
+    out: dict[int, np.ndarray] = {}
+
+    def work(k: int) -> None:
+        out[k] = emb.embed_query(texts)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    serial = MiniLMEmbedder(cache_size=0, query_mode="int8").embed_query(texts)
+    for k in range(6):
+        np.testing.assert_array_equal(out[k], serial)
