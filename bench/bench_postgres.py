@@ -647,6 +647,13 @@ def analyze(url: str) -> float:
 def ready_ann_indexes(
     st: Stores, users: Sequence[tuple[str, Sequence[int]]], dim: int, timeout_s: float = 1800.0
 ) -> dict[str, Any]:
+    """:func:`ready_indexes` of the configuration's users through its default backend."""
+    return ready_indexes(st.url, st.pg.backend, [user for user, _ in users], dim, timeout_s)
+
+
+def ready_indexes(
+    url: str, backend: Any, users: Sequence[str], dim: int, timeout_s: float = 1800.0
+) -> dict[str, Any]:
     """Every user's HNSW index built and valid: ``build_ann_index`` for each (as ``compact()``
     does), then a wait until PostgreSQL marks each index valid (a concurrent build in
     progress, e.g. one the backend started as the user grew, is not used by the planner until
@@ -655,16 +662,16 @@ def ready_ann_indexes(
 
     from headroom.memory.store.postgres.backend import ann_index_name
 
-    names = [ann_index_name(user, dim) for user, _ in users]
+    names = [ann_index_name(user, dim) for user in users]
     valid = (
         "SELECT count(*) FILTER (WHERE i.indisvalid), count(*) FROM pg_class c "
         "JOIN pg_index i ON i.indexrelid = c.oid WHERE c.relname = ANY(%s)"
     )
     t0 = time.perf_counter()
-    with psycopg.connect(st.url, autocommit=True) as conn:
+    with psycopg.connect(url, autocommit=True) as conn:
         existed = conn.execute(valid, (names,)).fetchone()[1]  # type: ignore[index]
-        for user, _ in users:
-            st.pg.backend.build_ann_index(user)  # type: ignore[attr-defined]
+        for user in users:
+            backend.build_ann_index(user)
         while True:
             ready, count = conn.execute(valid, (names,)).fetchone()  # type: ignore[misc]
             if ready == len(names):
