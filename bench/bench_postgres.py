@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import secrets
 import socket
@@ -241,9 +242,18 @@ def local_server(unix: bool = False) -> Iterator[Server]:
         settings = {**SERVER_SETTINGS, "synchronous_commit": "on (default)", "fsync": "on"}
         yield Server(database, pid, "unix socket" if unix else "TCP 127.0.0.1", settings)
     finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            handle.cleanup()
+        # pgserver stops only the postmaster it started; the restarted one is stopped here
+        # (left running, it would notice its deleted directory only a minute later).
+        with contextlib.suppress(Exception):
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=handle.pgdata, user=handle.system_user)
+        pg_log = logging.getLogger("pgserver")
+        pg_log.disabled = True  # its own stop, of the postmaster already stopped, logs errors
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                handle.cleanup()
+        finally:
+            pg_log.disabled = False
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
