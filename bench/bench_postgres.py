@@ -546,6 +546,25 @@ def open_stores(cfg: Config, server: Server, name: str, corpus: Corpus) -> Itera
             stores.close()
 
 
+@dataclass
+class Round:
+    """One configuration being measured: its stores, users, and the user and query of each
+    timed call (``picks[i]``, ``qrows[i]``; the first three are warm-up)."""
+
+    cfg: Config
+    server: Server
+    report: dict[str, Any]
+    label: str
+    corpus: Corpus
+    st: Stores
+    users: list[tuple[str, list[int]]]
+    picks: list[tuple[str, list[int]]]
+    qrows: list[int]
+
+    def watched(self, section: str) -> contextlib.AbstractContextManager[None]:
+        return watched(f"{self.label}: {section}", self.server, self.report)
+
+
 def run_config(
     cfg: Config,
     server: Server,
@@ -555,82 +574,25 @@ def run_config(
     report: dict[str, Any],
 ) -> dict[str, Any]:
     """Fill, index, search and add for one configuration; returns its rows."""
-    corpus = work.corpus
     from headroom.memory.store.local.engine import DEFAULT_ANN_THRESHOLD
 
     per_user = max(len(rows) for _, rows in users)
     out: dict[str, Any] = {"label": label, "users": len(users), "per_user": per_user}
     db_name = f"b_{label.replace(' ', '_').replace(',', '')}_{os.getpid()}"
-    with open_stores(cfg, server, db_name, corpus) as st:
-        with watched(f"{label}: fill", server, report):
-            out["fill_s"] = {"embedded": fill(st.embedded, corpus, users)}
-            # Through the exact-only backend: no index is built while the rows go in (an HNSW
-            # index maintained row by row makes a bulk load many times slower); the index
-            # comes after, timed (ready_ann_indexes).
-            out["fill_s"]["postgres"] = fill(st.pg_exact, corpus, users)
-        rng = np.random.default_rng(cfg.seed + 1)
-        picks = [users[int(rng.integers(len(users)))] for _ in range(cfg.queries + 3)]
-        qrows = [work.queries[i % len(work.queries)] for i in range(len(picks))]
-        with watched(f"{label}: indexes", server, report):
-            t0 = time.perf_counter()
-            st.embedded.search(picks[0][0], corpus.vectors[qrows[0]], top_k=K)
-            out["embedded_first_search_s"] = time.perf_counter() - t0
-            out["pg_analyze_s"] = analyze(st.url)
-            hnsw = (
-                ready_ann_indexes(st, users, int(corpus.vectors.shape[1]))
-                if per_user >= cfg.ann_threshold
-                else None
-            )
-            out["pg_hnsw"] = hnsw
+    rng = np.random.default_rng(cfg.seed + 1)
+    picks = [users[int(rng.integers(len(users)))] for _ in range(cfg.queries + 3)]
+    qrows = [work.queries[i % len(work.queries)] for i in range(len(picks))]
+    with open_stores(cfg, server, db_name, work.corpus) as st:
+        rnd = Round(cfg, server, report, label, work.corpus, st, users, picks, qrows)
+        hnsw = prepare(rnd, out)
         embedded_index = "hnswlib" if per_user >= DEFAULT_ANN_THRESHOLD else "exact scan"
         pg_rows = [("postgres", f"HNSW ({hnsw['built_by']})", st.pg)] if hnsw else []
         pg_rows.append(("postgres", "exact", st.pg_exact))
         backends = [("embedded", embedded_index, st.embedded), *pg_rows]
-        if len(users) > 1:  # first search of a user: the ranking state is built then
-            seen: set[str] = set()
-            cold_picks = [u for u, _ in picks if not (u in seen or seen.add(u))]  # type: ignore[func-returns-value]
-            with watched(f"{label}: first search of a user", server, report):
-                cold = time_rotating(
-                    {
-                        name + "|" + index: _hybrid(store, cold_picks, qrows, corpus)
-                        for name, index, store in backends
-                    },
-                    len(cold_picks) - 3,
-                    cfg.budget_s,
-                )
-            out["first_search"] = {key: _p(ms) for key, (ms, _) in cold.items()}
-        with watched(f"{label}: search", server, report):
-            calls: dict[str, Callable[[int], Any]] = {}
-            for name, index, store in backends:
-                calls[f"hybrid|{name}|{index}"] = _hybrid(
-                    store, [u for u, _ in picks], qrows, corpus
-                )
-                calls[f"dense|{name}|{index}"] = _dense(store, [u for u, _ in picks], qrows, corpus)
-            for part, call in _pg_parts(st.pg_exact, picks).items():
-                calls[f"part|{part}"] = call
-            timed = time_rotating(calls, cfg.queries, cfg.budget_s)
-        n = len(next(iter(timed.values()))[0])
-        truth = [exact_top(corpus, picks[3 + i][1], corpus.vectors[qrows[3 + i]]) for i in range(n)]
-        embedded_hybrid = timed[f"hybrid|embedded|{embedded_index}"][1]
-        rows = []
-        for name, index, _store in backends:
-            hybrid_ms, hybrid_res = timed[f"hybrid|{name}|{index}"]
-            dense_ms, dense_res = timed[f"dense|{name}|{index}"]
-            rows.append(
-                {
-                    "backend": name,
-                    "index": index,
-                    "hybrid_ms": _p(hybrid_ms),
-                    "dense_ms": _p(dense_ms),
-                    "dense_recall_at_10": recall(truth, dense_res),
-                    "hybrid_overlap_with_embedded": overlap(hybrid_res, embedded_hybrid),
-                }
-            )
-        out["search"] = rows
-        out["pg_parts"] = {
-            key.split("|", 1)[1]: _p(ms) for key, (ms, _) in timed.items() if key[:5] == "part|"
-        }
-        with watched(f"{label}: add", server, report):
+        if len(users) > 1:
+            out["first_search"] = time_first_searches(rnd, backends)
+        out["search"], out["pg_parts"] = time_searches(rnd, backends)
+        with rnd.watched("add"):
             pg_index = "HNSW" if hnsw else "exact"
             add_stores = {
                 "embedded (sync interval)": (st.embedded, embedded_index),
@@ -639,6 +601,87 @@ def run_config(
             }
             out["add"] = time_adds(cfg, add_stores, work, picks)
     return out
+
+
+def prepare(rnd: Round, out: dict[str, Any]) -> dict[str, Any] | None:
+    """Fill both stores, then bring their indexes up: the embedded store's first search
+    (hnswlib from its threshold on), PostgreSQL's ANALYZE and HNSW indexes (users of
+    ``ann_threshold`` memories or more). Times go to ``out``; returns the HNSW facts or None."""
+    st, corpus, users = rnd.st, rnd.corpus, rnd.users
+    with rnd.watched("fill"):
+        out["fill_s"] = {"embedded": fill(st.embedded, corpus, users)}
+        # Through the exact-only backend: no index is built while the rows go in (an HNSW
+        # index maintained row by row makes a bulk load many times slower); the index comes
+        # after, timed (ready_ann_indexes).
+        out["fill_s"]["postgres"] = fill(st.pg_exact, corpus, users)
+    with rnd.watched("indexes"):
+        t0 = time.perf_counter()
+        st.embedded.search(rnd.picks[0][0], corpus.vectors[rnd.qrows[0]], top_k=K)
+        out["embedded_first_search_s"] = time.perf_counter() - t0
+        out["pg_analyze_s"] = analyze(st.url)
+        per_user = max(len(rows) for _, rows in users)
+        hnsw = None
+        if per_user >= rnd.cfg.ann_threshold:
+            hnsw = ready_ann_indexes(st, users, int(corpus.vectors.shape[1]))
+        out["pg_hnsw"] = hnsw
+    return hnsw
+
+
+Backends = list[tuple[str, str, MemoryStore]]  # (backend, index state, store)
+
+
+def time_first_searches(rnd: Round, backends: Backends) -> dict[str, dict[str, float]]:
+    """The hybrid search of users not searched before in this process (the ranking state is
+    built then), once per distinct user of the picks."""
+    seen: set[str] = set()
+    cold = [u for u, _ in rnd.picks if not (u in seen or seen.add(u))]  # type: ignore[func-returns-value]
+    with rnd.watched("first search of a user"):
+        timed = time_rotating(
+            {f"{name}|{index}": _hybrid(store, cold, rnd.qrows, rnd.corpus)
+             for name, index, store in backends},
+            len(cold) - 3,
+            rnd.cfg.budget_s,
+        )  # fmt: skip
+    return {key: _p(ms) for key, (ms, _) in timed.items()}
+
+
+def time_searches(
+    rnd: Round, backends: Backends
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """Hybrid and dense search of every backend, rotating, with PostgreSQL's reads apart;
+    returns a row per backend (latencies, recall against exact, overlap with the embedded
+    store's hybrid results) and the reads' latencies."""
+    users = [u for u, _ in rnd.picks]
+    calls: dict[str, Callable[[int], Any]] = {}
+    for name, index, store in backends:
+        calls[f"hybrid|{name}|{index}"] = _hybrid(store, users, rnd.qrows, rnd.corpus)
+        calls[f"dense|{name}|{index}"] = _dense(store, users, rnd.qrows, rnd.corpus)
+    for part, call in _pg_parts(rnd.st.pg_exact, rnd.picks).items():
+        calls[f"part|{part}"] = call
+    with rnd.watched("search"):
+        timed = time_rotating(calls, rnd.cfg.queries, rnd.cfg.budget_s)
+    n = len(next(iter(timed.values()))[0])
+    vectors = rnd.corpus.vectors
+    truth = [
+        exact_top(rnd.corpus, rnd.picks[3 + i][1], vectors[rnd.qrows[3 + i]]) for i in range(n)
+    ]
+    embedded_hybrid = timed[f"hybrid|embedded|{backends[0][1]}"][1]
+    rows = []
+    for name, index, _store in backends:
+        hybrid_ms, hybrid_res = timed[f"hybrid|{name}|{index}"]
+        dense_ms, dense_res = timed[f"dense|{name}|{index}"]
+        rows.append(
+            {
+                "backend": name,
+                "index": index,
+                "hybrid_ms": _p(hybrid_ms),
+                "dense_ms": _p(dense_ms),
+                "dense_recall_at_10": recall(truth, dense_res),
+                "hybrid_overlap_with_embedded": overlap(hybrid_res, embedded_hybrid),
+            }
+        )
+    parts = {key[5:]: _p(ms) for key, (ms, _) in timed.items() if key.startswith("part|")}
+    return rows, parts
 
 
 def analyze(url: str) -> float:
