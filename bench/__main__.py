@@ -25,6 +25,7 @@ SUITES: dict[str, str] = {
     "postgres": "bench.bench_postgres",
     "postgres-locomo": "bench.locomo.postgres",
     "queue": "bench.bench_queue",
+    "footprint": "bench.bench_footprint",
 }
 
 
