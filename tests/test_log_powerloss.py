@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from headroom.memory import errors as E
@@ -73,11 +74,13 @@ def _tracking_off() -> Iterator[None]:
 
 @dataclass
 class Workload:
-    """Steps: ("batch", entries), ("flush",) or ("compact",)."""
+    """Steps: ("batch", entries), ("flush",), ("compact",) or ("search", user): an exact
+    search, which writes the user's vector pack when the user has 64 vectors or more."""
 
     steps: list[tuple[object, ...]]
     segment_bytes: int = 1 << 20
     secrets: list[tuple[str, int]] = field(default_factory=list)  # (text, compaction ordinal)
+    secret_vectors: list[tuple[bytes, int]] = field(default_factory=list)  # (bytes, ordinal)
 
     def batches(self) -> list[list[Entry]]:
         return [s[1] for s in self.steps if s[0] == "batch"]  # type: ignore[misc]
@@ -154,11 +157,40 @@ def compact_workload() -> Workload:
     return Workload(steps, segment_bytes=4096, secrets=[(secret, 1)])
 
 
+def packs_workload() -> Workload:
+    # A user of 70 vectors: its searches write vector packs (never fsynced: a damaged one must
+    # fail its CRC and be rewritten); the compaction after a PURGE must leave no pack holding
+    # the purged vector.
+    secret = vec(12345.5, -777.25, 3.125, 99.0)
+    steps: list[tuple[object, ...]] = [
+        ("batch", [add("p", f"p{i}", f"pack {i}", _v(i)) for i in range(70)]),
+        ("batch", [add("p", "s", "holds the secret vector", secret), add("q", "q", "q", _v(1))]),
+        ("search", "p"),
+        ("batch", [op(N.PURGE, "p", "s")]),
+        ("compact",),
+        ("search", "p"),
+        ("batch", [add("p", "z", "zulu", _v(99))]),
+    ]
+    return Workload(steps, secret_vectors=[(secret.tobytes(), 1)])
+
+
 WORKLOADS: dict[str, Callable[[], Workload]] = {
     "append": append_workload,
     "roll": roll_workload,
     "compact": compact_workload,
+    "packs": packs_workload,
 }
+
+QUERY = np.asarray([0.5, -1.0, 2.0, 0.25], dtype=np.float32)
+
+
+def check_search(log: N.Log, where: str) -> None:
+    """Every user's exact search equals a scan of its live vectors (packs or not)."""
+    for user in log.users():
+        _labels, vectors = log.vectors(user)
+        want = np.sort(vectors @ QUERY)[::-1][:5] if len(vectors) else []
+        got = [score for _, score in log.search(user, QUERY, 5)]
+        np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=where)
 
 
 # --- running and checking -----------------------------------------------------------------
@@ -192,6 +224,8 @@ def run(db: Path, sync: str, w: Workload, crash_at: int) -> Run:
             elif step[0] == "flush":
                 log.flush()
                 r.floor = r.acked
+            elif step[0] == "search":
+                log.search(step[1], QUERY, 5)
             else:
                 log.compact()
                 r.floor = r.acked
@@ -253,8 +287,12 @@ def check_image(img: Path, exists: bool, mode: str, sync: str, w: Workload, r: R
     for secret, ordinal in w.secrets:
         if generation >= ordinal:
             assert secret.encode() not in data, f"{where}: purged text left after compaction"
+    for vector, ordinal in w.secret_vectors:
+        if generation >= ordinal:
+            assert vector not in data, f"{where}: purged vector left after compaction"
     with N.Log(str(img)) as log:
         assert log.get("after", "x") is not None, where
+        check_search(log, where)  # after the byte checks: a search may rewrite a pack
     return left
 
 
@@ -296,6 +334,8 @@ def test_crash_at_every_step(tmp_path: Path, sync: str, workload: str) -> None:
         assert seen["compact.tmp"] > 0 and seen["log"] > 0, seen
     if workload == "roll":  # and mid-roll, a segment being written
         assert seen["tmp"] > 0, seen
+    if workload == "packs":  # the uncrashed run wrote the pack of its last search
+        assert len(list((tmp_path / "dry" / "db" / "packs").glob("*.vpk"))) == 1
 
 
 # --- group commit -----------------------------------------------------------------------------

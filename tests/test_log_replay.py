@@ -3,7 +3,8 @@ views of the bytes they were read from, either a segment mapping it pins (every 
 the last, which no writer ever truncates) or a copy in its arena (appended batches, the last
 segment, and frames read through pread(2)). Every path must give the same answers, the id
 index (open addressing with backward-shift deletion) must survive many purges, and exact search
-must stay exact while a user's vectors are packed into one block and repacked.
+must stay exact while a user's vectors are packed into one block and repacked: a vector pack
+file every process maps (native/src/vecpack.h), or a private copy where no pack can be written.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -168,3 +171,57 @@ def test_search_stays_exact_while_vectors_are_packed_and_repacked(tmp_path: Path
         check(log)
     with N.Log(str(db), sync="off") as log:
         check(log)
+
+
+def _maps_of(pid: int | str) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_a_packed_user_is_one_file_every_process_maps(tmp_path: Path) -> None:
+    # The first search of a scattered user writes its vector pack (packs/<hash>.vpk, derived
+    # from the log); that process and every later one map the same file (the page cache holds
+    # one copy for all of them) instead of copying the vectors into private memory.
+    db = tmp_path / "db"
+    rng = np.random.default_rng(3)
+    vecs = {u: rng.standard_normal((120, DIM)).astype(np.float32) for u in USERS}
+    with N.Log(str(db), sync="off") as log:
+        for n in range(120):
+            log.append([add(u, f"m{n}", f"t{n}", vecs[u][n]) for u in USERS])
+    q = rng.standard_normal(DIM).astype(np.float32)
+    with N.Log(str(db), sync="off") as log:
+        want = log.search("alice", q, 7)
+        packs = sorted((db / "packs").iterdir())
+        assert len(packs) == 1 and packs[0].suffix == ".vpk"  # only the user searched
+        assert str(packs[0]) in _maps_of("self")
+        inode = packs[0].stat().st_ino
+        code = (
+            "import sys, numpy as np; from headroom.memory.store.local import _native as N\n"
+            "log = N.Log(sys.argv[1], sync='off')\n"
+            "hits = log.search('alice', np.frombuffer(bytes.fromhex(sys.argv[2]), np.float32), 7)\n"
+            "print(repr(hits)); print(open('/proc/self/maps').read())\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(db), q.tobytes().hex()],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert out.splitlines()[0] == repr(want)
+        assert str(packs[0]) in out and packs[0].stat().st_ino == inode  # reused, not rewritten
+    scores = vecs["alice"] @ q
+    assert [h[0] for h in want] == [f"m{i}" for i in np.argsort(-scores)[:7]]
+
+
+def test_a_store_that_cannot_hold_packs_still_searches_exactly(tmp_path: Path) -> None:
+    # A packs path that is not a directory (as on a read-only or full disk, no pack can be
+    # written): the search falls back to a private copy and stays exact.
+    db = tmp_path / "db"
+    rng = np.random.default_rng(4)
+    vecs = rng.standard_normal((100, DIM)).astype(np.float32)
+    with N.Log(str(db), sync="off") as log:
+        for n in range(100):
+            log.append([add("alice", f"m{n}", "t", vecs[n]), add("bob", f"o{n}", "t", vecs[n])])
+    (db / "packs").write_bytes(b"not a directory")
+    q = rng.standard_normal(DIM).astype(np.float32)
+    with N.Log(str(db), sync="off") as log:
+        hits = log.search("alice", q, 5)
+    assert [h[0] for h in hits] == [f"m{i}" for i in np.argsort(-(vecs @ q))[:5]]
+    assert (db / "packs").read_bytes() == b"not a directory"

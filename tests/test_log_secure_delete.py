@@ -73,3 +73,33 @@ def test_purge_and_compact_leave_no_byte_of_deleted_memories(tmp_path: Path) -> 
             want = extra[m][0] if m in extra else f"the secret {m}"
             assert live[m]["text"] == want
             assert len(log.history(owner[m], m)) == (2 if m in extra else 1)
+
+
+def test_compaction_removes_vector_packs_of_purged_memories(tmp_path: Path) -> None:
+    # Searches write vector packs (packs/*.vpk, copies of a user's vectors); a PURGE and the
+    # compaction after it must leave no purged vector in any of them, and packs written after
+    # the compaction hold only what was kept.
+    db = tmp_path / "db"
+    rng = np.random.default_rng(5)
+    vecs = rng.standard_normal((2, 160, 16)).astype(np.float32)
+    q = rng.standard_normal(16).astype(np.float32)
+    with N.Log(str(db), sync="off") as log:
+        for n in range(160):
+            log.append([add(u, f"m{n}", f"t{n}", vecs[k][n]) for k, u in enumerate(USERS[:2])])
+    with N.Log(str(db), sync="off") as log:
+        for u in USERS[:2]:
+            log.search(u, q, 3)
+        assert len(list((db / "packs").glob("*.vpk"))) == 2
+        assert vecs[0][1].tobytes() in store_bytes(db / "packs")
+        log.append([op(N.PURGE, "user0", f"m{n}") for n in range(1, 160, 2)])
+        log.append([op(N.PURGE, "user1")])
+        log.compact()
+        assert list((db / "packs").iterdir()) == []
+        hits = log.search("user0", q, 3)
+        kept = {f"m{n}": vecs[0][n] for n in range(0, 160, 2)}
+        assert [h[0] for h in hits] == sorted(kept, key=lambda m: -float(kept[m] @ q))[:3]
+        assert len(list((db / "packs").glob("*.vpk"))) == 1
+    blob = store_bytes(db)
+    for n in range(160):
+        assert (vecs[0][n].tobytes() in blob) == (n % 2 == 0), n
+        assert vecs[1][n].tobytes() not in blob, n

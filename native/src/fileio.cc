@@ -110,6 +110,22 @@ std::map<std::string, InodeKey> ListFiles(const std::string& dir) {
   return out;
 }
 
+// Names of the subdirectories of dir (not "." and "..").
+std::vector<std::string> ListSubdirs(const std::string& dir) {
+  std::vector<std::string> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return out;
+  while (dirent* ent = ::readdir(d)) {
+    std::string name = ent->d_name;
+    struct stat st;
+    if (name != "." && name != ".." && ::lstat((dir + "/" + name).c_str(), &st) == 0 &&
+        S_ISDIR(st.st_mode))
+      out.push_back(name);
+  }
+  ::closedir(d);
+  return out;
+}
+
 // The identity of a file seen for the first time: it predates tracking (or was made behind
 // the I/O layer's back), so what it holds now counts as synced.
 uint64_t Identify(Tracker& t, const InodeKey& key, const std::string& path) {
@@ -288,32 +304,10 @@ uint64_t LastFileSyncStep() {
   return t.last_sync_step;
 }
 
-bool Image(const std::string& dir, const std::string& out, Mode mode, uint64_t seed) {
-  Tracker& t = T();
-  std::lock_guard<std::mutex> lk(t.mu);
-  if (!t.on) Fail(ErrorKind::kInvalidInput, "power-loss tracking is not enabled");
-  const std::string real = RealPath(dir);
-  if (real.empty()) {
-    if (errno == ENOENT) return false;  // never made (a crash before its mkdir)
-    Fail(ErrorKind::kIo, "cannot resolve " + dir + ": " + ErrnoText(errno));
-  }
-  const bool in_place = out.empty();
-  if (!in_place) {
-    struct stat st;
-    if (::lstat(out.c_str(), &st) == 0)
-      Fail(ErrorKind::kInvalidInput, "the image target " + out + " exists");
-  }
-  // The directory itself (or a directory above it) was made and its entry never synced.
-  if (mode != Mode::kKeep) {
-    for (const auto& [made, synced] : t.made) {
-      if (synced) continue;
-      if (real == made || (real.size() > made.size() && real.compare(0, made.size(), made) == 0 &&
-                           real[made.size()] == '/')) {
-        if (in_place) RemoveTree(real);
-        return false;
-      }
-    }
-  }
+// Writes what directory `real` holds after a power loss into `target` (or rewrites it in
+// place), then its subdirectories.
+void ImageInto(Tracker& t, const std::string& real, const std::string& target, bool in_place,
+               Mode mode, uint64_t seed) {
   // What each entry holds after the power loss.
   std::map<std::string, std::string> files;
   const std::map<std::string, InodeKey> now = ListFiles(real);
@@ -349,13 +343,53 @@ bool Image(const std::string& dir, const std::string& out, Mode mode, uint64_t s
       files[name] = std::move(c);
     }
   }
-  std::string target = in_place ? real : out;
   if (in_place) {
     for (const auto& [name, key] : now) ::unlink((real + "/" + name).c_str());
   } else if (::mkdir(target.c_str(), 0755) != 0) {
     Fail(ErrorKind::kIo, "cannot create " + target + ": " + ErrnoText(errno));
   }
   for (const auto& [name, bytes] : files) WriteWhole(target + "/" + name, bytes);
+  // Subdirectories (vector packs, index snapshots), each imaged alike; one made while
+  // tracking whose entry was never synced into this directory is gone.
+  for (const std::string& name : ListSubdirs(real)) {
+    const std::string sub = real + "/" + name;
+    auto made = t.made.find(sub);
+    if (mode != Mode::kKeep && made != t.made.end() && !made->second) {
+      if (in_place) RemoveTree(sub);
+      continue;
+    }
+    ImageInto(t, sub, target + "/" + name, in_place, mode, seed);
+  }
+}
+
+
+bool Image(const std::string& dir, const std::string& out, Mode mode, uint64_t seed) {
+  Tracker& t = T();
+  std::lock_guard<std::mutex> lk(t.mu);
+  if (!t.on) Fail(ErrorKind::kInvalidInput, "power-loss tracking is not enabled");
+  const std::string real = RealPath(dir);
+  if (real.empty()) {
+    if (errno == ENOENT) return false;  // never made (a crash before its mkdir)
+    Fail(ErrorKind::kIo, "cannot resolve " + dir + ": " + ErrnoText(errno));
+  }
+  const bool in_place = out.empty();
+  if (!in_place) {
+    struct stat st;
+    if (::lstat(out.c_str(), &st) == 0)
+      Fail(ErrorKind::kInvalidInput, "the image target " + out + " exists");
+  }
+  // The directory itself (or a directory above it) was made and its entry never synced.
+  if (mode != Mode::kKeep) {
+    for (const auto& [made, synced] : t.made) {
+      if (synced) continue;
+      if (real == made || (real.size() > made.size() && real.compare(0, made.size(), made) == 0 &&
+                           real[made.size()] == '/')) {
+        if (in_place) RemoveTree(real);
+        return false;
+      }
+    }
+  }
+  ImageInto(t, real, in_place ? real : out, in_place, mode, seed);
   return true;
 }
 
@@ -591,6 +625,21 @@ std::vector<std::string> ListSegmentTemps(const std::string& dir) {
     uint64_t n;
     if (name.size() == 32 && name.compare(28, 4, ".tmp") == 0 &&
         ParseSegmentName(name.substr(0, 28), &n))
+      out.push_back(name);
+  }
+  ::closedir(d);
+  return out;
+}
+
+std::vector<std::string> ListPackFiles(const std::string& dir) {
+  std::vector<std::string> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return out;
+  while (dirent* ent = ::readdir(d)) {
+    std::string name = ent->d_name;
+    size_t at = name.find(".vpk");
+    if (at != std::string::npos && at > 0 &&
+        (at + 4 == name.size() || name.compare(at + 4, 4, ".tmp") == 0))
       out.push_back(name);
   }
   ::closedir(d);

@@ -45,6 +45,10 @@ std::vector<uint64_t> ListSegments(const std::string& dir);
 // Names of the segment files being written ("seg-….log.tmp") found in dir.
 std::vector<std::string> ListSegmentTemps(const std::string& dir);
 
+// Names of the files of the vector packs directory `dir` (packs and packs being written:
+// "….vpk", "….vpk.tmp…"); empty when dir does not exist.
+std::vector<std::string> ListPackFiles(const std::string& dir);
+
 std::string ErrnoText(int err);
 
 // A simulated power loss, for tests only (in the way of LevelDB's fault-injection test env).

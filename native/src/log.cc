@@ -303,6 +303,8 @@ std::vector<std::pair<uint64_t, SegmentHeader>> Log::LiveSegments(bool locked) {
   if (locked) {  // files being written by a writer that crashed: never part of the store
     UnlinkFile(dir_ + "/compact.tmp");
     for (const std::string& name : ListSegmentTemps(dir_)) UnlinkFile(dir_ + "/" + name);
+    for (const std::string& name : ListPackFiles(PackDir()))
+      if (name.find(".tmp") != std::string::npos) UnlinkFile(PackDir() + "/" + name);
   }
   if (live.empty()) Fail(ErrorKind::kCorruption, "the store " + dir_ + " has no live segment");
   return live;
@@ -480,6 +482,82 @@ uint64_t Log::Refresh() {
   std::lock_guard<std::mutex> io(io_mu_);
   CheckOpen();
   return RefreshLocked(false);
+}
+
+// --- vector packs ---------------------------------------------------------------------------
+
+void Log::PackUser(const std::string& user) {
+  CheckOpen();
+  std::lock_guard<std::mutex> io(io_mu_);
+  CheckOpen();
+  const std::string path = PackDir() + "/" + PackFileName(user);
+  {
+    std::unique_lock<std::shared_mutex> lk(state_mu_);
+    if (!state_->NeedsPack(user)) return;
+    if (AttachPackFile(user, path) && !state_->NeedsPack(user)) return;
+  }
+  // Write a new pack: under the file lock, so no compaction (which removes every pack before
+  // it commits) runs meanwhile, and from a state that has applied every append so far (so the
+  // pack holds no vector that an earlier PURGE and compaction already took out). A busy lock
+  // (a writer or a compaction in another process) is not waited for: the private copy serves.
+  bool attached = false;
+  if (!failed_ && ::flock(lock_fd_, LOCK_EX | LOCK_NB) == 0) {
+    struct Unlocker {
+      Log* log;
+      ~Unlocker() { log->Unlock(); }
+    } unlocker{this};
+    RefreshLocked(true);
+    std::unique_lock<std::shared_mutex> lk(state_mu_);
+    if (!state_->NeedsPack(user)) return;
+    attached = WritePackFile(user, path) && AttachPackFile(user, path);
+  }
+  std::unique_lock<std::shared_mutex> lk(state_mu_);
+  if (!attached || state_->NeedsPack(user)) {
+    if (state_->NeedsPack(user)) state_->Pack(user);
+  }
+}
+
+bool Log::AttachPackFile(const std::string& user, const std::string& path) {
+  int fd = OpenFile(path, O_RDONLY);
+  if (fd < 0) return false;
+  struct stat st;
+  std::shared_ptr<const Mapping> map;
+  if (::fstat(fd, &st) == 0 && st.st_size > 0)
+    map = Mapping::Map(fd, static_cast<size_t>(st.st_size));
+  ::close(fd);
+  PackView view;
+  if (!map || !DecodePack(map->data(), map->size(), &view) || view.generation != generation_)
+    return false;
+  return state_->AttachPack(user, std::move(map), view) > 0;
+}
+
+bool Log::WritePackFile(const std::string& user, const std::string& path) {
+  uint32_t dim = 0;
+  uint64_t seq = 0;
+  std::vector<std::pair<uint64_t, const float*>> rows = state_->PackRows(user, &dim, &seq);
+  if (rows.empty()) return false;
+  const std::string bytes = EncodePack(user, dim, generation_, seq, rows);
+  const int mk = MakeDir(PackDir());
+  if (mk && mk != EEXIST) return false;
+  const std::string tmp = path + ".tmp";  // we hold the file lock: no other writer of packs
+  int fd = OpenFile(tmp, O_WRONLY | O_CREAT | O_TRUNC);
+  if (fd < 0) return false;
+  int err = WriteAt(fd, bytes.data(), bytes.size(), 0, nullptr);
+  ::close(fd);
+  if (!err) err = RenameFile(tmp, path);
+  if (err) UnlinkFile(tmp);
+  return err == 0;
+}
+
+bool Log::RemovePackFiles() {
+  const std::vector<std::string> names = ListPackFiles(PackDir());
+  bool ok = true;
+  for (const std::string& name : names) {
+    int err = UnlinkFile(PackDir() + "/" + name);
+    if (err && err != ENOENT) ok = false;
+  }
+  if (!names.empty() && SyncDir(PackDir()) != 0) ok = false;
+  return ok;
 }
 
 // --- appending ----------------------------------------------------------------------------
@@ -763,6 +841,9 @@ CompactResult Log::Compact() {
   flush();
   if (!err) err = SyncFile(out, &faults_);
   ::close(out);
+  // Every vector pack goes before the commit point (a pack may hold vectors this compaction
+  // purges); under the file lock no pack is written meanwhile. They are rebuilt on demand.
+  if (!err && !RemovePackFiles()) err = EIO;
   if (!err) err = RenameFile(tmp, SegPath(h.number));
   if (err) {
     UnlinkFile(tmp);

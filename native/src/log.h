@@ -91,8 +91,8 @@ class Log {
     std::shared_lock<std::shared_mutex> lk(state_mu_);
     return f(static_cast<const State&>(*state_));
   }
-  // As Read, for an exact search over `user`'s vectors: first packs them into one block when
-  // they lie scattered (State::NeedsPack), which makes the scan stream through memory.
+  // As Read, for an exact search over `user`'s vectors: first makes them contiguous when they
+  // lie scattered (State::NeedsPack), which makes the scan stream through memory (PackUser).
   template <class F>
   auto ReadPacked(const std::string& user, F&& f) {
     RefreshForRead();
@@ -100,10 +100,16 @@ class Log {
       std::shared_lock<std::shared_mutex> lk(state_mu_);
       if (!state_->NeedsPack(user)) return f(static_cast<const State&>(*state_));
     }
-    std::unique_lock<std::shared_mutex> lk(state_mu_);
-    if (state_->NeedsPack(user)) state_->Pack(user);
+    PackUser(user);
+    std::shared_lock<std::shared_mutex> lk(state_mu_);
     return f(static_cast<const State&>(*state_));
   }
+  // Points the user's rows at a mapped vector pack (vecpack.h): the user's pack file when it
+  // is valid and covers enough of them, else a new one written now (under the file lock, from
+  // a state caught up with the log, so that it never holds a vector a finished compaction
+  // purged). Falls back to State::Pack (a private copy) when no pack can be written or the
+  // lock is busy. Pack files are never fsynced: a damaged one fails its CRC and is rewritten.
+  void PackUser(const std::string& user);
   CompactResult Compact();
   // fsyncs everything appended so far (any sync mode). Throws kFailed when the fsync fails.
   void Flush();
@@ -150,6 +156,16 @@ class Log {
   void CommitGroup(const std::vector<Writer*>& group);
   void MaybeRotate();
   void CreateSegment(const SegmentHeader& h);
+  // Maps the pack file at `path` and attaches it to `user` (State::AttachPack) when it is
+  // valid and of this generation (caller holds io_mu_ and state_mu_ exclusively).
+  bool AttachPackFile(const std::string& user, const std::string& path);
+  // Writes the user's pack file from the state (temp file, rename); false on any I/O failure
+  // (caller holds io_mu_, the file lock and state_mu_ exclusively).
+  bool WritePackFile(const std::string& user, const std::string& path);
+  // Unlinks every pack file (and leftover temp file) and fsyncs the packs directory; false
+  // when an unlink or the fsync failed (caller holds the file lock).
+  bool RemovePackFiles();
+  std::string PackDir() const { return dir_ + "/" + kPackDir; }
   void SetFailed(const std::string& why);
   void Lock();
   void Unlock();

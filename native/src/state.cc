@@ -472,6 +472,32 @@ bool State::NeedsPack(const std::string& user) const {
   return u && u->rows.size() >= 64 && u->loose * 8 > u->rows.size();
 }
 
+namespace {
+
+bool Inside(const float* v, const uint8_t* begin, size_t n) {
+  const uint8_t* p = reinterpret_cast<const uint8_t*>(v);
+  return p >= begin && p < begin + n;
+}
+
+// Drops the user's packs and packed copy that no row points into any more.
+void DropUnused(User* u) {
+  auto used = [u](const uint8_t* begin, size_t n) {
+    for (const Row& r : u->rows)
+      if (Inside(r.vec, begin, n)) return true;
+    return false;
+  };
+  u->packs.erase(std::remove_if(u->packs.begin(), u->packs.end(),
+                                [&](const std::shared_ptr<const Mapping>& m) {
+                                  return !used(m->data(), m->size());
+                                }),
+                 u->packs.end());
+  if (!u->packed.empty() &&
+      !used(reinterpret_cast<const uint8_t*>(u->packed.data()), u->packed.size() * 4))
+    std::vector<float>().swap(u->packed);
+}
+
+}  // namespace
+
 void State::Pack(const std::string& user) {
   auto it = users_.find(user);
   if (it == users_.end()) return;
@@ -486,6 +512,44 @@ void State::Pack(const std::string& user) {
   }
   u->packed.swap(block);
   u->loose = 0;
+  DropUnused(u);
+}
+
+size_t State::AttachPack(const std::string& user, std::shared_ptr<const Mapping> map,
+                         const PackView& view) {
+  auto it = users_.find(user);
+  if (it == users_.end() || view.user != user) return 0;
+  User* u = it->second.get();
+  if (u->rows.empty() || view.dim != u->dim) return 0;
+  size_t in = 0;
+  for (Row& r : u->rows) {
+    if (const float* v = view.Find(r.label)) {
+      r.vec = v;
+      ++in;
+    }
+  }
+  if (in) u->packs.push_back(std::move(map));
+  u->loose = u->rows.size() - in;
+  DropUnused(u);
+  return in;
+}
+
+std::vector<std::pair<uint64_t, const float*>> State::PackRows(const std::string& user,
+                                                              uint32_t* dim,
+                                                              uint64_t* seq) const {
+  std::vector<std::pair<uint64_t, const float*>> out;
+  *dim = 0;
+  *seq = 0;
+  const User* u = FindUser(user);
+  if (!u) return out;
+  *dim = u->dim;
+  *seq = u->last_seq;
+  out.reserve(u->rows.size());
+  for (const Row& r : u->rows) out.emplace_back(r.label, r.vec);
+  std::sort(out.begin(), out.end(),
+            [](const std::pair<uint64_t, const float*>& a,
+               const std::pair<uint64_t, const float*>& b) { return a.first < b.first; });
+  return out;
 }
 
 uint32_t State::Vectors(const std::string& user, std::vector<uint64_t>* labels,

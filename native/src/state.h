@@ -21,6 +21,7 @@
 
 #include "arena.h"
 #include "format.h"
+#include "vecpack.h"
 
 namespace headroom {
 
@@ -159,8 +160,12 @@ struct User {
   LabelIndex by_label;                              // live labels
   uint32_t dim = 0;
   std::vector<Row> rows;  // the live vectors, in no particular order
-  std::vector<float> packed;  // a contiguous copy of vectors made by State::Pack (rows point in)
-  size_t loose = 0;           // rows added since the last Pack (their vectors lie elsewhere)
+  // Where rows point besides the segment mappings and the arena: mapped vector packs
+  // (State::AttachPack) and a private contiguous copy (State::Pack, when no pack can be
+  // written); each is dropped once no row points into it.
+  std::vector<std::shared_ptr<const Mapping>> packs;
+  std::vector<float> packed;
+  size_t loose = 0;  // rows whose vectors lie scattered (not in a pack or the packed copy)
   uint64_t last_seq = 0;
   size_t live = 0;
   std::vector<std::pair<uint64_t, uint64_t>> removed;  // (seq of removal, label)
@@ -222,8 +227,19 @@ class State {
   // (in the segment mappings or the arena, one page walk each) rather than in one block.
   bool NeedsPack(const std::string& user) const;
   // Copies the user's live vectors into one contiguous block the user owns and points the rows
-  // at it (the previous block is freed: nothing else points into it).
+  // at it (the previous block is freed: nothing else points into it). The fallback of
+  // AttachPack, when no pack file can be written (a read-only store, a full disk).
   void Pack(const std::string& user);
+  // Points every row of `user` whose label `view` holds at the pack's copy of its vector and
+  // keeps `map` (which holds view's bytes) alive while a row points into it; returns how many
+  // rows point into the pack. Does nothing (returns 0) when the pack is of another user or
+  // another dim. Correct for any pack whose CRC holds: a label names one vector forever.
+  size_t AttachPack(const std::string& user, std::shared_ptr<const Mapping> map,
+                    const PackView& view);
+  // The user's live (label, vector) rows sorted by label, for writing a pack; *dim and *seq
+  // (the user's last seq) describe them. Empty for an unknown user.
+  std::vector<std::pair<uint64_t, const float*>> PackRows(const std::string& user, uint32_t* dim,
+                                                          uint64_t* seq) const;
   uint32_t Vectors(const std::string& user, std::vector<uint64_t>* labels,
                    std::vector<float>* vecs) const;
   // The sum of the user's live vectors, in double precision (zeros of the user's dimension, or
