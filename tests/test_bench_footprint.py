@@ -76,12 +76,12 @@ def test_quick_run_measures_every_figure(
     assert users["memories"] == 4000 and users["vectors"] == "synthetic"
     for mode in bf.MODES:
         row = users["per_memory_bytes"][mode]
-        assert math.isfinite(row["private_dirty_total"]) and row["open_s"] > 0
+        assert math.isfinite(row["anon_total"]) and row["open_s"] > 0
         run = users["runs"][mode]
         assert run["after"]["Rss"] >= run["before"]["Rss"] > 0
     assert set(users["split_bytes"]) == {"vectors", "lexical", "other", "state_at_open"}
     # the lexical side holds a BM25 index of every user: it cannot be free
-    assert users["per_memory_bytes"]["lexical"]["private_dirty_after_open"] > 0
+    assert users["per_memory_bytes"]["lexical"]["anon_after_open"] > 0
     cold = doc["cold"]
     assert [(r["size"], r["path"]) for r in cold] == [
         (300, "dense"), (300, "hybrid"), (5000, "dense"), (5000, "hybrid"),
