@@ -314,6 +314,51 @@ def test_snapshot_is_written_verified_and_rebuilt_when_bad(tmp_path: Path) -> No
         assert store.search("big", "row 200", top_k=1)[0][0].text == "row 200"
 
 
+def test_a_snapshot_loads_in_the_background_while_searches_scan_exactly(tmp_path: Path) -> None:
+    # A restarted process finds the user's snapshot: its first searches do not wait for the
+    # graph to load (exact scans answer them), and the index serves once it is in memory; a
+    # drop (a hard delete, a compaction) during the load discards what the loader read.
+    from headroom.memory.store.local.engine import Engine
+
+    rng = np.random.default_rng(9)
+    vecs = rng.standard_normal((400, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    entries = [
+        (1, "big", f"m{i}", 2, 2, 1_000_000 + i, f"memory {i}", "{}", "test", vecs[i])
+        for i in range(400)
+    ]
+    engine = Engine(tmp_path / "db", ann_threshold=64)
+    engine.append(entries)
+    assert engine.search("big", vecs[0], 1)[0][0] == "m0"  # built here, in the caller
+    engine.close()  # snapshots it
+    queries = rng.standard_normal((20, 16)).astype(np.float32)
+
+    def exact(q: np.ndarray) -> list[str]:
+        return [f"m{i}" for i in np.argsort(-(vecs @ q))[:5]]
+
+    engine = Engine(tmp_path / "db", ann_threshold=64)
+    try:
+        first = engine.search("big", queries[0], 5)
+        assert [m for m, _ in first] == exact(queries[0])
+        assert engine.wait_for_index("big", timeout=60)
+        hits = [[m for m, _ in engine.search("big", q, 5)] for q in queries]
+        recall = np.mean(
+            [len(set(h) & set(exact(q))) / 5 for h, q in zip(hits, queries, strict=True)]
+        )
+        assert recall >= 0.9
+    finally:
+        engine.close()
+    engine = Engine(tmp_path / "db", ann_threshold=64)
+    try:
+        engine.search("big", queries[1], 5)  # starts the load
+        engine.drop_user_index("big")
+        assert not engine.wait_for_index("big", timeout=60)
+        assert [m for m, _ in engine.search("big", queries[2], 5)] == exact(queries[2])
+        assert engine.wait_for_index("big")  # no snapshot left: built in the caller
+    finally:
+        engine.close()
+
+
 def test_hybrid_lexical_side_follows_updates_deletes_and_other_writers(tmp_path: Path) -> None:
     # HashEmbedder vectors carry no meaning, so what ranks first here is the lexical side.
     emb = HashEmbedder()

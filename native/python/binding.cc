@@ -352,22 +352,23 @@ PYBIND11_MODULE(_native, m) {
         return log.generation();
       })
       .def("search", [](Log& log, const std::string& user, py::handle query, int64_t k,
-                        uint32_t categories, int64_t t_min, int64_t t_max) {
+                        uint32_t categories, int64_t t_min, int64_t t_max, bool pack) {
         std::vector<float> q = Vector(query, "query");
         if (k < 0) Bad(ErrorKind::kInvalidInput, "k must be >= 0");
         std::vector<headroom::Hit> hits;
         {
           GilRelease nogil;
-          hits = log.ReadPacked(user, [&](const headroom::State& s) {
+          auto scan = [&](const headroom::State& s) {
             return s.Search(user, q.data(), static_cast<uint32_t>(q.size()),
                             static_cast<size_t>(k), categories, t_min, t_max);
-          });
+          };
+          hits = pack ? log.ReadPacked(user, scan) : log.Read(scan);
         }
         py::list out;
         for (const auto& h : hits) out.append(py::make_tuple(h.id, h.score));
         return out;
       }, py::arg("user"), py::arg("query"), py::arg("k"), py::arg("categories") = 0,
-         py::arg("t_min") = INT64_MIN, py::arg("t_max") = INT64_MAX)
+         py::arg("t_min") = INT64_MIN, py::arg("t_max") = INT64_MAX, py::arg("pack") = true)
       .def("vectors", [](Log& log, const std::string& user) {
         std::vector<uint64_t> labels;
         std::vector<float> vecs;

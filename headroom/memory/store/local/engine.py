@@ -3,7 +3,9 @@
 The engine takes vectors and never embeds (``MemoryStore`` adds the embedder on top). Small
 users are searched exactly by the compiled core; a user with at least ``ann_threshold`` live
 memories gets an hnswlib index (``index.UserIndex``) built from the log, kept current from the
-log before each search, and snapshotted so a reopen does not rebuild it.
+log before each search, and snapshotted so a reopen does not rebuild it. A snapshot is loaded
+on a background thread: until it is ready, the user's searches are exact scans (no cold start
+waits for the graph to be read).
 
 Contracts:
 - ``search`` never returns another user's memories (indexes are per user; the log is keyed by
@@ -11,7 +13,8 @@ Contracts:
   least k memories match (hnswlib's filtered search falls back to the exact scan when it comes
   back short).
 - After ``compact`` no snapshot file holds a vector of a deleted memory: compaction drops every
-  snapshot and every in-memory index that saw a deletion.
+  snapshot and every in-memory index that saw a deletion; an index still loading then is
+  discarded when it is ready.
 """
 
 from __future__ import annotations
@@ -70,6 +73,10 @@ class Engine:
         self._saved_seq: dict[str, int] = {}
         self._indexes_lock = threading.Lock()
         self._generation = self.log.generation
+        #: Snapshot loads in progress (user -> loader thread), and a counter every drop bumps:
+        #: a loader keeps its index only if no drop happened since it started.
+        self._loading: dict[str, threading.Thread] = {}
+        self._epoch = 0
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -89,6 +96,7 @@ class Engine:
         with self._indexes_lock:
             self._indexes.pop(user_id, None)
             self._saved_seq.pop(user_id, None)
+            self._epoch += 1
         UserIndex.drop_snapshot(self._index_dir, user_id)
 
     # --- search ------------------------------------------------------------------------------
@@ -117,6 +125,11 @@ class Engine:
             exact: list[tuple[str, float]] = self.log.search(user_id, query, k, categories, lo, hi)
             return exact
         index = self._current_index(user_id, int(query.shape[0]))
+        if index is None:  # its snapshot is loading: scan where the vectors lie (no pack)
+            scan: list[tuple[str, float]] = self.log.search(
+                user_id, query, k, categories, lo, hi, pack=False
+            )
+            return scan
         filtered = bool(categories) or t_min is not None or t_max is not None
         with index.lock.read():
             info = index.info
@@ -137,7 +150,7 @@ class Engine:
         if len(results) < wanted:
             # hnswlib came back short (a selective filter): the exact scan is the truth.
             fallback: list[tuple[str, float]] = self.log.search(
-                user_id, query, k, categories, lo, hi
+                user_id, query, k, categories, lo, hi, pack=False
             )
             return fallback
         return results
@@ -153,16 +166,63 @@ class Engine:
         if index is not None:
             self._catch_up(index)
 
-    def _current_index(self, user_id: str, dim: int) -> UserIndex:
+    def _current_index(self, user_id: str, dim: int) -> UserIndex | None:
+        """The user's index, caught up with the log; None while its snapshot loads.
+
+        With no index in memory: a snapshot on disk is loaded on a background thread (the
+        caller scans exactly meanwhile); without one the index is built here, from the log.
+        """
         with self._indexes_lock:
             index = self._indexes.get(user_id)
             if index is None:
-                loaded = UserIndex.load(self._index_dir, user_id, dim)
-                index = loaded or UserIndex(user_id, dim)
+                if user_id in self._loading:
+                    return None
+                if UserIndex.has_snapshot(self._index_dir, user_id):
+                    self._start_load(user_id, dim)
+                    return None
+                index = UserIndex(user_id, dim)
                 self._indexes[user_id] = index
-                self._saved_seq[user_id] = index.covered_seq
+                self._saved_seq[user_id] = 0
         self._catch_up(index)
         return index
+
+    def _start_load(self, user_id: str, dim: int) -> None:
+        """Load the user's snapshot (or build its index when the snapshot is bad) on a daemon
+        thread, catch it up with the log and publish it, unless a drop happened meanwhile.
+        Caller holds ``_indexes_lock``."""
+        epoch, generation = self._epoch, self._generation
+
+        def load() -> None:
+            index: UserIndex | None = None
+            try:
+                index = UserIndex.load(self._index_dir, user_id, dim) or UserIndex(user_id, dim)
+                with self._indexes_lock:
+                    if epoch == self._epoch:
+                        self._saved_seq[user_id] = index.covered_seq
+                self._catch_up(index)
+                if self.log.generation != generation:  # compacted meanwhile: not current
+                    index = None
+            except Exception:  # a closed store, an I/O error: the next search tries again
+                index = None
+            finally:
+                with self._indexes_lock:
+                    self._loading.pop(user_id, None)
+                    if index is not None and epoch == self._epoch:
+                        self._indexes.setdefault(user_id, index)
+
+        thread = threading.Thread(target=load, name="headroom-index-load", daemon=True)
+        self._loading[user_id] = thread
+        thread.start()
+
+    def wait_for_index(self, user_id: str, timeout: float | None = None) -> bool:
+        """Wait until a snapshot load of the user's index (if one runs) has finished; True
+        when the user's index is in memory then (tests and benchmarks)."""
+        with self._indexes_lock:
+            thread = self._loading.get(user_id)
+        if thread is not None:
+            thread.join(timeout)
+        with self._indexes_lock:
+            return user_id in self._indexes
 
     def _catch_up(self, index: UserIndex) -> None:
         user_id = index.user_id
@@ -196,6 +256,7 @@ class Engine:
         with self._indexes_lock:
             self._indexes.clear()
             self._saved_seq.clear()
+            self._epoch += 1
             self._generation = self.log.generation
         if delete_files and self._index_dir.is_dir():
             for path in self._index_dir.iterdir():

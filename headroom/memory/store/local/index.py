@@ -238,6 +238,11 @@ class UserIndex:
             return None
 
     @staticmethod
+    def has_snapshot(directory: Path, user_id: str) -> bool:
+        """Whether the user has snapshot files (intact or not: :meth:`load` checks)."""
+        return (directory / user_file_stem(user_id)).with_suffix(".meta").is_file()
+
+    @staticmethod
     def drop_snapshot(directory: Path, user_id: str) -> None:
         """Remove the user's snapshot files, if any."""
         stem = directory / user_file_stem(user_id)
