@@ -1,7 +1,8 @@
 """Zero-copy replay (native/src/state.h, arena.h): the state keeps texts, ids and vectors as
 views of the bytes they were read from, either a segment mapping it pins (every segment but
-the last, which no writer ever truncates) or a copy in its arena (appended batches, the last
-segment, and frames read through pread(2)). Every path must give the same answers, the id
+the last, which no writer ever truncates, and the last one when it was read holding the lock)
+or a copy in its arena (appended batches, the last segment read while another process held the
+lock, and frames read through pread(2)). Every path must give the same answers, the id
 index (open addressing with backward-shift deletion) must survive many purges, and exact search
 must stay exact while a user's vectors are packed into one block and repacked: a vector pack
 file every process maps (native/src/vecpack.h), or a private copy where no pack can be written.
@@ -225,3 +226,27 @@ def test_a_store_that_cannot_hold_packs_still_searches_exactly(tmp_path: Path) -
         hits = log.search("alice", q, 5)
     assert [h[0] for h in hits] == [f"m{i}" for i in np.argsort(-(vecs @ q))[:5]]
     assert (db / "packs").read_bytes() == b"not a directory"
+
+
+def test_the_last_segment_is_mapped_only_when_read_under_the_lock(tmp_path: Path) -> None:
+    # Read holding the lock, no commit was in progress: the state points into the mapping of
+    # the last segment as into the others (no private copy). Read while another process holds
+    # the lock, a commit may be undone after the read: the state copies what it keeps.
+    db = tmp_path / "db"
+    rng = np.random.default_rng(8)
+    vecs = rng.standard_normal((50, DIM)).astype(np.float32)
+    with N.Log(str(db), sync="off") as log:
+        log.append([add("alice", f"m{n}", f"t{n}", vecs[n]) for n in range(50)])
+    (last,) = segments(db)
+    q = rng.standard_normal(DIM).astype(np.float32)
+    want = [f"m{i}" for i in np.argsort(-(vecs @ q))[:5]]
+    with N.Log(str(db), sync="off") as log:
+        assert str(last) in _maps_of("self")
+        assert [h[0] for h in log.search("alice", q, 5, pack=False)] == want
+    with _lock_held_elsewhere(db):
+        log = N.Log(str(db), sync="off")
+        try:
+            assert str(last) not in _maps_of("self")
+            assert [h[0] for h in log.search("alice", q, 5, pack=False)] == want
+        finally:
+            log.close()

@@ -321,9 +321,11 @@ void Log::Replay(const std::vector<std::pair<uint64_t, SegmentHeader>>& live, bo
   // segment (only the last one is ever truncated), or the last one while we hold the lock.
   // Else it is read through pread(2). The state keeps pointing into the mapping of an earlier
   // segment (zero-copy replay) and pins it: an unlink by a compaction leaves it readable, and
-  // no writer ever truncates it. From the last segment it copies what it keeps: after we let
-  // go of the lock, a writer that finds a damaged frame there truncates from it on (torn
-  // tail), and a page of a mapping past the end of its file must never be touched.
+  // no writer ever truncates it. The last segment is pinned too when we scanned it holding the
+  // lock: then no commit was in progress, and the only truncations there are (a torn tail cut
+  // by a lock holder, a failed commit undone by its writer) cut after the frames we kept, so no
+  // page we point into ever lies past the end of the file. Without the lock it copies what it
+  // keeps: a commit in progress may be undone (truncated) after we read its frames.
   auto open_segment = [this, &live, locked](size_t i) {
     const bool last = i + 1 == live.size();
     std::string p = SegPath(live[i].first);
@@ -352,7 +354,7 @@ void Log::Replay(const std::vector<std::pair<uint64_t, SegmentHeader>>& live, bo
       SegmentHeader h = live[i].second;
       if (h.generation > gen) gen = h.generation;
       const uint64_t size = cur.size;
-      const bool pinned = cur.map && !last;
+      const bool pinned = cur.map && (!last || locked);
       if (pinned) fresh->Pin(cur.map);
       std::unique_ptr<FrameScanner> scp =
           cur.map ? std::make_unique<FrameScanner>(cur.map->data(), h.header_size, size)
