@@ -23,7 +23,9 @@ one), each with the CPU time other processes used while it ran (``bench.common.C
 - ``cold``: one user of each ``--sizes`` memories (synthetic vectors; at and above the engine's
   ANN threshold the dense path is hnswlib, its snapshot written by an earlier process, as a
   server restart finds it). A fresh process opens the store and runs a first search, then
-  ``--warm`` more; the ratio first / median warm (the issue's target: at most 10x), for the
+  ``--warm`` more once the user's hnswlib index is in memory (a snapshot loads in the
+  background; how long the first search's caller would have waited for it is printed); the
+  ratio first / median warm (the issue's target: at most 10x), for the
   dense path (vector query) and the hybrid path (text query, synthetic embedder: no model
   time in either figure).
 - ``library``: import + MiniLM load + first vector in a fresh process (median of 3) against a
@@ -276,9 +278,15 @@ def child_cold(path: str, mode: str, warm: int) -> dict[str, Any]:
         return time.perf_counter() - start
 
     first = one(0)
+    # A snapshot loads in the background (exact scans answer meanwhile): warm means loaded.
+    t2 = time.perf_counter()
+    engine = getattr(store.backend, "engine", None)
+    if engine is not None and hasattr(engine, "wait_for_index"):
+        engine.wait_for_index("solo")
+    ready = time.perf_counter() - t2
     times = [one(i) for i in range(1, warm + 1)]
     store.close()
-    return {"open_s": t1 - t0, "first_s": first, "warm_s": times}
+    return {"open_s": t1 - t0, "first_s": first, "index_wait_s": ready, "warm_s": times}
 
 
 def child(argv: Sequence[str]) -> int:
@@ -451,6 +459,7 @@ def section_cold(cfg: Config, out: dict[str, Any]) -> None:
                         "warm_p50_ms": 1e3 * warm,
                         "first_over_warm": r["first_s"] / warm,
                         "open_first_over_warm": (r["open_s"] + r["first_s"]) / warm,
+                        "index_wait_ms": 1e3 * r.get("index_wait_s", 0.0),
                         "warm_samples": len(r["warm_s"]),
                     }
                 )
@@ -464,6 +473,7 @@ def section_cold(cfg: Config, out: dict[str, Any]) -> None:
             f"{r['warm_p50_ms']:.3f}",
             f"{r['first_over_warm']:.1f}",
             f"{r['open_first_over_warm']:.1f}",
+            f"{r['index_wait_ms']:.0f}",
             "met" if r["first_over_warm"] <= TARGET_COLD_RATIO else "missed",
         ]
         for r in results
@@ -480,6 +490,7 @@ def section_cold(cfg: Config, out: dict[str, Any]) -> None:
                 "warm p50 ms",
                 "first/warm",
                 "(open+first)/warm",
+                "index load left, ms",
                 f"first/warm <= {TARGET_COLD_RATIO:g}",
             ],
             table,

@@ -201,9 +201,11 @@ def test_a_packed_user_is_one_file_every_process_maps(tmp_path: Path) -> None:
             "hits = log.search('alice', np.frombuffer(bytes.fromhex(sys.argv[2]), np.float32), 7)\n"
             "print(repr(hits)); print(open('/proc/self/maps').read())\n"
         )
+        # -S and this process's sys.path: the child imports the very module this one did.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         out = subprocess.run(
-            [sys.executable, "-c", code, str(db), q.tobytes().hex()],
-            capture_output=True, text=True, check=True,
+            [sys.executable, "-S", "-c", code, str(db), q.tobytes().hex()],
+            capture_output=True, text=True, check=True, env=env,
         ).stdout  # fmt: skip
         assert out.splitlines()[0] == repr(want)
         assert str(packs[0]) in out and packs[0].stat().st_ino == inode  # reused, not rewritten
