@@ -124,11 +124,14 @@ class Engine:
         if self.log.count(user_id) < self.ann_threshold:
             exact: list[tuple[str, float]] = self.log.search(user_id, query, k, categories, lo, hi)
             return exact
-        index = self._current_index(user_id, int(query.shape[0]))
+        dim = int(query.shape[0])
+        index = self._current_index(user_id, dim)
         if index is None:  # its snapshot is loading: scan where the vectors lie (no pack)
             scan: list[tuple[str, float]] = self.log.search(
                 user_id, query, k, categories, lo, hi, pack=False
             )
+            # Started after the scan: the loader's first steps hold the GIL for a while.
+            self._start_load(user_id, dim)
             return scan
         filtered = bool(categories) or t_min is not None or t_max is not None
         with index.lock.read():
@@ -169,8 +172,9 @@ class Engine:
     def _current_index(self, user_id: str, dim: int) -> UserIndex | None:
         """The user's index, caught up with the log; None while its snapshot loads.
 
-        With no index in memory: a snapshot on disk is loaded on a background thread (the
-        caller scans exactly meanwhile); without one the index is built here, from the log.
+        With no index in memory: a snapshot on disk is to be loaded on a background thread
+        (``_start_load``; the caller scans exactly meanwhile); without one the index is built
+        here, from the log.
         """
         with self._indexes_lock:
             index = self._indexes.get(user_id)
@@ -178,7 +182,6 @@ class Engine:
                 if user_id in self._loading:
                     return None
                 if UserIndex.has_snapshot(self._index_dir, user_id):
-                    self._start_load(user_id, dim)
                     return None
                 index = UserIndex(user_id, dim)
                 self._indexes[user_id] = index
@@ -189,7 +192,14 @@ class Engine:
     def _start_load(self, user_id: str, dim: int) -> None:
         """Load the user's snapshot (or build its index when the snapshot is bad) on a daemon
         thread, catch it up with the log and publish it, unless a drop happened meanwhile.
-        Caller holds ``_indexes_lock``."""
+        Does nothing when the index is in memory or loading already."""
+        with self._indexes_lock:
+            if user_id in self._indexes or user_id in self._loading:
+                return
+            self._start_load_locked(user_id, dim)
+
+    def _start_load_locked(self, user_id: str, dim: int) -> None:
+        """``_start_load``'s thread start; caller holds ``_indexes_lock``."""
         epoch, generation = self._epoch, self._generation
 
         def load() -> None:
