@@ -16,7 +16,8 @@ import pytest
 
 from headroom.memory import errors
 from headroom.memory.store import hybrid
-from headroom.memory.store.ranking import DEFAULT_CONFIG, LexicalIndex
+from headroom.memory.store.local.engine import _native
+from headroom.memory.store.ranking import DEFAULT_CONFIG
 from headroom.memory.store.store import MemoryStore, NewMemory
 from tests.store_helpers import HashEmbedder
 
@@ -506,16 +507,16 @@ def test_a_forked_child_does_not_inherit_a_held_lexicon_lock(
     store.search("u", "zebras")
     store.add("u", "User reads about trains")
     entered, release = threading.Event(), threading.Event()
-    top, parent = LexicalIndex.top, os.getpid()
+    top, parent = _native.Lexicon.top, os.getpid()
 
-    def held_top(index: Any, query: str, k: int) -> Any:
+    def held_top(index: Any, tokens: list[str], k: int, budget: int) -> Any:
         on_pool = threading.current_thread().name.startswith("headroom-lexical")
         if on_pool and os.getpid() == parent:
             entered.set()
             release.wait(30)
-        return top(index, query, k)
+        return top(index, tokens, k, budget)
 
-    monkeypatch.setattr(LexicalIndex, "top", held_top)
+    monkeypatch.setattr(_native.Lexicon, "top", held_top)
     embedder.fail = True
     with pytest.raises(RuntimeError, match="embedding service down"):
         store.search("u", "zebras")

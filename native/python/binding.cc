@@ -14,6 +14,7 @@
 #include "dot.h"
 #include "errors.h"
 #include "fileio.h"
+#include "lexicon.h"
 #include "log.h"
 
 namespace py = pybind11;
@@ -161,6 +162,8 @@ headroom::SyncMode ParseSync(const std::string& s) {
 }
 
 using Log = headroom::Log;
+using Lexicon = headroom::Lexicon;
+using Tokens = std::vector<std::string>;
 using GilRelease = py::gil_scoped_release;
 
 struct Records {
@@ -273,6 +276,108 @@ PYBIND11_MODULE(_native, m) {
         }
         return d;
       });
+
+  py::class_<Lexicon>(m, "Lexicon",
+      "One user's BM25 index over pre-tokenized memories (native/src/lexicon.h); scores equal "
+      "ranking.LexicalIndex's to the bit. Not thread-safe: the caller holds a lock.")
+      .def(py::init([](double k1, double b) {
+             if (!(k1 >= 0) || !(b >= 0 && b <= 1))
+               Bad(ErrorKind::kInvalidInput, "BM25 needs k1 >= 0 and 0 <= b <= 1");
+             return std::make_unique<Lexicon>(k1, b);
+           }),
+           py::arg("k1") = 1.2, py::arg("b") = 0.3)
+      .def_property_readonly("k1", &Lexicon::k1)
+      .def_property_readonly("b", &Lexicon::b)
+      .def_property_readonly("total_length", &Lexicon::total_length)
+      .def_property_readonly("vocabulary", &Lexicon::vocabulary)
+      .def("__len__", &Lexicon::size)
+      .def("__contains__", [](const Lexicon& x, py::handle id) {
+        return PyUnicode_Check(id.ptr()) && x.Contains(Str(id, "memory_id"));
+      })
+      .def("add", [](Lexicon& x, uint64_t label, const std::string& id, int64_t created,
+                     const Tokens& tokens) { x.Add(label, id, created, tokens); },
+           py::arg("label"), py::arg("memory_id"), py::arg("created_us"), py::arg("tokens"))
+      .def("remove", &Lexicon::RemoveLabel, py::arg("label"))
+      .def("remove_id", [](Lexicon& x, const std::string& id) { return x.RemoveId(id); },
+           py::arg("memory_id"))
+      .def("created_at", [](const Lexicon& x, const std::string& id) -> py::object {
+        std::optional<int64_t> c = x.Created(id);
+        if (!c) return py::none();
+        return py::int_(*c);
+      }, py::arg("memory_id"))
+      .def("id_of", [](const Lexicon& x, uint64_t label) -> py::object {
+        const std::string* id = x.IdOfLabel(label);
+        if (!id) return py::none();
+        return py::str(*id);
+      }, py::arg("label"))
+      .def("scores", [](const Lexicon& x, const Tokens& query, const Tokens& keys) {
+        GilRelease nogil;
+        return x.Scores(query, keys);
+      }, py::arg("tokens"), py::arg("keys"))
+      .def("group_scores", [](const Lexicon& x, const Tokens& query,
+                              const std::vector<Tokens>& groups) {
+        GilRelease nogil;
+        return x.GroupScores(query, groups);
+      }, py::arg("tokens"), py::arg("groups"))
+      .def("top", [](const Lexicon& x, const Tokens& query, int64_t k, int64_t budget) {
+        if (k < 0 || budget < 0) Bad(ErrorKind::kInvalidInput, "k and budget must be >= 0");
+        GilRelease nogil;
+        return x.Top(query, static_cast<size_t>(k), static_cast<size_t>(budget));
+      }, py::arg("tokens"), py::arg("k"), py::arg("budget"))
+      .def("to_bytes", [](const Lexicon& x, const std::string& user, uint64_t covered_seq,
+                          uint32_t generation, py::object vector_sum, uint64_t vector_count,
+                          uint64_t vector_seq) {
+        headroom::LexSnapshotMeta meta;
+        meta.user = user;
+        meta.covered_seq = covered_seq;
+        meta.generation = generation;
+        if (!vector_sum.is_none()) {
+          auto arr = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(
+              vector_sum);
+          if (!arr || arr.ndim() != 1) Bad(ErrorKind::kInvalidInput, "vector_sum must be 1-D");
+          meta.vector_sum.assign(arr.data(), arr.data() + arr.shape(0));
+        }
+        meta.vector_count = vector_count;
+        meta.vector_seq = vector_seq;
+        std::string out;
+        {
+          GilRelease nogil;
+          out = x.Serialize(meta);
+        }
+        return py::bytes(out);
+      }, py::arg("user"), py::arg("covered_seq"), py::arg("generation"),
+         py::arg("vector_sum") = py::none(), py::arg("vector_count") = 0,
+         py::arg("vector_seq") = 0,
+         "The snapshot bytes (docs/lexicon-snapshot.md).")
+      .def_static("from_bytes", [](py::buffer data) {
+        py::buffer_info info = data.request();
+        if (info.ndim != 1 || info.itemsize != 1)
+          Bad(ErrorKind::kInvalidInput, "data must be a 1-D byte buffer");
+        headroom::LexSnapshotMeta meta;
+        std::string why;
+        std::unique_ptr<Lexicon> lex;
+        {
+          GilRelease nogil;
+          lex = Lexicon::Parse(static_cast<const uint8_t*>(info.ptr),
+                               static_cast<size_t>(info.size), &meta, &why);
+        }
+        if (!lex) Bad(ErrorKind::kCorruption, "not an intact lexicon snapshot: " + why);
+        py::dict d;
+        d["user"] = meta.user;
+        d["covered_seq"] = meta.covered_seq;
+        d["generation"] = meta.generation;
+        if (meta.vector_sum.empty()) {
+          d["vector_sum"] = py::none();
+        } else {
+          py::ssize_t dim = static_cast<py::ssize_t>(meta.vector_sum.size());
+          d["vector_sum"] = Owned<double>(std::move(meta.vector_sum), {dim});
+        }
+        d["vector_count"] = meta.vector_count;
+        d["vector_seq"] = meta.vector_seq;
+        return py::make_tuple(py::cast(std::move(lex)), d);
+      }, py::arg("data"),
+         "Parses snapshot bytes: (Lexicon, header dict); StoreCorruptionError when they are "
+         "not intact (bad magic, version, checksum or structure).");
 
   py::class_<Log>(m, "Log")
       .def(py::init([](const std::string& path, const std::string& sync, int sync_interval_ms,

@@ -182,9 +182,13 @@ class LexicalIndex:
                 out.append(0.0)
                 continue
             length = self._lengths[key]
-            out.append(
-                sum(idf[t] * self._term_score(doc[t], length, avg) for t in terms if t in doc)
-            )
+            # Added left to right (not sum(): from Python 3.12 it compensates), the order the
+            # compiled Lexicon adds in.
+            total = 0.0
+            for t in terms:
+                if t in doc:
+                    total += idf[t] * self._term_score(doc[t], length, avg)
+            out.append(total)
         return out
 
     def group_scores(self, query: str, groups: Sequence[Sequence[str]]) -> list[float]:
@@ -208,7 +212,11 @@ class LexicalIndex:
                 if doc is not None:
                     for t in terms:
                         counts[t] += doc.get(t, 0)
-            out.append(sum(idf[t] * tf * (k1 + 1) / (tf + k1) for t, tf in counts.items() if tf))
+            total = 0.0
+            for t, tf in counts.items():
+                if tf:
+                    total += idf[t] * tf * (k1 + 1) / (tf + k1)
+            out.append(total)
         return out
 
     def top(self, query: str, k: int) -> list[tuple[str, float]]:
@@ -276,6 +284,13 @@ CANDIDATE_POSTINGS_BUDGET = 2000
 VectorTotal = tuple[npt.NDArray[np.float64], int, int]
 
 
+def mean_vector(vectors: VectorTotal | None, min_count: int) -> npt.NDArray[np.float32] | None:
+    """The mean of a vector sum (float32); None below ``min_count`` vectors (or none)."""
+    if vectors is None or vectors[1] < max(min_count, 1):
+        return None
+    return (vectors[0] / vectors[1]).astype(np.float32)
+
+
 @dataclass
 class RankingState:
     """One user's BM25 index (with each memory's label and date) and vector sum, as a backend
@@ -311,10 +326,7 @@ class RankingState:
 
     def vector_mean(self, min_count: int) -> npt.NDArray[np.float32] | None:
         """The mean of the user's live vectors; None below ``min_count`` of them."""
-        vectors = self.vectors
-        if vectors is None or vectors[1] < max(min_count, 1):
-            return None
-        return (vectors[0] / vectors[1]).astype(np.float32)
+        return mean_vector(self.vectors, min_count)
 
     def created_at(self, memory_id: str) -> int | None:
         """``created_at`` (µs) of an indexed memory."""

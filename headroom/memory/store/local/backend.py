@@ -28,13 +28,18 @@ from typing import Any
 import numpy as np
 
 from ... import types as T
-from ...errors import InvalidVectorError, JobLostError, StoreClosedError, StoreNotFoundError
+from ...errors import (
+    InvalidVectorError,
+    JobLostError,
+    StoreClosedError,
+    StoreCorruptionError,
+    StoreNotFoundError,
+)
 from ...types import Memory, MemoryVersion
 from ..backend import ALL, ChangeSet, Claim, Entry, Filter, Job, Op, Recovery, Vector
-from ..ranking import RankingState
 from .engine import Engine, _native
 from .index import UserIndex
-from .lexical import LexicalState
+from .lexical import SNAPSHOT_SUFFIX, LexicalState, LocalRanking
 
 logger = logging.getLogger("headroom.memory")
 
@@ -73,7 +78,7 @@ class LocalBackend:
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._closed = False
-        self._lexical = LexicalState()
+        self._lexical = LexicalState(self.path / "indexes")
         #: Descriptors holding the ``.held`` locks of this process's claims, by token.
         self._holds: dict[str, int] = {}
         self._engine: Engine | None = self._open_engine()
@@ -249,7 +254,7 @@ class LocalBackend:
         order = sorted(range(len(labels)), key=lambda i: (-float(scores[i]), int(labels[i])))
         return [(wanted[int(labels[i])], float(scores[i])) for i in order[:k]]
 
-    def ranking(self, user_id: str) -> RankingState:
+    def ranking(self, user_id: str) -> LocalRanking:
         """The user's lexical index and vector sum, caught up with the log."""
         return self._lexical.get(self.engine.log, user_id)
 
@@ -436,7 +441,8 @@ class LocalBackend:
             }
             if repair:
                 for path in bad_snapshots:
-                    for suffix in (".meta", ".hnsw"):
+                    lexical = path.suffix == SNAPSHOT_SUFFIX
+                    for suffix in (SNAPSHOT_SUFFIX,) if lexical else (".meta", ".hnsw"):
                         with contextlib.suppress(FileNotFoundError):
                             path.with_suffix(suffix).unlink()
                 if damaged:
@@ -456,6 +462,11 @@ class LocalBackend:
                     ok = None
                 if ok is None:
                     bad.append(meta_path)
+            for lex_path in sorted(index_dir.glob(f"*{SNAPSHOT_SUFFIX}")):
+                try:
+                    _native.Lexicon.from_bytes(lex_path.read_bytes())
+                except (OSError, StoreCorruptionError):
+                    bad.append(lex_path)
         return bad
 
     def recovery(self) -> Recovery:
@@ -489,6 +500,8 @@ class LocalBackend:
             with contextlib.suppress(OSError):
                 os.close(fd)
         if engine is not None and self._pid == os.getpid():
+            with contextlib.suppress(Exception):
+                self._lexical.save_all(engine.log)
             engine.close()
 
     def after_fork(self) -> None:
@@ -501,7 +514,7 @@ class LocalBackend:
                 os.close(fd)
         self._holds = {}
         # A thread of the parent may have held a lexicon's lock mid-update: start afresh.
-        self._lexical = LexicalState()
+        self._lexical = LexicalState(self.path / "indexes")
         if self._engine is not None:
             with contextlib.suppress(Exception):
                 self._engine.abandon()

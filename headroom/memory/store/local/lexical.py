@@ -1,9 +1,21 @@
-"""Per-user lexical state of the embedded backend: a BM25 index and the sum of the live vectors.
+"""Per-user lexical state of the embedded backend: a BM25 index in the compiled core, the sum
+of the live vectors, and their snapshots.
 
-Derived from the log exactly like the vector index: built from the user's live memories on
-first use, then kept current from the log's ``changes`` (labels are the sequence numbers of
-live versions), and dropped when the log is compacted (its generation changes). It is held in
-memory only and built on first use (costs: bench/README.md).
+Derived from the log exactly like the vector index: kept current from the log's ``changes``
+(labels are the sequence numbers of live versions) and dropped when the log is compacted (its
+generation changes). The index is the compiled core's ``Lexicon`` (native/src/lexicon.h): it
+holds each memory's tokens, computed once by :func:`~..ranking.tokenize` when the change feed
+delivers the memory, and scores them exactly as :class:`~..ranking.LexicalIndex` does.
+
+Snapshots (docs/lexicon-snapshot.md): ``<db>/indexes/<blake2b(user_id)>.lex`` holds a user's
+index with its vocabulary, the vector sum, the seq it is exact at, the log's generation and a
+CRC32C. It is written to a temporary file, fsynced and renamed (the rename is the commit
+point) after a user's index is built from the whole log, whenever it is
+:data:`SNAPSHOT_EVERY` entries ahead of its last snapshot, and at close; only while it is
+exact at the log's current seq for the user. A fresh process loads it on the user's first
+search and replays only the log's tail past that seq, so no text is tokenized again. A
+snapshot that fails its checks (checksum, user, generation, a seq past the log) is ignored
+and replaced; one that disagrees with the log after the replay (live count) is rebuilt.
 
 The vector sum (float64, from the compiled core's ``vector_sum``) gives the user's mean memory,
 on which the hybrid search centres its query. It is kept current from ``changes`` too: added
@@ -12,32 +24,116 @@ vectors are summed in; after any removal the whole sum is taken again.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import threading
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ..ranking import RankingState, VectorTotal
+from ...errors import StoreCorruptionError
+from ..ranking import CANDIDATE_POSTINGS_BUDGET, VectorTotal, mean_vector, tokenize
+from .engine import SNAPSHOT_EVERY, _native
+from .index import user_file_stem
+
+logger = logging.getLogger("headroom.memory")
+
+#: Users with fewer live memories are not snapshotted: building their index from the log
+#: takes a few milliseconds (figures in bench/README.md).
+SNAPSHOT_MIN_MEMORIES = 256
+
+SNAPSHOT_SUFFIX = ".lex"
+
+
+class LocalRanking:
+    """One user's compiled BM25 index and vector sum. Implements ``backend.UserRanking``;
+    every public method is thread-safe (``lock`` guards the index).
+
+    ``vectors`` is replaced as one tuple, never changed in place, so a reader without the lock
+    sees a consistent sum and count. ``covered_seq`` is the user seq the state is exact at;
+    ``saved_seq`` that of its last snapshot (written or loaded; -1: none).
+    """
+
+    def __init__(self, lexicon: Any | None = None) -> None:
+        self.lexicon: Any = _native.Lexicon() if lexicon is None else lexicon
+        self.vectors: VectorTotal | None = None
+        self.covered_seq = -1
+        self.saved_seq = -1
+        self.lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.lexicon)
+
+    def top(self, query: str, k: int) -> list[tuple[str, float]]:
+        """The ``k`` best ``(memory id, BM25)`` for ``query`` (``LexicalIndex.top``)."""
+        if k <= 0:
+            return []
+        tokens = tokenize(query)
+        with self.lock:
+            top: list[tuple[str, float]] = self.lexicon.top(tokens, k, CANDIDATE_POSTINGS_BUDGET)
+        return top
+
+    def scores(self, query: str, keys: Sequence[str]) -> list[float]:
+        """BM25 of each memory id in ``keys`` (``LexicalIndex.scores``)."""
+        tokens = tokenize(query)
+        with self.lock:
+            scores: list[float] = self.lexicon.scores(tokens, list(keys))
+        return scores
+
+    def group_scores(self, query: str, groups: Sequence[Sequence[str]]) -> list[float]:
+        """BM25 of each group of memory ids taken as one document."""
+        tokens = tokenize(query)
+        with self.lock:
+            scores: list[float] = self.lexicon.group_scores(tokens, [list(g) for g in groups])
+        return scores
+
+    def vector_mean(self, min_count: int) -> npt.NDArray[np.float32] | None:
+        """The mean of the user's live vectors; None below ``min_count`` of them."""
+        return mean_vector(self.vectors, min_count)
+
+    def created_at(self, memory_id: str) -> int | None:
+        """``created_at`` (µs) of an indexed memory."""
+        with self.lock:
+            created: int | None = self.lexicon.created_at(memory_id)
+        return created
+
+    def add(self, label: int, memory_id: str, text: str, created_us: int) -> None:
+        """Index a live version (the caller holds ``lock``): its tokens are computed here,
+        once."""
+        self.lexicon.add(int(label), memory_id, int(created_us), tokenize(text))
+
+    def remove(self, label: int) -> None:
+        """Forget a version that is no longer live (the caller holds ``lock``)."""
+        self.lexicon.remove(int(label))
 
 
 class LexicalState:
-    """Every user's :class:`RankingState` over one log, caught up on use."""
+    """Every user's :class:`LocalRanking` over one log, caught up on use; snapshots in
+    ``directory`` (None: none are read or written)."""
 
-    def __init__(self) -> None:
-        self._lexicons: dict[str, RankingState] = {}
+    def __init__(self, directory: Path | None = None) -> None:
+        self._directory = directory
+        self._lexicons: dict[str, LocalRanking] = {}
         self._lock = threading.Lock()
         self._generation = -1
 
     def drop(self, user_id: str | None = None) -> None:
-        """Forget one user's state (all when None); it is rebuilt on next use."""
+        """Forget one user's state and snapshot (all states when None: the caller removes the
+        snapshot files); it is rebuilt on next use."""
         with self._lock:
             if user_id is None:
                 self._lexicons.clear()
             else:
                 self._lexicons.pop(user_id, None)
+        if user_id is not None and self._directory is not None:
+            with contextlib.suppress(FileNotFoundError):
+                snapshot_path(self._directory, user_id).unlink()
 
-    def loaded(self, user_id: str) -> RankingState | None:
+    def loaded(self, user_id: str) -> LocalRanking | None:
         """The user's state if it is held, without catching it up."""
         with self._lock:
             return self._lexicons.get(user_id)
@@ -47,7 +143,7 @@ class LexicalState:
         if self.loaded(user_id) is not None:
             self.get(log, user_id)
 
-    def get(self, log: Any, user_id: str) -> RankingState:
+    def get(self, log: Any, user_id: str) -> LocalRanking:
         """The user's state, caught up with every entry of the log so far."""
         generation = int(log.generation)
         with self._lock:
@@ -56,29 +152,89 @@ class LexicalState:
                 self._generation = generation
             lexicon = self._lexicons.get(user_id)
             if lexicon is None:
-                lexicon = self._lexicons[user_id] = RankingState()
+                lexicon = self._lexicons[user_id] = LocalRanking()
         target = int(log.user_seq(user_id))
         if target == lexicon.covered_seq:
             return lexicon
         with lexicon.lock:
             if target != lexicon.covered_seq:
-                if lexicon.covered_seq < 0:
-                    _build(log, user_id, lexicon)
-                else:
-                    _catch_up(log, user_id, lexicon)
-                lexicon.covered_seq = target
+                self._bring_up_to(log, user_id, lexicon, target, generation)
         return lexicon
 
+    def _bring_up_to(
+        self, log: Any, user_id: str, lexicon: LocalRanking, target: int, generation: int
+    ) -> None:
+        """Load, catch up or build ``lexicon`` to ``target`` (the caller holds its lock)."""
+        if lexicon.covered_seq < 0 and self._directory is not None:
+            self._load(log, user_id, lexicon, target, generation)
+        if lexicon.covered_seq >= 0:
+            _catch_up(log, user_id, lexicon)
+            count = int(log.count(user_id))
+            if len(lexicon) != count and int(log.user_seq(user_id)) == target:
+                # Not the log's live set (another process purged the whole user, or the
+                # snapshot saw entries the log lost): built again. (The live count is only
+                # comparable while no write landed after ``target``.)
+                lexicon.lexicon = _native.Lexicon()
+                lexicon.covered_seq = lexicon.saved_seq = -1
+        if lexicon.covered_seq < 0:
+            _build(log, user_id, lexicon)
+        lexicon.covered_seq = target
+        if target - max(lexicon.saved_seq, 0) >= SNAPSHOT_EVERY or lexicon.saved_seq < 0:
+            self._save(log, user_id, lexicon, generation)
 
-def _build(log: Any, user_id: str, lexicon: RankingState) -> None:
+    def _load(
+        self, log: Any, user_id: str, lexicon: LocalRanking, target: int, generation: int
+    ) -> None:
+        assert self._directory is not None
+        loaded = load_snapshot(self._directory, user_id, generation)
+        if loaded is None:
+            return
+        index, meta = loaded
+        if int(meta["covered_seq"]) > target:
+            return  # ahead of the log (the log lost a tail the snapshot saw)
+        lexicon.lexicon = index
+        lexicon.covered_seq = lexicon.saved_seq = int(meta["covered_seq"])
+        total = meta["vector_sum"]
+        count = int(meta["vector_count"])
+        lexicon.vectors = (total, count, int(meta["vector_seq"])) if count else None
+
+    def _save(self, log: Any, user_id: str, lexicon: LocalRanking, generation: int) -> None:
+        """Snapshot ``lexicon`` (the caller holds its lock) when it is large enough and exact
+        at the log's current seq for the user; a failed write is logged and skipped."""
+        if self._directory is None or len(lexicon) < SNAPSHOT_MIN_MEMORIES:
+            return
+        if int(log.generation) != generation or int(log.user_seq(user_id)) != (lexicon.covered_seq):
+            return
+        try:
+            save_snapshot(self._directory, user_id, lexicon, generation)
+        except OSError as exc:
+            logger.warning("could not write the lexical snapshot of a user: %s", exc)
+            return
+        lexicon.saved_seq = lexicon.covered_seq
+
+    def save_all(self, log: Any) -> None:
+        """Snapshot every held state that advanced since its last snapshot (at close)."""
+        log.refresh()
+        generation = int(log.generation)
+        with self._lock:
+            if generation != self._generation:
+                return
+            items = list(self._lexicons.items())
+        for user_id, lexicon in items:
+            with lexicon.lock:
+                if lexicon.covered_seq > lexicon.saved_seq:
+                    self._save(log, user_id, lexicon, generation)
+
+
+def _build(log: Any, user_id: str, lexicon: LocalRanking) -> None:
     rows = log.list(user_id, 0)
-    lexicon.index.add_many((row["id"], row["text"]) for row in rows)
-    lexicon.label_ids = {int(row["seq"]): row["id"] for row in rows}
-    lexicon.created = {row["id"]: int(row["created_at"]) for row in rows}
+    index = lexicon.lexicon
+    for row in rows:
+        index.add(int(row["seq"]), row["id"], int(row["created_at"]), tokenize(row["text"]))
     _sum_vectors(log, user_id, lexicon)
 
 
-def _catch_up(log: Any, user_id: str, lexicon: RankingState) -> None:
+def _catch_up(log: Any, user_id: str, lexicon: LocalRanking) -> None:
     since = lexicon.covered_seq
     removed, added, vectors = log.changes(user_id, since)
     total = lexicon.vectors
@@ -99,7 +255,7 @@ def _catch_up(log: Any, user_id: str, lexicon: RankingState) -> None:
             lexicon.add(label, row["id"], row["text"], row["created_at"])
 
 
-def _sum_vectors(log: Any, user_id: str, lexicon: RankingState) -> None:
+def _sum_vectors(log: Any, user_id: str, lexicon: LocalRanking) -> None:
     # The whole sum again (one compiled pass): after a removal, or at build.
     # Its seq comes from the same read, so writes that land meanwhile are not counted twice.
     total, count, seq = log.vector_sum(user_id)
@@ -118,3 +274,60 @@ def _add_vectors(
     labels = np.asarray(labels, np.uint64)
     extra = np.asarray(added, np.float32).sum(axis=0, dtype=np.float64)
     return total + extra, count + len(labels), max(seq, int(labels.max()))
+
+
+# --- snapshot files ------------------------------------------------------------------------------
+
+
+def snapshot_path(directory: Path, user_id: str) -> Path:
+    """Where the user's lexical snapshot lives (a hash of the user id, never the id)."""
+    return directory / (user_file_stem(user_id) + SNAPSHOT_SUFFIX)
+
+
+def save_snapshot(directory: Path, user_id: str, lexicon: LocalRanking, generation: int) -> None:
+    """Write the user's snapshot atomically: temporary file, fsync, rename, directory fsync
+    (the caller holds ``lexicon.lock``)."""
+    vectors = lexicon.vectors
+    total, count, vseq = (None, 0, 0) if vectors is None else vectors
+    data = lexicon.lexicon.to_bytes(user_id, lexicon.covered_seq, generation, total, count, vseq)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = snapshot_path(directory, user_id)
+    tmp = final.with_suffix(f"{SNAPSHOT_SUFFIX}.tmp{os.getpid()}.{threading.get_ident()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def load_snapshot(
+    directory: Path, user_id: str, generation: int
+) -> tuple[Any, dict[str, Any]] | None:
+    """The user's snapshot as ``(Lexicon, header)`` if present, intact, the user's and of
+    log ``generation``; else None (a damaged one is logged: the caller rebuilds)."""
+    path = snapshot_path(directory, user_id)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        index, meta = _native.Lexicon.from_bytes(data)
+    except StoreCorruptionError as exc:
+        logger.warning("ignoring a damaged lexical snapshot (%s): %s", path.name, exc)
+        return None
+    if meta["user"] != user_id or int(meta["generation"]) != generation:
+        return None
+    return index, meta
