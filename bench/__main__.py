@@ -26,6 +26,7 @@ SUITES: dict[str, str] = {
     "postgres-locomo": "bench.locomo.postgres",
     "queue": "bench.bench_queue",
     "footprint": "bench.bench_footprint",
+    "cold": "bench.bench_cold",
 }
 
 
