@@ -1,0 +1,214 @@
+// C++ unit tests of the lexical index (lexicon.h): BM25 scores against the formula computed
+// here from scratch, the candidate walk and its budget, adds/replacements/removals, the
+// renumbering after many removals, and the snapshot codec (round trip, every single-byte
+// change and every truncation refused). Plain checks that survive NDEBUG; run by ctest.
+// (The bit-for-bit comparison with the Python reference is tests/test_lexicon_native.py.)
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lexicon.h"
+
+namespace {
+
+int g_checks = 0;
+int g_failures = 0;
+
+#define CHECK(cond)                                                                  \
+  do {                                                                               \
+    ++g_checks;                                                                      \
+    if (!(cond)) {                                                                   \
+      ++g_failures;                                                                  \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+    }                                                                                \
+  } while (0)
+
+std::vector<std::pair<const char*, std::function<void()>>>& Registry() {
+  static std::vector<std::pair<const char*, std::function<void()>>> r;
+  return r;
+}
+struct Registrar {
+  Registrar(const char* name, std::function<void()> fn) { Registry().emplace_back(name, fn); }
+};
+#define TEST(name)                         \
+  void name();                             \
+  const Registrar reg_##name(#name, name); \
+  void name()
+
+using namespace headroom;
+using Tokens = std::vector<std::string>;
+
+constexpr double kK1 = 1.2, kB = 0.3;
+
+// BM25 of one document from scratch over a corpus (the documented formula, same order).
+double Brute(const std::map<std::string, Tokens>& docs, const Tokens& query,
+             const std::string& key) {
+  auto it = docs.find(key);
+  if (it == docs.end() || query.empty()) return 0.0;
+  const double n = static_cast<double>(docs.size());
+  uint64_t total = 0;
+  for (const auto& [k, d] : docs) total += d.size();
+  double avg = static_cast<double>(total) / n;
+  if (avg == 0.0) avg = 1.0;
+  double score = 0.0;
+  for (const std::string& t : query) {
+    uint32_t tf = 0;
+    for (const std::string& w : it->second) tf += w == t;
+    if (!tf) continue;
+    size_t df = 0;
+    for (const auto& [k, d] : docs) {
+      for (const std::string& w : d) {
+        if (w == t) {
+          ++df;
+          break;
+        }
+      }
+    }
+    const double idf = std::log(1.0 + (n - static_cast<double>(df) + 0.5) /
+                                          (static_cast<double>(df) + 0.5));
+    const double f = tf, len = static_cast<double>(it->second.size());
+    score += idf * (f * (kK1 + 1.0) / (f + kK1 * ((1.0 - kB) + kB * len / avg)));
+  }
+  return score;
+}
+
+TEST(scores_follow_the_formula_through_adds_replacements_and_removals) {
+  Lexicon lex(kK1, kB);
+  std::map<std::string, Tokens> docs = {
+      {"a", {"zebra", "garden", "zebra"}},
+      {"b", {"violin", "garden"}},
+      {"c", {"tea"}},
+      {"d", {}},
+  };
+  uint64_t label = 0;
+  for (const auto& [k, d] : docs) {
+    ++label;
+    lex.Add(label, k, 100 + label, d);
+  }
+  CHECK(lex.size() == 4);
+  CHECK(lex.total_length() == 6);
+  // Replace "b" (a new label), remove "c" by its label.
+  docs["b"] = {"violin", "violin", "tea", "zebra"};
+  lex.Add(++label, "b", 7, docs["b"]);
+  CHECK(lex.RemoveLabel(3));
+  docs.erase("c");
+  CHECK(!lex.RemoveLabel(3));
+  CHECK(!lex.RemoveLabel(2));  // b's old label went with the replacement
+  CHECK(*lex.IdOfLabel(label) == "b");
+  CHECK(lex.Created("b").value() == 7);
+  CHECK(!lex.Created("c").has_value());
+  const Tokens query = {"zebra", "tea", "zebra", "unseen"};
+  const Tokens keys = {"a", "b", "c", "d", "nobody"};
+  std::vector<double> got = lex.Scores(query, keys);
+  for (size_t i = 0; i < keys.size(); ++i) CHECK(got[i] == Brute(docs, query, keys[i]));
+  CHECK(got[0] > 0 && got[1] > 0 && got[2] == 0 && got[3] == 0 && got[4] == 0);
+  // Groups: summed counts, each distinct term once, no length normalisation.
+  std::vector<double> groups = lex.GroupScores(query, {{"a", "b"}, {"d"}, {}});
+  CHECK(groups.size() == 3 && groups[0] > 0 && groups[1] == 0 && groups[2] == 0);
+}
+
+TEST(top_is_the_exact_top_k_within_the_budget_and_walks_rare_terms_first) {
+  Lexicon lex(kK1, kB);
+  for (uint64_t i = 0; i < 50; ++i) {
+    Tokens d = {"user", "likes"};
+    if (i % 10 == 3) d.push_back("zebra");
+    lex.Add(i + 1, "m" + std::to_string(i), 0, d);
+  }
+  lex.Add(100, "rare", 0, {"user", "zanzibar"});
+  auto top = lex.Top({"user", "zanzibar"}, 3, 2000);
+  CHECK(top.size() == 3 && top[0].first == "rare");
+  CHECK(top[0].second >= top[1].second && top[1].second >= top[2].second);
+  // With a budget of 10 postings, "user" (51) generates no candidates but still scores.
+  auto capped = lex.Top({"user", "zanzibar"}, 3, 10);
+  CHECK(capped.size() == 1 && capped[0].first == "rare");
+  CHECK(capped[0].second == lex.Scores({"user", "zanzibar"}, {"rare"})[0]);
+  // A rarest term that alone exceeds the budget: no candidates at all.
+  CHECK(lex.Top({"user"}, 3, 10).empty());
+  CHECK(lex.Top({"user"}, 0, 2000).empty());
+  CHECK(lex.Top({}, 3, 2000).empty());
+}
+
+TEST(removing_most_documents_renumbers_and_answers_as_a_fresh_index) {
+  Lexicon lex(kK1, kB), fresh(kK1, kB);
+  const Tokens words = {"tea", "coffee", "zebra", "violin", "garden", "python"};
+  auto doc = [&](int i) {
+    Tokens d;
+    for (int j = 0; j <= i % 7; ++j) d.push_back(words[(i + j) % 6]);
+    return d;
+  };
+  for (int i = 0; i < 3000; ++i) lex.Add(i + 1, "k" + std::to_string(i), i, doc(i));
+  for (int i = 0; i < 3000; ++i) {
+    if (i % 3) CHECK(lex.RemoveLabel(i + 1));
+  }
+  for (int i = 0; i < 3000; i += 3) fresh.Add(i + 1, "k" + std::to_string(i), i, doc(i));
+  CHECK(lex.size() == fresh.size() && lex.total_length() == fresh.total_length());
+  CHECK(lex.vocabulary() == fresh.vocabulary());
+  const Tokens q = {"zebra", "violin", "tea"};
+  for (size_t budget : {size_t{0}, size_t{100}, size_t{2000}}) {
+    CHECK(lex.Top(q, 25, budget) == fresh.Top(q, 25, budget));
+  }
+  LexSnapshotMeta meta;
+  CHECK(lex.Serialize(meta) == fresh.Serialize(meta));
+}
+
+TEST(a_snapshot_round_trips_and_every_damaged_byte_or_truncation_is_refused) {
+  Lexicon lex(kK1, kB);
+  lex.Add(3, "a", 11, {"zebra", "garden", "zebra"});
+  lex.Add(4, "b", 12, {"violin"});
+  lex.Add(5, "c", 13, {"violin", "tea"});
+  CHECK(lex.RemoveLabel(4));
+  LexSnapshotMeta meta;
+  meta.user = "alice";
+  meta.covered_seq = 5;
+  meta.generation = 2;
+  meta.vector_sum = {0.5, -1.25};
+  meta.vector_count = 2;
+  meta.vector_seq = 5;
+  const std::string bytes = lex.Serialize(meta);
+  const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
+  LexSnapshotMeta back;
+  std::string why;
+  std::unique_ptr<Lexicon> loaded = Lexicon::Parse(p, bytes.size(), &back, &why);
+  CHECK(loaded != nullptr);
+  if (!loaded) return;
+  CHECK(back.user == "alice" && back.covered_seq == 5 && back.generation == 2);
+  CHECK(back.vector_sum == meta.vector_sum && back.vector_count == 2 && back.vector_seq == 5);
+  CHECK(loaded->Serialize(meta) == bytes);
+  CHECK(loaded->Top({"violin", "zebra"}, 5, 2000) == lex.Top({"violin", "zebra"}, 5, 2000));
+  CHECK(loaded->vocabulary() == 4);  // "violin" stays (c has it); b's own terms are gone
+  int refused = 0;
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    for (uint8_t flip : {uint8_t{0x01}, uint8_t{0x80}}) {
+      std::string bad = bytes;
+      bad[i] = static_cast<char>(bad[i] ^ flip);
+      LexSnapshotMeta m;
+      refused += Lexicon::Parse(reinterpret_cast<const uint8_t*>(bad.data()), bad.size(), &m,
+                                &why) == nullptr;
+    }
+  }
+  CHECK(refused == static_cast<int>(2 * bytes.size()));
+  for (size_t cut = 0; cut < bytes.size(); ++cut) {
+    LexSnapshotMeta m;
+    CHECK(Lexicon::Parse(p, cut, &m, &why) == nullptr);
+  }
+}
+
+}  // namespace
+
+int main() {
+  int tests = 0;
+  for (auto& [name, fn] : Registry()) {
+    int before = g_failures;
+    fn();
+    std::printf("%s %s\n", g_failures == before ? "ok  " : "FAIL", name);
+    ++tests;
+  }
+  std::printf("lexicon tests: %d tests, %d checks, %d failed\n", tests, g_checks, g_failures);
+  return g_failures ? 1 : 0;
+}
