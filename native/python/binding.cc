@@ -310,13 +310,13 @@ PYBIND11_MODULE(_native, m) {
         if (!id) return py::none();
         return py::str(*id);
       }, py::arg("label"))
+      // scores and group_scores keep the GIL: they take microseconds, and handing the GIL to
+      // another thread and back costs more than that on a busy machine.
       .def("scores", [](const Lexicon& x, const Tokens& query, const Tokens& keys) {
-        GilRelease nogil;
         return x.Scores(query, keys);
       }, py::arg("tokens"), py::arg("keys"))
       .def("group_scores", [](const Lexicon& x, const Tokens& query,
                               const std::vector<Tokens>& groups) {
-        GilRelease nogil;
         return x.GroupScores(query, groups);
       }, py::arg("tokens"), py::arg("groups"))
       .def("top", [](const Lexicon& x, const Tokens& query, int64_t k, int64_t budget) {

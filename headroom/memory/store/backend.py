@@ -339,6 +339,10 @@ class UserRanking(LexicalScorer, Protocol):
         """``created_at`` (µs) of a live memory, None when unknown (no row read needed)."""
         ...
 
+    def created_many(self, memory_ids: Sequence[str]) -> list[int | None]:
+        """:meth:`created_at` of each memory id, in one call (the ranking's date terms)."""
+        ...
+
 
 class Backend(Protocol):
     """Storage for the memories of many users. Every method may be called from any thread."""

@@ -148,13 +148,10 @@ class HybridSearcher:
         need_dates = self.config.uses_context or (
             bool(self.config.date_weight) and query_time_window(query) is not None
         )
+        created = ranking.created_many(ids) if need_dates else [None] * len(ids)
         candidates = [
-            Candidate(
-                key=memory_id,
-                dense_score=score,
-                created_at=_created(ranking.created_at(memory_id)) if need_dates else None,
-            )
-            for memory_id, score in zip(ids, scores, strict=True)
+            Candidate(key=memory_id, dense_score=score, created_at=_created(at))
+            for memory_id, score, at in zip(ids, scores, created, strict=True)
         ]
         ranked = rerank(query, candidates, ranking, self.config)
         results: list[tuple[Memory, float]] = []

@@ -332,6 +332,11 @@ class RankingState:
         """``created_at`` (µs) of an indexed memory."""
         return self.created.get(memory_id)
 
+    def created_many(self, memory_ids: Sequence[str]) -> list[int | None]:
+        """``created_at`` (µs) of each memory id (None: not indexed)."""
+        created = self.created
+        return [created.get(m) for m in memory_ids]
+
     def add(self, label: int, memory_id: str, text: str, created_us: int) -> None:
         """Index a live version (the caller holds ``lock``)."""
         self.index.add(memory_id, text)

@@ -64,6 +64,17 @@ class LocalRanking:
         self.covered_seq = -1
         self.saved_seq = -1
         self.lock = threading.Lock()
+        #: The last query and its tokens: a search asks top, scores and group_scores of one
+        #: query (replaced as one tuple, so readers on other threads see a matching pair).
+        self._last: tuple[str, list[str]] = ("", [])
+
+    def _tokens(self, query: str) -> list[str]:
+        last = self._last
+        if last[0] == query and query:
+            return last[1]
+        tokens = tokenize(query)
+        self._last = (query, tokens)
+        return tokens
 
     def __len__(self) -> int:
         return len(self.lexicon)
@@ -72,21 +83,21 @@ class LocalRanking:
         """The ``k`` best ``(memory id, BM25)`` for ``query`` (``LexicalIndex.top``)."""
         if k <= 0:
             return []
-        tokens = tokenize(query)
+        tokens = self._tokens(query)
         with self.lock:
             top: list[tuple[str, float]] = self.lexicon.top(tokens, k, CANDIDATE_POSTINGS_BUDGET)
         return top
 
     def scores(self, query: str, keys: Sequence[str]) -> list[float]:
         """BM25 of each memory id in ``keys`` (``LexicalIndex.scores``)."""
-        tokens = tokenize(query)
+        tokens = self._tokens(query)
         with self.lock:
             scores: list[float] = self.lexicon.scores(tokens, list(keys))
         return scores
 
     def group_scores(self, query: str, groups: Sequence[Sequence[str]]) -> list[float]:
         """BM25 of each group of memory ids taken as one document."""
-        tokens = tokenize(query)
+        tokens = self._tokens(query)
         with self.lock:
             scores: list[float] = self.lexicon.group_scores(tokens, [list(g) for g in groups])
         return scores
@@ -100,6 +111,12 @@ class LocalRanking:
         with self.lock:
             created: int | None = self.lexicon.created_at(memory_id)
         return created
+
+    def created_many(self, memory_ids: Sequence[str]) -> list[int | None]:
+        """``created_at`` (µs) of each memory id (None: not indexed), under one lock."""
+        with self.lock:
+            of = self.lexicon.created_at
+            return [of(m) for m in memory_ids]
 
     def add(self, label: int, memory_id: str, text: str, created_us: int) -> None:
         """Index a live version (the caller holds ``lock``): its tokens are computed here,
