@@ -487,6 +487,7 @@ std::unique_ptr<Lexicon> Lexicon::Parse(const uint8_t* data, size_t n, LexSnapsh
   auto lex = std::make_unique<Lexicon>(k1, b);
   if (r.left() / 4 < nterms) return bad("truncated vocabulary");
   lex->terms_.reserve(nterms);
+  lex->term_ids_.reserve(nterms);
   for (uint32_t i = 0; i < nterms; ++i) {
     uint32_t len = 0;
     std::string_view text;
@@ -494,8 +495,11 @@ std::unique_ptr<Lexicon> Lexicon::Parse(const uint8_t* data, size_t n, LexSnapsh
     if (lex->Intern(std::string(text)) != i) return bad("repeated term");
   }
   if (r.left() / 28 < ndocs) return bad("truncated documents");
-  lex->docs_.reserve(ndocs);
+  // Two passes over the documents: the first checks them and counts each term's documents
+  // (so every posting is allocated once, at its size), the second builds the index.
+  const size_t docs_at = n - r.left();
   std::vector<uint32_t> seen(nterms, UINT32_MAX);
+  std::vector<uint32_t> df(nterms, 0);
   for (uint32_t i = 0; i < ndocs; ++i) {
     uint64_t label = 0;
     int64_t created = 0;
@@ -506,21 +510,44 @@ std::unique_ptr<Lexicon> Lexicon::Parse(const uint8_t* data, size_t n, LexSnapsh
         r.left() / 8 < distinct)
       return bad("bad document");
     if (label > covered) return bad("a label past the covered seq");
-    std::vector<std::pair<uint32_t, uint32_t>> terms(distinct);
     uint64_t sum = 0;
-    for (auto& [t, tf] : terms) {
+    for (uint32_t j = 0; j < distinct; ++j) {
+      uint32_t t = 0, tf = 0;
       r.Get(&t);
       r.Get(&tf);
       if (t >= nterms || tf == 0 || seen[t] == i) return bad("bad document term");
       seen[t] = i;
+      ++df[t];
       sum += tf;
     }
     if (sum != length) return bad("a document's length differs from its terms");
-    if (lex->by_id_.count(std::string(id)) || lex->by_label_.count(label))
-      return bad("repeated document");
-    lex->Append(label, id, created, std::move(terms), length);
   }
   if (r.left() != 0) return bad("trailing bytes");
+  for (uint32_t t = 0; t < nterms; ++t) lex->terms_[t].posting.reserve(df[t]);
+  lex->docs_.reserve(ndocs);
+  lex->by_id_.reserve(ndocs);
+  lex->by_label_.reserve(ndocs);
+  r.Seek(docs_at);
+  for (uint32_t i = 0; i < ndocs; ++i) {
+    uint64_t label = 0;
+    int64_t created = 0;
+    uint32_t id_len = 0, length = 0, distinct = 0;
+    std::string_view id;
+    r.Get(&label);
+    r.Get(&created);
+    r.Get(&id_len);
+    r.Get(&length);
+    r.Get(&distinct);
+    r.Bytes(id_len, &id);
+    std::vector<std::pair<uint32_t, uint32_t>> terms(distinct);
+    for (auto& [t, tf] : terms) {
+      r.Get(&t);
+      r.Get(&tf);
+    }
+    lex->Append(label, id, created, std::move(terms), length);
+    if (lex->by_id_.size() != i + 1 || lex->by_label_.size() != i + 1)
+      return bad("repeated document");
+  }
   if (lex->total_len_ != total) return bad("total length differs");
   if (lex->live_terms_ != nterms) return bad("a term no document has");
   meta->user = std::string(user);
