@@ -154,6 +154,8 @@ def test_a_snapshot_answers_and_grows_exactly_as_the_index_it_was_taken_of(
     pair.native = loaded
     for key, label in pair.labels.items():
         assert loaded.id_of(label) == key and loaded.created_at(key) == 1000 + label
+    created = [1000 + label for label in pair.labels.values()]
+    assert loaded.created_many([*pair.labels, "nobody"]) == [*created, None]
     # Later adds and removals keep the walk order of the reference (postings in insertion order).
     for number, text in after:
         pair.apply(f"k{number}", text)

@@ -305,6 +305,14 @@ PYBIND11_MODULE(_native, m) {
         if (!c) return py::none();
         return py::int_(*c);
       }, py::arg("memory_id"))
+      .def("created_many", [](const Lexicon& x, const Tokens& ids) {
+        py::list out(ids.size());
+        for (size_t i = 0; i < ids.size(); ++i) {
+          std::optional<int64_t> c = x.Created(ids[i]);
+          out[i] = c ? py::object(py::int_(*c)) : py::object(py::none());
+        }
+        return out;
+      }, py::arg("memory_ids"))
       .def("id_of", [](const Lexicon& x, uint64_t label) -> py::object {
         const std::string* id = x.IdOfLabel(label);
         if (!id) return py::none();

@@ -114,9 +114,10 @@ class LocalRanking:
 
     def created_many(self, memory_ids: Sequence[str]) -> list[int | None]:
         """``created_at`` (µs) of each memory id (None: not indexed), under one lock."""
+        ids = list(memory_ids)
         with self.lock:
-            of = self.lexicon.created_at
-            return [of(m) for m in memory_ids]
+            created: list[int | None] = self.lexicon.created_many(ids)
+        return created
 
     def add(self, label: int, memory_id: str, text: str, created_us: int) -> None:
         """Index a live version (the caller holds ``lock``): its tokens are computed here,
