@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import struct
 from pathlib import Path
@@ -312,3 +313,16 @@ def test_a_snapshot_of_another_generation_or_a_forgotten_user_is_never_used(
     with MemoryStore(db, embedder=HashEmbedder(32)) as store:
         store.forget("u")
         assert not path.exists()
+
+
+def test_a_snapshot_is_written_only_after_the_log_entries_it_covers_are_fsynced(
+    tmp_path: Path,
+) -> None:
+    # The log's next fsync fails: the snapshot, which must follow it, is not written (and the
+    # search still answers: the state is held in memory).
+    with MemoryStore(tmp_path / "db", embedder=HashEmbedder(32), sync="off") as store:
+        store.add_many("u", [NewMemory(t) for t in _texts("a", N)], dedup=False)
+        store.backend.log._set_fault("fsync", 1, errno.EIO)
+        assert store.search("u", "zebras", top_k=3)
+        assert not list((tmp_path / "db" / "indexes").glob("*.lex"))
+        assert store.backend.log.failed

@@ -9,10 +9,11 @@ delivers the memory, and scores them exactly as :class:`~..ranking.LexicalIndex`
 
 Snapshots (docs/lexicon-snapshot.md): ``<db>/indexes/<blake2b(user_id)>.lex`` holds a user's
 index with its vocabulary, the vector sum, the seq it is exact at, the log's generation and a
-CRC32C. It is written to a temporary file, fsynced and renamed (the rename is the commit
-point) after a user's index is built from the whole log, whenever it is
+CRC32C. It is written after a user's index is built from the whole log, whenever it is
 :data:`SNAPSHOT_EVERY` entries ahead of its last snapshot, and at close; only while it is
-exact at the log's current seq for the user. A fresh process loads it on the user's first
+exact at the log's current seq for the user, and only after an fsync of the log (so it never
+covers an entry a power loss could take); to a temporary file, fsynced and renamed (the
+rename is the commit point). A fresh process loads it on the user's first
 search and replays only the log's tail past that seq, so no text is tokenized again. A
 snapshot that fails its checks (checksum, user, generation, a seq past the log) is ignored
 and replaced; one that disagrees with the log after the replay (live count) is rebuilt.
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ...errors import StoreCorruptionError
+from ...errors import StoreCorruptionError, StoreError
 from ..ranking import CANDIDATE_POSTINGS_BUDGET, VectorTotal, mean_vector, tokenize
 from .engine import SNAPSHOT_EVERY, _native
 from .index import user_file_stem
@@ -224,8 +225,11 @@ class LexicalState:
         if int(log.generation) != generation or int(log.user_seq(user_id)) != (lexicon.covered_seq):
             return
         try:
+            # Every entry the snapshot covers is made durable first: after a power loss the
+            # log never lacks (and never reuses the seqs of) entries a snapshot has seen.
+            log.flush()
             save_snapshot(self._directory, user_id, lexicon, generation)
-        except OSError as exc:
+        except (OSError, StoreError) as exc:
             logger.warning("could not write the lexical snapshot of a user: %s", exc)
             return
         lexicon.saved_seq = lexicon.covered_seq
