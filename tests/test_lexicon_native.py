@@ -326,3 +326,24 @@ def test_a_snapshot_is_written_only_after_the_log_entries_it_covers_are_fsynced(
         assert store.search("u", "zebras", top_k=3)
         assert not list((tmp_path / "db" / "indexes").glob("*.lex"))
         assert store.backend.log.failed
+
+
+def test_a_snapshot_covering_seqs_the_log_does_not_have_is_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "db"
+    with MemoryStore(db, embedder=HashEmbedder(32)) as store:
+        store.add_many("u", [NewMemory(t) for t in _texts("a", N)], dedup=False)
+        store.search("u", "zebras", top_k=3)
+        seq = store.backend.user_seq("u")
+    (path,) = (db / "indexes").glob("*.lex")
+    data = bytearray(path.read_bytes())
+    assert struct.unpack_from("<Q", data, 24)[0] == seq
+    struct.pack_into("<Q", data, 24, seq + 10)  # as if it saw entries the log then lost
+    struct.pack_into("<I", data, 12, _mask(_native.crc32c(bytes(data[16:]))))
+    path.write_bytes(bytes(data))
+    seen = _counting_tokenize(monkeypatch)
+    with MemoryStore(db, embedder=HashEmbedder(32)) as store:
+        store.search("u", "zebras", top_k=3)
+    assert len(seen) >= N  # rebuilt from the log
+    assert _native.Lexicon.from_bytes(path.read_bytes())[1]["covered_seq"] == seq
