@@ -219,7 +219,8 @@ class LexicalState:
 
     def _save(self, log: Any, user_id: str, lexicon: LocalRanking, generation: int) -> None:
         """Snapshot ``lexicon`` (the caller holds its lock) when it is large enough and exact
-        at the log's current seq for the user; a failed write is logged and skipped."""
+        at the log's current seq for the user; a failed write is logged and skipped (counted
+        as a snapshot for when to try again)."""
         if self._directory is None or len(lexicon) < SNAPSHOT_MIN_MEMORIES:
             return
         if int(log.generation) != generation or int(log.user_seq(user_id)) != (lexicon.covered_seq):
@@ -230,8 +231,9 @@ class LexicalState:
             log.flush()
             save_snapshot(self._directory, user_id, lexicon, generation)
         except (OSError, StoreError) as exc:
+            # Not tried again before SNAPSHOT_EVERY more entries (or close): a directory that
+            # refuses writes must not cost an fsync and a warning per search.
             logger.warning("could not write the lexical snapshot of a user: %s", exc)
-            return
         lexicon.saved_seq = lexicon.covered_seq
 
     def save_all(self, log: Any) -> None:
