@@ -205,7 +205,9 @@ class Engine:
         def load() -> None:
             index: UserIndex | None = None
             try:
-                index = UserIndex.load(self._index_dir, user_id, dim) or UserIndex(user_id, dim)
+                index = UserIndex.load(
+                    self._index_dir, user_id, dim, lambda labels: self.log.resolve(user_id, labels)
+                ) or UserIndex(user_id, dim)
                 with self._indexes_lock:
                     if epoch == self._epoch:
                         self._saved_seq[user_id] = index.covered_seq

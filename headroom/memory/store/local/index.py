@@ -5,12 +5,14 @@ sequence number it covers (``covered_seq``) and is brought up to date from the l
 ``changes(user, since_seq)`` before every search. Labels are the sequence numbers of the live
 versions of memories, so an update is "mark the old label deleted, add the new one".
 
-Snapshots: ``<db>/indexes/<blake2b(user_id)>.hnsw`` holds the hnswlib graph and
-``<same>.meta`` a small JSON header with the covered sequence number, the dimension, the
-element count, the user id and a CRC32 of the graph file. Both are written to temporary files,
-fsynced and renamed (graph first, header last: the header is the commit point). On load the
-header must parse and the CRC must match, else the snapshot is ignored and rebuilt. hnswlib's
-own format has no checksum, so it is never trusted alone.
+Snapshots: ``<db>/indexes/<blake2b(user_id)>.hnsw`` holds the hnswlib graph and ``<same>.meta`` a
+small JSON header with the covered sequence number, the dimension, the element count, the user id
+and a CRC32 of the graph file. What each label is (memory id, category, created_at) is not stored:
+at load it is read from the log (``resolve``), and a label the log no longer has live is marked
+deleted in the graph. Both are written to temporary files, fsynced and renamed (graph first, header
+last: the header is the commit point). On load the header must parse and the CRC must match, else
+the snapshot is ignored and rebuilt. hnswlib's own format has no checksum, so it is never trusted
+alone.
 
 Thread safety: hnswlib allows concurrent queries or concurrent adds, never both, and a resize
 with neither. Every index therefore sits behind a readers-writer lock.
@@ -32,7 +34,7 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 
 #: hnswlib parameters: chosen for recall against the exact scan on real MiniLM vectors
 #: (tests/test_store_ann_recall.py holds recall@10 >= 0.99; figures in bench/README.md).
@@ -194,7 +196,6 @@ class UserIndex:
                 "covered_seq": self.covered_seq,
                 "dim": self.dim,
                 "count": int(self._index.get_current_count()),
-                "info": [[label, *info] for label, info in self.info.items()],
                 "deleted": self.deleted_since_build,
                 "crc32": crc,
             }
@@ -208,8 +209,19 @@ class UserIndex:
                     tmp.unlink()
 
     @classmethod
-    def load(cls, directory: Path, user_id: str, dim: int) -> UserIndex | None:
-        """The user's snapshot if present and intact, else None (the caller rebuilds)."""
+    def load(
+        cls,
+        directory: Path,
+        user_id: str,
+        dim: int,
+        resolve: Callable[[npt.NDArray[np.uint64]], Sequence[LabelInfo | None]] | None = None,
+    ) -> UserIndex | None:
+        """The user's snapshot if present and intact, else None (the caller rebuilds).
+
+        ``resolve`` (the log's) gives what each label of the graph is now; a label it returns
+        None for (no longer live) is marked deleted. Without it the labels are left unknown
+        (an integrity check only: such an index serves no search).
+        """
         stem = directory / user_file_stem(user_id)
         try:
             meta = json.loads(stem.with_suffix(".meta").read_text(encoding="utf-8"))
@@ -229,13 +241,24 @@ class UserIndex:
             if int(index._index.get_current_count()) != int(meta["count"]):
                 return None
             index.covered_seq = int(meta["covered_seq"])
-            index.info = {
-                int(row[0]): (str(row[1]), int(row[2]), int(row[3])) for row in meta["info"]
-            }
             index.deleted_since_build = int(meta["deleted"])
+            if resolve is not None:
+                index._label_from_log(resolve)
             return index
         except (OSError, ValueError, KeyError, TypeError, RuntimeError):
             return None
+
+    def _label_from_log(
+        self, resolve: Callable[[npt.NDArray[np.uint64]], Sequence[LabelInfo | None]]
+    ) -> None:
+        labels = np.asarray(self._index.get_ids_list(), np.uint64)
+        for label, info in zip(labels.tolist(), resolve(labels), strict=True):
+            if info is not None:
+                self.info[label] = info
+                continue
+            with contextlib.suppress(RuntimeError):  # already marked deleted
+                self._index.mark_deleted(label)
+                self.deleted_since_build += 1
 
     @staticmethod
     def has_snapshot(directory: Path, user_id: str) -> bool:
