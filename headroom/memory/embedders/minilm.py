@@ -198,6 +198,28 @@ class MiniLMEmbedder:
             return "fp32"
         return self._query_mode
 
+    def vector_key(self) -> tuple[str, ...]:
+        """What :meth:`embed_query`'s vectors depend on besides the text, as strings (keys
+        derived data such as :mod:`.query_bank`'s): the model id, the weights' layout
+        fingerprint, the graph version, :attr:`query_path`, truncation, threads, batch size
+        and the onnxruntime version. Resolves the model without loading it."""
+        import onnxruntime
+
+        from .graph_cache import GRAPH_VERSION
+        from .safetensors_header import read_header
+
+        fingerprint = read_header(self.resolved.weights).fingerprint
+        return (
+            self._model_id,
+            fingerprint,
+            f"graph-v{GRAPH_VERSION}",
+            self.query_path,
+            f"max_tokens={self._max_tokens}",
+            f"threads={self._threads}",
+            f"batch_size={self._batch_size}",
+            f"onnxruntime={onnxruntime.__version__}",
+        )
+
     @property
     def _runtime(self) -> _Runtime | None:
         return self._runtimes.get("fp32")

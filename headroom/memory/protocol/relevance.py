@@ -23,8 +23,10 @@ decision" (``python -m bench injection``).
 
 :class:`Calibration` keeps each user's background per store and measures it again when the
 user's memory count has moved by ``REFRESH_FACTOR`` since (24 searches, never on every
-call; edits that keep the count keep the background); the generic messages are embedded
-once per process and embedder.
+call; edits that keep the count keep the background); the generic messages' vectors are
+made once per process and embedder: for MiniLM read from a file beside the model's graphs
+(written by ``headroom-memory model download``, or by the first process that needs it), so
+a process's first call does not embed 108 texts.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import numpy.typing as npt
 from .. import process
 from ..embedders.base import Embedder, embed_queries
 from ..embedders.minilm import CACHE_MAX_BATCH
+from ..embedders.query_bank import query_vectors
 from ..types import Memory
 
 if TYPE_CHECKING:
@@ -55,6 +58,7 @@ __all__ = [
     "Calibration",
     "background_of",
     "calibration",
+    "generic_vectors",
     "genericness",
     "relevant",
     "select",
@@ -286,31 +290,56 @@ def select(
 
 
 class _GenericVectors:
-    """The vectors of :data:`GENERIC` per embedder (embedded as queries, once)."""
+    """The vectors of :data:`GENERIC` per embedder, made once (by one thread: the others wait).
+
+    For MiniLM they come from the bank on disk beside the model's graphs
+    (:mod:`..embedders.query_bank`), built here when it is missing or bad and by
+    ``headroom-memory model download``; any other embedder embeds them.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_embedder: weakref.WeakKeyDictionary[Embedder, npt.NDArray[np.float32]] = (
             weakref.WeakKeyDictionary()
         )
+        self._making: weakref.WeakKeyDictionary[Embedder, threading.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def of(self, embedder: Embedder) -> npt.NDArray[np.float32]:
         with self._lock:
             known = self._by_embedder.get(embedder)
+            making = self._making.setdefault(embedder, threading.Lock())
         if known is not None:
             return known
-        # In calls of at most CACHE_MAX_BATCH texts, which MiniLM's query cache keeps: the
-        # probes (among these messages) are then found there by the calibration's searches.
-        texts = list(GENERIC)
-        step = CACHE_MAX_BATCH
-        chunks = [embed_queries(embedder, texts[i : i + step]) for i in range(0, len(texts), step)]
-        vectors = np.vstack(chunks).astype(np.float32)
-        with self._lock:
-            self._by_embedder[embedder] = vectors
+        with making:  # one thread makes them; another asking meanwhile waits for it
+            with self._lock:
+                known = self._by_embedder.get(embedder)
+            if known is not None:
+                return known
+            vectors = query_vectors(embedder, "generic", GENERIC, lambda: _embed(embedder))
+            with self._lock:
+                self._by_embedder[embedder] = vectors
         return vectors
 
 
+def _embed(embedder: Embedder) -> npt.NDArray[np.float32]:
+    """:data:`GENERIC` embedded as queries, in calls of at most CACHE_MAX_BATCH texts, which
+    MiniLM's query cache keeps: the probes (among these messages) are then found there by the
+    calibration's searches."""
+    texts = list(GENERIC)
+    step = CACHE_MAX_BATCH
+    chunks = [embed_queries(embedder, texts[i : i + step]) for i in range(0, len(texts), step)]
+    return np.vstack(chunks).astype(np.float32)
+
+
 _GENERIC_VECTORS = process.PerProcess(_GenericVectors)
+
+
+def generic_vectors(embedder: Embedder) -> npt.NDArray[np.float32]:
+    """The query vectors of :data:`GENERIC` under ``embedder``, one row per message (made once
+    per process and embedder; for MiniLM from the bank on disk, built if missing or bad)."""
+    return _GENERIC_VECTORS.get().of(embedder)
 
 
 def genericness(embedder: Embedder, query: str) -> float:
@@ -319,7 +348,7 @@ def genericness(embedder: Embedder, query: str) -> float:
     Both are embedded as search queries; the query's vector comes from the embedder's query
     cache when it has one (the search just embedded it).
     """
-    bank = _GENERIC_VECTORS.get().of(embedder)
+    bank = generic_vectors(embedder)
     vector = np.asarray(embed_queries(embedder, [query])[0], dtype=np.float32)
     return min(1.0, max(0.0, float(np.max(bank @ vector))))
 
@@ -345,7 +374,7 @@ def relevant(
 def background_of(store: MemoryStore, user_id: str, count: int) -> Background:
     """Measure ``user_id``'s background now: one top-1 search per probe (the generic messages
     are embedded first, once per embedder, so the probes' vectors come from its cache)."""
-    _GENERIC_VECTORS.get().of(store.embedder)
+    generic_vectors(store.embedder)
     scores = []
     for probe in PROBES:
         hits = store.search(user_id, probe, top_k=1)
