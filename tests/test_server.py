@@ -33,7 +33,10 @@ from store_helpers import HashEmbedder
 from headroom.memory import MemoryStore
 from headroom.memory.cli.scripted_llm import memory_notes
 from headroom.memory.client.background import EXTRACTION_PROMPT, close_all
+from headroom.memory.protocol.budget import chat_prompt_tokens
+from headroom.memory.protocol.pipeline import INSTRUCTION_MESSAGE
 from headroom.memory.server import ServerConfig
+from headroom.transforms.tokens import resolve_counter
 
 EMBEDDER = HashEmbedder(dim=32)
 KEY = "server-secret"
@@ -788,6 +791,67 @@ def test_serve_command_end_to_end_with_minilm(upstream: Upstream, tmp_path: Path
         store.close()
 
 
+def test_serve_command_max_prompt_tokens_fits_what_it_forwards(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """``--max-prompt-tokens``: a conversation far over the budget is forwarded within it,
+    counted as the wrappers count (protocol/budget.py): the newest turns, the memory and the
+    instruction kept, the oldest turns dropped."""
+    upstream.reset()
+    budget = 600
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "HEADROOM_SERVER_KEY"}
+    args = ["--upstream", upstream.base_url, "--port", str(port), "--db", str(tmp_path / "db")]
+    proc = subprocess.Popen(
+        [*SERVE, *args, "--max-prompt-tokens", str(budget)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-caller", max_retries=0
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.models.list()
+                break
+            except openai.APIConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.05)
+        upstream.push(memory_reply("Got it.", "User's dog is called Biscuit"))
+        client.chat.completions.create(
+            model="m", messages=user_message("My dog is Biscuit"), user="mona"
+        )
+        history: list[dict[str, str]] = []
+        for i in range(40):
+            history += [
+                {"role": "user", "content": f"Tell me fact {i} about the sea. " * 6},
+                {"role": "assistant", "content": f"Fact {i}: the sea is deep and wide. " * 6},
+            ]
+        sent = [*history, *user_message("What is my dog's name?")]
+        counter = resolve_counter(None)  # the wrappers' default, as in the server's process
+        assert chat_prompt_tokens(sent, counter) > 4 * budget
+        upstream.push("Biscuit.")
+        answer = client.chat.completions.create(model="m", messages=sent, user="mona")
+        assert answer.choices[0].message.content == "Biscuit."
+        forwarded = upstream.chat_requests()[-1]["messages"]
+        assert chat_prompt_tokens(forwarded, counter) <= budget
+        assert forwarded[-1] == sent[-1] and len(forwarded) < len(sent)
+        assert injected(upstream.chat_requests()[-1]) == ["User's dog is called Biscuit"]
+        assert INSTRUCTION_MESSAGE in forwarded
+        kept = [m for m in forwarded if m in history]
+        assert kept == history[len(history) - len(kept) :]  # the newest turns, in order
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (0, -signal.SIGTERM), err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def test_serve_command_usage_errors(tmp_path: Path) -> None:
     bad = subprocess.run(
         [*SERVE, "--upstream", "ftp://x"],
@@ -796,6 +860,14 @@ def test_serve_command_usage_errors(tmp_path: Path) -> None:
         timeout=60,
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--upstream" in bad.stderr
+    for budget in ("0", "-5", "many"):
+        bad = subprocess.run(
+            [*SERVE, "--upstream", "http://127.0.0.1:9/v1", "--max-prompt-tokens", budget],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert bad.returncode == 2 and "--max-prompt-tokens" in bad.stderr, bad.stderr
     keys = tmp_path / "keys.json"
     keys.write_text("[1, 2]")
     db = str(tmp_path / "db")

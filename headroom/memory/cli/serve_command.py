@@ -1,12 +1,14 @@
 """``headroom-memory serve``: the OpenAI-compatible memory server (``headroom.memory.server``).
 
     headroom-memory serve --upstream URL [--host 127.0.0.1] [--port 8787] [--db PATH_OR_URL]
-        [--mode fast|background] [--api-key KEY] [--user-keys FILE]
+        [--mode fast|background] [--api-key KEY] [--user-keys FILE] [--max-prompt-tokens N]
 
 ``--upstream`` is the base URL an OpenAI SDK would be given (``https://host/v1``). The server
 key comes from ``--api-key`` or ``HEADROOM_SERVER_KEY``; ``--user-keys FILE`` is a JSON object
 ``{"key": "user id", ...}``: each key pins its user. Binding another address than loopback
 without any key prints a warning: whoever reaches the server chooses whose memories are read.
+``--max-prompt-tokens N`` is the wrappers' ``max_prompt_tokens``: every prompt the server
+forwards, instruction and memories included, fits N tokens (the oldest turns go first).
 
 The port is bound, the store opened and the embedding model loaded before the server
 listens, so a port in use or a bad setting exits 1 with one line. Ctrl-C and SIGTERM stop it
@@ -66,10 +68,28 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     serve.add_argument(
         "--min-score", type=float, help="a fixed relevance floor (default: decided per user)"
     )
+    serve.add_argument(
+        "--max-prompt-tokens",
+        type=_positive_int,
+        metavar="N",
+        help="token budget of each prompt forwarded, instruction and memories included "
+        "(the oldest turns give way first; default: no budget)",
+    )
     serve.add_argument("--extraction-model", help="background mode: model of the extraction")
     serve.add_argument("--max-connections", type=int, default=100, help="upstream pool size")
     serve.add_argument("--access-log", action="store_true", help="log every request's line")
     serve.set_defaults(handler=_serve)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an int: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+    return value
 
 
 def sdk_factory(http: Any, base_url: str) -> Any:
@@ -128,6 +148,8 @@ def _serve(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.min_score is not None:
         options["min_score"] = args.min_score
+    if args.max_prompt_tokens is not None:
+        options["max_prompt_tokens"] = args.max_prompt_tokens
     config = ServerConfig(
         upstream=args.upstream,
         db=args.db,
