@@ -768,7 +768,8 @@ class MemoryStore:
         Records are then written in atomic batches of :data:`IMPORT_BATCH`; a crash in
         between leaves whole records, and importing the same file again completes it (a
         record whose id its user already has, live or soft-deleted, is skipped). Returns how
-        many memories were imported.
+        many memories were imported. A backend with a ``bulk_load()`` block (PostgreSQL) gets
+        the writes inside it: index builds wait for the end, statistics follow at once.
         """
         backend = self._backend()
         batches: list[list[Entry]] = []
@@ -782,11 +783,11 @@ class MemoryStore:
                 if not batches or len(batches[-1]) >= IMPORT_BATCH:
                     batches.append([])
                 batches[-1].extend(entries)
-        count = 0
-        for batch in batches:
-            backend.append(batch)
-            count += sum(1 for e in batch if e.op.name == "ADD")
-        return count
+        bulk = getattr(backend, "bulk_load", None)
+        if bulk is None:
+            return _write_batches(backend, batches)
+        with bulk():
+            return _write_batches(backend, batches)
 
     def _import_entries(
         self, backend: Backend, record: Any, seen: set[tuple[str, str]]
@@ -950,6 +951,15 @@ def _check_vector(vector: Any, dim: int) -> npt.NDArray[np.float32]:
     if not np.isfinite(array).all():
         raise InvalidVectorError("a query vector must not hold NaN or infinite values")
     return np.ascontiguousarray(array)
+
+
+def _write_batches(backend: Backend, batches: Sequence[Sequence[Entry]]) -> int:
+    """Append ``batches`` in order (one atomic append each); returns how many ADDs."""
+    count = 0
+    for batch in batches:
+        backend.append(batch)
+        count += sum(1 for e in batch if e.op.name == "ADD")
+    return count
 
 
 def _parse_time(value: Any) -> datetime | float | None:

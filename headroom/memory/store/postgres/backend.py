@@ -91,6 +91,9 @@ _NOW_US = sql.SQL("(extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
 #: How many claimable jobs a claim across users looks at (their users are tried in turn).
 _CLAIM_CANDIDATES = 100
 
+#: The tables a bulk load writes, analyzed when it ends.
+BULK_TABLES = ("memories", "memory_versions", "user_state")
+
 _MEMORY_COLUMNS = "id, text, category, source, metadata, created_us, updated_us, user_id, label"
 
 
@@ -256,6 +259,9 @@ class PostgresBackend:
         self._building: set[str] = set()
         self._build_tried: dict[str, float] = {}
         self._build_locks: dict[str, threading.Lock] = {}
+        #: Open bulk_load() blocks, and the users who grew past the threshold inside them.
+        self._bulk_depth = 0
+        self._bulk_grown: set[str] = set()
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._closed = False
@@ -764,28 +770,17 @@ class PostgresBackend:
     # --- reads -------------------------------------------------------------------------------
 
     def get(self, user_id: str, memory_id: str) -> Memory | None:
-        """The live memory, or None."""
-        [rows] = self._read(
-            user_id,
-            sql.SQL(
-                "SELECT " + _MEMORY_COLUMNS + " FROM memories "
-                "WHERE user_id = {} AND id = {} AND deleted_seq IS NULL"
-            ).format(sql.Literal(user_id), sql.Literal(memory_id)),
-        )
-        return _memory(rows[0]) if rows else None
+        """The live memory, or None (on the primary key: see :func:`by_ids_sql`)."""
+        [rows] = self._read(user_id, by_ids_sql(user_id, [memory_id]))
+        return _memory(rows[0]) if rows and rows[0][-1] else None
 
     def get_many(self, user_id: str, memory_ids: Sequence[str]) -> dict[str, Memory]:
-        """The live memories among ``memory_ids``, by id, in one round trip."""
+        """The live memories among ``memory_ids``, by id, in one round trip (on the primary
+        key: see :func:`by_ids_sql`)."""
         if not memory_ids:
             return {}
-        [rows] = self._read(
-            user_id,
-            sql.SQL(
-                "SELECT " + _MEMORY_COLUMNS + " FROM memories "
-                "WHERE user_id = {} AND id = ANY({}::text[]) AND deleted_seq IS NULL"
-            ).format(sql.Literal(user_id), sql.Literal(list(dict.fromkeys(memory_ids)))),
-        )
-        return {row[0]: _memory(row) for row in rows}
+        [rows] = self._read(user_id, by_ids_sql(user_id, list(dict.fromkeys(memory_ids))))
+        return {row[0]: _memory(row) for row in rows if row[-1]}
 
     def memories(self, user_id: str, where: Filter = ALL) -> list[Memory]:
         """Live memories passing ``where``, oldest first."""
@@ -982,7 +977,8 @@ class PostgresBackend:
     def _grown(self, users: Sequence[str], state: dict[str, _UserWrite]) -> None:
         """Start building, off the caller's thread, the HNSW index of each user in ``users``
         who now has at least ``ann_threshold`` live memories and none for their dim (one
-        build per user at a time in this process, and a look at most every _ANN_REFRESH_S)."""
+        build per user at a time in this process, and a look at most every _ANN_REFRESH_S).
+        Inside :meth:`bulk_load` the user is only noted; the build runs when it ends."""
         threshold = self._ann_threshold
         if threshold is None:
             return
@@ -994,6 +990,9 @@ class PostgresBackend:
             if ann_index_name(user, write.dim) in self._ann_names:
                 continue
             with self._lock:
+                if self._bulk_depth:  # built once, when the bulk load ends
+                    self._bulk_grown.add(user)
+                    continue
                 if user in self._building or now - self._build_tried.get(user, -1e9) < (
                     _ANN_REFRESH_S
                 ):
@@ -1004,6 +1003,66 @@ class PostgresBackend:
                 target=self._build_in_background, args=(user,), daemon=True,
                 name="headroom-memory-ann-build",
             ).start()  # fmt: skip
+
+    @contextlib.contextmanager
+    def bulk_load(self) -> Iterator[None]:
+        """A block of large appends (an import): inside it no HNSW index build starts (each
+        would slow every later insert of its user, since every row then updates the index);
+        when the outermost block ends, even by an exception, the tables written are analyzed
+        (:meth:`analyze`: the planner's statistics cover the new rows at once) and then the
+        index of each user who grew past ``ann_threshold`` is built, one build per user, on
+        the caller's thread (:meth:`build_ann_index`). A build that fails is logged and left
+        to the next growth or compact(), as a background build would be. Blocks nest; appends
+        of other threads of this backend during the block are deferred alike.
+        """
+        with self._lock:
+            self._bulk_depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._bulk_depth -= 1
+                outermost = self._bulk_depth == 0
+                grown = sorted(self._bulk_grown) if outermost else []
+                if outermost:
+                    self._bulk_grown = set()
+            if outermost:
+                self._finish_bulk(grown)
+
+    def _finish_bulk(self, grown: Sequence[str]) -> None:
+        """ANALYZE, then build the deferred indexes; failures are logged, never raised (the
+        rows are committed, and the end of a failed block must not hide its exception)."""
+        try:
+            self.analyze()
+        except Exception:
+            logger.warning(
+                "headroom.memory: ANALYZE after a bulk load into %s failed",
+                self.location,
+                exc_info=True,
+            )
+        for user in grown:
+            try:
+                self.build_ann_index(user)
+            except Exception:
+                logger.warning(
+                    "headroom.memory: building the HNSW index of a user of %s failed",
+                    self.location,
+                    exc_info=True,
+                )
+
+    def analyze(self, tables: Sequence[str] = BULK_TABLES) -> None:
+        """ANALYZE ``tables`` now (the planner's statistics). Autovacuum keeps them fresh
+        afterwards (migration 4 sets its thresholds on these tables); a load faster than
+        its naptime needs this."""
+        pool = self._get_pool()
+        try:
+            with pool.connection() as conn:
+                for table in tables:
+                    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+        except psycopg.OperationalError as exc:
+            raise PostgresUnavailableError(
+                f"the store at {self.location}: {_first_line(exc)}"
+            ) from None
 
     def _wait_for_builds(self) -> None:
         """Wait for this process's index builds (a VACUUM FULL beside a CREATE INDEX
@@ -1502,6 +1561,7 @@ class PostgresBackend:
         self._rankings = {}
         # The parent's builds are the parent's.
         self._building, self._build_tried, self._build_locks = set(), {}, {}
+        self._bulk_depth, self._bulk_grown = 0, set()
         self._pid = os.getpid()
         inherited = list(self._connections)
         self._connections = weakref.WeakSet()
@@ -1571,6 +1631,17 @@ def ann_index_prefix(user_id: str) -> str:
 def ann_index_name(user_id: str, dim: int) -> str:
     """The name of a user's ANN index over vectors of ``dim``."""
     return f"{ann_index_prefix(user_id)}{dim}"
+
+
+def by_ids_sql(user_id: str, memory_ids: Sequence[str]) -> sql.Composed:
+    """The user's rows of ``memory_ids``, live or not, with a last column telling whether
+    each is live. The condition is ``(user_id, id)`` alone, which only the primary key
+    matches (the partial indexes need ``deleted_seq IS NULL`` in it): the plan is a
+    primary-key lookup whatever the planner's statistics say."""
+    return sql.SQL(
+        "SELECT " + _MEMORY_COLUMNS + ", deleted_seq IS NULL FROM memories "
+        "WHERE user_id = {} AND id = ANY({}::text[])"
+    ).format(sql.Literal(user_id), sql.Literal(list(memory_ids)))
 
 
 def _first_line(exc: BaseException) -> str:
