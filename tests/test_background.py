@@ -24,6 +24,7 @@ from store_helpers import HashEmbedder
 
 from headroom.memory import MemoryEvent, MemoryStore, with_memory
 from headroom.memory.client.background import EXTRACTION_PROMPT, close_all
+from headroom.memory.errors import InvalidInputError
 from headroom.memory.protocol.block import MEMORY_INSTRUCTION
 
 REPO = Path(__file__).resolve().parent.parent
@@ -247,3 +248,43 @@ def test_forget_cancels_queued_extractions(server: ScriptedServer, tmp_path: Pat
     assert client.flush(timeout=30)
     assert client.memory.get_all() == []
     assert MemoryStore.open(tmp_path / "memory.db").pending() == []
+
+
+def test_lease_and_poll_options_reach_the_worker_and_an_idle_worker_polls(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    """``lease_s`` / ``poll_s`` of ``with_memory``: the worker's claim lasts ``lease_s`` and an
+    idle worker finds a job another process queued after it started (no flush)."""
+    server.responder = Extractor()
+    client = wrap(client_for(server), tmp_path, lease_s=7.5, poll_s=0.05)
+    worker = client._core.worker
+    assert (worker.lease_s, worker.poll_s) == (7.5, 0.05)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
+    enqueue = (
+        "import sys\n"
+        "from headroom.memory import MemoryStore\n"
+        "from headroom.memory.client.background import make_payload\n"
+        "from store_helpers import HashEmbedder\n"
+        "store = MemoryStore.open(sys.argv[1], embedder=HashEmbedder(dim=32))\n"
+        "store.enqueue('alice', make_payload([{'role': 'user', 'content': 'late'}], 'm'))\n"
+        "store.close()\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", enqueue, str(tmp_path / "memory.db")], env=env, check=True
+    )
+    deadline = time.monotonic() + 60
+    while [m.text for m in client.memory.get_all()] != ["User said late"]:
+        assert time.monotonic() < deadline, "the idle worker never ran the other process's job"
+        time.sleep(0.05)
+    claims = [b for b in server.chat_requests() if is_extraction(b)]
+    assert len(claims) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("lease_s", 0), ("poll_s", -1.0), ("lease_s", "60"), ("poll_s", True)]
+)
+def test_bad_lease_and_poll_are_refused(tmp_path: Path, name: str, value: object) -> None:
+    with pytest.raises(InvalidInputError, match=name):
+        wrap(
+            openai.OpenAI(api_key="x", base_url="http://127.0.0.1:9/v1"), tmp_path, **{name: value}
+        )

@@ -59,6 +59,8 @@ _OPTIONS = frozenset(
         "sync",
         "retry_base",
         "retry_max",
+        "lease_s",
+        "poll_s",
     }
 )
 
@@ -538,6 +540,9 @@ def _check_options(user_id: str, top_k: object, options: Mapping[str, Any]) -> S
         raise InvalidInputError(f"sync must be always, interval or off; got {options['sync']!r}")
     _number(options, "retry_base", 1.0, 0.0)
     _number(options, "retry_max", 300.0, 0.0)
+    for name in ("lease_s", "poll_s"):
+        if name in options and not _number(options, name, 1.0, 0.0) > 0:
+            raise InvalidInputError(f"{name} must be a number > 0; got {options[name]!r}")
     return Settings(
         user_id=user_id,
         top_k=top_k,
@@ -589,7 +594,11 @@ def _build(
     if embedder is None:
         embedder = _embedder(client, use_local_embeddings, embedding_model)
     store = MemoryStore.open(db_path, embedder=embedder, sync=options.get("sync", "interval"))
-    worker_options = {k: float(options[k]) for k in ("retry_base", "retry_max") if k in options}
+    worker_options = {
+        k: float(options[k])
+        for k in ("retry_base", "retry_max", "lease_s", "poll_s")
+        if k in options
+    }
     core = Core(
         store=store,
         settings=settings,
@@ -625,7 +634,10 @@ def with_fast_memory(
     ``observer`` (callable receiving a :class:`~headroom.memory.protocol.pipeline.MemoryEvent` per
     call), ``embedder`` (an Embedder instance instead of the named model), ``sync`` (store
     durability: "always" | "interval" | "off"), ``retry_base`` / ``retry_max`` (backoff of
-    background extractions, used by JSON-mode calls). Unknown options raise
+    background extractions, used by JSON-mode calls), ``lease_s`` / ``poll_s`` (the
+    extraction worker's claim on a job, renewed every third of it while its call runs, default
+    60 s; how often an idle worker looks for jobs other processes left, default 10 s; the
+    store's worker is one per process: the last wrap that sets them wins). Unknown options raise
     InvalidInputError. Returns a client used exactly like ``client``; sync or async as it is.
 
     ``max_prompt_tokens=N`` makes the whole prompt sent (the caller's messages, or
