@@ -774,36 +774,54 @@ class MemoryStore:
         backend = self._backend()
         batches: list[list[Entry]] = []
         seen: set[tuple[str, str]] = set()
+        chunk: list[tuple[int, Any]] = []
         for number, record in enumerate(records, start=1):
-            try:
-                entries = self._import_entries(backend, record, seen)
-            except InvalidInputError as exc:
-                raise type(exc)(f"record {number}: {exc}") from None
-            if entries:
-                if not batches or len(batches[-1]) >= IMPORT_BATCH:
-                    batches.append([])
-                batches[-1].extend(entries)
+            chunk.append((number, record))
+            if len(chunk) >= IMPORT_BATCH:
+                self._import_chunk(backend, chunk, seen, batches)
+                chunk = []
+        self._import_chunk(backend, chunk, seen, batches)
         bulk = getattr(backend, "bulk_load", None)
         if bulk is None:
             return _write_batches(backend, batches)
         with bulk():
             return _write_batches(backend, batches)
 
+    def _import_chunk(
+        self,
+        backend: Backend,
+        chunk: Sequence[tuple[int, Any]],
+        seen: set[tuple[str, str]],
+        batches: list[list[Entry]],
+    ) -> None:
+        """Validate and embed the numbered records of ``chunk``, adding their entries to
+        ``batches`` (each up to about IMPORT_BATCH entries); a record whose id its user
+        already has (in the store, or earlier in the import) adds none. Which ids the store
+        has is asked once per user of the chunk (:func:`_known_ids`), not once per record."""
+        keys = []
+        for number, record in chunk:
+            try:
+                keys.append(_import_key(record))
+            except InvalidInputError as exc:
+                raise type(exc)(f"record {number}: {exc}") from None
+        known = _known_ids(backend, keys)
+        for (number, record), key in zip(chunk, keys, strict=True):
+            if key in seen or key in known:
+                continue
+            seen.add(key)
+            try:
+                entries = self._import_entries(record, *key)
+            except InvalidInputError as exc:
+                raise type(exc)(f"record {number}: {exc}") from None
+            if not batches or len(batches[-1]) >= IMPORT_BATCH:
+                batches.append([])
+            batches[-1].extend(entries)
+
     def _import_entries(
-        self, backend: Backend, record: Any, seen: set[tuple[str, str]]
+        self, record: Mapping[str, Any], user_id: str, memory_id: str
     ) -> list[Entry]:
-        """The ADD and UPDATE entries that reproduce one exported memory (none when its id is
-        already live for its user). Raises InvalidInputError subclasses for bad fields."""
-        if not isinstance(record, Mapping):
-            raise InvalidInputError(f"a record must be a JSON object; got {type(record).__name__}")
-        user_id = T.validate_user_id(record.get("user_id"))
-        given = record.get("id")
-        memory_id = uuid.uuid4().hex if given in (None, "") else T.validate_memory_id(given)
-        # An id the user already has, live or soft-deleted (until purged), is kept as it is.
-        known = backend.get(user_id, memory_id) is not None or backend.history(user_id, memory_id)
-        if (user_id, memory_id) in seen or known:
-            return []
-        seen.add((user_id, memory_id))
+        """The ADD and UPDATE entries that reproduce one exported memory under ``memory_id``.
+        Raises InvalidInputError subclasses for bad fields."""
         history = record.get("history", [])
         if not isinstance(history, list) or not all(isinstance(v, Mapping) for v in history):
             raise InvalidInputError("history must be a list of objects")
@@ -951,6 +969,36 @@ def _check_vector(vector: Any, dim: int) -> npt.NDArray[np.float32]:
     if not np.isfinite(array).all():
         raise InvalidVectorError("a query vector must not hold NaN or infinite values")
     return np.ascontiguousarray(array)
+
+
+def _import_key(record: Any) -> tuple[str, str]:
+    """The user and memory id a record imports to (a new random id when it has none).
+    Raises InvalidInputError subclasses for a record that is no object or a bad id."""
+    if not isinstance(record, Mapping):
+        raise InvalidInputError(f"a record must be a JSON object; got {type(record).__name__}")
+    user_id = T.validate_user_id(record.get("user_id"))
+    given = record.get("id")
+    memory_id = uuid.uuid4().hex if given in (None, "") else T.validate_memory_id(given)
+    return user_id, memory_id
+
+
+def _known_ids(backend: Backend, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The ``(user, id)`` pairs of ``keys`` the store has, live or soft-deleted (until
+    purged): one ``known_ids`` read per user on a backend that has it (PostgreSQL), else
+    ``get_many`` per user and ``history`` of each id not live."""
+    by_user: dict[str, list[str]] = {}
+    for user_id, memory_id in keys:
+        by_user.setdefault(user_id, []).append(memory_id)
+    batch_read = getattr(backend, "known_ids", None)
+    known: set[tuple[str, str]] = set()
+    for user_id, ids in by_user.items():
+        if batch_read is not None:
+            found = set(batch_read(user_id, ids))
+        else:
+            found = set(backend.get_many(user_id, ids))
+            found.update(i for i in ids if i not in found and backend.history(user_id, i))
+        known.update((user_id, i) for i in found)
+    return known
 
 
 def _write_batches(backend: Backend, batches: Sequence[Sequence[Entry]]) -> int:

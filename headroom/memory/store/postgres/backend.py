@@ -782,6 +782,14 @@ class PostgresBackend:
         [rows] = self._read(user_id, by_ids_sql(user_id, list(dict.fromkeys(memory_ids))))
         return {row[0]: _memory(row) for row in rows if row[-1]}
 
+    def known_ids(self, user_id: str, memory_ids: Sequence[str]) -> list[str]:
+        """The ids among ``memory_ids`` the user has, live or soft-deleted (until compact()
+        or a PURGE drops the row), in one round trip on the primary key."""
+        if not memory_ids:
+            return []
+        [rows] = self._read(user_id, by_ids_sql(user_id, list(dict.fromkeys(memory_ids))))
+        return [row[0] for row in rows]
+
     def memories(self, user_id: str, where: Filter = ALL) -> list[Memory]:
         """Live memories passing ``where``, oldest first."""
         [rows] = self._read(
