@@ -11,7 +11,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from openai_server import ScriptedServer
+from openai_server import ScriptedServer, memory_reply
 
 from bench.locomo import data
 from headroom.memory import with_fast_memory
@@ -124,6 +124,18 @@ def test_calibration_measures_once_and_again_after_growth(store: MemoryStore) ->
     assert cal.background(store, "bob").probe_scores == (0.0,) * len(relevance.PROBES)
 
 
+def test_refresh_measures_only_known_users_whose_count_moved(store: MemoryStore) -> None:
+    store.add_many("maya", [NewMemory(t) for t in MAYA[:4]], dedup=False)
+    cal = Calibration()
+    assert cal.refresh(store, "maya") is None and cal.measured == 0  # never asked about
+    first = cal.background(store, "maya")
+    assert cal.refresh(store, "maya") is first and cal.measured == 1  # still current
+    store.add("maya", MAYA[4])
+    refreshed = cal.refresh(store, "maya")
+    assert refreshed is not None and refreshed.count == 5 and cal.measured == 2
+    assert cal.background(store, "maya") is refreshed  # the next call measures nothing
+
+
 # --- end to end through the wrapper -------------------------------------------------------------
 
 
@@ -186,3 +198,34 @@ def test_wrapper_injects_relevant_memories_and_nothing_for_generic_messages(
     # A fixed floor is still an explicit override: 0.15 injects for "hi" as before.
     fixed = with_fast_memory(base, user_id="maya", db_path=tmp_path / "db", min_score=0.15)
     assert _ask(fixed, server, "hi") != []
+
+
+def test_the_writer_measures_the_background_again_after_storing_off_the_next_call(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    """Inline memories that move a user's count past the refresh factor: the writer measures
+    the background again once they are stored, and the next call measures nothing; what it
+    measured is what the call would have (the same memories)."""
+    base = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+    client = with_fast_memory(base, user_id="maya", db_path=tmp_path / "db")
+    store: MemoryStore = client._core.store
+    store.add_many("maya", [NewMemory(t) for t in MAYA[:4]], dedup=False)
+    cal = relevance.calibration()
+    server.push(memory_reply("Noted.", MAYA[4], MAYA[5]))
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    client.flush()
+    measured = cal.measured
+    kept = cal.background(store, "maya")
+    assert kept.count == 6 and cal.measured == measured  # measured by the writer, before
+    server.push("ok")
+    client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "thanks"}], memory="read"
+    )
+    assert cal.measured == measured
+    assert kept == relevance.background_of(store, "maya", store.backend.count("maya"))
+    # A fixed floor never measures a background, on the call or after it.
+    fixed = with_fast_memory(base, user_id="rex", db_path=tmp_path / "db", min_score=0.15)
+    server.push(memory_reply("Noted.", "User likes tea"))
+    fixed.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    fixed.flush()
+    assert cal.refresh(store, "rex") is None

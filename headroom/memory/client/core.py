@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..protocol import relevance
 from ..protocol import responses as rsp
 from ..protocol.block import MemoryOps, ParsedAnswer
 from ..protocol.budget import PromptBudget, fit_input, fit_messages
@@ -348,7 +349,24 @@ class Core:
                 exc,
             )
             event = replace(event, error=exc)
+        else:
+            self._recalibrate()
         self.event(event)
+
+    def _recalibrate(self) -> None:
+        """After the user's memories are stored (on the writer): measure their relevance
+        background again if the write moved their memory count past the refresh factor
+        (``relevance.Calibration.refresh``), so their next call does not. Never raises."""
+        if self.settings.min_score is not None:
+            return
+        try:
+            relevance.calibration().refresh(self.store, self.settings.user_id)
+        except Exception as exc:
+            logger.warning(
+                "headroom.memory: measuring the relevance background of user %r failed: %s",
+                self.settings.user_id,
+                exc,
+            )
 
     def enqueue(
         self,

@@ -23,10 +23,12 @@ decision" (``python -m bench injection``).
 
 :class:`Calibration` keeps each user's background per store and measures it again when the
 user's memory count has moved by ``REFRESH_FACTOR`` since (24 searches, never on every
-call; edits that keep the count keep the background); the generic messages' vectors are
-made once per process and embedder: for MiniLM read from a file beside the model's graphs
-(written by ``headroom-memory model download``, or by the first process that needs it), so
-a process's first call does not embed 108 texts.
+call; edits that keep the count keep the background): on the user's first call in a
+process, and after that mostly right after the inline writer stores their memories
+(:meth:`Calibration.refresh`), so the next call does not wait for it. The generic messages'
+vectors are made once per process and embedder: for MiniLM read from a file beside the
+model's graphs (written by ``headroom-memory model download``, or by the first process that
+needs them), so a process's first call does not embed 108 texts.
 """
 
 from __future__ import annotations
@@ -420,6 +422,20 @@ class Calibration:
                 users.popitem(last=False)
             self.measured += 1
         return fresh
+
+    def refresh(self, store: MemoryStore, user_id: str) -> Background | None:
+        """After a write for ``user_id``: their background, measured again now if the one kept
+        is no longer current (as :meth:`background`); None, measuring nothing, for a user this
+        instance keeps no background of (never asked about in this process).
+
+        The inline writer calls it once a user's memories are stored, off the critical path:
+        the user's next call then finds a current background (the same one, measured on the
+        same memories, that it would otherwise measure itself)."""
+        with self._lock:
+            users = self._stores.get(store)
+            if users is None or user_id not in users:
+                return None
+        return self.background(store, user_id)
 
 
 #: One per process (a forked child starts with none: the parent's lock may be held).
