@@ -29,8 +29,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -364,18 +367,149 @@ def _first_call(store: MemoryStore, user: str, text: str, query_mode: str) -> di
     return out
 
 
+def _growing_user(
+    store: MemoryStore, stores: Sequence[StoreCase], query_mode: str, turns: int
+) -> dict[str, float]:
+    """A user gaining one memory per turn (maya's large store's memories, in order), a
+    find_memories with the rule after each: with the background measured on the call when
+    the count has moved by the refresh factor (no writer), and with the inline writer's
+    :meth:`relevance.Calibration.refresh` after the write (untimed: off the critical path).
+    Two users of one live store, turns interleaved, each query new to the embedder."""
+    from headroom.memory.embedders.minilm import MiniLMEmbedder
+
+    source = next(sc for sc in stores if sc.user == "maya-large")
+    texts = [c.text for c in source.cases if not c.generic] or ["What should I do next?"]
+    memories = [
+        NewMemory(m.text, m.category, None, m.created_at) for m in store.get_all(source.user)
+    ][:turns]
+    timings: dict[str, list[float]] = {"call": [], "writer": []}
+    with tempfile.TemporaryDirectory(prefix="bench-injection-grow-") as folder:
+        embedder = MiniLMEmbedder(query_mode=query_mode, warmup=True)
+        relevance.generic_vectors(embedder)  # a process's first call is measured elsewhere
+        live = MemoryStore(folder, embedder=embedder, sync="off")
+        cal = relevance.calibration()
+        on_call = 0
+        for i, memory in enumerate(memories):
+            for variant in ("call", "writer"):
+                user = f"grow-{variant}"
+                live.add_many(user, [memory], source="import", dedup=False)
+                if variant == "writer":
+                    cal.refresh(live, user)
+                before = cal.measured
+                t0 = time.perf_counter()
+                find_memories(
+                    live, Settings(user_id=user), f"{texts[i % len(texts)]} ({i}{variant})"
+                )
+                timings[variant].append((time.perf_counter() - t0) * 1000)
+                if variant == "call":
+                    on_call += cal.measured - before
+        live.close()
+    return {
+        "growing_turns": len(memories),
+        "growing_calibrations_on_call": on_call,
+        "growing_call_ms_sum": sum(timings["call"]),
+        "growing_call_ms_max": max(timings["call"]),
+        "growing_writer_ms_sum": sum(timings["writer"]),
+        "growing_writer_ms_max": max(timings["writer"]),
+        "growing_call_ms_p50": statistics.median(timings["call"]),
+        "growing_writer_ms_p50": statistics.median(timings["writer"]),
+    }
+
+
+#: A fresh process's first find_memories (see :func:`_first_call_processes`).
+_FIRST_CALL_CHILD = """
+import json, sys, time
+from headroom.memory.embedders.minilm import MiniLMEmbedder
+from headroom.memory.protocol import relevance
+from headroom.memory.protocol.pipeline import Settings, find_memories
+from headroom.memory.store.store import MemoryStore
+folder, user, text, mode, floor = sys.argv[1:6]
+embedder = MiniLMEmbedder(query_mode=mode, warmup=True)
+store = MemoryStore(folder, embedder=embedder, sync="off")
+find_memories(store, Settings(user_id=user, min_score=0.15), "warm-up")  # the store's first search
+settings = Settings(user_id=user, min_score=None if floor == "rule" else 0.15)
+t0 = time.perf_counter()
+find_memories(store, settings, text)
+first = (time.perf_counter() - t0) * 1000
+t0 = time.perf_counter()
+relevance.background_of(store, user, store.backend.count(user))
+calibration = (time.perf_counter() - t0) * 1000
+store.close()
+print(json.dumps({"first_ms": first, "calibration_ms": calibration}))
+"""
+
+
+def _first_call_processes(
+    store: MemoryStore, user: str, text: str, query_mode: str, runs: int
+) -> dict[str, float]:
+    """A fresh process's first find_memories for ``user`` (model loaded, the store searched
+    once with another text, so what is timed is what the rule adds): with the rule and no
+    bank of the generic messages on disk (they are embedded, as before the bank existed; each
+    run has a new empty model cache), with the rule and the bank on disk, and with a fixed
+    floor; ``runs`` of each, interleaved; medians. The calibration of the user (probes
+    cached), timed again after the first call, is the part the bank leaves."""
+    from headroom.memory.embedders.minilm import MiniLMEmbedder
+    from headroom.memory.embedders.resolve import resolve
+
+    times: dict[str, list[float]] = {"no_bank": [], "bank": [], "fixed": [], "calibration": []}
+    memories = [NewMemory(m.text, m.category, None, m.created_at) for m in store.get_all(user)]
+    with tempfile.TemporaryDirectory(prefix="bench-injection-process-") as folder:
+        db = Path(folder) / "store"
+        built = MemoryStore(db, embedder=MiniLMEmbedder(query_mode=query_mode), sync="off")
+        built.add_many(user, memories, source="import", dedup=False)
+        built.close()
+        env = dict(os.environ, HEADROOM_MODEL_PATH=str(resolve().folder))
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1])])
+        kept_cache = Path(folder) / "kept-cache"
+        for run in range(runs):
+            for kind in ("no_bank", "bank", "fixed"):
+                cache = Path(folder) / f"cache-{run}" if kind == "no_bank" else kept_cache
+                if kind == "bank" and not list(kept_cache.glob("**/bank-generic-*.bin")):
+                    _child(env, kept_cache, db, user, text, query_mode, "rule")  # writes it
+                floor = "fixed" if kind == "fixed" else "rule"
+                out = _child(env, cache, db, user, text, query_mode, floor)
+                times[kind].append(out["first_ms"])
+                if kind == "bank":
+                    times["calibration"].append(out["calibration_ms"])
+    return {
+        "process_first_call_rule_no_bank_ms_p50": statistics.median(times["no_bank"]),
+        "process_first_call_rule_bank_ms_p50": statistics.median(times["bank"]),
+        "process_first_call_fixed_ms_p50": statistics.median(times["fixed"]),
+        "process_calibration_ms_p50": statistics.median(times["calibration"]),
+        "process_runs": runs,
+    }
+
+
+def _child(
+    env: dict[str, str], cache: Path, db: Path, user: str, text: str, mode: str, floor: str
+) -> dict[str, float]:
+    """Run :data:`_FIRST_CALL_CHILD` with ``cache`` as its model cache; its JSON line."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FIRST_CALL_CHILD, str(db), user, text, mode, floor],
+        env=dict(env, XDG_CACHE_HOME=str(cache)),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
 def _cost(
     store: MemoryStore,
     stores: Sequence[StoreCase],
     calls: int,
     embedder: SplitEmbedder,
     query_mode: str,
+    process_runs: int,
 ) -> dict[str, float]:
     """What the default rule costs: a calibration per user with the probes embedded live and
     with their vectors cached (as the embedder's query cache holds them after the first); the
     per-call check (:func:`relevance.relevant` with the background and the query's vector
     cached: the count, the genericness, the selection); embedding the generic messages (once
-    per process and embedder); :func:`_critical_path`; :func:`_first_call`."""
+    per process and embedder); :func:`_critical_path`; :func:`_first_call`;
+    :func:`_first_call_processes`; :func:`_growing_user`."""
     cold: list[float] = []
     warm: list[float] = []
     check_us: list[float] = []
@@ -397,11 +531,14 @@ def _cost(
         embed_queries(embedder, list(relevance.GENERIC))
         generic_ms = (time.perf_counter() - t0) * 1000
     rule_ms, fixed_ms = _critical_path(store, stores, calls, query_mode)
-    first = _first_call(
-        store, "maya-small", "What database should I use for my new project?", query_mode
-    )
+    question = "What database should I use for my new project?"
+    first = _first_call(store, "maya-small", question, query_mode)
+    processes = _first_call_processes(store, "maya-small", question, query_mode, process_runs)
+    growing = _growing_user(store, stores, query_mode, 120)
     return {
         **first,
+        **processes,
+        **growing,
         "calibration_cold_ms_p50": statistics.median(cold),
         "calibration_cold_ms_max": max(cold),
         "calibration_warm_ms_p50": statistics.median(warm),
@@ -417,6 +554,9 @@ def main(argv: list[str]) -> int:
     """Run the suite; print one table per store kind; write bench/results/injection.json."""
     ap = argparse.ArgumentParser(prog="python -m bench injection", description=__doc__)
     ap.add_argument("--cost-calls", type=int, default=40, help="timed calls per store")
+    ap.add_argument(
+        "--process-runs", type=int, default=5, help="fresh processes per first-call variant"
+    )
     ap.add_argument(
         "--query-mode",
         choices=QUERY_MODES,
@@ -460,7 +600,7 @@ def main(argv: list[str]) -> int:
             else:
                 headers = ["rule"] + [f"{c} {s}" for s in splits for c in cols]
             print(format_table(headers, rows))
-        cost = _cost(store, stores, args.cost_calls, embedder, args.query_mode)
+        cost = _cost(store, stores, args.cost_calls, embedder, args.query_mode, args.process_runs)
         store.close()
     payload["cost"] = cost
     payload["cpu"] = dataclasses.asdict(watch.report)
@@ -476,6 +616,21 @@ def main(argv: list[str]) -> int:
         f"{cost['find_memories_fixed_ms_p50']:.2f} ms; a process's first call (model loaded) "
         f"{cost['first_call_rule_ms']:.0f} ms with the rule, {cost['first_call_fixed_ms']:.0f} "
         "ms with a fixed floor"
+    )
+    print(
+        f"a fresh process's first call (p50 of {cost['process_runs']}, model loaded, store "
+        f"searched once): rule {cost['process_first_call_rule_no_bank_ms_p50']:.1f} ms without "
+        f"the generic messages' bank on disk, {cost['process_first_call_rule_bank_ms_p50']:.1f}"
+        f" ms with it, fixed floor {cost['process_first_call_fixed_ms_p50']:.1f} ms; of which "
+        f"the user's calibration {cost['process_calibration_ms_p50']:.1f} ms"
+    )
+    print(
+        f"a user growing by one memory per call ({cost['growing_turns']} calls): find_memories "
+        f"{cost['growing_call_ms_sum']:.0f} ms in all (max {cost['growing_call_ms_max']:.1f}, "
+        f"p50 {cost['growing_call_ms_p50']:.2f}) with the background measured on "
+        f"the call ({cost['growing_calibrations_on_call']:.0f} times), "
+        f"{cost['growing_writer_ms_sum']:.0f} ms (max {cost['growing_writer_ms_max']:.1f}, p50 "
+        f"{cost['growing_writer_ms_p50']:.2f}) with the writer measuring it after each write"
     )
     share = watch.report.others_share
     print(f"other processes used {share:.0%} of the CPU" if share is not None else "")
