@@ -8,16 +8,23 @@ import random
 from dataclasses import replace
 from datetime import datetime, timezone
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from headroom.memory.errors import InvalidInputError
 from headroom.memory.store.ranking import (
     CANDIDATE_POSTINGS_BUDGET,
+    DAY_US,
     DEFAULT_CONFIG,
     Candidate,
     LexicalIndex,
+    RankConfig,
     rerank,
+    rerank_columns,
+    utc_day,
 )
+from headroom.memory.types import from_timestamp_us
 
 WORDS = ["tea", "coffee", "paris", "berlin", "guitar", "piano", "dogs", "cats", "hiking", "jazz"]
 
@@ -153,6 +160,72 @@ def test_session_context_groups_by_day_and_undated_candidates_stand_alone() -> N
     boosted = dict(rerank(query, undated, index, only_top))
     assert abs(boosted[1] - plain[1] - bonus) < 1e-12
     assert boosted[0] == plain[0] and boosted[2] == plain[2]
+
+
+#: created_at values (µs) where a day ends, around the epoch, far out, unset (0) and None. The
+#: last is 1 µs before a midnight of 2516, which float seconds round onto the next day.
+_MAY_2023 = 1_683_000_000_000_000
+_EDGES = [None, 0, -1, 1, _MAY_2023 - _MAY_2023 % DAY_US, 2**33 * 1_000_000 - 1]
+_EDGES += [199_700 * DAY_US - 1]
+_CREATED = st.one_of(
+    st.sampled_from(_EDGES),
+    st.builds(
+        lambda d, e: _MAY_2023 + d * DAY_US + e,
+        st.integers(-3, 20),
+        st.sampled_from([0, -1, 1, 3_600_000_000]),
+    ),
+    # years 1 to 9000: far past the 272 years where float seconds keep every µs
+    st.integers(-62_135_596_800_000_000, 221_000_000_000_000_000),
+)
+_QUERY_WORDS = [*WORDS, "may", "2023", "on 13 October, 2023", "in May 2023", "in 2024"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    docs=st.lists(
+        st.lists(st.sampled_from(WORDS), min_size=1, max_size=6), min_size=1, max_size=30
+    ),
+    rows=st.lists(st.tuples(st.one_of(st.none(), st.floats(-1, 1)), _CREATED), max_size=30),
+    query=st.lists(st.sampled_from(_QUERY_WORDS), min_size=1, max_size=4),
+    weights=st.sampled_from(
+        [
+            DEFAULT_CONFIG,
+            RankConfig(context_weight=0.0),
+            RankConfig(date_weight=0.0, context_top_weight=0.0),
+            RankConfig(lexical_weight=0.0),
+        ]
+    ),
+    with_index=st.booleans(),
+)
+def test_rerank_columns_is_rerank_of_the_candidates_to_the_bit(
+    docs, rows, query, weights, with_index
+) -> None:
+    index = LexicalIndex()
+    index.add_many((f"m{i}", " ".join(d)) for i, d in enumerate(docs))
+    keys = [f"m{i % (len(docs) + 3)}" for i in range(len(rows))]  # some keys unknown
+    dense = [d for d, _ in rows]
+    created = [us for _, us in rows]
+    candidates = [
+        Candidate(k, d, from_timestamp_us(us) if us else None)
+        for k, d, us in zip(keys, dense, created, strict=True)
+    ]
+    text = " ".join(query)
+    lexical = index if with_index else None
+    want = rerank(text, candidates, lexical, weights)
+    got = rerank_columns(text, keys, dense, created, lexical, weights)
+    assert [(i, s.hex()) for i, s in got] == [(i, s.hex()) for i, s in want]
+
+
+@settings(max_examples=300, deadline=None)
+@given(us=_CREATED.filter(lambda v: v is not None))
+def test_utc_day_is_the_utc_date_of_the_timestamp(us: int) -> None:
+    assert utc_day(us) == from_timestamp_us(us).date().toordinal()
+
+
+def test_rerank_columns_refuses_columns_of_unequal_length() -> None:
+    with pytest.raises(InvalidInputError, match="unequal length"):
+        rerank_columns("q", ["a", "b"], [0.1], [None, None])
+    assert rerank_columns("q", [], [], []) == []
 
 
 def test_a_large_index_adds_nothing_for_the_garbage_collector_to_walk() -> None:

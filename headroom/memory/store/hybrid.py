@@ -16,15 +16,14 @@ busy pool never makes a search wait).
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime
 
 import numpy as np
 import numpy.typing as npt
 
 from .. import process
-from ..types import Memory, from_timestamp_us
+from ..types import Memory
 from .backend import Backend, Filter, UserRanking
-from .ranking import DEFAULT_CONFIG, Candidate, RankConfig, query_time_window, rerank
+from .ranking import DEFAULT_CONFIG, RankConfig, query_time_window, rerank_columns
 
 #: Candidates taken from each side (dense and lexical) before fusion.
 DEFAULT_POOL = 50
@@ -149,11 +148,7 @@ class HybridSearcher:
             bool(self.config.date_weight) and query_time_window(query) is not None
         )
         created = ranking.created_many(ids) if need_dates else [None] * len(ids)
-        candidates = [
-            Candidate(key=memory_id, dense_score=score, created_at=_created(at))
-            for memory_id, score, at in zip(ids, scores, created, strict=True)
-        ]
-        ranked = rerank(query, candidates, ranking, self.config)
+        ranked = rerank_columns(query, ids, scores, created, ranking, self.config)
         results: list[tuple[Memory, float]] = []
         start = 0
         while len(results) < top_k and start < len(ranked):
@@ -185,7 +180,3 @@ def centred_query(
         return vector, 0.0
     centred = (vector - np.float32(weight) * centroid).astype(np.float32)
     return centred, float(weight) * float(centroid @ centroid)
-
-
-def _created(created_us: int | None) -> datetime | None:
-    return from_timestamp_us(created_us) if created_us else None

@@ -14,7 +14,9 @@ Contracts:
   session-context terms to fused scores and orders the candidates). :func:`rerank` is the two
   in turn. ``rank_scores`` and ``rerank`` return ``(candidate position, score)`` pairs, best
   first, ties broken by candidate position (so by dense rank). Other fusions (the
-  benchmark's) feed their own scores to :func:`rank_scores`.
+  benchmark's) feed their own scores to :func:`rank_scores`. :func:`rerank_columns` is
+  :func:`rerank` of candidates given as columns (keys, dense scores, ``created_at`` in µs),
+  the same pairs to the bit; the search ranks with it.
 - Session context: candidates written on the same UTC day (``created_at``) are one group, the
   conversation they came from. A candidate gains from its group's lexical match to the query
   (:meth:`LexicalIndex.group_scores` over the group's candidates only) and from sharing the
@@ -36,7 +38,7 @@ import heapq
 import math
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from operator import itemgetter
@@ -45,6 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidInputError, InvalidTypeError
+from ..types import from_timestamp_us
 from .backend import LexicalScorer
 
 #: Words that carry no topic. Kept short on purpose: names and content words must survive.
@@ -491,9 +494,7 @@ def dense_scores(candidates: Sequence[Candidate]) -> list[float]:
 
     0.0 for every candidate when none has a dense score.
     """
-    known = [d for d in (c.dense_score for c in candidates) if d is not None]
-    floor = min(known) if known else 0.0
-    return [floor if c.dense_score is None else c.dense_score for c in candidates]
+    return _floor_dense([c.dense_score for c in candidates])
 
 
 def fused_scores(
@@ -507,17 +508,7 @@ def fused_scores(
     ``dense`` is :func:`dense_scores`; BM25 comes from ``lexical`` (the user's index, for
     corpus-wide IDF) and its term is 0 when no index is given or no candidate matches.
     """
-    if not candidates:
-        return []
-    dense = dense_scores(candidates)
-    if lexical is None:
-        return dense
-    lex = lexical.scores(query, [c.key for c in candidates])
-    top_lex = max(lex)
-    if top_lex <= 0:
-        return dense
-    weight = config.lexical_weight
-    return [d + weight * x / top_lex for d, x in zip(dense, lex, strict=True)]
+    return _fuse(query, [c.key for c in candidates], dense_scores(candidates), lexical, config)
 
 
 def rank_scores(
@@ -547,17 +538,11 @@ def rank_scores(
         raise InvalidInputError(
             f"scores must hold one value per candidate: {len(scores)} for {len(candidates)}"
         )
-    if not candidates:
-        return []
-    out = list(scores)
-    if config.date_weight:
-        window = query_time_window(query)
-        if window is not None:
-            for i, c in enumerate(candidates):
-                out[i] += config.date_weight * time_affinity(c.created_at, window)
-    if config.uses_context:
-        _add_session_context(query, candidates, lexical, config, out)
-    return sorted(((i, s) for i, s in enumerate(out)), key=lambda t: (-t[1], t[0]))
+    days = [None if c.created_at is None else c.created_at.date() for c in candidates]
+    keys = [c.key for c in candidates]
+    return _finish(
+        query, keys, scores, days, lambda: [c.created_at for c in candidates], lexical, config
+    )
 
 
 def rerank(
@@ -575,33 +560,128 @@ def rerank(
     )
 
 
+def rerank_columns(
+    query: str,
+    keys: Sequence[str],
+    dense: Sequence[float | None],
+    created_us: Sequence[int | None],
+    lexical: LexicalScorer | None = None,
+    config: RankConfig = DEFAULT_CONFIG,
+) -> list[tuple[int, float]]:
+    """:func:`rerank` of the candidates ``Candidate(keys[i], dense[i], created)`` given as
+    columns, where ``created`` is ``from_timestamp_us(created_us[i])`` (None for None or 0):
+    the same pairs to the bit, without building a ``Candidate`` or a datetime per candidate
+    (the search's path: the day of a timestamp is :func:`utc_day`; datetimes are made only
+    when the query names a date)."""
+    if not len(keys) == len(dense) == len(created_us):
+        raise InvalidInputError(
+            f"columns of unequal length: {len(keys)} keys, {len(dense)} dense scores, "
+            f"{len(created_us)} dates"
+        )
+    scores = _fuse(query, keys, _floor_dense(dense), lexical, config)
+    days = [utc_day(us) if us else None for us in created_us]
+
+    def created() -> list[datetime | None]:
+        return [from_timestamp_us(us) if us else None for us in created_us]
+
+    return _finish(query, keys, scores, days, created, lexical, config)
+
+
+#: Microseconds in a day, and the ordinal of the Unix epoch's date.
+DAY_US = 86_400_000_000
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+#: Below this many µs from the epoch (2**33 s, about 272 years) ``from_timestamp_us`` is exact:
+#: float seconds keep every microsecond, so the day is integer arithmetic.
+_EXACT_US = 2**33 * 1_000_000
+
+
+def utc_day(created_us: int) -> int:
+    """The ordinal of the UTC date of ``from_timestamp_us(created_us)`` (the session context's
+    day of a memory)."""
+    if -_EXACT_US < created_us < _EXACT_US:
+        return created_us // DAY_US + _EPOCH_ORDINAL
+    return from_timestamp_us(created_us).date().toordinal()
+
+
+def _floor_dense(dense: Sequence[float | None]) -> list[float]:
+    """:func:`dense_scores` of the candidates' dense scores."""
+    known = [d for d in dense if d is not None]
+    floor = min(known) if known else 0.0
+    return [floor if d is None else d for d in dense]
+
+
+def _fuse(
+    query: str,
+    keys: Sequence[str],
+    dense: list[float],
+    lexical: LexicalScorer | None,
+    config: RankConfig,
+) -> list[float]:
+    """:func:`fused_scores` given the candidates' keys and :func:`dense_scores`."""
+    if lexical is None or not keys:
+        return dense
+    lex = lexical.scores(query, keys)
+    top_lex = max(lex)
+    if top_lex <= 0:
+        return dense
+    weight = config.lexical_weight
+    return [d + weight * x / top_lex for d, x in zip(dense, lex, strict=True)]
+
+
+def _finish(
+    query: str,
+    keys: Sequence[str],
+    scores: Sequence[float],
+    days: Sequence[Hashable | None],
+    created: Callable[[], Sequence[datetime | None]],
+    lexical: LexicalScorer | None,
+    config: RankConfig,
+) -> list[tuple[int, float]]:
+    """:func:`rank_scores` given the candidates' keys, their days (None: undated) and their
+    ``created_at`` (called only when the query names a date)."""
+    if not keys:
+        return []
+    out = list(scores)
+    if config.date_weight:
+        window = query_time_window(query)
+        if window is not None:
+            weight = config.date_weight
+            for i, at in enumerate(created()):
+                out[i] += weight * time_affinity(at, window)
+    if config.uses_context:
+        _add_session_context(query, keys, days, lexical, config, out)
+    # Best first, ties by position: a reversed sort is stable too.
+    order = sorted(range(len(out)), key=out.__getitem__, reverse=True)
+    return [(i, out[i]) for i in order]
+
+
 def _add_session_context(
     query: str,
-    candidates: Sequence[Candidate],
+    keys: Sequence[str],
+    days: Sequence[Hashable | None],
     lexical: LexicalScorer | None,
     config: RankConfig,
     scores: list[float],
 ) -> None:
     """Add the session-context terms of :func:`rank_scores` to ``scores`` in place."""
     groups: dict[object, list[int]] = {}
-    group_of: list[list[int]] = []
-    for i, c in enumerate(candidates):
-        day: object = c.created_at.date() if c.created_at is not None else ("key", i)
-        group_of.append(groups.setdefault(day, []))
-        group_of[-1].append(i)
-    members = list(groups.values())
-    if len(members) < 2:
+    for i, day in enumerate(days):
+        groups.setdefault(("key", i) if day is None else day, []).append(i)
+    if len(groups) < 2:
         return  # one group: the bonuses would lift every candidate alike
+    members = list(groups.values())
     if config.context_weight and lexical is not None:
-        group_bm25 = lexical.group_scores(query, [[candidates[i].key for i in m] for m in members])
+        group_bm25 = lexical.group_scores(query, [[keys[i] for i in m] for m in members])
         best = max(group_bm25)
         if best > 0:
+            weight = config.context_weight
             for value, m in zip(group_bm25, members, strict=True):
                 if value:
-                    bonus = config.context_weight * value / best
+                    bonus = weight * value / best
                     for i in m:
                         scores[i] += bonus
     if config.context_top_weight:
-        top = min(range(len(scores)), key=lambda i: (-scores[i], i))
-        for i in group_of[top]:
+        top = scores.index(max(scores))  # the first best
+        day = days[top]
+        for i in groups[("key", top) if day is None else day]:
             scores[i] += config.context_top_weight
