@@ -21,6 +21,7 @@ import pytest
 from bench import bench_wrapper as bw
 from bench.corpus import Corpus
 from headroom.memory import with_fast_memory
+from headroom.memory.embedders import get_embedder
 from headroom.memory.errors import InvalidInputError
 from headroom.memory.protocol.block import MEMORY_INSTRUCTION
 from headroom.memory.store.store import MemoryStore
@@ -197,6 +198,11 @@ def test_small_run_measures_every_figure(tmp_path: Path) -> None:
     assert stats["critical path (wrapped - bare)"]["n"] == 6
     assert stats["store path: flush, block of 3"]["n"] == 2
     assert stats["part: query embedding"]["p50"] > 0
+    assert stats[bw.FP32_BASELINE]["n"] == 6
+    figures = payload["issue16"]["100"]
+    ratio = stats[bw.CRITICAL]["p50"] / stats[bw.FP32_BASELINE]["p50"]
+    assert figures["critical p50 / fp32 p50"] == pytest.approx(ratio)
+    assert figures["gap ms, vector cached"] == stats[bw.GAP_CACHED]["p50"]
     assert checks["leaked_block_text"] == 0
     assert checks["memories_in_blocks"] == 12
     script = bw.build_workload(cfg, _corpus_for(cfg)).scripts[100]
@@ -214,6 +220,52 @@ def test_small_run_measures_every_figure(tmp_path: Path) -> None:
         "stats": {},
         "samples": {},
     }
+
+
+def _stats(**p50: float) -> dict[str, dict[str, float]]:
+    return {name: {"n": 10.0, "p50": v, "p99": 2 * v} for name, v in p50.items()}
+
+
+def test_issue16_figures_and_targets_at_10k() -> None:
+    stats = _stats(
+        **{
+            bw.CRITICAL: 3.0,
+            bw.FP32_BASELINE: 4.0,
+            bw.GAP_CACHED: 0.6,
+            bw.GAP_EMBEDDED: 0.5,
+            "store path: flush, block of 3": 12.0,
+            "store path: apply, 3 memories": 9.0,
+        }
+    )
+    figures = bw.issue16_figures(stats)
+    assert figures == {
+        "critical p50 / fp32 p50": 0.75,
+        "critical p99 / fp32 p99": 0.75,
+        "gap ms, vector cached": 0.6,
+        "gap ms, embedded": 0.5,
+    }
+    result = bw.OursResult(10_000, {}, stats, {}, {}, {})
+    rows = {r["target"]: r for r in bw.targets({10_000: result})}
+    assert rows["critical path p50 / one fp32 embedding p50 (issue 16)"]["passed"]
+    assert not rows["hybrid - dense search p50, vector cached (issue 16)"]["passed"]
+    assert rows["hybrid - dense search p50, embedding included (issue 16)"]["passed"]  # at most
+    assert rows["critical path p99 (issue 4)"]["value"] == 6.0
+    assert not rows["store path p50, 3 memories (flush)"]["passed"]
+    assert rows["store path p50, 3 memories (apply)"]["passed"]
+    # Without the baseline rows there is no ratio, and the target row says NaN (failed).
+    del stats[bw.FP32_BASELINE]
+    assert "critical p50 / fp32 p50" not in bw.issue16_figures(stats)
+    rows = {r["target"]: r for r in bw.targets({10_000: result})}
+    assert not rows["critical path p50 / one fp32 embedding p50 (issue 16)"]["passed"]
+
+
+def test_the_fp32_baseline_runs_the_model_each_time() -> None:
+    embedder = get_embedder(threads=1)
+    query = "Which database should I use for a small project?"
+    bw.time_fp32_embedding(embedder, query)
+    misses = embedder.cache.misses
+    assert bw.time_fp32_embedding(embedder, query) > 0
+    assert embedder.cache.misses == misses + 1  # the cache was emptied: no hit
 
 
 def _corpus_for(cfg: bw.Config) -> Corpus:
