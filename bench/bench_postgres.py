@@ -962,7 +962,12 @@ def target_lines(report: Mapping[str, Any]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m bench postgres``; returns the exit status."""
+    """``python -m bench postgres``; returns the exit status. ``--import`` and
+    ``--forget-burst``: bench/bench_pg_import.py."""
+    if "--import" in argv or "--forget-burst" in argv:
+        from bench import bench_pg_import
+
+        return bench_pg_import.main(argv)
     try:
         cfg = parse_args(argv)
     except InvalidInputError as exc:
