@@ -96,6 +96,7 @@ class Engine:
         with self._indexes_lock:
             self._indexes.pop(user_id, None)
             self._saved_seq.pop(user_id, None)
+            self._loading.pop(user_id, None)  # a load under way now publishes nothing
             self._epoch += 1
         UserIndex.drop_snapshot(self._index_dir, user_id)
 
@@ -218,7 +219,8 @@ class Engine:
                 index = None
             finally:
                 with self._indexes_lock:
-                    self._loading.pop(user_id, None)
+                    if self._loading.get(user_id) is threading.current_thread():
+                        self._loading.pop(user_id)
                     if index is not None and epoch == self._epoch:
                         self._indexes.setdefault(user_id, index)
 
@@ -268,6 +270,7 @@ class Engine:
         with self._indexes_lock:
             self._indexes.clear()
             self._saved_seq.clear()
+            self._loading.clear()  # loads under way now publish nothing; the next search builds
             self._epoch += 1
             self._generation = self.log.generation
         if delete_files and self._index_dir.is_dir():
