@@ -193,3 +193,31 @@ def test_autovacuum_analyzes_the_big_tables_after_a_fixed_number_of_rows(pg_url:
             assert f"autovacuum_analyze_threshold={ANALYZE_ROWS}" in opts, table
     finally:
         backend.close()
+
+
+def test_an_import_asks_which_ids_exist_once_per_user_per_chunk(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = PostgresBackend(pg_url, ann_threshold=None)
+    calls: dict[str, int] = {"known_ids": 0, "get": 0, "history": 0}
+    for name in calls:
+        real = getattr(PostgresBackend, name)
+
+        def counted(self: PostgresBackend, *args: Any, _real: Any = real, _n: str = name) -> Any:
+            calls[_n] += 1
+            return _real(self, *args)
+
+        monkeypatch.setattr(PostgresBackend, name, counted)
+    store = MemoryStore(pg_url, embedder=SeededEmbedder(), backend=backend)
+    try:
+        store.import_(records("frank", 10))
+        store.delete("frank", "m3")  # soft-deleted: still known, so skipped
+        calls.update(known_ids=0, get=0, history=0)
+        pairs = zip(records("frank", 1500), records("gina", 1500), strict=True)
+        mixed = [r for pair in pairs for r in pair]
+        # 3,000 records in chunks of IMPORT_BATCH (1024): 3 chunks, each with both users.
+        assert store.import_(mixed) == 2 * 1500 - 10
+        assert calls == {"known_ids": 6, "get": 0, "history": 0}
+        assert store.get("frank", "m3") is None and backend.count("frank") == 1499
+    finally:
+        store.close()
