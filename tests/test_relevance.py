@@ -14,7 +14,8 @@ import pytest
 from openai_server import ScriptedServer, memory_reply
 
 from bench.locomo import data
-from headroom.memory import with_fast_memory
+from headroom.memory import with_fast_memory, with_memory
+from headroom.memory.client.background import close_all
 from headroom.memory.protocol import relevance
 from headroom.memory.protocol.relevance import Background, Calibration, quantile, select
 from headroom.memory.store.store import MemoryStore
@@ -200,20 +201,27 @@ def test_wrapper_injects_relevant_memories_and_nothing_for_generic_messages(
     assert _ask(fixed, server, "hi") != []
 
 
+@pytest.mark.parametrize("mode", ["inline", "background"])
 def test_the_writer_measures_the_background_again_after_storing_off_the_next_call(
-    server: ScriptedServer, tmp_path: Path
+    server: ScriptedServer, tmp_path: Path, mode: str
 ) -> None:
-    """Inline memories that move a user's count past the refresh factor: the writer measures
-    the background again once they are stored, and the next call measures nothing; what it
-    measured is what the call would have (the same memories)."""
+    """Memories that move a user's count past the refresh factor, stored by the inline writer
+    or the background extraction worker: the writer measures the background again once they
+    are stored, and the next call measures nothing; what it measured is what the call would
+    have (the same memories)."""
     base = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
-    client = with_fast_memory(base, user_id="maya", db_path=tmp_path / "db")
+    wrap = with_fast_memory if mode == "inline" else with_memory
+    client = wrap(base, user_id="maya", db_path=tmp_path / "db")
     store: MemoryStore = client._core.store
     store.add_many("maya", [NewMemory(t) for t in MAYA[:4]], dedup=False)
     cal = relevance.calibration()
-    server.push(memory_reply("Noted.", MAYA[4], MAYA[5]))
+    if mode == "inline":
+        server.push(memory_reply("Noted.", MAYA[4], MAYA[5]))
+    else:  # the answer, then the worker's extraction call
+        server.push("Noted.")
+        server.push(memory_reply("", MAYA[4], MAYA[5]))
     client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
-    client.flush()
+    assert client.flush(timeout=60)
     measured = cal.measured
     kept = cal.background(store, "maya")
     assert kept.count == 6 and cal.measured == measured  # measured by the writer, before
@@ -229,3 +237,4 @@ def test_the_writer_measures_the_background_again_after_storing_off_the_next_cal
     fixed.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     fixed.flush()
     assert cal.refresh(store, "rex") is None
+    close_all()  # no extraction worker outlives the test

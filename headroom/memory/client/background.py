@@ -48,6 +48,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import JobLostError
+from ..protocol import relevance
 from ..protocol.block import MEMORY_INSTRUCTION
 from ..protocol.pipeline import (
     MemoryEvent,
@@ -395,6 +396,8 @@ class ExtractionWorker:
             )
             notify(observer, MemoryEvent(job.user_id, "on", "background", error=exc))
             return _Outcome.FAILED
+        if not parsed.ops.is_empty():
+            relevance.after_write(self._store, job.user_id, settings.min_score)
         notify(
             observer,
             MemoryEvent(

@@ -350,23 +350,8 @@ class Core:
             )
             event = replace(event, error=exc)
         else:
-            self._recalibrate()
+            relevance.after_write(self.store, self.settings.user_id, self.settings.min_score)
         self.event(event)
-
-    def _recalibrate(self) -> None:
-        """After the user's memories are stored (on the writer): measure their relevance
-        background again if the write moved their memory count past the refresh factor
-        (``relevance.Calibration.refresh``), so their next call does not. Never raises."""
-        if self.settings.min_score is not None:
-            return
-        try:
-            relevance.calibration().refresh(self.store, self.settings.user_id)
-        except Exception as exc:
-            logger.warning(
-                "headroom.memory: measuring the relevance background of user %r failed: %s",
-                self.settings.user_id,
-                exc,
-            )
 
     def enqueue(
         self,

@@ -24,15 +24,16 @@ decision" (``python -m bench injection``).
 :class:`Calibration` keeps each user's background per store and measures it again when the
 user's memory count has moved by ``REFRESH_FACTOR`` since (24 searches, never on every
 call; edits that keep the count keep the background): on the user's first call in a
-process, and after that mostly right after the inline writer stores their memories
-(:meth:`Calibration.refresh`), so the next call does not wait for it. The generic messages'
-vectors are made once per process and embedder: for MiniLM read from a file beside the
-model's graphs (written by ``headroom-memory model download``, or by the first process that
-needs them), so a process's first call does not embed 108 texts.
+process, and after that mostly right after the inline writer or the extraction worker
+stores their memories (:func:`after_write`), so the next call does not wait for it. The
+generic messages' vectors are made once per process and embedder: for MiniLM read from a
+file beside the model's graphs (written by ``headroom-memory model download``, or by the
+first process that needs them), so a process's first call does not embed 108 texts.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import weakref
@@ -53,11 +54,14 @@ from ..types import Memory
 if TYPE_CHECKING:
     from ..store.store import MemoryStore
 
+logger = logging.getLogger("headroom.memory")
+
 __all__ = [
     "GENERIC",
     "PROBES",
     "Background",
     "Calibration",
+    "after_write",
     "background_of",
     "calibration",
     "generic_vectors",
@@ -428,14 +432,31 @@ class Calibration:
         is no longer current (as :meth:`background`); None, measuring nothing, for a user this
         instance keeps no background of (never asked about in this process).
 
-        The inline writer calls it once a user's memories are stored, off the critical path:
-        the user's next call then finds a current background (the same one, measured on the
-        same memories, that it would otherwise measure itself)."""
+        Writers call it (:func:`after_write`) once a user's memories are stored, off the
+        critical path: the user's next call then finds a current background (the same one,
+        measured on the same memories, that it would otherwise measure itself)."""
         with self._lock:
             users = self._stores.get(store)
             if users is None or user_id not in users:
                 return None
         return self.background(store, user_id)
+
+
+def after_write(store: MemoryStore, user_id: str, min_score: float | None) -> None:
+    """What a writer calls once it has stored memories for ``user_id`` (the inline writer,
+    the background extraction worker): :meth:`Calibration.refresh` of this process's
+    calibration when the rule decides (``min_score`` None). Never raises: a failure is logged
+    and the user's next call measures the background itself."""
+    if min_score is not None:
+        return
+    try:
+        calibration().refresh(store, user_id)
+    except Exception as exc:
+        logger.warning(
+            "headroom.memory: measuring the relevance background of user %r failed: %s",
+            user_id,
+            exc,
+        )
 
 
 #: One per process (a forked child starts with none: the parent's lock may be held).
