@@ -137,6 +137,16 @@ def test_refresh_measures_only_known_users_whose_count_moved(store: MemoryStore)
     assert cal.background(store, "maya") is refreshed  # the next call measures nothing
 
 
+def test_after_write_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    closed = MemoryStore(tmp_path / "closed", sync="off")
+    closed.add_many("maya", [NewMemory(t) for t in MAYA[:4]], dedup=False)
+    relevance.calibration().background(closed, "maya")
+    closed.close()  # its next count raises
+    relevance.after_write(closed, "maya", None)
+    assert "measuring the relevance background of user 'maya' failed" in caplog.text
+    relevance.after_write(closed, "maya", 0.15)  # a fixed floor: nothing measured, no error
+
+
 # --- end to end through the wrapper -------------------------------------------------------------
 
 
