@@ -45,3 +45,12 @@ def embed_queries(embedder: Embedder, texts: Sequence[str]) -> npt.NDArray[np.fl
     query = getattr(embedder, "embed_query", None)
     vectors: npt.NDArray[np.float32] = embedder.embed(texts) if query is None else query(texts)
     return vectors
+
+
+def query_cached(embedder: Embedder, text: str) -> bool:
+    """True when :func:`embed_queries` of ``[text]`` would be answered from ``embedder``'s cache
+    without running the model (its ``query_cache``, as ``MiniLMEmbedder`` has); False for an
+    embedder without one. A hint: the entry may be evicted before the embedding asks for it.
+    """
+    cache = getattr(embedder, "query_cache", None)
+    return cache is not None and text in cache

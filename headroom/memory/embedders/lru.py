@@ -50,6 +50,11 @@ class VectorCache:
             while len(self._data) > self.capacity:
                 self._data.popitem(last=False)
 
+    def __contains__(self, key: object) -> bool:
+        """True when ``key`` is cached; unlike :meth:`get`, neither marks it used nor counts."""
+        with self._lock:
+            return key in self._data
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._data)

@@ -10,7 +10,9 @@ The lexical side needs only the query text, so :meth:`HybridSearcher.prefetch` s
 small shared thread pool while the caller embeds the query: onnxruntime releases the GIL while
 it runs, so on a machine with a free core the lexical candidates cost no wall time. A prefetch
 that has not started by the time the caller needs it is cancelled and run inline instead (a
-busy pool never makes a search wait).
+busy pool never makes a search wait). A caller with nothing to overlap (the query's vector is
+cached) passes no prefetch: the lexical side then runs inline, as the hand-over to a pool
+thread costs more than the lexical top-``pool`` itself (figures in bench/README.md).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from .. import process
 from .. import types as T
-from ..embedders.base import Embedder, embed_queries
+from ..embedders.base import Embedder, embed_queries, query_cached
 from ..errors import (
     EmbeddingModelMismatchError,
     InvalidInputError,
@@ -614,8 +614,11 @@ class MemoryStore:
             return []
         backend = self._backend()
         text = query if isinstance(query, str) and hybrid else None
-        # The lexical side needs only the text: it runs while the query is embedded.
-        prefetched = self._hybrid.prefetch(backend, user_id, text) if text is not None else None
+        # The lexical side needs only the text: it runs while the query is embedded (inline
+        # when the vector is cached: with no embedding to overlap, a hand-over only costs).
+        prefetched = None
+        if text is not None and not query_cached(self.embedder, text):
+            prefetched = self._hybrid.prefetch(backend, user_id, text)
         if isinstance(query, str):
             vector = self._embed([query], query=True)[0]
         else:
