@@ -11,7 +11,7 @@ search wants), in three ways on one server:
   the first search, not here);
 - ``append``: PostgreSQL with the backend's ``bulk_load`` hidden, so the import appends as any
   writer does: the index build starts on a thread once the user passes ``ann_threshold``
-  (10,000) and every later row updates it;
+  (``--ann-threshold``, 10,000) and every later row updates it;
 - ``bulk``: PostgreSQL as ``import_`` runs it (``bulk_load``: the index is built once at the
   end, after an ANALYZE).
 
@@ -108,13 +108,18 @@ def plan_of_get(url: str, memory_id: str) -> str:
 
 
 def one_pg(
-    server: Server, corpus: Corpus, rows: Sequence[int], mode: str, report: dict[str, Any]
+    server: Server,
+    corpus: Corpus,
+    rows: Sequence[int],
+    mode: str,
+    report: dict[str, Any],
+    threshold: int = ANN_THRESHOLD,
 ) -> dict[str, Any]:
     """Import into a fresh database the ``append`` or ``bulk`` way; times and reads."""
     from headroom.memory.store.postgres import PostgresBackend
 
     url = server.database(f"imp_{mode}_{len(rows)}")
-    backend = PostgresBackend(url, ann_threshold=ANN_THRESHOLD)
+    backend = PostgresBackend(url, ann_threshold=threshold)
     if mode == "append":
         vars(backend)["bulk_load"] = None  # import_ then appends as any writer does
     store = MemoryStore(url, embedder=LookupEmbedder(corpus), backend=backend)
@@ -125,7 +130,7 @@ def one_pg(
             count = store.import_(records(corpus, rows))
             import_s = time.perf_counter() - t0
             dim = int(corpus.vectors.shape[1])
-            index = ready_indexes(url, backend, [USER], dim) if len(rows) >= ANN_THRESHOLD else None
+            index = ready_indexes(url, backend, [USER], dim) if len(rows) >= threshold else None
             ready_s = time.perf_counter() - t0
         if index is not None and mode == "bulk":
             index["built_by"] = "bulk_load, before import_ returned"
@@ -284,6 +289,9 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench postgres --import")
     parser.add_argument("--sizes", default="10000,100000", help="memories of the one user")
     parser.add_argument("--modes", default=",".join(MODES), help="embedded,append,bulk")
+    parser.add_argument(
+        "--ann-threshold", type=int, default=ANN_THRESHOLD, help="HNSW from (10000)"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="output folder")
     args = parser.parse_args([a for a in argv if a != "--import"])
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -291,8 +299,11 @@ def main(argv: Sequence[str]) -> int:
     if not sizes or any(n < 1 for n in sizes) or not set(modes) <= set(MODES):
         print(f"error: --sizes must be positive and --modes among {', '.join(MODES)}")
         return 2
+    if args.ann_threshold < 1:
+        print("error: --ann-threshold must be >= 1")
+        return 2
     corpus = load_corpus(max(sizes) + 1000)
-    report: dict[str, Any] = {"sizes": sizes, "modes": modes, "ann_threshold": ANN_THRESHOLD}
+    report: dict[str, Any] = {"sizes": sizes, "modes": modes, "ann_threshold": args.ann_threshold}
     results = []
     with local_server() as server, one_thread():
         for n in sizes:
@@ -302,7 +313,7 @@ def main(argv: Sequence[str]) -> int:
                 if mode == "embedded":
                     res = one_embedded(corpus, rows)
                 else:
-                    res = one_pg(server, corpus, rows, mode, report)
+                    res = one_pg(server, corpus, rows, mode, report, args.ann_threshold)
                 results.append({"size": n, **res})
                 print(res, flush=True)
         report["server"] = server.settings
