@@ -221,3 +221,33 @@ def test_an_import_asks_which_ids_exist_once_per_user_per_chunk(
         assert store.get("frank", "m3") is None and backend.count("frank") == 1499
     finally:
         store.close()
+
+
+def test_a_store_of_schema_3_gets_migration_4_and_keeps_its_rows(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from headroom.memory.store.postgres import schema
+
+    current = schema.SCHEMA_VERSION
+    assert current >= 4
+    with monkeypatch.context() as old:  # the library as it was at schema version 3
+        old.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])
+        old.setattr(schema, "SCHEMA_VERSION", 3)
+        backend = PostgresBackend(pg_url, ann_threshold=None)
+        backend.append([add("hana", i) for i in range(5)])
+        with backend.transaction() as cur:
+            cur.execute("SELECT reloptions FROM pg_class WHERE relname = 'memories'")
+            assert cur.fetchone() == (None,)
+        backend.close()
+    backend = PostgresBackend(pg_url, ann_threshold=None)
+    try:
+        assert backend.stats()["schema_version"] == current
+        with backend.transaction() as cur:
+            cur.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+            assert cur.fetchall() == [(str(current),)]
+            cur.execute("SELECT reloptions FROM pg_class WHERE relname = 'memories'")
+            row = cur.fetchone()
+        assert row is not None and "autovacuum_analyze_scale_factor=0.01" in row[0]
+        assert backend.count("hana") == 5 and backend.get("hana", "m4") is not None
+    finally:
+        backend.close()
