@@ -87,13 +87,13 @@ from headroom.memory import with_fast_memory
 from headroom.memory.cli.scripted_llm import ScriptedLLM
 from headroom.memory.embedders import get_embedder
 from headroom.memory.embedders.base import embed_queries
-from headroom.memory.errors import InvalidInputError
+from headroom.memory.errors import InvalidInputError, InvalidTextError
 from headroom.memory.protocol.block import MEMORY_INSTRUCTION, MemoryOps, render_block
 from headroom.memory.protocol.block import NewMemory as BlockMemory
 from headroom.memory.protocol.injection import build_injection
 from headroom.memory.protocol.pipeline import parse_choice
 from headroom.memory.store.store import MemoryStore, NewMemory
-from headroom.memory.types import Category, Memory
+from headroom.memory.types import Category, Memory, validate_text
 
 Vectors = npt.NDArray[np.float32]
 
@@ -260,6 +260,16 @@ def is_fact(sentence: str) -> bool:
     )
 
 
+def is_memory_text(sentence: str) -> bool:
+    """True for a sentence the store takes as a memory's text (a few docstring sentences hold
+    NUL characters, which it refuses)."""
+    try:
+        validate_text(sentence)
+    except InvalidTextError:
+        return False
+    return True
+
+
 def _blocks(facts: Iterator[str], count: int, offset: int = 0) -> tuple[Block, ...]:
     """``count`` blocks of 1, 2, 3, 1, ... memories, categories in turn."""
     out: list[Block] = []
@@ -286,7 +296,8 @@ def build_workload(cfg: Config, corpus: Corpus) -> Workload:
     Raises InvalidInputError when the corpus is too small for the run.
     """
     order = np.random.default_rng(cfg.seed).permutation(len(corpus)).tolist()
-    held_out = (len(corpus) - max(cfg.sizes)) if len(corpus) > max(cfg.sizes) else 0
+    order = [i for i in order if is_memory_text(corpus.sentences[i])]
+    held_out = (len(order) - max(cfg.sizes)) if len(order) > max(cfg.sizes) else 0
     pool = iter(corpus.sentences[i] for i in order[:held_out])
     memory_rows = order[held_out : held_out + max(cfg.sizes)]
     facts = (s for s in pool if is_fact(s))

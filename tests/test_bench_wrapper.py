@@ -87,6 +87,21 @@ def test_workload_sentences_are_disjoint_and_users_nested(tmp_path: Path) -> Non
         seen |= set(texts)
 
 
+def test_workload_leaves_out_sentences_the_store_refuses(tmp_path: Path) -> None:
+    cfg = small_config(tmp_path, sizes=(10, 40), calls=6)
+    corpus = synthetic_corpus(bw.needed_sentences(cfg) + 2)
+    sentences = list(corpus.sentences)
+    sentences[5] = "Files looking like ( \x00 [nonzero] )+ may be guessed to be UTF16BE."
+    sentences[9] = "   "
+    work = bw.build_workload(cfg, Corpus(sentences, corpus.vectors, corpus.model_id))
+    used = [*work.memories]
+    for script in work.scripts.values():
+        used += [*script.warmup, *script.calls, *script.part_queries]
+        used += [t for b in (*script.blocks, *script.apply_blocks) for t, _ in b]
+    assert sentences[5] not in used and sentences[9] not in used
+    assert not bw.is_memory_text(sentences[5]) and bw.is_memory_text(sentences[0])
+
+
 def test_workload_refuses_a_corpus_too_small(tmp_path: Path) -> None:
     cfg = small_config(tmp_path, sizes=(10,), calls=6)
     with pytest.raises(InvalidInputError, match="too small"):
