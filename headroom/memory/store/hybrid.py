@@ -11,8 +11,8 @@ small shared thread pool while the caller embeds the query: onnxruntime releases
 it runs, so on a machine with a free core the lexical candidates cost no wall time. A prefetch
 that has not started by the time the caller needs it is cancelled and run inline instead (a
 busy pool never makes a search wait). A caller with nothing to overlap (the query's vector is
-cached) passes no prefetch: the lexical side then runs inline, as the hand-over to a pool
-thread costs more than the lexical top-``pool`` itself (figures in bench/README.md).
+cached) passes no prefetch: the lexical side then runs inline, since the search would wait for
+it all the same and the hand-over to a pool thread only adds to that (bench/README.md).
 """
 
 from __future__ import annotations
