@@ -178,6 +178,43 @@ def test_removing_most_documents_renumbers_without_changing_any_answer() -> None
         pair.check("zebra tea violin coffee", budget, 20, [["k2", "k3"], ["k3002"]])
 
 
+def test_a_mapped_snapshot_serves_in_place_through_removals_renumbering_and_a_replaced_file(
+    tmp_path: Path,
+) -> None:
+    # The index read in place from its file (the base) with writes in an overlay answers as
+    # the reference through removals of most base documents (the renumbering that moves the
+    # base into memory), and keeps answering after the file is replaced by a new snapshot.
+    pair = Pair()
+    words = ["tea", "coffee", "zebra", "violin", "garden", "python"]
+    for i in range(3000):
+        pair.apply(f"k{i}", " ".join(words[j % 6] for j in range((i * 7) % 5, i % 7 + 1)))
+    path = tmp_path / "u.lex"
+    path.write_bytes(pair.native.to_bytes("u", pair.label, 0))
+    loaded, meta = _native.Lexicon.from_file(str(path))
+    assert loaded.in_place and meta["covered_seq"] == pair.label
+    assert str(path) in Path("/proc/self/maps").read_text()
+    pair.native = loaded
+    groups = [["k2", "k3"], ["k2999"]]
+    pair.check("zebra tea violin coffee", 40, 20, groups)
+    tmp = tmp_path / "u.lex.tmp"
+    tmp.write_bytes(_native.Lexicon().to_bytes("u", 1, 0))
+    tmp.replace(path)  # as a new snapshot replaces it: the mapped one stays readable
+    for i in range(0, 3000, 4):
+        pair.apply(f"k{i}", None)
+    pair.apply("k1", "violin violin python")
+    assert loaded.in_place  # 751 removed: still below the renumbering point
+    pair.check("zebra tea violin coffee python", 40, 20, groups)
+    for i in range(2, 3000, 4):
+        pair.apply(f"k{i}", None)
+    assert not loaded.in_place  # renumbered: every live document moved into memory
+    for i in range(3000, 3100):
+        pair.apply(f"k{i}", "zebra garden tea")
+    for budget in (0, 50, 2000):
+        pair.check("zebra tea violin coffee python", budget, 20, groups)
+    with pytest.raises(FileNotFoundError):
+        _native.Lexicon.from_file(str(tmp_path / "missing.lex"))
+
+
 def test_the_snapshot_keeps_the_vector_sum_and_refuses_every_damaged_byte() -> None:
     lex = _native.Lexicon()
     lex.add(3, "a", 11, tokenize("User keeps zebras in the garden"))
@@ -204,7 +241,11 @@ def test_a_snapshot_with_a_valid_checksum_but_bad_structure_is_refused() -> None
     lex = _native.Lexicon()
     lex.add(3, "a", 11, ["zebra", "garden", "zebra"])
     data = bytearray(lex.to_bytes("u", 3, 0))
-    length_at = len(data) - 2 * 8 - len("a") - 4 * 2  # the document's token length (u32)
+    # The documents follow the header (128 B), the user id padded to 8, the vector sum (none),
+    # the term table (16 B per term) and the postings (8 B per entry); a document's token
+    # length is at +24 in its record.
+    terms, entries = struct.unpack_from("<I", data, 56)[0], struct.unpack_from("<Q", data, 96)[0]
+    length_at = 128 + 8 + 16 * terms + 8 * entries + 24
     assert struct.unpack_from("<I", data, length_at)[0] == 3
     struct.pack_into("<I", data, length_at, 4)
     struct.pack_into("<I", data, 12, _mask(_native.crc32c(bytes(data[16:]))))

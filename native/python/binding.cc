@@ -170,6 +170,23 @@ struct Records {
   std::unique_ptr<headroom::RecordReader> reader;
 };
 
+// A loaded snapshot as Python sees it: (Lexicon, header dict).
+py::tuple LexiconAndHeader(std::unique_ptr<Lexicon> lex, headroom::LexSnapshotMeta meta) {
+  py::dict d;
+  d["user"] = meta.user;
+  d["covered_seq"] = meta.covered_seq;
+  d["generation"] = meta.generation;
+  if (meta.vector_sum.empty()) {
+    d["vector_sum"] = py::none();
+  } else {
+    py::ssize_t dim = static_cast<py::ssize_t>(meta.vector_sum.size());
+    d["vector_sum"] = Owned<double>(std::move(meta.vector_sum), {dim});
+  }
+  d["vector_count"] = meta.vector_count;
+  d["vector_seq"] = meta.vector_seq;
+  return py::make_tuple(py::cast(std::move(lex)), d);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -290,6 +307,9 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("b", &Lexicon::b)
       .def_property_readonly("total_length", &Lexicon::total_length)
       .def_property_readonly("vocabulary", &Lexicon::vocabulary)
+      .def_property_readonly("in_place", &Lexicon::has_base,
+                             "Whether a snapshot's bytes serve as the index's base (read in "
+                             "place; the writes since are an in-memory overlay).")
       .def("__len__", &Lexicon::size)
       .def("__contains__", [](const Lexicon& x, py::handle id) {
         return PyUnicode_Check(id.ptr()) && x.Contains(Str(id, "memory_id"));
@@ -314,7 +334,7 @@ PYBIND11_MODULE(_native, m) {
         return out;
       }, py::arg("memory_ids"))
       .def("id_of", [](const Lexicon& x, uint64_t label) -> py::object {
-        const std::string* id = x.IdOfLabel(label);
+        std::optional<std::string> id = x.IdOfLabel(label);
         if (!id) return py::none();
         return py::str(*id);
       }, py::arg("label"))
@@ -370,22 +390,32 @@ PYBIND11_MODULE(_native, m) {
                                static_cast<size_t>(info.size), &meta, &why);
         }
         if (!lex) Bad(ErrorKind::kCorruption, "not an intact lexicon snapshot: " + why);
-        py::dict d;
-        d["user"] = meta.user;
-        d["covered_seq"] = meta.covered_seq;
-        d["generation"] = meta.generation;
-        if (meta.vector_sum.empty()) {
-          d["vector_sum"] = py::none();
-        } else {
-          py::ssize_t dim = static_cast<py::ssize_t>(meta.vector_sum.size());
-          d["vector_sum"] = Owned<double>(std::move(meta.vector_sum), {dim});
-        }
-        d["vector_count"] = meta.vector_count;
-        d["vector_seq"] = meta.vector_seq;
-        return py::make_tuple(py::cast(std::move(lex)), d);
+        return LexiconAndHeader(std::move(lex), std::move(meta));
       }, py::arg("data"),
-         "Parses snapshot bytes: (Lexicon, header dict); StoreCorruptionError when they are "
-         "not intact (bad magic, version, checksum or structure).");
+         "Parses snapshot bytes into an index over a private copy of them: (Lexicon, header "
+         "dict); StoreCorruptionError when they are not intact (bad magic, version, checksum "
+         "or structure).")
+      .def_static("from_file", [](const std::string& path) {
+        headroom::LexSnapshotMeta meta;
+        std::string why;
+        int err = 0;
+        std::unique_ptr<Lexicon> lex;
+        {
+          GilRelease nogil;
+          lex = Lexicon::MapFile(path, &meta, &why, &err);
+        }
+        if (err) {
+          errno = err;
+          PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
+          throw py::error_already_set();
+        }
+        if (!lex) Bad(ErrorKind::kCorruption, "not an intact lexicon snapshot: " + why);
+        return LexiconAndHeader(std::move(lex), std::move(meta));
+      }, py::arg("path"),
+         "The snapshot file at path, mapped read-only and served in place (page cache shared "
+         "by every process that maps it): (Lexicon, header dict). OSError when it cannot be "
+         "opened, StoreCorruptionError when it is not intact. The file must never be "
+         "rewritten in place (snapshots are replaced by rename).");
 
   py::class_<Log>(m, "Log")
       .def(py::init([](const std::string& path, const std::string& sync, int sync_interval_ms,

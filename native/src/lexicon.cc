@@ -8,8 +8,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cerrno>
 #include <cstring>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "arena.h"
 #include "crc32c.h"
 #include "format.h"
 
@@ -18,8 +24,11 @@ namespace headroom {
 namespace {
 
 constexpr char kLexMagic[8] = {'H', 'R', 'L', 'E', 'X', 'I', 'C', 'N'};
-constexpr uint32_t kLexVersion = 1;
-constexpr size_t kLexHeaderSize = 96;
+constexpr uint32_t kLexVersion = 2;
+constexpr size_t kLexHeaderSize = 128;
+constexpr size_t kTermRecord = 16;  // u32 text offset, u32 text bytes, u32 posting start, u32 df
+constexpr size_t kDocRecord = 40;   // u64 label, i64 created, u32 id offset, u32 id bytes,
+                                    // u32 length, u32 terms start, u32 distinct, u32 0
 constexpr size_t kMaxTermBytes = kMaxTextBytes;
 
 template <class T>
@@ -34,31 +43,16 @@ void PutAt(std::string* out, size_t at, T v) {
   std::memcpy(&(*out)[at], &v, sizeof(T));
 }
 
-// A bounds-checked little-endian reader over untrusted bytes.
-class Reader {
- public:
-  Reader(const uint8_t* p, size_t n) : p_(p), n_(n) {}
-  template <class T>
-  bool Get(T* v) {
-    if (n_ - off_ < sizeof(T)) return false;
-    std::memcpy(v, p_ + off_, sizeof(T));
-    off_ += sizeof(T);
-    return true;
-  }
-  bool Bytes(size_t len, std::string_view* v) {
-    if (n_ - off_ < len) return false;
-    *v = std::string_view(reinterpret_cast<const char*>(p_ + off_), len);
-    off_ += len;
-    return true;
-  }
-  size_t left() const { return n_ - off_; }
-  void Seek(size_t off) { off_ = off; }
+template <class T>
+T Rd(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
 
- private:
-  const uint8_t* p_;
-  size_t n_;
-  size_t off_ = 0;
-};
+constexpr uint64_t Pad8(uint64_t n) { return (n + 7) & ~uint64_t{7}; }
+
+void PadTo8(std::string* out) { out->append(Pad8(out->size()) - out->size(), '\0'); }
 
 // Scratch positions by term id, reset after each use (thread_local: const methods may run
 // concurrently).
@@ -70,13 +64,115 @@ std::vector<int32_t>& TermScratch(size_t terms) {
 
 }  // namespace
 
+static_assert(sizeof(std::pair<uint32_t, uint32_t>) == 8, "postings are read in place");
+
 Lexicon::Lexicon(double k1, double b) : k1_(k1), b_(b) {}
+
+// --- the base and the overlay ------------------------------------------------------------------
+
+std::string_view Lexicon::TermText(uint32_t term) const {
+  if (term < base_terms_) {
+    const uint8_t* r = base_term_table_ + kTermRecord * term;
+    return std::string_view(base_pool_ + Rd<uint32_t>(r), Rd<uint32_t>(r + 4));
+  }
+  return terms_[term].text;
+}
+
+std::pair<const Lexicon::TermTf*, uint32_t> Lexicon::BasePosting(uint32_t term) const {
+  if (term >= base_terms_) return {nullptr, 0};
+  const uint8_t* r = base_term_table_ + kTermRecord * term;
+  return {base_postings_ + Rd<uint32_t>(r + 8), Rd<uint32_t>(r + 12)};
+}
+
+uint32_t Lexicon::Df(uint32_t term) const {
+  if (term < terms_.size()) return terms_[term].df;
+  return BasePosting(term).second;  // a base not yet thawed: every base document is live
+}
+
+Lexicon::DocView Lexicon::View(uint32_t slot) const {
+  if (slot < base_docs_) {
+    const uint8_t* r = base_doc_table_ + kDocRecord * slot;
+    return DocView{std::string_view(base_pool_ + Rd<uint32_t>(r + 16), Rd<uint32_t>(r + 20)),
+                   Rd<uint64_t>(r),
+                   Rd<int64_t>(r + 8),
+                   Rd<uint32_t>(r + 24),
+                   base_dead_.empty() || !base_dead_[slot],
+                   base_doc_terms_ + Rd<uint32_t>(r + 28),
+                   Rd<uint32_t>(r + 32)};
+  }
+  const Doc& d = docs_[slot - base_docs_];
+  return DocView{d.id,   d.label, d.created, d.length, d.live, d.terms.data(),
+                 static_cast<uint32_t>(d.terms.size())};
+}
+
+int64_t Lexicon::FindTerm(std::string_view token) const {
+  size_t lo = 0, hi = base_terms_;
+  while (lo < hi) {
+    const size_t mid = lo + (hi - lo) / 2;
+    const int c = TermText(static_cast<uint32_t>(mid)).compare(token);
+    if (c == 0) return static_cast<int64_t>(mid);
+    if (c < 0) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  if (term_ids_.empty()) return -1;
+  auto it = term_ids_.find(std::string(token));
+  return it == term_ids_.end() ? -1 : static_cast<int64_t>(it->second);
+}
+
+int64_t Lexicon::FindId(std::string_view id) const {
+  if (!by_id_.empty()) {
+    auto it = by_id_.find(std::string(id));
+    if (it != by_id_.end()) return it->second;
+  }
+  size_t lo = 0, hi = base_docs_;
+  while (lo < hi) {
+    const size_t mid = lo + (hi - lo) / 2;
+    const uint32_t slot = base_by_id_[mid];
+    const int c = View(slot).id.compare(id);
+    if (c == 0) return View(slot).live ? static_cast<int64_t>(slot) : -1;
+    if (c < 0) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return -1;
+}
+
+int64_t Lexicon::FindLabel(uint64_t label) const {
+  if (!by_label_.empty()) {
+    auto it = by_label_.find(label);
+    if (it != by_label_.end()) return it->second;
+  }
+  size_t lo = 0, hi = base_docs_;
+  while (lo < hi) {
+    const size_t mid = lo + (hi - lo) / 2;
+    const uint32_t slot = base_by_label_[mid];
+    const uint64_t at = Rd<uint64_t>(base_doc_table_ + kDocRecord * slot);
+    if (at == label) return View(slot).live ? static_cast<int64_t>(slot) : -1;
+    if (at < label) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return -1;
+}
+
+void Lexicon::Thaw() {
+  if (terms_.size() >= base_terms_) return;
+  terms_.resize(base_terms_);
+  for (uint32_t t = 0; t < base_terms_; ++t) terms_[t].df = BasePosting(t).second;
+}
 
 // --- writes ------------------------------------------------------------------------------------
 
 uint32_t Lexicon::Intern(const std::string& token) {
-  auto it = term_ids_.find(token);
-  if (it != term_ids_.end()) return it->second;
+  const int64_t found = FindTerm(token);
+  if (found >= 0) return static_cast<uint32_t>(found);
   uint32_t id = static_cast<uint32_t>(terms_.size());
   terms_.push_back(Term{token, {}, 0});
   term_ids_.emplace(token, id);
@@ -84,18 +180,19 @@ uint32_t Lexicon::Intern(const std::string& token) {
 }
 
 int64_t Lexicon::LiveTerm(const std::string& token) const {
-  auto it = term_ids_.find(token);
-  if (it == term_ids_.end() || terms_[it->second].df == 0) return -1;
-  return it->second;
+  const int64_t id = FindTerm(token);
+  if (id < 0 || Df(static_cast<uint32_t>(id)) == 0) return -1;
+  return id;
 }
 
 void Lexicon::Add(uint64_t label, std::string_view id, int64_t created,
                   const std::vector<std::string>& tokens) {
-  auto old = by_id_.find(std::string(id));
-  if (old != by_id_.end()) Unindex(old->second);
-  auto same_label = by_label_.find(label);
-  if (same_label != by_label_.end()) Unindex(same_label->second);
-  std::vector<std::pair<uint32_t, uint32_t>> terms;
+  Thaw();
+  int64_t old = FindId(id);
+  if (old >= 0) Unindex(static_cast<uint32_t>(old));
+  old = FindLabel(label);  // looked up again: an Unindex may have renumbered
+  if (old >= 0) Unindex(static_cast<uint32_t>(old));
+  std::vector<TermTf> terms;
   std::vector<uint32_t> ids;
   ids.reserve(tokens.size());
   for (const std::string& t : tokens) ids.push_back(Intern(t));
@@ -112,8 +209,8 @@ void Lexicon::Add(uint64_t label, std::string_view id, int64_t created,
 }
 
 void Lexicon::Append(uint64_t label, std::string_view id, int64_t created,
-                     std::vector<std::pair<uint32_t, uint32_t>> terms, uint32_t length) {
-  uint32_t slot = static_cast<uint32_t>(docs_.size());
+                     std::vector<TermTf> terms, uint32_t length) {
+  uint32_t slot = static_cast<uint32_t>(base_docs_ + docs_.size());
   for (const auto& [t, tf] : terms) {
     Term& term = terms_[t];
     if (term.df++ == 0) ++live_terms_;
@@ -133,91 +230,93 @@ void Lexicon::Append(uint64_t label, std::string_view id, int64_t created,
 }
 
 void Lexicon::Unindex(uint32_t slot) {
-  Doc& d = docs_[slot];
-  if (!d.live) return;
-  d.live = false;
-  total_len_ -= d.length;
-  for (const auto& [t, tf] : d.terms) {
-    Term& term = terms_[t];
+  const DocView v = View(slot);
+  if (!v.live) return;
+  total_len_ -= v.length;
+  for (uint32_t j = 0; j < v.distinct; ++j) {
+    Term& term = terms_[v.terms[j].first];
     if (--term.df == 0) --live_terms_;
-    // Entries of removed documents are skipped by every walk; swept once they are the
-    // majority, so a walk costs at most twice the live entries.
+    // Entries of removed documents are skipped by every walk; the overlay's are swept once
+    // they are the majority, so a walk costs at most twice the live entries (the base's are
+    // bounded by Renumber below).
     if (term.posting.size() > 2 * static_cast<size_t>(term.df) + 8) Sweep(&term);
   }
-  by_id_.erase(d.id);
-  by_label_.erase(d.label);
-  std::string().swap(d.id);
-  std::vector<std::pair<uint32_t, uint32_t>>().swap(d.terms);
-  if (++dead_ > 1024 && dead_ > by_id_.size()) Renumber();
+  if (slot < base_docs_) {
+    if (base_dead_.empty()) base_dead_.assign(base_docs_, false);
+    base_dead_[slot] = true;
+    --base_live_;
+  } else {
+    Doc& d = docs_[slot - base_docs_];
+    d.live = false;
+    by_id_.erase(d.id);
+    by_label_.erase(d.label);
+    std::string().swap(d.id);
+    std::vector<TermTf>().swap(d.terms);
+  }
+  if (++dead_ > 1024 && dead_ > size()) Renumber();
 }
 
 void Lexicon::Sweep(Term* t) {
   auto& p = t->posting;
   p.erase(std::remove_if(p.begin(), p.end(),
-                         [this](const std::pair<uint32_t, uint32_t>& e) {
-                           return !docs_[e.first].live;
-                         }),
+                         [this](const TermTf& e) { return !docs_[e.first - base_docs_].live; }),
           p.end());
 }
 
 void Lexicon::Renumber() {
-  std::vector<Doc> docs;
-  docs.swap(docs_);
-  std::vector<Term> old_terms;
-  old_terms.swap(terms_);
-  term_ids_.clear();
-  by_id_.clear();
-  by_label_.clear();
-  live_terms_ = 0;
-  total_len_ = 0;
-  dead_ = 0;
-  std::vector<int64_t> remap(old_terms.size(), -1);
-  for (Doc& d : docs) {
-    if (!d.live) continue;
-    for (auto& [t, tf] : d.terms) {
-      if (remap[t] < 0) remap[t] = Intern(old_terms[t].text);
-      t = static_cast<uint32_t>(remap[t]);
+  Lexicon fresh(k1_, b_);
+  const uint32_t slots = static_cast<uint32_t>(base_docs_ + docs_.size());
+  for (uint32_t slot = 0; slot < slots; ++slot) {
+    const DocView v = View(slot);
+    if (!v.live) continue;
+    std::vector<TermTf> terms(v.distinct);
+    for (uint32_t j = 0; j < v.distinct; ++j) {
+      terms[j] = {fresh.Intern(std::string(TermText(v.terms[j].first))), v.terms[j].second};
     }
-    Append(d.label, d.id, d.created, std::move(d.terms), d.length);
+    fresh.Append(v.label, v.id, v.created, std::move(terms), v.length);
   }
+  *this = std::move(fresh);
 }
 
 bool Lexicon::RemoveLabel(uint64_t label) {
-  auto it = by_label_.find(label);
-  if (it == by_label_.end()) return false;
-  Unindex(it->second);
+  const int64_t slot = FindLabel(label);
+  if (slot < 0) return false;
+  Thaw();
+  Unindex(static_cast<uint32_t>(slot));
   return true;
 }
 
 bool Lexicon::RemoveId(std::string_view id) {
-  auto it = by_id_.find(std::string(id));
-  if (it == by_id_.end()) return false;
-  Unindex(it->second);
+  const int64_t slot = FindId(id);
+  if (slot < 0) return false;
+  Thaw();
+  Unindex(static_cast<uint32_t>(slot));
   return true;
 }
 
 std::optional<int64_t> Lexicon::Created(std::string_view id) const {
-  auto it = by_id_.find(std::string(id));
-  if (it == by_id_.end()) return std::nullopt;
-  return docs_[it->second].created;
+  const int64_t slot = FindId(id);
+  if (slot < 0) return std::nullopt;
+  return View(static_cast<uint32_t>(slot)).created;
 }
 
-const std::string* Lexicon::IdOfLabel(uint64_t label) const {
-  auto it = by_label_.find(label);
-  return it == by_label_.end() ? nullptr : &docs_[it->second].id;
+std::optional<std::string> Lexicon::IdOfLabel(uint64_t label) const {
+  const int64_t slot = FindLabel(label);
+  if (slot < 0) return std::nullopt;
+  return std::string(View(static_cast<uint32_t>(slot)).id);
 }
 
 // --- scoring -----------------------------------------------------------------------------------
 
 double Lexicon::Idf(size_t df) const {
   // math.log(1.0 + (n - df + 0.5) / (df + 0.5))
-  const size_t n = by_id_.size();
+  const size_t n = size();
   return std::log(1.0 + (static_cast<double>(n - df) + 0.5) / (static_cast<double>(df) + 0.5));
 }
 
 double Lexicon::Avg() const {
   // self._total_len / len(self._docs) or 1.0
-  double avg = static_cast<double>(total_len_) / static_cast<double>(by_id_.size());
+  double avg = static_cast<double>(total_len_) / static_cast<double>(size());
   return avg == 0.0 ? 1.0 : avg;
 }
 
@@ -226,19 +325,19 @@ std::vector<Lexicon::QueryTerm> Lexicon::Resolve(const std::vector<std::string>&
   out.reserve(query.size());
   for (const std::string& t : query) {
     int64_t id = LiveTerm(t);
-    out.push_back({id, id < 0 ? 0.0 : Idf(terms_[id].df)});
+    out.push_back({id, id < 0 ? 0.0 : Idf(Df(static_cast<uint32_t>(id)))});
   }
   return out;
 }
 
-uint32_t Lexicon::TfIn(const Doc& d, uint32_t term) {
-  for (const auto& [t, tf] : d.terms) {
-    if (t == term) return tf;
+uint32_t Lexicon::TfIn(const DocView& d, uint32_t term) {
+  for (uint32_t j = 0; j < d.distinct; ++j) {
+    if (d.terms[j].first == term) return d.terms[j].second;
   }
   return 0;
 }
 
-double Lexicon::DocScore(const Doc& d, const std::vector<QueryTerm>& q, double avg) const {
+double Lexicon::DocScore(const DocView& d, const std::vector<QueryTerm>& q, double avg) const {
   // sum(idf[t] * self._term_score(doc[t], length, avg) for t in terms if t in doc), where
   // _term_score is tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avg)).
   double total = 0.0;
@@ -256,12 +355,12 @@ double Lexicon::DocScore(const Doc& d, const std::vector<QueryTerm>& q, double a
 std::vector<double> Lexicon::Scores(const std::vector<std::string>& query,
                                     const std::vector<std::string>& keys) const {
   std::vector<double> out(keys.size(), 0.0);
-  if (query.empty() || by_id_.empty()) return out;
+  if (query.empty() || size() == 0) return out;
   const double avg = Avg();
   const std::vector<QueryTerm> q = Resolve(query);
   for (size_t i = 0; i < keys.size(); ++i) {
-    auto it = by_id_.find(keys[i]);
-    if (it != by_id_.end()) out[i] = DocScore(docs_[it->second], q, avg);
+    const int64_t slot = FindId(keys[i]);
+    if (slot >= 0) out[i] = DocScore(View(static_cast<uint32_t>(slot)), q, avg);
   }
   return out;
 }
@@ -275,15 +374,15 @@ std::vector<double> Lexicon::GroupScores(
   for (const std::string& t : query) {
     if (std::find(distinct.begin(), distinct.end(), t) == distinct.end()) distinct.push_back(t);
   }
-  if (distinct.empty() || by_id_.empty()) return out;
+  if (distinct.empty() || size() == 0) return out;
   const std::vector<QueryTerm> q = Resolve(distinct);
   std::vector<uint64_t> counts(q.size());
   for (size_t g = 0; g < groups.size(); ++g) {
     std::fill(counts.begin(), counts.end(), 0);
     for (const std::string& key : groups[g]) {
-      auto it = by_id_.find(key);
-      if (it == by_id_.end()) continue;
-      const Doc& d = docs_[it->second];
+      const int64_t slot = FindId(key);
+      if (slot < 0) continue;
+      const DocView d = View(static_cast<uint32_t>(slot));
       for (size_t j = 0; j < q.size(); ++j) {
         if (q[j].id >= 0) counts[j] += TfIn(d, static_cast<uint32_t>(q[j].id));
       }
@@ -303,34 +402,34 @@ std::vector<double> Lexicon::GroupScores(
 std::vector<std::pair<std::string, double>> Lexicon::Top(const std::vector<std::string>& query,
                                                          size_t k, size_t budget) const {
   std::vector<std::pair<std::string, double>> out;
-  if (k == 0 || query.empty() || by_id_.empty()) return out;
+  if (k == 0 || query.empty() || size() == 0) return out;
   const double avg = Avg();
   const double k1 = k1_, k1p1 = k1_ + 1.0, b = b_;
   // sorted(terms, key=lambda t: len(postings.get(t, ()))): stable, by live document count.
   std::vector<int64_t> ids;
   ids.reserve(query.size());
   for (const std::string& t : query) ids.push_back(LiveTerm(t));
-  auto df = [&](int64_t id) -> size_t { return id < 0 ? 0 : terms_[id].df; };
+  auto df = [&](int64_t id) -> size_t { return id < 0 ? 0 : Df(static_cast<uint32_t>(id)); };
   std::stable_sort(ids.begin(), ids.end(),
                    [&](int64_t a, int64_t c) { return df(a) < df(c); });
   // acc: the candidates in first-seen order with their walk scores.
   std::vector<std::pair<uint32_t, double>> acc;
   std::unordered_map<uint32_t, uint32_t> where;
-  where.reserve(std::min<size_t>(budget, by_id_.size()) + 1);
+  where.reserve(std::min<size_t>(budget, size()) + 1);
   std::vector<int64_t> common;
   size_t walked = 0;
   for (int64_t id : ids) {
     if (id < 0) continue;  // no live posting
-    const Term& term = terms_[id];
-    if (!common.empty() || walked + term.df > budget) {
+    const size_t term_df = df(id);
+    if (!common.empty() || walked + term_df > budget) {
       common.push_back(id);
       continue;
     }
-    walked += term.df;
-    const double idf = Idf(term.df);
-    for (const auto& [slot, tf] : term.posting) {
-      const Doc& d = docs_[slot];
-      if (!d.live) continue;
+    walked += term_df;
+    const double idf = Idf(term_df);
+    auto visit = [&](uint32_t slot, uint32_t tf) {
+      const DocView d = View(slot);
+      if (!d.live) return;
       const double f = static_cast<double>(tf);
       const double part =
           f * k1p1 / (f + k1 * ((1.0 - b) + b * static_cast<double>(d.length) / avg));
@@ -340,13 +439,19 @@ std::vector<std::pair<std::string, double>> Lexicon::Top(const std::vector<std::
       } else {
         acc[it->second].second = acc[it->second].second + idf * part;
       }
+    };
+    // The base's part of the posting (lower slots) first, then the overlay's: slot order.
+    const auto [base, in_base] = BasePosting(static_cast<uint32_t>(id));
+    for (uint32_t i = 0; i < in_base; ++i) visit(base[i].first, base[i].second);
+    if (static_cast<size_t>(id) < terms_.size()) {
+      for (const auto& [slot, tf] : terms_[id].posting) visit(slot, tf);
     }
   }
   if (!common.empty() && !acc.empty()) {
     std::vector<double> idfs;
-    for (int64_t id : common) idfs.push_back(Idf(terms_[id].df));
+    for (int64_t id : common) idfs.push_back(Idf(df(id)));
     for (auto& [slot, score] : acc) {
-      const Doc& d = docs_[slot];
+      const DocView d = View(slot);
       const double norm = k1 * ((1.0 - b) + b * static_cast<double>(d.length) / avg);
       double more = 0.0;
       for (size_t j = 0; j < common.size(); ++j) {
@@ -372,8 +477,8 @@ std::vector<std::pair<std::string, double>> Lexicon::Top(const std::vector<std::
   const std::vector<QueryTerm> q = Resolve(query);
   out.reserve(take);
   for (size_t i = 0; i < take; ++i) {
-    const Doc& d = docs_[acc[order[i]].first];
-    out.emplace_back(d.id, DocScore(d, q, avg));
+    const DocView d = View(acc[order[i]].first);
+    out.emplace_back(std::string(d.id), DocScore(d, q, avg));
   }
   std::stable_sort(out.begin(), out.end(),
                    [](const std::pair<std::string, double>& a,
@@ -383,50 +488,117 @@ std::vector<std::pair<std::string, double>> Lexicon::Top(const std::vector<std::
 
 // --- snapshots ---------------------------------------------------------------------------------
 //
-// Layout (little-endian; docs/lexicon-snapshot.md):
-//   0 magic "HRLEXICN"          8 u32 version           12 u32 masked CRC32C of [16, size)
+// Layout (little-endian; docs/lexicon-snapshot.md). Every section starts 8-byte aligned, so a
+// mapping of the file is read in place.
+//   0 magic "HRLEXICN"          8 u32 version (2)       12 u32 masked CRC32C of [16, size)
 //  16 u64 size                 24 u64 covered_seq      32 u32 generation
 //  36 u32 user bytes           40 f64 k1               48 f64 b
 //  56 u32 terms                60 u32 documents        64 u32 vector dim
-//  68 u32 reserved (0)         72 u64 vector count     80 u64 vector seq
-//  88 u64 total length
-//  96 user id, then f64 x dim (the vector sum), then each term (u32 bytes, bytes), then each
-//     document in insertion order (u64 label, i64 created_at, u32 id bytes, u32 length,
-//     u32 distinct terms, id, then (u32 term, u32 tf) per distinct term).
+//  68 u32 0                    72 u64 vector count     80 u64 vector seq
+//  88 u64 total length         96 u64 postings entries 104 u64 string bytes
+// 112 u64 0                   120 u64 0
+// 128 user id (padded to 8); the vector sum (f64 x dim); the term table, sorted by the terms'
+//     bytes (per term: u32 text offset, u32 text bytes, u32 first posting entry, u32 df); the
+//     postings, term by term, each in slot order (u32 slot, u32 tf); the documents in
+//     insertion order (u64 label, i64 created_at, u32 id offset, u32 id bytes, u32 length,
+//     u32 first term entry, u32 distinct terms, u32 0); their terms, document by document in
+//     first-occurrence order (u32 term, u32 tf); the slots sorted by id (u32 each, padded);
+//     the slots sorted by label (padded); the strings: every term in table order, then every
+//     id in slot order (padded).
 
 std::string Lexicon::Serialize(const LexSnapshotMeta& meta) const {
-  std::string out(kLexHeaderSize, '\0');
-  std::memcpy(&out[0], kLexMagic, 8);
-  out.append(meta.user);
-  for (double v : meta.vector_sum) Put(&out, v);
-  // Only terms a live document has, renumbered in first-use order.
-  std::vector<int64_t> remap(terms_.size(), -1);
-  uint32_t nterms = 0;
-  for (const Doc& d : docs_) {
-    if (!d.live) continue;
-    for (const auto& [t, tf] : d.terms) {
+  const uint32_t slots = static_cast<uint32_t>(base_docs_ + docs_.size());
+  std::vector<uint32_t> live;
+  for (uint32_t s = 0; s < slots; ++s) {
+    if (View(s).live) live.push_back(s);
+  }
+  // Only terms a live document has, renumbered in byte order of their texts.
+  std::vector<int64_t> remap(std::max<size_t>(terms_.size(), base_terms_), -1);
+  std::vector<uint32_t> used;
+  for (uint32_t s : live) {
+    const DocView v = View(s);
+    for (uint32_t j = 0; j < v.distinct; ++j) {
+      const uint32_t t = v.terms[j].first;
       if (remap[t] < 0) {
-        remap[t] = nterms++;
-        Put(&out, static_cast<uint32_t>(terms_[t].text.size()));
-        out.append(terms_[t].text);
+        remap[t] = 0;
+        used.push_back(t);
       }
     }
   }
-  uint32_t ndocs = 0;
-  for (const Doc& d : docs_) {
-    if (!d.live) continue;
-    ++ndocs;
-    Put(&out, d.label);
-    Put(&out, d.created);
-    Put(&out, static_cast<uint32_t>(d.id.size()));
-    Put(&out, d.length);
-    Put(&out, static_cast<uint32_t>(d.terms.size()));
-    out.append(d.id);
-    for (const auto& [t, tf] : d.terms) {
-      Put(&out, static_cast<uint32_t>(remap[t]));
-      Put(&out, tf);
+  std::sort(used.begin(), used.end(),
+            [this](uint32_t a, uint32_t c) { return TermText(a) < TermText(c); });
+  for (uint32_t i = 0; i < used.size(); ++i) remap[used[i]] = i;
+  const uint32_t nterms = static_cast<uint32_t>(used.size());
+  const uint32_t ndocs = static_cast<uint32_t>(live.size());
+  std::vector<uint32_t> df(nterms, 0), start(nterms, 0);
+  uint64_t entries = 0;
+  for (uint32_t s : live) {
+    const DocView v = View(s);
+    for (uint32_t j = 0; j < v.distinct; ++j) ++df[remap[v.terms[j].first]];
+    entries += v.distinct;
+  }
+  for (uint32_t t = 1; t < nterms; ++t) start[t] = start[t - 1] + df[t - 1];
+  std::vector<TermTf> postings(entries), doc_terms;
+  doc_terms.reserve(entries);
+  std::vector<uint32_t> fill(nterms, 0);
+  for (uint32_t i = 0; i < ndocs; ++i) {
+    const DocView v = View(live[i]);
+    for (uint32_t j = 0; j < v.distinct; ++j) {
+      const uint32_t t = static_cast<uint32_t>(remap[v.terms[j].first]);
+      postings[start[t] + fill[t]++] = {i, v.terms[j].second};
+      doc_terms.emplace_back(t, v.terms[j].second);
     }
   }
+  std::vector<uint32_t> by_id(ndocs), by_label(ndocs);
+  for (uint32_t i = 0; i < ndocs; ++i) by_id[i] = by_label[i] = i;
+  std::sort(by_id.begin(), by_id.end(),
+            [&](uint32_t a, uint32_t c) { return View(live[a]).id < View(live[c]).id; });
+  std::sort(by_label.begin(), by_label.end(),
+            [&](uint32_t a, uint32_t c) { return View(live[a]).label < View(live[c]).label; });
+
+  std::string out(kLexHeaderSize, '\0');
+  std::memcpy(&out[0], kLexMagic, 8);
+  out.append(meta.user);
+  PadTo8(&out);
+  for (double v : meta.vector_sum) Put(&out, v);
+  uint32_t pool = 0;
+  for (uint32_t t = 0; t < nterms; ++t) {
+    const std::string_view text = TermText(used[t]);
+    Put(&out, pool);
+    Put(&out, static_cast<uint32_t>(text.size()));
+    Put(&out, start[t]);
+    Put(&out, df[t]);
+    pool += static_cast<uint32_t>(text.size());
+  }
+  for (const TermTf& e : postings) {
+    Put(&out, e.first);
+    Put(&out, e.second);
+  }
+  uint32_t first = 0;
+  for (uint32_t i = 0; i < ndocs; ++i) {
+    const DocView v = View(live[i]);
+    Put(&out, v.label);
+    Put(&out, v.created);
+    Put(&out, pool);
+    Put(&out, static_cast<uint32_t>(v.id.size()));
+    Put(&out, v.length);
+    Put(&out, first);
+    Put(&out, v.distinct);
+    Put(&out, uint32_t{0});
+    pool += static_cast<uint32_t>(v.id.size());
+    first += v.distinct;
+  }
+  for (const TermTf& e : doc_terms) {
+    Put(&out, e.first);
+    Put(&out, e.second);
+  }
+  for (uint32_t s : by_id) Put(&out, s);
+  PadTo8(&out);
+  for (uint32_t s : by_label) Put(&out, s);
+  PadTo8(&out);
+  for (uint32_t t = 0; t < nterms; ++t) out.append(TermText(used[t]));
+  for (uint32_t s : live) out.append(View(s).id);
+  PadTo8(&out);
   PutAt(&out, 8, kLexVersion);
   PutAt(&out, 16, static_cast<uint64_t>(out.size()));
   PutAt(&out, 24, meta.covered_seq);
@@ -440,6 +612,8 @@ std::string Lexicon::Serialize(const LexSnapshotMeta& meta) const {
   PutAt(&out, 72, meta.vector_count);
   PutAt(&out, 80, meta.vector_seq);
   PutAt(&out, 88, total_len_);
+  PutAt(&out, 96, entries);
+  PutAt(&out, 104, static_cast<uint64_t>(pool));
   const auto* p = reinterpret_cast<const uint8_t*>(out.data());
   PutAt(&out, 12, MaskCrc(Crc32c(p + 16, out.size() - 16)));
   return out;
@@ -447,113 +621,186 @@ std::string Lexicon::Serialize(const LexSnapshotMeta& meta) const {
 
 std::unique_ptr<Lexicon> Lexicon::Parse(const uint8_t* data, size_t n, LexSnapshotMeta* meta,
                                         std::string* why) {
+  // A private copy, 8-byte aligned (the sections are read in place).
+  auto copy = std::make_shared<std::vector<uint64_t>>((n + 7) / 8);
+  if (n) std::memcpy(copy->data(), data, n);
+  const auto* p = reinterpret_cast<const uint8_t*>(copy->data());
+  return FromBase(std::move(copy), p, n, meta, why);
+}
+
+std::unique_ptr<Lexicon> Lexicon::MapFile(const std::string& path, LexSnapshotMeta* meta,
+                                          std::string* why, int* errno_out) {
+  *errno_out = 0;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    *errno_out = errno;
+    return nullptr;
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    *errno_out = errno;
+    ::close(fd);
+    return nullptr;
+  }
+  const size_t n = static_cast<size_t>(st.st_size);
+  if (n < kLexHeaderSize) {
+    ::close(fd);
+    *why = "shorter than the header";
+    return nullptr;
+  }
+  std::shared_ptr<const Mapping> map = Mapping::Map(fd, n);
+  const int map_errno = errno;
+  ::close(fd);
+  if (!map) {
+    *errno_out = map_errno ? map_errno : EIO;
+    return nullptr;
+  }
+  const uint8_t* p = map->data();
+  return FromBase(std::move(map), p, n, meta, why);
+}
+
+std::unique_ptr<Lexicon> Lexicon::FromBase(std::shared_ptr<const void> owner, const uint8_t* data,
+                                           size_t n, LexSnapshotMeta* meta, std::string* why) {
   auto bad = [&](const char* what) -> std::unique_ptr<Lexicon> {
     *why = what;
     return nullptr;
   };
   if (n < kLexHeaderSize) return bad("shorter than the header");
   if (std::memcmp(data, kLexMagic, 8) != 0) return bad("not a lexicon snapshot (magic)");
-  Reader r(data, n);
-  r.Seek(8);
-  uint32_t version = 0, crc = 0, generation = 0, user_len = 0, nterms = 0, ndocs = 0, dim = 0,
-           reserved = 0;
-  uint64_t size = 0, covered = 0, vcount = 0, vseq = 0, total = 0;
-  double k1 = 0, b = 0;
-  r.Get(&version);
-  r.Get(&crc);
-  r.Get(&size);
-  r.Get(&covered);
-  r.Get(&generation);
-  r.Get(&user_len);
-  r.Get(&k1);
-  r.Get(&b);
-  r.Get(&nterms);
-  r.Get(&ndocs);
-  r.Get(&dim);
-  r.Get(&reserved);
-  r.Get(&vcount);
-  r.Get(&vseq);
-  r.Get(&total);
+  const uint32_t version = Rd<uint32_t>(data + 8), crc = Rd<uint32_t>(data + 12);
+  const uint64_t size = Rd<uint64_t>(data + 16), covered = Rd<uint64_t>(data + 24);
+  const uint32_t generation = Rd<uint32_t>(data + 32), user_len = Rd<uint32_t>(data + 36);
+  const double k1 = Rd<double>(data + 40), b = Rd<double>(data + 48);
+  const uint32_t nterms = Rd<uint32_t>(data + 56), ndocs = Rd<uint32_t>(data + 60);
+  const uint32_t dim = Rd<uint32_t>(data + 64), reserved = Rd<uint32_t>(data + 68);
+  const uint64_t vcount = Rd<uint64_t>(data + 72), vseq = Rd<uint64_t>(data + 80);
+  const uint64_t total = Rd<uint64_t>(data + 88), entries = Rd<uint64_t>(data + 96);
+  const uint64_t pool = Rd<uint64_t>(data + 104);
   if (version != kLexVersion) return bad("unknown snapshot version");
   if (size != n) return bad("size differs from the header's");
   if (UnmaskCrc(crc) != Crc32c(data + 16, n - 16)) return bad("checksum mismatch");
-  if (reserved != 0 || user_len > kMaxUserBytes || dim > kMaxDim) return bad("bad header");
+  if (reserved != 0 || Rd<uint64_t>(data + 112) != 0 || Rd<uint64_t>(data + 120) != 0 ||
+      user_len > kMaxUserBytes || dim > kMaxDim || entries > UINT32_MAX || pool > UINT32_MAX)
+    return bad("bad header");
   if (!(k1 >= 0) || !(b >= 0 && b <= 1)) return bad("bad BM25 parameters");
-  std::string_view user;
-  if (!r.Bytes(user_len, &user)) return bad("truncated user id");
-  if (r.left() / 8 < dim) return bad("truncated vector sum");
-  std::vector<double> vsum(dim);
-  for (double& v : vsum) r.Get(&v);
-  auto lex = std::make_unique<Lexicon>(k1, b);
-  if (r.left() / 4 < nterms) return bad("truncated vocabulary");
-  lex->terms_.reserve(nterms);
-  lex->term_ids_.reserve(nterms);
-  for (uint32_t i = 0; i < nterms; ++i) {
-    uint32_t len = 0;
-    std::string_view text;
-    if (!r.Get(&len) || len > kMaxTermBytes || !r.Bytes(len, &text)) return bad("bad term");
-    if (lex->Intern(std::string(text)) != i) return bad("repeated term");
+  // Where each section starts (no overflow: every count is below 2**32).
+  uint64_t off = kLexHeaderSize;
+  const uint64_t user_at = off;
+  off += Pad8(user_len);
+  const uint64_t vsum_at = off;
+  off += 8 * uint64_t{dim};
+  const uint64_t terms_at = off;
+  off += kTermRecord * uint64_t{nterms};
+  const uint64_t postings_at = off;
+  off += 8 * entries;
+  const uint64_t docs_at = off;
+  off += kDocRecord * uint64_t{ndocs};
+  const uint64_t doc_terms_at = off;
+  off += 8 * entries;
+  const uint64_t by_id_at = off;
+  off += Pad8(4 * uint64_t{ndocs});
+  const uint64_t by_label_at = off;
+  off += Pad8(4 * uint64_t{ndocs});
+  const uint64_t pool_at = off;
+  off += Pad8(pool);
+  if (off != n) return bad("sections differ from the header's counts");
+  auto zeros = [&](uint64_t from, uint64_t to) {
+    for (uint64_t i = from; i < to; ++i) {
+      if (data[i]) return false;
+    }
+    return true;
+  };
+  if (!zeros(user_at + user_len, vsum_at) ||
+      !zeros(by_id_at + 4 * uint64_t{ndocs}, by_label_at) ||
+      !zeros(by_label_at + 4 * uint64_t{ndocs}, pool_at) || !zeros(pool_at + pool, n))
+    return bad("bad padding");
+  const char* strings = reinterpret_cast<const char*>(data + pool_at);
+  const auto* postings = reinterpret_cast<const TermTf*>(data + postings_at);
+  const auto* doc_terms = reinterpret_cast<const TermTf*>(data + doc_terms_at);
+  // The term table: strings in order, strictly sorted, postings back to back, none empty.
+  uint64_t pool_run = 0, post_run = 0;
+  std::string_view prev;
+  for (uint32_t t = 0; t < nterms; ++t) {
+    const uint8_t* r = data + terms_at + kTermRecord * t;
+    const uint32_t text_off = Rd<uint32_t>(r), len = Rd<uint32_t>(r + 4);
+    const uint32_t start = Rd<uint32_t>(r + 8), df = Rd<uint32_t>(r + 12);
+    if (text_off != pool_run || len > kMaxTermBytes || pool - pool_run < len)
+      return bad("bad term");
+    const std::string_view text(strings + text_off, len);
+    if (t > 0 && !(prev < text)) return bad("terms not strictly sorted");
+    if (start != post_run || df == 0 || df > ndocs) return bad("bad term posting");
+    prev = text;
+    pool_run += len;
+    post_run += df;
   }
-  if (r.left() / 28 < ndocs) return bad("truncated documents");
-  // Two passes over the documents: the first checks them and counts each term's documents
-  // (so every posting is allocated once, at its size), the second builds the index.
-  const size_t docs_at = n - r.left();
-  std::vector<uint32_t> seen(nterms, UINT32_MAX);
-  std::vector<uint32_t> df(nterms, 0);
+  if (post_run != entries) return bad("postings differ from the header's count");
+  // The documents: strings in order, terms back to back, each (document, tf) found in order in
+  // its term's posting (so postings and documents hold the same relation, in slot order).
+  std::vector<uint32_t> seen(nterms, UINT32_MAX), cursor(nterms, 0);
+  uint64_t dt_run = 0, length_sum = 0;
   for (uint32_t i = 0; i < ndocs; ++i) {
-    uint64_t label = 0;
-    int64_t created = 0;
-    uint32_t id_len = 0, length = 0, distinct = 0;
-    std::string_view id;
-    if (!r.Get(&label) || !r.Get(&created) || !r.Get(&id_len) || !r.Get(&length) ||
-        !r.Get(&distinct) || id_len > kMaxIdBytes || !r.Bytes(id_len, &id) ||
-        r.left() / 8 < distinct)
+    const uint8_t* r = data + docs_at + kDocRecord * i;
+    const uint64_t label = Rd<uint64_t>(r);
+    const uint32_t id_off = Rd<uint32_t>(r + 16), id_len = Rd<uint32_t>(r + 20);
+    const uint32_t length = Rd<uint32_t>(r + 24), first = Rd<uint32_t>(r + 28);
+    const uint32_t distinct = Rd<uint32_t>(r + 32);
+    if (id_off != pool_run || id_len > kMaxIdBytes || pool - pool_run < id_len ||
+        Rd<uint32_t>(r + 36) != 0 || first != dt_run || entries - dt_run < distinct)
       return bad("bad document");
     if (label > covered) return bad("a label past the covered seq");
+    pool_run += id_len;
+    dt_run += distinct;
     uint64_t sum = 0;
     for (uint32_t j = 0; j < distinct; ++j) {
-      uint32_t t = 0, tf = 0;
-      r.Get(&t);
-      r.Get(&tf);
+      const auto [t, tf] = doc_terms[first + j];
       if (t >= nterms || tf == 0 || seen[t] == i) return bad("bad document term");
       seen[t] = i;
-      ++df[t];
+      const uint8_t* tr = data + terms_at + kTermRecord * t;
+      const uint32_t at = cursor[t]++;
+      if (at >= Rd<uint32_t>(tr + 12)) return bad("a document term not in the posting");
+      const TermTf e = postings[Rd<uint32_t>(tr + 8) + at];
+      if (e.first != i || e.second != tf) return bad("a posting differs from the documents");
       sum += tf;
     }
     if (sum != length) return bad("a document's length differs from its terms");
+    length_sum += length;
   }
-  if (r.left() != 0) return bad("trailing bytes");
-  for (uint32_t t = 0; t < nterms; ++t) lex->terms_[t].posting.reserve(df[t]);
-  lex->docs_.reserve(ndocs);
-  lex->by_id_.reserve(ndocs);
-  lex->by_label_.reserve(ndocs);
-  r.Seek(docs_at);
+  if (dt_run != entries || pool_run != pool) return bad("documents differ from the header");
+  if (length_sum != total) return bad("total length differs");
+  // The id and label orders: permutations of the slots, strictly increasing.
+  const auto* by_id = reinterpret_cast<const uint32_t*>(data + by_id_at);
+  const auto* by_label = reinterpret_cast<const uint32_t*>(data + by_label_at);
+  auto doc_id = [&](uint32_t s) {
+    const uint8_t* r = data + docs_at + kDocRecord * s;
+    return std::string_view(strings + Rd<uint32_t>(r + 16), Rd<uint32_t>(r + 20));
+  };
+  auto doc_label = [&](uint32_t s) { return Rd<uint64_t>(data + docs_at + kDocRecord * s); };
   for (uint32_t i = 0; i < ndocs; ++i) {
-    uint64_t label = 0;
-    int64_t created = 0;
-    uint32_t id_len = 0, length = 0, distinct = 0;
-    std::string_view id;
-    r.Get(&label);
-    r.Get(&created);
-    r.Get(&id_len);
-    r.Get(&length);
-    r.Get(&distinct);
-    r.Bytes(id_len, &id);
-    std::vector<std::pair<uint32_t, uint32_t>> terms(distinct);
-    for (auto& [t, tf] : terms) {
-      r.Get(&t);
-      r.Get(&tf);
-    }
-    lex->Append(label, id, created, std::move(terms), length);
-    if (lex->by_id_.size() != i + 1 || lex->by_label_.size() != i + 1)
-      return bad("repeated document");
+    if (by_id[i] >= ndocs || by_label[i] >= ndocs) return bad("bad order entry");
+    if (i > 0 && !(doc_id(by_id[i - 1]) < doc_id(by_id[i]))) return bad("repeated document");
+    if (i > 0 && !(doc_label(by_label[i - 1]) < doc_label(by_label[i])))
+      return bad("repeated label");
   }
-  if (lex->total_len_ != total) return bad("total length differs");
-  if (lex->live_terms_ != nterms) return bad("a term no document has");
-  meta->user = std::string(user);
+  // (Strictly increasing over in-range slots: each order is a permutation.)
+  auto lex = std::make_unique<Lexicon>(k1, b);
+  lex->base_owner_ = std::move(owner);
+  lex->base_docs_ = ndocs;
+  lex->base_terms_ = nterms;
+  lex->base_live_ = ndocs;
+  lex->base_term_table_ = data + terms_at;
+  lex->base_postings_ = postings;
+  lex->base_doc_table_ = data + docs_at;
+  lex->base_doc_terms_ = doc_terms;
+  lex->base_by_id_ = by_id;
+  lex->base_by_label_ = by_label;
+  lex->base_pool_ = strings;
+  lex->live_terms_ = nterms;
+  lex->total_len_ = total;
+  meta->user = std::string(reinterpret_cast<const char*>(data + user_at), user_len);
   meta->covered_seq = covered;
   meta->generation = generation;
-  meta->vector_sum = std::move(vsum);
+  meta->vector_sum.resize(dim);
+  if (dim) std::memcpy(meta->vector_sum.data(), data + vsum_at, 8 * size_t{dim});
   meta->vector_count = vcount;
   meta->vector_seq = vseq;
   return lex;

@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -155,6 +156,65 @@ TEST(removing_most_documents_renumbers_and_answers_as_a_fresh_index) {
   }
   LexSnapshotMeta meta;
   CHECK(lex.Serialize(meta) == fresh.Serialize(meta));
+}
+
+TEST(a_snapshot_read_in_place_grows_and_shrinks_as_the_index_in_memory) {
+  // The base (the snapshot's bytes, read in place) plus the overlay of later writes answers,
+  // serializes and renumbers exactly as an index that was never snapshotted.
+  Lexicon mem(kK1, kB);
+  const Tokens words = {"tea", "coffee", "zebra", "violin", "garden", "python", "rare"};
+  auto doc = [&](int i) {
+    Tokens d;
+    for (int j = 0; j <= i % 5; ++j) d.push_back(words[(i * 3 + j) % 7]);
+    return d;
+  };
+  for (int i = 0; i < 2500; ++i) mem.Add(i + 1, "k" + std::to_string(i), i, doc(i));
+  LexSnapshotMeta meta;
+  meta.covered_seq = 2500;
+  const std::string bytes = mem.Serialize(meta);
+  LexSnapshotMeta back;
+  std::string why;
+  std::unique_ptr<Lexicon> base =
+      Lexicon::Parse(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &back, &why);
+  CHECK(base != nullptr && base->has_base());
+  if (!base) return;
+  const Tokens q = {"rare", "zebra", "violin", "tea", "unknown"};
+  auto same = [&](const char* when) {
+    bool ok = base->size() == mem.size() && base->total_length() == mem.total_length() &&
+              base->vocabulary() == mem.vocabulary() && base->Serialize(meta) == mem.Serialize(meta);
+    for (size_t budget : {size_t{0}, size_t{40}, size_t{5000}}) {
+      ok = ok && base->Top(q, 30, budget) == mem.Top(q, 30, budget);
+    }
+    const Tokens keys = {"k0", "k1", "k7", "k2499", "new1", "nobody"};
+    ok = ok && base->Scores(q, keys) == mem.Scores(q, keys);
+    ok = ok && base->GroupScores(q, {{"k1", "k2"}, {"new2"}}) ==
+                   mem.GroupScores(q, {{"k1", "k2"}, {"new2"}});
+    if (!ok) std::fprintf(stderr, "differs %s\n", when);
+    CHECK(ok);
+  };
+  same("as loaded");
+  for (int i = 0; i < 300; ++i) {  // replacements of base documents and new ones
+    for (Lexicon* x : {base.get(), &mem}) {
+      x->Add(3000 + i, "k" + std::to_string(i * 5), 7, {"rare", "python", "rare"});
+      x->Add(4000 + i, "new" + std::to_string(i), 8, {"violin", "brandnew"});
+    }
+  }
+  for (int i = 1; i < 2500; i += 7) CHECK(base->RemoveLabel(i) == mem.RemoveLabel(i));
+  CHECK(base->RemoveId("new3") && mem.RemoveId("new3"));
+  // k0 was replaced: its base slot is dead, the overlay holds the live one.
+  const bool removed_base = base->RemoveId("k0"), removed_mem = mem.RemoveId("k0");
+  CHECK(removed_base && removed_mem);
+  CHECK(!base->RemoveId("k0") && !base->Contains("k0") && base->Created("k0") == std::nullopt);
+  CHECK(base->Created("k5") == mem.Created("k5") && base->Created("k5") == 7);
+  CHECK(base->IdOfLabel(2) == mem.IdOfLabel(2) && base->IdOfLabel(1) == std::nullopt);
+  CHECK(base->has_base());
+  same("after writes over the base");
+  for (int i = 0; i < 2500; i += 2) {
+    base->RemoveLabel(i + 1);
+    mem.RemoveLabel(i + 1);
+  }
+  CHECK(!base->has_base());  // renumbered into memory
+  same("after renumbering");
 }
 
 TEST(a_snapshot_round_trips_and_every_damaged_byte_or_truncation_is_refused) {

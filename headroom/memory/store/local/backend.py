@@ -464,7 +464,7 @@ class LocalBackend:
                     bad.append(meta_path)
             for lex_path in sorted(index_dir.glob(f"*{SNAPSHOT_SUFFIX}")):
                 try:
-                    _native.Lexicon.from_bytes(lex_path.read_bytes())
+                    _native.Lexicon.from_file(str(lex_path))
                 except (OSError, StoreCorruptionError):
                     bad.append(lex_path)
         return bad

@@ -13,8 +13,10 @@ CRC32C. It is written after a user's index is built from the whole log, whenever
 :data:`SNAPSHOT_EVERY` entries ahead of its last snapshot, and at close; only while it is
 exact at the log's current seq for the user, and only after an fsync of the log (so it never
 covers an entry a power loss could take); to a temporary file, fsynced and renamed (the
-rename is the commit point). A fresh process loads it on the user's first
-search and replays only the log's tail past that seq, so no text is tokenized again. A
+rename is the commit point). A fresh process maps it on the user's first
+search and serves the index from the mapped bytes in place (no hash map is built; the pages are
+page cache shared by every process), replaying only the log's tail past that seq into a small
+in-memory overlay, so no text is tokenized again. A
 snapshot that fails its checks (checksum, user, generation, a seq past the log) is ignored
 and replaced; one that disagrees with the log after the replay (live count) is rebuilt.
 
@@ -341,14 +343,13 @@ def load_snapshot(
     directory: Path, user_id: str, generation: int
 ) -> tuple[Any, dict[str, Any]] | None:
     """The user's snapshot as ``(Lexicon, header)`` if present, intact, the user's and of
-    log ``generation``; else None (a damaged one is logged: the caller rebuilds)."""
+    log ``generation``, the index mapped from the file and read in place; else None (a
+    damaged one is logged: the caller rebuilds)."""
     path = snapshot_path(directory, user_id)
     try:
-        data = path.read_bytes()
+        index, meta = _native.Lexicon.from_file(str(path))
     except OSError:
         return None
-    try:
-        index, meta = _native.Lexicon.from_bytes(data)
     except StoreCorruptionError as exc:
         logger.warning("ignoring a damaged lexical snapshot (%s): %s", path.name, exc)
         return None
