@@ -18,8 +18,11 @@ one), each with the CPU time other processes used while it ran (``bench.common.C
   BM25 state and vector sums) and the hybrid ``MemoryStore.search`` of a text ("other" is what
   the hybrid child holds beyond the two sides), in that order: the dense child is the first
   process to search each user, the others find what it left (vector packs), as the second
-  worker process of a server does. Baseline of the same run: a private float32
-  copy of the vectors (``dim * 4`` bytes per memory). USS and RSS are printed beside it.
+  worker process of a server does. A ``lexical first`` child runs before the lexical one: the
+  first process to build each user's BM25 state (privately; at close it writes the snapshots
+  that later processes map); the split uses the later ``lexical`` child. Baseline of the same
+  run: a private float32 copy of the vectors (``dim * 4`` bytes per memory). USS and RSS are
+  printed beside it.
 - ``cold``: one user of each ``--sizes`` memories (synthetic vectors; at and above the engine's
   ANN threshold the dense path is hnswlib, its snapshot written by an earlier process, as a
   server restart finds it). A fresh process opens the store and runs a first search, then
@@ -223,7 +226,8 @@ def smaps() -> dict[str, int]:
 
 
 def child_users(path: str, users: int, mode: str) -> dict[str, Any]:
-    """Open the store, search every user once (``mode``: dense, lexical or hybrid)."""
+    """Open the store, search every user once (``mode``: dense, lexical, lexical first or
+    hybrid)."""
     from headroom.memory.store.local.backend import LocalBackend
     from headroom.memory.store.store import MemoryStore
 
@@ -434,7 +438,10 @@ def section_users(cfg: Config, out: dict[str, Any]) -> None:
     )
 
 
-MODES = ("dense", "lexical", "hybrid")
+#: The children, in order. ``lexical first`` is the first process to build each user's BM25
+#: state (privately; its close writes the snapshots later processes map); ``lexical`` and
+#: ``hybrid`` come after it, as a second worker or a restarted server does.
+MODES = ("dense", "lexical first", "lexical", "hybrid")
 
 
 def section_cold(cfg: Config, out: dict[str, Any]) -> None:

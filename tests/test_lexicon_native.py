@@ -278,11 +278,11 @@ def _counting_tokenize(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-def _fresh_results(db: Path, query: str) -> list[tuple[str, float]]:
+def _fresh_results(db: Path, query: str, user: str = "u") -> list[tuple[str, float]]:
     """The search from an index built from the whole log (no snapshot read)."""
     with MemoryStore(db, embedder=HashEmbedder(32)) as store:
         store.backend._lexical._directory = None
-        return [(m.id, s) for m, s in store.search("u", query, top_k=8)]
+        return [(m.id, s) for m, s in store.search(user, query, top_k=8)]
 
 
 def test_a_fresh_handle_loads_the_snapshot_and_tokenizes_only_the_tail(
@@ -306,6 +306,33 @@ def test_a_fresh_handle_loads_the_snapshot_and_tokenizes_only_the_tail(
         assert sorted(indexed) == sorted([*_texts("tail", 3), "a note about otters, updated"])
     monkeypatch.undo()
     assert got == _fresh_results(db, "otters item12")
+
+
+def test_indexes_are_served_from_mapped_snapshots_once_written(tmp_path: Path) -> None:
+    # A large user's index is mapped from the snapshot its build wrote; a small user's is
+    # written at close only, and the next handle maps it. Answers are those of a fresh build.
+    db = tmp_path / "db"
+    small = lexical.SNAPSHOT_AT_CLOSE_MIN_MEMORIES + 8
+    with MemoryStore(db, embedder=HashEmbedder(32)) as store:
+        store.add_many("big", [NewMemory(t) for t in _texts("a", N)], dedup=False)
+        store.add_many("small", [NewMemory(t) for t in _texts("b", small)], dedup=False)
+        store.add_many("tiny", [NewMemory(t) for t in _texts("c", 3)], dedup=False)
+        for user in ("big", "small", "tiny"):
+            store.search(user, "zebras", top_k=3)
+        backend: Any = store.backend
+        assert backend.ranking("big").lexicon.in_place
+        assert not backend.ranking("small").lexicon.in_place
+        assert len(list((db / "indexes").glob("*.lex"))) == 1
+    assert len(list((db / "indexes").glob("*.lex"))) == 2  # small's at close; tiny's never
+    with MemoryStore(db, embedder=HashEmbedder(32)) as store:
+        backend = store.backend
+        got = {user: store.search(user, "otters item3", top_k=8) for user in ("big", "small")}
+        assert backend.ranking("small").lexicon.in_place
+        assert not backend.ranking("tiny").lexicon.in_place
+        maps = Path("/proc/self/maps").read_text()
+        assert sum(1 for line in maps.splitlines() if line.endswith(".lex")) == 2
+    for user, results in got.items():
+        assert [(m.id, s) for m, s in results] == _fresh_results(db, "otters item3", user)
 
 
 def test_a_damaged_snapshot_is_detected_rebuilt_and_reported_by_verify(

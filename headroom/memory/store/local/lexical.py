@@ -9,8 +9,10 @@ delivers the memory, and scores them exactly as :class:`~..ranking.LexicalIndex`
 
 Snapshots (docs/lexicon-snapshot.md): ``<db>/indexes/<blake2b(user_id)>.lex`` holds a user's
 index with its vocabulary, the vector sum, the seq it is exact at, the log's generation and a
-CRC32C. It is written after a user's index is built from the whole log, whenever it is
-:data:`SNAPSHOT_EVERY` entries ahead of its last snapshot, and at close; only while it is
+CRC32C. For users of :data:`SNAPSHOT_MIN_MEMORIES` or more it is written after the index is
+built from the whole log and whenever it is :data:`SNAPSHOT_EVERY` entries ahead of its last
+snapshot (the process then serves the index from the mapped file); at close also for users of
+:data:`SNAPSHOT_AT_CLOSE_MIN_MEMORIES` or more; only while it is
 exact at the log's current seq for the user, and only after an fsync of the log (so it never
 covers an entry a power loss could take); to a temporary file, fsynced and renamed (the
 rename is the commit point). A fresh process maps it on the user's first
@@ -45,9 +47,15 @@ from .index import user_file_stem
 
 logger = logging.getLogger("headroom.memory")
 
-#: Users with fewer live memories are not snapshotted: building their index from the log
-#: takes a few milliseconds (figures in bench/README.md).
+#: Users with at least this many live memories are snapshotted as soon as their index is built
+#: from the log (and then served from the mapped snapshot); below it, building the index takes
+#: a few milliseconds, not worth an fsync on a first search (figures in bench/README.md).
 SNAPSHOT_MIN_MEMORIES = 256
+
+#: At close, users with at least this many live memories are snapshotted too, so that the next
+#: process maps their index (page cache, shared by every worker) instead of building a private
+#: copy (about 1 KB per memory).
+SNAPSHOT_AT_CLOSE_MIN_MEMORIES = 32
 
 SNAPSHOT_SUFFIX = ".lex"
 
@@ -200,8 +208,9 @@ class LexicalState:
         if lexicon.covered_seq < 0:
             _build(log, user_id, lexicon)
         lexicon.covered_seq = target
-        if target - max(lexicon.saved_seq, 0) >= SNAPSHOT_EVERY or lexicon.saved_seq < 0:
-            self._save(log, user_id, lexicon, generation)
+        due = target - max(lexicon.saved_seq, 0) >= SNAPSHOT_EVERY or lexicon.saved_seq < 0
+        if due and self._save(log, user_id, lexicon, generation, SNAPSHOT_MIN_MEMORIES):
+            self._serve_mapped(user_id, lexicon, generation)
 
     def _load(
         self, log: Any, user_id: str, lexicon: LocalRanking, target: int, generation: int
@@ -219,14 +228,16 @@ class LexicalState:
         count = int(meta["vector_count"])
         lexicon.vectors = (total, count, int(meta["vector_seq"])) if count else None
 
-    def _save(self, log: Any, user_id: str, lexicon: LocalRanking, generation: int) -> None:
-        """Snapshot ``lexicon`` (the caller holds its lock) when it is large enough and exact
-        at the log's current seq for the user; a failed write is logged and skipped (counted
-        as a snapshot for when to try again)."""
-        if self._directory is None or len(lexicon) < SNAPSHOT_MIN_MEMORIES:
-            return
+    def _save(
+        self, log: Any, user_id: str, lexicon: LocalRanking, generation: int, minimum: int
+    ) -> bool:
+        """Snapshot ``lexicon`` (the caller holds its lock) when it has ``minimum`` memories or
+        more and is exact at the log's current seq for the user; True when written. A failed
+        write is logged and skipped (counted as a snapshot for when to try again)."""
+        if self._directory is None or len(lexicon) < minimum:
+            return False
         if int(log.generation) != generation or int(log.user_seq(user_id)) != (lexicon.covered_seq):
-            return
+            return False
         try:
             # Every entry the snapshot covers is made durable first: after a power loss the
             # log never lacks (and never reuses the seqs of) entries a snapshot has seen.
@@ -236,7 +247,19 @@ class LexicalState:
             # Not tried again before SNAPSHOT_EVERY more entries (or close): a directory that
             # refuses writes must not cost an fsync and a warning per search.
             logger.warning("could not write the lexical snapshot of a user: %s", exc)
+            lexicon.saved_seq = lexicon.covered_seq
+            return False
         lexicon.saved_seq = lexicon.covered_seq
+        return True
+
+    def _serve_mapped(self, user_id: str, lexicon: LocalRanking, generation: int) -> None:
+        """Replace the in-memory index by the snapshot just written, mapped (the caller holds
+        ``lexicon.lock``): the same memories in the same order, so every answer is the same,
+        and the index's pages become page cache. Kept as it is when the mapping fails."""
+        assert self._directory is not None
+        loaded = load_snapshot(self._directory, user_id, generation)
+        if loaded is not None and int(loaded[1]["covered_seq"]) == lexicon.covered_seq:
+            lexicon.lexicon = loaded[0]
 
     def save_all(self, log: Any) -> None:
         """Snapshot every held state that advanced since its last snapshot (at close)."""
@@ -249,7 +272,7 @@ class LexicalState:
         for user_id, lexicon in items:
             with lexicon.lock:
                 if lexicon.covered_seq > lexicon.saved_seq:
-                    self._save(log, user_id, lexicon, generation)
+                    self._save(log, user_id, lexicon, generation, SNAPSHOT_AT_CLOSE_MIN_MEMORIES)
 
 
 def _build(log: Any, user_id: str, lexicon: LocalRanking) -> None:
