@@ -6,6 +6,7 @@ import json
 import multiprocessing as mp
 import os
 import threading
+import zlib
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from headroom.memory import errors
 from headroom.memory.store import hybrid
 from headroom.memory.store.local.engine import _native
+from headroom.memory.store.local.index import UserIndex
 from headroom.memory.store.ranking import DEFAULT_CONFIG
 from headroom.memory.store.store import MemoryStore, NewMemory
 from tests.store_helpers import HashEmbedder
@@ -313,6 +315,25 @@ def test_snapshot_is_written_verified_and_rebuilt_when_bad(tmp_path: Path) -> No
             assert store.search("big", f"row {i}", top_k=1)[0][0].text == f"row {i}"
         store.add("big", "row 200")
         assert store.search("big", "row 200", top_k=1)[0][0].text == "row 200"
+
+
+def test_a_graph_header_with_the_older_zlib_checksum_is_still_checked(tmp_path: Path) -> None:
+    emb = HashEmbedder(dim=32)
+    with MemoryStore(tmp_path / "db", embedder=emb, ann_threshold=64) as store:
+        store.add_many("big", [NewMemory(f"row {i}") for i in range(200)], dedup=False)
+        store.search("big", "row 1", top_k=1)
+    (meta_path,) = (tmp_path / "db" / "indexes").glob("*.meta")
+    graph = meta_path.with_suffix(".hnsw")
+    meta = json.loads(meta_path.read_text())
+    assert meta["crc32c"] == _native.crc32c(graph.read_bytes())
+    del meta["crc32c"]
+    meta["crc32"] = zlib.crc32(graph.read_bytes())
+    meta_path.write_text(json.dumps(meta))
+    index_dir = tmp_path / "db" / "indexes"
+    assert UserIndex.load(index_dir, "big", 32) is not None
+    meta["crc32"] ^= 1
+    meta_path.write_text(json.dumps(meta))
+    assert UserIndex.load(index_dir, "big", 32) is None
 
 
 def test_a_snapshot_loads_in_the_background_while_searches_scan_exactly(tmp_path: Path) -> None:

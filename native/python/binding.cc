@@ -5,6 +5,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -206,6 +209,33 @@ PYBIND11_MODULE(_native, m) {
     std::string s = b;
     return headroom::Crc32c(reinterpret_cast<const uint8_t*>(s.data()), s.size());
   }, "CRC32C of bytes (unmasked).");
+  m.def("crc32c_file", [](const std::string& path) {
+    uint32_t crc = 0;
+    int err = 0;
+    {
+      GilRelease nogil;
+      const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) {
+        err = errno;
+      } else {
+        std::vector<uint8_t> buf(1u << 20);
+        for (;;) {
+          const ssize_t got = ::read(fd, buf.data(), buf.size());
+          if (got < 0 && errno == EINTR) continue;
+          if (got < 0) err = errno;
+          if (got <= 0) break;
+          crc = headroom::Crc32cExtend(crc, buf.data(), static_cast<size_t>(got));
+        }
+        ::close(fd);
+      }
+    }
+    if (err) {
+      errno = err;
+      PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
+      throw py::error_already_set();
+    }
+    return crc;
+  }, py::arg("path"), "CRC32C (unmasked) of a file's bytes, read with the GIL released.");
   m.def("kernels", [] {
     py::dict d;
     d["crc32c"] = headroom::Crc32cIsHardware() ? "sse4.2" : "portable";

@@ -7,7 +7,8 @@ versions of memories, so an update is "mark the old label deleted, add the new o
 
 Snapshots: ``<db>/indexes/<blake2b(user_id)>.hnsw`` holds the hnswlib graph and ``<same>.meta`` a
 small JSON header with the covered sequence number, the dimension, the element count, the user id
-and a CRC32 of the graph file. What each label is (memory id, category, created_at) is not stored:
+and a CRC32C of the graph file (``crc32c``; headers written before it carry a zlib ``crc32``,
+still checked). What each label is (memory id, category, created_at) is not stored:
 at load it is read from the log (``resolve``), and a label the log no longer has live is marked
 deleted in the graph. Both are written to temporary files, fsynced and renamed (graph first, header
 last: the header is the commit point). On load the header must parse and the CRC must match, else
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import threading
@@ -33,6 +35,9 @@ from typing import Any
 import hnswlib
 import numpy as np
 import numpy.typing as npt
+
+#: The compiled core (native/), for its CRC32C; typed as Any: a pybind11 module.
+_native: Any = importlib.import_module("headroom.memory.store.local._native")
 
 SNAPSHOT_VERSION = 2
 
@@ -187,7 +192,7 @@ class UserIndex:
         meta_tmp = stem.with_suffix(f".meta.tmp{os.getpid()}.{threading.get_ident()}")
         try:
             self._index.save_index(str(graph_tmp))
-            crc = _file_crc32(graph_tmp)
+            crc = _file_crc(graph_tmp)
             _fsync_path(graph_tmp)
             os.replace(graph_tmp, stem.with_suffix(".hnsw"))
             meta = {
@@ -197,7 +202,7 @@ class UserIndex:
                 "dim": self.dim,
                 "count": int(self._index.get_current_count()),
                 "deleted": self.deleted_since_build,
-                "crc32": crc,
+                "crc32c": crc,
             }
             meta_tmp.write_text(json.dumps(meta), encoding="utf-8")
             _fsync_path(meta_tmp)
@@ -230,7 +235,7 @@ class UserIndex:
                 meta.get("version") != SNAPSHOT_VERSION
                 or meta.get("user_id") != user_id
                 or meta.get("dim") != dim
-                or _file_crc32(graph) != meta.get("crc32")
+                or not _graph_intact(graph, meta)
             ):
                 return None
             index = cls(user_id, dim, empty=False)
@@ -274,12 +279,22 @@ class UserIndex:
                 stem.with_suffix(suffix).unlink()
 
 
-def _file_crc32(path: Path) -> int:
+def _file_crc(path: Path) -> int:
+    """CRC32C of a file (the compiled core's kernel, the GIL released while it reads)."""
+    crc: int = _native.crc32c_file(str(path))
+    return crc
+
+
+def _graph_intact(graph: Path, meta: dict[str, Any]) -> bool:
+    """Whether the graph file matches its header's checksum: ``crc32c``, or the zlib ``crc32``
+    that headers written before it carry."""
+    if "crc32c" in meta:
+        return bool(_file_crc(graph) == meta["crc32c"])
     crc = 0
-    with open(path, "rb") as fh:
+    with open(graph, "rb") as fh:
         while chunk := fh.read(1 << 20):
             crc = zlib.crc32(chunk, crc)
-    return crc
+    return bool(crc == meta.get("crc32"))
 
 
 def _fsync_path(path: Path) -> None:
