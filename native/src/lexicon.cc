@@ -50,6 +50,14 @@ T Rd(const uint8_t* p) {
   return v;
 }
 
+// A 64-bit mix of a posting entry (splitmix64's finalizer), summed into per-term digests.
+uint64_t Mix(uint32_t slot, uint32_t tf) {
+  uint64_t z = (uint64_t{slot} << 32 | tf) + 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
 constexpr uint64_t Pad8(uint64_t n) { return (n + 7) & ~uint64_t{7}; }
 
 void PadTo8(std::string* out) { out->append(Pad8(out->size()) - out->size(), '\0'); }
@@ -734,9 +742,26 @@ std::unique_ptr<Lexicon> Lexicon::FromBase(std::shared_ptr<const void> owner, co
     post_run += df;
   }
   if (post_run != entries) return bad("postings differ from the header's count");
-  // The documents: strings in order, terms back to back, each (document, tf) found in order in
-  // its term's posting (so postings and documents hold the same relation, in slot order).
-  std::vector<uint32_t> seen(nterms, UINT32_MAX), cursor(nterms, 0);
+  // Each posting: slots in range and strictly increasing, tf > 0; and a digest of its entries
+  // (the sum of a 64-bit mix of each (slot, tf)) that the documents' terms must cancel, below.
+  // Postings and documents then hold the same relation (exact counts per term; equal entries
+  // but for a 2**-64 chance): read in order, where checking each entry against its posting
+  // read the postings in random order (~3x the time of this whole pass at 100k memories).
+  std::vector<uint64_t> digest(nterms, 0);
+  for (uint32_t t = 0; t < nterms; ++t) {
+    const uint8_t* r = data + terms_at + kTermRecord * t;
+    const TermTf* e = postings + Rd<uint32_t>(r + 8);
+    const uint32_t df = Rd<uint32_t>(r + 12);
+    uint64_t d = 0;
+    for (uint32_t k = 0; k < df; ++k) {
+      if (e[k].first >= ndocs || (k > 0 && e[k].first <= e[k - 1].first) || e[k].second == 0)
+        return bad("bad posting entry");
+      d += Mix(e[k].first, e[k].second);
+    }
+    digest[t] = d;
+  }
+  // The documents: strings in order, terms back to back.
+  std::vector<uint32_t> seen(nterms, UINT32_MAX), count(nterms, 0);
   uint64_t dt_run = 0, length_sum = 0;
   for (uint32_t i = 0; i < ndocs; ++i) {
     const uint8_t* r = data + docs_at + kDocRecord * i;
@@ -755,17 +780,18 @@ std::unique_ptr<Lexicon> Lexicon::FromBase(std::shared_ptr<const void> owner, co
       const auto [t, tf] = doc_terms[first + j];
       if (t >= nterms || tf == 0 || seen[t] == i) return bad("bad document term");
       seen[t] = i;
-      const uint8_t* tr = data + terms_at + kTermRecord * t;
-      const uint32_t at = cursor[t]++;
-      if (at >= Rd<uint32_t>(tr + 12)) return bad("a document term not in the posting");
-      const TermTf e = postings[Rd<uint32_t>(tr + 8) + at];
-      if (e.first != i || e.second != tf) return bad("a posting differs from the documents");
+      ++count[t];
+      digest[t] -= Mix(i, tf);
       sum += tf;
     }
     if (sum != length) return bad("a document's length differs from its terms");
     length_sum += length;
   }
   if (dt_run != entries || pool_run != pool) return bad("documents differ from the header");
+  for (uint32_t t = 0; t < nterms; ++t) {
+    if (digest[t] != 0 || count[t] != Rd<uint32_t>(data + terms_at + kTermRecord * t + 12))
+      return bad("a posting differs from the documents");
+  }
   if (length_sum != total) return bad("total length differs");
   // The id and label orders: permutations of the slots, strictly increasing.
   const auto* by_id = reinterpret_cast<const uint32_t*>(data + by_id_at);

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "crc32c.h"
 #include "lexicon.h"
 
 namespace {
@@ -215,6 +216,45 @@ TEST(a_snapshot_read_in_place_grows_and_shrinks_as_the_index_in_memory) {
   }
   CHECK(!base->has_base());  // renumbered into memory
   same("after renumbering");
+}
+
+TEST(a_snapshot_whose_postings_differ_from_its_documents_is_refused_despite_its_checksum) {
+  Lexicon lex(kK1, kB);
+  lex.Add(1, "a", 1, {"tea", "zebra", "tea"});
+  lex.Add(2, "b", 2, {"zebra", "violin"});
+  LexSnapshotMeta meta;
+  meta.user = "u";  // padded to 8 bytes
+  meta.covered_seq = 2;
+  const std::string good = lex.Serialize(meta);
+  uint32_t nterms = 0;
+  std::memcpy(&nterms, good.data() + 56, 4);
+  const size_t postings_at = 128 + 8 + 16 * size_t{nterms};
+  auto reparse = [&](std::string bytes, std::string* why) {
+    const uint32_t crc = MaskCrc(Crc32c(reinterpret_cast<const uint8_t*>(bytes.data()) + 16,
+                                        bytes.size() - 16));
+    std::memcpy(&bytes[12], &crc, 4);
+    LexSnapshotMeta m;
+    return Lexicon::Parse(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &m, why);
+  };
+  std::string why;
+  CHECK(reparse(good, &why) != nullptr);
+  // Each posting entry (slot, tf) changed in turn: its tf raised by one, its slot moved to the
+  // other document; the CRC recomputed, so only the structural checks can refuse it.
+  uint64_t entries = 0;
+  std::memcpy(&entries, good.data() + 96, 8);
+  int refused = 0, tried = 0;
+  for (size_t k = 0; k < entries; ++k) {
+    for (int field : {0, 1}) {
+      std::string bad = good;
+      uint32_t v = 0;
+      std::memcpy(&v, &bad[postings_at + 8 * k + 4 * field], 4);
+      v = field == 1 ? v + 1 : v ^ 1;
+      std::memcpy(&bad[postings_at + 8 * k + 4 * field], &v, 4);
+      ++tried;
+      refused += reparse(bad, &why) == nullptr;
+    }
+  }
+  CHECK(entries == 4 && tried == 8 && refused == tried);
 }
 
 TEST(a_snapshot_round_trips_and_every_damaged_byte_or_truncation_is_refused) {
