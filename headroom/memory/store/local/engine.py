@@ -76,6 +76,8 @@ class Engine:
         #: Snapshot loads in progress (user -> loader thread), and a counter every drop bumps:
         #: a loader keeps its index only if no drop happened since it started.
         self._loading: dict[str, threading.Thread] = {}
+        #: Users whose snapshot this process could not load: their index is built in the caller.
+        self._unloadable: set[str] = set()
         self._epoch = 0
 
     # --- writes ------------------------------------------------------------------------------
@@ -97,6 +99,7 @@ class Engine:
             self._indexes.pop(user_id, None)
             self._saved_seq.pop(user_id, None)
             self._loading.pop(user_id, None)  # a load under way now publishes nothing
+            self._unloadable.discard(user_id)
             self._epoch += 1
         UserIndex.drop_snapshot(self._index_dir, user_id)
 
@@ -182,7 +185,9 @@ class Engine:
             if index is None:
                 if user_id in self._loading:
                     return None
-                if UserIndex.has_snapshot(self._index_dir, user_id):
+                if user_id not in self._unloadable and UserIndex.has_snapshot(
+                    self._index_dir, user_id
+                ):
                     return None
                 index = UserIndex(user_id, dim)
                 self._indexes[user_id] = index
@@ -191,9 +196,14 @@ class Engine:
         return index
 
     def _start_load(self, user_id: str, dim: int) -> None:
-        """Load the user's snapshot (or build its index when the snapshot is bad) on a daemon
-        thread, catch it up with the log and publish it, unless a drop happened meanwhile.
-        Does nothing when the index is in memory or loading already."""
+        """Load the user's snapshot on a background thread, catch it up with the log and publish
+        it, unless a drop happened meanwhile; a snapshot that does not load is marked so the
+        next search builds the index in the caller. Does nothing when the index is in memory or
+        loading already.
+
+        The thread is not a daemon: the interpreter waits for it at exit (one snapshot load)
+        rather than killing it inside hnswlib, which aborts the process. So it never builds.
+        """
         with self._indexes_lock:
             if user_id in self._indexes or user_id in self._loading:
                 return
@@ -208,7 +218,11 @@ class Engine:
             try:
                 index = UserIndex.load(
                     self._index_dir, user_id, dim, lambda labels: self.log.resolve(user_id, labels)
-                ) or UserIndex(user_id, dim)
+                )
+                if index is None:
+                    with self._indexes_lock:
+                        self._unloadable.add(user_id)
+                    return
                 with self._indexes_lock:
                     if epoch == self._epoch:
                         self._saved_seq[user_id] = index.covered_seq
@@ -224,7 +238,7 @@ class Engine:
                     if index is not None and epoch == self._epoch:
                         self._indexes.setdefault(user_id, index)
 
-        thread = threading.Thread(target=load, name="headroom-index-load", daemon=True)
+        thread = threading.Thread(target=load, name="headroom-index-load", daemon=False)
         self._loading[user_id] = thread
         thread.start()
 
@@ -271,6 +285,7 @@ class Engine:
             self._indexes.clear()
             self._saved_seq.clear()
             self._loading.clear()  # loads under way now publish nothing; the next search builds
+            self._unloadable.clear()
             self._epoch += 1
             self._generation = self.log.generation
         if delete_files and self._index_dir.is_dir():
