@@ -10,6 +10,7 @@ file every process maps (native/src/vecpack.h), or a private copy where no pack 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import random
@@ -252,3 +253,22 @@ def test_the_last_segment_is_mapped_only_when_read_under_the_lock(tmp_path: Path
             assert [h[0] for h in log.search("alice", q, 5, pack=False)] == want
         finally:
             log.close()
+
+
+def test_a_pack_is_written_only_once_the_log_is_durable(tmp_path: Path) -> None:
+    # A pack must never cover an entry a power loss could take (its seq would be reused by a
+    # later write, and the pack would give that write the lost entry's vector): the log is
+    # fsynced before a pack is written, and a failed fsync writes no pack (the search still
+    # answers exactly, from a private copy) and fails the log for writes.
+    db = tmp_path / "db"
+    rng = np.random.default_rng(6)
+    vecs = rng.standard_normal((100, DIM)).astype(np.float32)
+    q = rng.standard_normal(DIM).astype(np.float32)
+    with N.Log(str(db), sync="off") as log:
+        for n in range(100):
+            log.append([add("alice", f"m{n}", "t", vecs[n]), add("bob", f"o{n}", "t", vecs[n])])
+        log._set_fault("fsync", 1, errno.EIO)
+        hits = log.search("alice", q, 5)
+        assert [h[0] for h in hits] == [f"m{i}" for i in np.argsort(-(vecs @ q))[:5]]
+        assert not list(db.glob("packs/*.vpk"))
+        assert log.failed

@@ -509,9 +509,16 @@ void Log::PackUser(const std::string& user) {
       ~Unlocker() { log->Unlock(); }
     } unlocker{this};
     RefreshLocked(true);
+    // The log is made durable first, so a pack never covers an entry a power loss could take:
+    // that entry's seq would be reused by a later write, which the pack would then give the
+    // lost entry's vector. A failed fsync writes no pack (the private copy serves) and fails the
+    // log for writes, as any failed fsync does.
+    const int sync_err = cur_fd_ < 0 ? 0 : SyncFile(cur_fd_, &faults_);
+    if (sync_err) SetFailed("fsync failed: " + ErrnoText(sync_err));
+    const bool durable = sync_err == 0;
     std::unique_lock<std::shared_mutex> lk(state_mu_);
     if (!state_->NeedsPack(user)) return;
-    attached = WritePackFile(user, path) && AttachPackFile(user, path);
+    attached = durable && WritePackFile(user, path) && AttachPackFile(user, path);
   }
   std::unique_lock<std::shared_mutex> lk(state_mu_);
   if (!attached || state_->NeedsPack(user)) {
@@ -528,7 +535,10 @@ bool Log::AttachPackFile(const std::string& user, const std::string& path) {
     map = Mapping::Map(fd, static_cast<size_t>(st.st_size));
   ::close(fd);
   PackView view;
-  if (!map || !DecodePack(map->data(), map->size(), &view) || view.generation != generation_)
+  // A pack ahead of the log covers entries the log no longer has (lost to a power loss before
+  // it was written durably): never used.
+  if (!map || !DecodePack(map->data(), map->size(), &view) || view.generation != generation_ ||
+      view.covered_seq > state_->last_seq())
     return false;
   return state_->AttachPack(user, std::move(map), view) > 0;
 }
