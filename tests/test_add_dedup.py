@@ -67,6 +67,26 @@ def test_store_add_with_dedup_returns_the_existing_or_superseded_memory(
         assert len(store.get_all("u")) == 2
 
 
+def test_a_near_duplicate_deleted_meanwhile_is_not_a_target(
+    tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process deletes the near-duplicate between the dedup search and its read: the
+    # add stores its text as a new memory (an update of a memory no longer live would drop it).
+    with MemoryStore(tmp_path / "db", embedder=embedder, sync="off") as store:
+        first = store.add("u", DOG)
+        real_get = store.backend.get
+
+        def get_after_a_delete(user_id: str, memory_id: str) -> object:
+            store.backend.get = real_get  # type: ignore[method-assign]
+            store.delete(user_id, memory_id)
+            return real_get(user_id, memory_id)
+
+        monkeypatch.setattr(store.backend, "get", get_after_a_delete)
+        added = store.add("u", DOG_PARAPHRASE, dedup=True)
+        assert added.id != first.id and added.text == DOG_PARAPHRASE
+        assert [m.text for m in store.get_all("u")] == [DOG_PARAPHRASE]
+
+
 def test_facades_sync_and_async(tmp_path: Path, embedder: Embedder) -> None:
     path = tmp_path / "memory.db"
     sync = with_fast_memory(

@@ -408,7 +408,11 @@ class MemoryStore:
                         plan.skipped.append(item.text)
                         plan.existing.append(hit_id)
                         continue
-                    if score >= self.dedup_threshold and hit_id not in plan.touched:
+                    if (
+                        hit is not None
+                        and score >= self.dedup_threshold
+                        and hit_id not in plan.touched
+                    ):
                         target = hit_id
             seen.add(norm)
             metadata = item.metadata or {}
