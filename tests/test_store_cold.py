@@ -56,6 +56,7 @@ def test_a_reopened_store_searches_from_its_snapshots_as_a_fresh_build_would(
     queries = ["note 1 about otters", "note about otters, rewritten", "note 3", "item2"]
     with MemoryStore(db, embedder=emb, ann_threshold=ANN) as store:
         got = {q: _results(store, q) for q in queries}
+        assert store.backend.engine.wait_for_index("u", timeout=60)  # it loads in the background
         loaded = store.backend.engine._indexes["u"]
         # The three labels no longer live were marked deleted in the loaded graph.
         assert loaded.deleted_since_build == 3 and loaded.live_count == N - 2

@@ -267,8 +267,12 @@ class Engine:
                 removed, added_labels, added_vectors = self.log.changes(user_id, index.covered_seq)
             added_info = self.log.resolve(user_id, added_labels)
             index.apply_changes(removed, added_labels, added_vectors, added_info, target)
-        if target - self._saved_seq.get(user_id, 0) >= SNAPSHOT_EVERY and not (
-            index.deleted_since_build
+        with self._indexes_lock:
+            published = self._indexes.get(user_id) is index  # not a load a drop made stale
+        if (
+            published
+            and target - self._saved_seq.get(user_id, 0) >= SNAPSHOT_EVERY
+            and not index.deleted_since_build
         ):
             with index.lock.read(), contextlib.suppress(OSError):
                 index.save(self._index_dir)
