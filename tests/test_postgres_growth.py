@@ -94,6 +94,31 @@ def test_removals_stay_bounded_and_every_cache_stays_right(
         reader.close()
 
 
+def test_a_prune_between_the_seq_read_and_the_catch_up_rebuilds_the_cache(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reader reads the user's seq and reset point, then (a race, made certain here by
+    # handing it the values read before the writes) the writer's removals are pruned before the
+    # catch-up's snapshot: the feed no longer holds them all, so the cache must be built afresh.
+    monkeypatch.setattr(pg_backend, "REMOVALS_KEPT", 2)
+    rng = np.random.default_rng(5)
+    writer, reader = PostgresBackend(pg_url, pool_size=2), PostgresBackend(pg_url, pool_size=2)
+    try:
+        writer.append([add("u", f"m{i}", f"note {i} apple", unit(rng)) for i in range(8)])
+        assert len(ranked(reader, "u", "apple")) == 8
+        before = reader._user_seq("u")
+        for i in range(7):  # one removal each: past twice REMOVALS_KEPT, so the oldest go
+            writer.append([Entry.delete("u", f"m{i}")])
+        assert reader._user_seq("u")[1] != before[1]  # the premise: a prune moved reset_seq
+        stale = iter([(reader._user_seq("u")[0], before[1])])
+        real = reader._user_seq
+        monkeypatch.setattr(reader, "_user_seq", lambda user: next(stale, None) or real(user))
+        assert ranked(reader, "u", "apple") == ["m7"]
+    finally:
+        writer.close()
+        reader.close()
+
+
 def test_a_user_growing_past_the_threshold_gets_an_index_without_a_compact(
     pg_url: str, pg_server: PgTestServer
 ) -> None:

@@ -1203,6 +1203,11 @@ class PostgresBackend:
             ),
             snapshot=True,
         )
+        if _state(state)[1] != ranking.reset_seq:
+            # Removals were pruned since the seq read that chose this catch-up: the feed no
+            # longer holds all of them, so build afresh.
+            self._build_ranking(user_id, ranking)
+            return
         for (label,) in removed:
             ranking.remove(label)
         for label, memory_id, text, created_us, _vector in added:
