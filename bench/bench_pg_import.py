@@ -3,7 +3,7 @@
 ``python -m bench postgres --import [--sizes 10000,100000] [--modes embedded,append,bulk]``
 
 ``MemoryStore.import_`` of one user's N exported records (real corpus sentences with their
-MiniLM vectors, looked up, never computed: :class:`bench.bench_postgres.LookupEmbedder`),
+MiniLM vectors, looked up, never computed: :func:`bench.bench_postgres.corpus_embedder`),
 timed to its return and then to the moment the user's HNSW index is valid (the state a
 search wants), in three ways on one server:
 
@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.bench_postgres import LookupEmbedder, Server, local_server, ready_indexes, watched
+from bench.bench_postgres import Server, corpus_embedder, local_server, ready_indexes, watched
 from bench.bench_store import one_thread
 from bench.common import RESULTS_DIR, format_table, machine_info, percentiles, write_json
 from bench.corpus import Corpus, load_corpus
@@ -122,7 +122,7 @@ def one_pg(
     backend = PostgresBackend(url, ann_threshold=threshold)
     if mode == "append":
         vars(backend)["bulk_load"] = None  # import_ then appends as any writer does
-    store = MemoryStore(url, embedder=LookupEmbedder(corpus), backend=backend)
+    store = MemoryStore(url, embedder=corpus_embedder(corpus), backend=backend)
     label = f"{len(rows)}: postgres {mode}"
     try:
         with watched(f"{label}: import", server, report):
@@ -156,7 +156,7 @@ def one_pg(
 
 def one_embedded(corpus: Corpus, rows: Sequence[int]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="headroom-bench-import-") as tmp:
-        store = MemoryStore(Path(tmp) / "store", embedder=LookupEmbedder(corpus))
+        store = MemoryStore(Path(tmp) / "store", embedder=corpus_embedder(corpus))
         try:
             t0 = time.perf_counter()
             count = store.import_(records(corpus, rows))
@@ -179,7 +179,7 @@ def forget_burst(
     from headroom.memory.store.postgres import PostgresBackend
 
     url = server.database(f"forget_{size}")
-    embedder = LookupEmbedder(corpus)
+    embedder = corpus_embedder(corpus)
     rows = _rows(corpus, size + 20 * 2 * forgets)
     big, small = rows[:size], rows[size:]
     stores = [

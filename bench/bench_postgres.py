@@ -8,7 +8,7 @@ backend (a store directory, default ``sync="interval"``) and over
 
 - ``search``, k=10, p50/p99: ``MemoryStore.search`` with the query text (the default hybrid
   ranking: what the wrapper injects) and the dense-only ``Backend.search`` with its vector.
-  The query's vector is looked up, not computed (:class:`LookupEmbedder`): the embedding costs
+  The query's vector is looked up, not computed (:func:`corpus_embedder`): the embedding costs
   the same on both backends and is left out. Calls alternate between the backends query by
   query (the order rotating), so drift of the machine's speed hits all alike.
 - ``add`` p50/p99: ``MemoryStore.add`` of one memory, and ``MemoryStore.add_many`` of 3 with
@@ -77,7 +77,7 @@ from bench.common import (
     percentiles,
     write_json,
 )
-from bench.corpus import Corpus, load_corpus
+from bench.corpus import Corpus, CorpusEmbedder, load_corpus
 from headroom.memory.errors import InvalidInputError
 from headroom.memory.store.backend import Entry
 from headroom.memory.store.store import MemoryStore
@@ -335,30 +335,9 @@ def watched(name: str, server: Server, report: dict[str, Any]) -> Iterator[None]
 # --- the workload --------------------------------------------------------------------------------
 
 
-class LookupEmbedder:
-    """An embedder that looks vectors up: corpus sentences give their MiniLM vectors, so the
-    stores' embedding costs nothing and is the same for both backends. Any other text raises
-    InvalidInputError (nothing is ever embedded here)."""
-
-    def __init__(self, corpus: Corpus) -> None:
-        self._rows = {text: i for i, text in enumerate(corpus.sentences)}
-        self._vectors = corpus.vectors
-        self._model_id = corpus.model_id
-
-    @property
-    def model_id(self) -> str:
-        return self._model_id
-
-    @property
-    def dim(self) -> int:
-        return int(self._vectors.shape[1])
-
-    def embed(self, texts: Sequence[str]) -> Vectors:
-        try:
-            rows = [self._rows[t] for t in texts]
-        except KeyError as exc:
-            raise InvalidInputError(f"not a corpus sentence: {exc.args[0]!r}") from None
-        return np.ascontiguousarray(self._vectors[rows], dtype=np.float32)
+def corpus_embedder(corpus: Corpus) -> CorpusEmbedder:
+    """The corpus's cached MiniLM vectors as an embedder: looked up, never computed."""
+    return CorpusEmbedder(corpus.sentences, corpus.vectors, corpus.model_id)
 
 
 @dataclass(frozen=True)
@@ -518,7 +497,7 @@ def open_stores(cfg: Config, server: Server, name: str, corpus: Corpus) -> Itera
     """Fresh stores for one configuration (closed, their directory removed, at the end)."""
     from headroom.memory.store.postgres import PostgresBackend
 
-    embedder = LookupEmbedder(corpus)
+    embedder = corpus_embedder(corpus)
     url = server.database(name)
     with tempfile.TemporaryDirectory(prefix="headroom-bench-pgcmp-") as tmp:
         stores = Stores(
@@ -854,7 +833,7 @@ def run(cfg: Config, corpus: Corpus | None = None) -> dict[str, Any]:
 
 
 def _forget(url: str, corpus: Corpus, users: Sequence[tuple[str, Sequence[int]]]) -> None:
-    store = MemoryStore(url, embedder=LookupEmbedder(corpus))
+    store = MemoryStore(url, embedder=corpus_embedder(corpus))
     try:
         for user, _ in users:
             store.forget(user)

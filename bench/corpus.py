@@ -271,3 +271,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class CorpusEmbedder:
+    """An :class:`~headroom.memory.embedders.base.Embedder` serving cached corpus vectors.
+
+    Used only to pre-fill a store: the vectors are the real MiniLM vectors of the corpus
+    sentences, so ``model_id`` is the corpus's model. A text not in the corpus raises
+    InvalidInputError (this embedder never computes a vector).
+    """
+
+    def __init__(
+        self, texts: Sequence[str], vectors: npt.NDArray[np.float32], model_id: str
+    ) -> None:
+        if len(texts) != len(vectors):
+            raise InvalidInputError(f"{len(texts)} texts but {len(vectors)} vectors")
+        self._rows = {text: i for i, text in enumerate(texts)}
+        self._vectors = vectors
+        self._model_id = model_id
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def dim(self) -> int:
+        return int(self._vectors.shape[1])
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        try:
+            rows = [self._rows[t] for t in texts]
+        except KeyError as exc:
+            raise InvalidInputError(f"not a corpus sentence: {exc.args[0]!r}") from None
+        return np.ascontiguousarray(self._vectors[rows], dtype=np.float32)
