@@ -14,34 +14,11 @@
 #include <string>
 #include <vector>
 
+#include "check.h"
 #include "crc32c.h"
 #include "lexicon.h"
 
 namespace {
-
-int g_checks = 0;
-int g_failures = 0;
-
-#define CHECK(cond)                                                                  \
-  do {                                                                               \
-    ++g_checks;                                                                      \
-    if (!(cond)) {                                                                   \
-      ++g_failures;                                                                  \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-    }                                                                                \
-  } while (0)
-
-std::vector<std::pair<const char*, std::function<void()>>>& Registry() {
-  static std::vector<std::pair<const char*, std::function<void()>>> r;
-  return r;
-}
-struct Registrar {
-  Registrar(const char* name, std::function<void()> fn) { Registry().emplace_back(name, fn); }
-};
-#define TEST(name)                         \
-  void name();                             \
-  const Registrar reg_##name(#name, name); \
-  void name()
 
 using namespace headroom;
 using Tokens = std::vector<std::string>;
@@ -302,13 +279,8 @@ TEST(a_snapshot_round_trips_and_every_damaged_byte_or_truncation_is_refused) {
 }  // namespace
 
 int main() {
-  int tests = 0;
-  for (auto& [name, fn] : Registry()) {
-    int before = g_failures;
-    fn();
-    std::printf("%s %s\n", g_failures == before ? "ok  " : "FAIL", name);
-    ++tests;
-  }
-  std::printf("lexicon tests: %d tests, %d checks, %d failed\n", tests, g_checks, g_failures);
-  return g_failures ? 1 : 0;
+  const int tests = headroom_test::RunAll();
+  std::printf("lexicon tests: %d tests, %d checks, %d failed\n", tests, headroom_test::g_checks,
+              headroom_test::g_failures);
+  return headroom_test::g_failures ? 1 : 0;
 }

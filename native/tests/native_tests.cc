@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "check.h"
 #include "crc32c.h"
 #include "dot.h"
 #include "errors.h"
@@ -28,41 +29,6 @@
 #include "vecpack.h"
 
 namespace {
-
-int g_checks = 0;
-int g_failures = 0;
-
-#define CHECK(cond)                                                          \
-  do {                                                                       \
-    ++g_checks;                                                              \
-    if (!(cond)) {                                                           \
-      ++g_failures;                                                          \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-    }                                                                        \
-  } while (0)
-
-#define CHECK_THROWS(want, expr)                        \
-  do {                                                  \
-    bool threw = false;                                 \
-    try {                                               \
-      expr;                                             \
-    } catch (const headroom::Error& err) {              \
-      threw = err.kind() == headroom::ErrorKind::want;  \
-    }                                                   \
-    CHECK(threw && #want);                              \
-  } while (0)
-
-std::vector<std::pair<const char*, std::function<void()>>>& Registry() {
-  static std::vector<std::pair<const char*, std::function<void()>>> r;
-  return r;
-}
-struct Registrar {
-  Registrar(const char* name, std::function<void()> fn) { Registry().emplace_back(name, fn); }
-};
-#define TEST(name)                                 \
-  void name();                                     \
-  const Registrar reg_##name(#name, name);         \
-  void name()
 
 using namespace headroom;
 
@@ -667,19 +633,9 @@ TEST(power_loss_keeps_what_was_synced_and_nothing_else) {
 }  // namespace
 
 int main() {
-  int tests = 0;
-  for (auto& [name, fn] : Registry()) {
-    int before = g_failures;
-    try {
-      fn();
-    } catch (const std::exception& e) {
-      ++g_failures;
-      std::fprintf(stderr, "%s: unexpected exception: %s\n", name, e.what());
-    }
-    std::printf("%s %s\n", g_failures == before ? "ok  " : "FAIL", name);
-    ++tests;
-  }
+  const int tests = headroom_test::RunAll();
   std::printf("native tests: %d tests, %d checks, %d failed (crc32c %s, dot %s)\n", tests,
-              g_checks, g_failures, Crc32cIsHardware() ? "sse4.2" : "portable", DotKernelName());
-  return g_failures ? 1 : 0;
+              headroom_test::g_checks, headroom_test::g_failures,
+              Crc32cIsHardware() ? "sse4.2" : "portable", DotKernelName());
+  return headroom_test::g_failures ? 1 : 0;
 }
