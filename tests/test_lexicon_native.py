@@ -278,6 +278,15 @@ def _counting_tokenize(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
+def _snapshotted(db: Path) -> Path:
+    """A store of N memories for user "u", searched once and closed: its one lexical snapshot."""
+    with MemoryStore(db, embedder=HashEmbedder(32)) as store:
+        store.add_many("u", [NewMemory(t) for t in _texts("a", N)], dedup=False)
+        store.search("u", "zebras", top_k=3)
+    (path,) = (db / "indexes").glob("*.lex")
+    return path
+
+
 def _fresh_results(db: Path, query: str, user: str = "u") -> list[tuple[str, float]]:
     """The search from an index built from the whole log (no snapshot read)."""
     with MemoryStore(db, embedder=HashEmbedder(32)) as store:
@@ -339,10 +348,7 @@ def test_a_damaged_snapshot_is_detected_rebuilt_and_reported_by_verify(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     db = tmp_path / "db"
-    with MemoryStore(db, embedder=HashEmbedder(32)) as store:
-        store.add_many("u", [NewMemory(t) for t in _texts("a", N)], dedup=False)
-        store.search("u", "zebras", top_k=3)
-    (path,) = (db / "indexes").glob("*.lex")
+    path = _snapshotted(db)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x20
     path.write_bytes(bytes(data))
@@ -363,10 +369,7 @@ def test_a_snapshot_of_another_generation_or_a_forgotten_user_is_never_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "db"
-    with MemoryStore(db, embedder=HashEmbedder(32)) as store:
-        store.add_many("u", [NewMemory(t) for t in _texts("a", N)], dedup=False)
-        store.search("u", "zebras", top_k=3)
-    (path,) = (db / "indexes").glob("*.lex")
+    path = _snapshotted(db)
     old = path.read_bytes()
     with MemoryStore(db, embedder=HashEmbedder(32)) as store:
         store.compact()
