@@ -47,6 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.common import CpuWatch, format_table, write_json
+from bench.corpus import CorpusEmbedder
 
 USER = "bench-user"
 DIM = 384
@@ -106,23 +107,8 @@ def workload(size: int, seed: int) -> Workload:
     return Workload(texts, vectors, queries, _unit(np.random.default_rng(seed + 4), QUERIES))
 
 
-class LookupEmbedder:
-    """Serves the workload's precomputed vectors by text (no model runs)."""
-
-    def __init__(self, texts: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
-        self._rows = {t: i for i, t in enumerate(texts)}
-        self._vectors = vectors
-
-    @property
-    def model_id(self) -> str:
-        return "bench/lookup-384"
-
-    @property
-    def dim(self) -> int:
-        return DIM
-
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        return np.ascontiguousarray(self._vectors[[self._rows[t] for t in texts]])
+#: The model id the workload's lookup embedder reports (no model runs).
+LOOKUP_MODEL = "bench/lookup-384"
 
 
 def prefill(path: Path, work: Workload) -> float:
@@ -130,7 +116,7 @@ def prefill(path: Path, work: Workload) -> float:
     from headroom.memory.store.store import MemoryStore, NewMemory
 
     t0 = time.perf_counter()
-    store = MemoryStore(path, embedder=LookupEmbedder(work.texts, work.vectors))
+    store = MemoryStore(path, embedder=CorpusEmbedder(work.texts, work.vectors, LOOKUP_MODEL))
     try:
         for start in range(0, len(work.texts), 2000):
             batch = [NewMemory(t) for t in work.texts[start : start + 2000]]
@@ -147,7 +133,7 @@ def child(path: str, size: int, seed: int, warm: int, snapshot: bool) -> dict[st
     from headroom.memory.store.store import MemoryStore
 
     work = workload(0, seed)  # the queries only (the memories' texts are not needed)
-    embedder = LookupEmbedder(work.queries, work.query_vectors)
+    embedder = CorpusEmbedder(work.queries, work.query_vectors, LOOKUP_MODEL)
     with CpuWatch() as watch:
         t0 = time.perf_counter()
         store = MemoryStore(path, embedder=embedder)
