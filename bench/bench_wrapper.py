@@ -25,6 +25,13 @@ Figures, per size (milliseconds, p50/p99, one onnxruntime thread unless ``--thre
 - ``baseline: one fp32 embedding``: ``store.embedder.embed`` of each call's query (the exact
   fp32 model, caches emptied first), timed interleaved with the calls; the critical path's
   p50 and p99 are printed as ratios to its p50 and p99 (issue 16: at most 1.0 at 10k).
+- ``in call`` rows, timed inside the measured wrapped calls (not the warm-up) by proxies the
+  suite passes in (:class:`TimedEmbedder` around its embedder, :class:`TimedStore` as the
+  store the wrapper opens): the int8 query embedding on the caller's thread (the one that ran
+  the model), the search (with its query embedding, and minus it), the writer's fp32
+  ``embed`` per memory; beside them the same embeddings in tight loops right after the calls
+  (``tight loop`` rows, caches emptied before each), and two differences of p50s
+  (``unexplained``, ``outside the search``): what the timed parts leave of the critical path.
 - ``store path``: ``client.flush()`` right after each call (the background writer embeds the
   block's memories and appends them durably: the log's default ``interval`` sync), by block
   size; and ``store.apply`` called directly with 1, 2 and 3 new memories.
@@ -52,12 +59,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -86,7 +94,7 @@ from bench.locomo.anchors import anchor_python
 from headroom.memory import with_fast_memory
 from headroom.memory.cli.scripted_llm import ScriptedLLM
 from headroom.memory.embedders import get_embedder
-from headroom.memory.embedders.base import embed_queries
+from headroom.memory.embedders.base import Embedder, embed_queries
 from headroom.memory.errors import InvalidInputError, InvalidTextError
 from headroom.memory.protocol.block import MEMORY_INSTRUCTION, MemoryOps, render_block
 from headroom.memory.protocol.block import NewMemory as BlockMemory
@@ -114,6 +122,23 @@ FP32_BASELINE = "baseline: one fp32 embedding (the calls' queries)"
 CRITICAL = "critical path (wrapped - bare)"
 GAP_CACHED = "gap: hybrid - dense search, query vector cached (paired)"
 GAP_EMBEDDED = "gap: hybrid - dense search, embedding included (paired)"
+#: Timed inside the wrapped calls (:class:`TimedEmbedder`, :class:`TimedStore`) while
+#: :func:`measure_calls` runs, and the same embeddings in tight loops right after the calls.
+IN_CALL_QUERY = "in call: query embedding (int8, caller's thread)"
+IN_CALL_SEARCH = "in call: search (its query embedding included)"
+IN_CALL_SEARCH_REST = "in call: search minus its query embedding (paired)"
+IN_CALL_STORE = "in call: store embedding fp32 per memory (writer thread)"
+TIGHT_QUERY = "tight loop: query embedding (int8, the calls' queries, caches emptied)"
+TIGHT_STORE = "tight loop: store embedding fp32 per memory (the blocks, caches emptied)"
+#: Derived rows: differences of medians (p50s), not distributions (no n, no p99).
+UNEXPLAINED = (
+    "unexplained: critical - (in-call query embedding + part: search + rendering + parse)"
+    ", diff of p50s"
+)
+OUTSIDE_SEARCH = "outside the search: critical - (in-call search + rendering + parse), diff of p50s"
+#: In-call p50 over tight-loop p50 of the same embeddings (cold caches and all).
+COLD_QUERY = "query embedding, in call / tight loop (p50)"
+COLD_STORE = "store embedding per memory, in call / tight loop (p50)"
 #: Words of a block's memory (a memory is one short sentence).
 FACT_WORDS = (6, 30)
 FACT_MAX_CHARS = 200
@@ -460,6 +485,9 @@ class OursResult:
     samples: dict[str, list[float]]
     cpu: dict[str, CpuReport]
     checks: dict[str, Any]
+    #: :data:`UNEXPLAINED` and :data:`OUTSIDE_SEARCH` (ms), :data:`COLD_QUERY` and
+    #: :data:`COLD_STORE` (ratios): figures derived from the medians of ``stats``.
+    derived: dict[str, float] = field(default_factory=dict)
 
 
 def _forget_vectors(embedder: Any) -> None:
@@ -479,12 +507,265 @@ def time_fp32_embedding(embedder: Any, query: str) -> float:
     return _ms(t0)
 
 
+# --- timing inside the wrapped calls -------------------------------------------------------------
+
+
+class EmbedCall(NamedTuple):
+    """One embedding call seen by :class:`TimedEmbedder` while it was recording (a tuple:
+    cheap to make inside the timed call)."""
+
+    kind: str  # "embed" (fp32: what the store writes) or "embed_query"
+    texts: tuple[str, ...]
+    start: float  # time.perf_counter() at the call
+    ms: float
+    caller: bool  # on the measuring thread; else on another one (the background writer)
+    cached: bool  # every text was in the cache the call reads: the model did not run
+
+
+class TimedEmbedder:
+    """A timing proxy for the suite's embedder: the public Embedder protocol by delegation.
+
+    ``model_id``, ``dim`` and ``embed`` are its own, and ``embed_query`` where the wrapped
+    embedder has one (else there is none, and ``embed_queries`` falls back to ``embed`` as it
+    would on the bare embedder). Every other attribute is the wrapped embedder's
+    (``__getattr__``): ``query_cache`` and ``cache`` (so ``query_cached`` and
+    ``_forget_vectors`` see and empty the real caches), ``query_mode``, ``query_path``,
+    ``threads``, ``vector_key``. Between :meth:`start` and :meth:`stop` each ``embed`` and
+    ``embed_query`` call is appended to ``calls`` with its milliseconds, its batch and whether
+    it ran on the thread that called :meth:`start`; otherwise a call costs one attribute test
+    and one Python call more than on the bare embedder.
+
+    One difference remains: it is not a ``MiniLMEmbedder``, so the relevance rule embeds its
+    generic messages (once per embedder, during the warm-up) instead of reading the same
+    vectors from the bank on disk (``embedders/query_bank.py``); the measured calls are alike.
+    """
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.calls: list[EmbedCall] = []
+        self._recording = False
+        self._caller = threading.get_ident()
+        if getattr(inner, "embed_query", None) is not None:
+            self.embed_query = self._embed_query
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        if not self._recording:
+            return self.inner.embed(texts)
+        return self._timed("embed", self.inner.embed, texts, "cache")
+
+    def _embed_query(self, texts: Sequence[str]) -> Vectors:
+        run: Callable[[Sequence[str]], Vectors] = self.inner.embed_query  # type: ignore[attr-defined]
+        if not self._recording:
+            return run(texts)
+        return self._timed("embed_query", run, texts, "query_cache")
+
+    def _timed(
+        self, kind: str, run: Callable[[Sequence[str]], Vectors], texts: Sequence[str], cache: str
+    ) -> Vectors:
+        batch = tuple(texts)
+        held = getattr(self.inner, cache, None)
+        cached = held is not None and all(text in held for text in batch)
+        t0 = time.perf_counter()
+        vectors = run(texts)
+        ms = _ms(t0)
+        caller = threading.get_ident() == self._caller
+        self.calls.append(EmbedCall(kind, batch, t0, ms, caller, cached))
+        return vectors
+
+    def start(self) -> None:
+        """Record calls from now on; the calling thread is the caller's."""
+        self._caller = threading.get_ident()
+        self._recording = True
+
+    def stop(self) -> None:
+        self._recording = False
+
+    def __getattr__(self, name: str) -> Any:
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+
+class SearchCall(NamedTuple):
+    """One ``search`` seen by :class:`TimedStore` while it was recording."""
+
+    query: str | None  # None for a vector query
+    start: float
+    ms: float
+    caller: bool
+
+
+class TimedStore(MemoryStore):
+    """A ``MemoryStore`` whose ``search`` (the library's own, through ``super()``) is timed
+    between :meth:`start` and :meth:`stop`.
+
+    The suite opens it with ``TimedStore.open(path, embedder=...)`` before wrapping: the
+    wrapper's ``MemoryStore.open`` of the same path then returns this very store (one shared
+    store per path and process, ``open``'s documented rule; :func:`measure_ours` checks it).
+    Nothing of the library is patched.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.searches: list[SearchCall] = []
+        self._recording = False
+        self._caller = threading.get_ident()
+
+    def search(self, *args: Any, **kwargs: Any) -> list[tuple[Memory, float]]:
+        if not self._recording:
+            return super().search(*args, **kwargs)
+        query = args[1] if len(args) > 1 else kwargs.get("query")
+        t0 = time.perf_counter()
+        results = super().search(*args, **kwargs)
+        ms = _ms(t0)
+        text = query if isinstance(query, str) else None
+        self.searches.append(SearchCall(text, t0, ms, threading.get_ident() == self._caller))
+        return results
+
+    def start(self) -> None:
+        self._caller = threading.get_ident()
+        self._recording = True
+
+    def stop(self) -> None:
+        self._recording = False
+
+
+@dataclass
+class InCallTimers:
+    """The proxies of one size and what they saw, turned into rows call by call.
+
+    :meth:`start` before a wrapped call, :meth:`stop` after its ``flush()``: everything
+    recorded in between belongs to that call (the writer has finished its block by then).
+    """
+
+    embedder: TimedEmbedder
+    store: TimedStore
+    counts: dict[str, int] = field(default_factory=dict)
+    _calls_from: int = 0
+    _searches_from: int = 0
+
+    def start(self) -> None:
+        self._calls_from = len(self.embedder.calls)
+        self._searches_from = len(self.store.searches)
+        self.embedder.start()
+        self.store.start()
+
+    def stop(self, query: str, samples: Samples) -> None:
+        """Stop recording; add the call's in-call rows for ``query`` and count what ran.
+
+        :data:`IN_CALL_QUERY`: the caller's-thread ``embed_query`` of the call's query that
+        ran the model (a later one answered from the cache, e.g. the relevance rule's, is
+        counted, not timed); :data:`IN_CALL_SEARCH`: the caller's search with the query's
+        text, and minus the query embedding that ran inside it; :data:`IN_CALL_STORE`: each
+        ``embed`` on another thread (the writer), its ms over its batch size.
+        """
+        self.embedder.stop()
+        self.store.stop()
+        calls = self.embedder.calls[self._calls_from :]
+        searches = self.store.searches[self._searches_from :]
+        own = [c for c in calls if c.caller and c.kind == "embed_query" and c.texts == (query,)]
+        ran = [c for c in own if not c.cached]
+        if ran:
+            samples.add(IN_CALL_QUERY, sum(c.ms for c in ran))
+        writer = [c for c in calls if not c.caller and c.kind == "embed" and c.texts]
+        for c in writer:
+            samples.add(IN_CALL_STORE, c.ms / len(c.texts))
+        search = next((s for s in searches if s.caller and s.query == query), None)
+        if search is not None:
+            end = search.start + search.ms / 1000.0
+            inside = sum(c.ms for c in ran if search.start <= c.start <= end)
+            samples.add(IN_CALL_SEARCH, search.ms)
+            samples.add(IN_CALL_SEARCH_REST, search.ms - inside)
+        others = [c for c in calls if c not in own and c not in writer]
+        for key, n in (
+            ("calls", 1),
+            ("query embeddings of its query", len(own)),
+            ("of which ran the model", len(ran)),
+            ("searches of its query", int(search is not None)),
+            ("other searches", len(searches) - int(search is not None)),
+            ("writer fp32 embeddings", len(writer)),
+            ("writer fp32 memories", sum(len(c.texts) for c in writer)),
+            ("other embeddings, caller thread", sum(c.caller for c in others)),
+            ("other embeddings, other threads", sum(not c.caller for c in others)),
+        ):
+            self.counts[key] = self.counts.get(key, 0) + n
+
+
+def measure_tight_loops(embedder: Any, script: SizeScript, samples: Samples) -> None:
+    """The in-call embeddings again, right after the calls, in tight loops on ``embedder``
+    (the bare one), caches emptied before each: each call's query with ``embed_queries``
+    (:data:`TIGHT_QUERY`), then each call's block with ``embed`` (:data:`TIGHT_STORE`, ms
+    over the block's size): the same texts and batches as in the calls."""
+    for query in script.calls:
+        _forget_vectors(embedder)
+        t0 = time.perf_counter()
+        embed_queries(embedder, [query])
+        samples.add(TIGHT_QUERY, _ms(t0))
+    for block in script.blocks:
+        texts = [text for text, _ in block]
+        _forget_vectors(embedder)
+        t0 = time.perf_counter()
+        embedder.embed(texts)
+        samples.add(TIGHT_STORE, _ms(t0) / len(texts))
+
+
+def derived_figures(stats: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The derived figures of one size (a figure whose rows are missing is left out).
+
+    :data:`UNEXPLAINED`: the critical path's p50 minus the p50s of the in-call query
+    embedding, the hybrid search with the vector cached (``part: search``), the rendering
+    and the parse; :data:`OUTSIDE_SEARCH`: the critical path's p50 minus the p50s of the
+    in-call search (embedding included), the rendering and the parse. Both are differences
+    of medians, not medians of differences. :data:`COLD_QUERY`, :data:`COLD_STORE`: in-call
+    p50 over tight-loop p50 of the same embeddings.
+    """
+
+    def p50(*names: str) -> float | None:
+        if not all(name in stats for name in names):
+            return None
+        return sum(stats[name]["p50"] for name in names)
+
+    out: dict[str, float] = {}
+    crit = p50(CRITICAL)
+    rest = ("part: injection rendering", "part: parse")
+    explained = p50(IN_CALL_QUERY, "part: search (hybrid, top 5)", *rest)
+    if crit is not None and explained is not None:
+        out[UNEXPLAINED] = crit - explained
+    searched = p50(IN_CALL_SEARCH, *rest)
+    if crit is not None and searched is not None:
+        out[OUTSIDE_SEARCH] = crit - searched
+    for key, in_call, tight in (
+        (COLD_QUERY, IN_CALL_QUERY, TIGHT_QUERY),
+        (COLD_STORE, IN_CALL_STORE, TIGHT_STORE),
+    ):
+        a, b = p50(in_call), p50(tight)
+        if a is not None and b is not None and b > 0:
+            out[key] = a / b
+    return out
+
+
 def measure_calls(
-    wrapped: Any, bare: Any, embedder: Any, script: SizeScript, samples: Samples
+    wrapped: Any,
+    bare: Any,
+    embedder: Any,
+    script: SizeScript,
+    samples: Samples,
+    timers: InCallTimers | None = None,
 ) -> dict[str, int]:
     """Interleaved wrapped and bare calls, ``flush()`` timed after each wrapped one, and the
     :data:`FP32_BASELINE` (one fp32 embedding of the same query with ``embedder``); the three
-    take turns at going first.
+    take turns at going first. With ``timers``, each wrapped call and its flush are recorded
+    from inside (the ``in call`` rows); the recording starts before the call's clock and is
+    read after the flush's.
 
     Returns counts to check the run did what it claims: answers that still showed block text
     (must be 0) and the memories the blocks carried.
@@ -496,14 +777,19 @@ def measure_calls(
             if turn == "fp32":
                 samples.add(FP32_BASELINE, time_fp32_embedding(embedder, query))
             elif turn == "wrapped":
+                if timers is not None:
+                    timers.start()
                 t0 = time.perf_counter()
                 response = wrapped.chat.completions.create(**_request(query))
                 wrapped_ms = _ms(t0)
                 t1 = time.perf_counter()
                 wrapped.flush()
+                flush_ms = _ms(t1)
+                if timers is not None:
+                    timers.stop(query, samples)
                 samples.add("wrapped call", wrapped_ms)
-                samples.add("store path: flush after the call", _ms(t1))
-                samples.add(f"store path: flush, block of {len(block)}", _ms(t1))
+                samples.add("store path: flush after the call", flush_ms)
+                samples.add(f"store path: flush, block of {len(block)}", flush_ms)
                 leaked += "<memory" in (response.choices[0].message.content or "")
                 carried += len(block)
             else:
@@ -642,27 +928,35 @@ def measure_ours(
         filled.update(ready_postgres(str(path), int(workload.vectors.shape[1])))
     bare = openai.OpenAI(base_url=base_url, api_key="bench-no-key", max_retries=0)
     injected: list[int] = []
+    embedder = get_embedder(threads=cfg.threads)
+    proxy = TimedEmbedder(embedder)
     t0 = time.perf_counter()
+    # Opened first, so that the wrapper's MemoryStore.open of this path gets this store.
+    store = TimedStore.open(path, embedder=proxy)
     wrapped = with_fast_memory(
         bare,
         user_id=USER,
         db_path=path,
         observer=lambda event: injected.append(len(event.injected)),
-        embedder=get_embedder(threads=cfg.threads),
+        embedder=proxy,
     )
     filled["wrap_s"] = time.perf_counter() - t0
-    store = MemoryStore.open(path)
     samples = Samples()
     cpu: dict[str, CpuReport] = {}
     try:
+        if not isinstance(store, TimedStore) or MemoryStore.open(path) is not store:
+            raise RuntimeError(f"the wrapper does not use the suite's TimedStore at {path}")
+        timers = InCallTimers(proxy, store)
         for query in script.warmup:  # model load, connection, index load: not measured
             wrapped.chat.completions.create(**_request(query))
             wrapped.flush()
             bare.chat.completions.create(**_request(query))
-            time_fp32_embedding(store.embedder, query)
+            time_fp32_embedding(embedder, query)
         server_cpu: dict[str, float | None] = {}
         with _watched(cpu, "calls"), _server_cpu(server, server_cpu, "calls"):
-            checks: dict[str, Any] = measure_calls(wrapped, bare, store.embedder, script, samples)
+            checks: dict[str, Any] = measure_calls(wrapped, bare, embedder, script, samples, timers)
+        with _watched(cpu, "tight loops"):
+            measure_tight_loops(embedder, script, samples)
         with _watched(cpu, "parts"), _server_cpu(server, server_cpu, "parts"):
             measure_parts(store, script, samples)
         if server is not None:
@@ -680,11 +974,17 @@ def measure_ours(
         checks["query_words_mean"] = _mean_words(script.calls)
         checks["block_memory_words_mean"] = _mean_words([t for b in script.blocks for t, _ in b])
         checks["embedder_threads"] = getattr(store.embedder, "threads", None)
+        checks["embedder_query_mode"] = getattr(store.embedder, "query_mode", None)
+        checks["embedder_query_path"] = getattr(store.embedder, "query_path", None)
+        checks["in_call"] = dict(timers.counts)
         checks["sync"] = store.sync
     finally:
         wrapped.flush()
         store.close()
-    return OursResult(size, filled, samples.stats(), samples.values, cpu, checks)
+    stats = samples.stats()
+    return OursResult(
+        size, filled, stats, samples.values, cpu, checks, derived=derived_figures(stats)
+    )
 
 
 # --- the anchor ----------------------------------------------------------------------------------
@@ -882,6 +1182,12 @@ ROW_ORDER = (
     "part: embedding + search",
     "part: injection rendering",
     "part: parse",
+    IN_CALL_QUERY,
+    TIGHT_QUERY,
+    IN_CALL_SEARCH,
+    IN_CALL_SEARCH_REST,
+    IN_CALL_STORE,
+    TIGHT_STORE,
     "store path: flush after the call",
     "store path: flush, block of 1",
     "store path: flush, block of 2",
@@ -897,8 +1203,17 @@ ROW_ORDER = (
 )
 
 
+#: Where the derived rows (``OursResult.derived``, differences of p50s) go in the tables.
+DERIVED_ROWS = (UNEXPLAINED, OUTSIDE_SEARCH)
+_DISPLAY_ORDER = (
+    *ROW_ORDER[: ROW_ORDER.index(TIGHT_STORE) + 1],
+    *DERIVED_ROWS,
+    *ROW_ORDER[ROW_ORDER.index(TIGHT_STORE) + 1 :],
+)
+
+
 def _row_order(name: str) -> int:
-    return ROW_ORDER.index(name) if name in ROW_ORDER else len(ROW_ORDER)
+    return _DISPLAY_ORDER.index(name) if name in _DISPLAY_ORDER else len(_DISPLAY_ORDER)
 
 
 def size_table(result: OursResult, anchor: Mapping[str, dict[str, float]] | None) -> str:
@@ -911,7 +1226,11 @@ def size_table(result: OursResult, anchor: Mapping[str, dict[str, float]] | None
             "store path: apply, 3 memories": (TARGET_STORE_P50_MS, None),
         }
     rows: list[list[object]] = []
-    for name in sorted(result.stats, key=_row_order):
+    derived = [name for name in DERIVED_ROWS if name in result.derived]
+    for name in sorted([*result.stats, *derived], key=_row_order):
+        if name in derived:  # a difference of p50s: no n, no p99
+            rows.append([name, "", result.derived[name], ""] + [""] * 6)
+            continue
         st = result.stats[name]
         theirs = (anchor or {}).get(name)
         p50_limit, p99_limit = limits.get(name, (None, None))
@@ -928,6 +1247,35 @@ def size_table(result: OursResult, anchor: Mapping[str, dict[str, float]] | None
     headers = ["figure", "n", "p50 ms", "p99 ms", "target (issue 4)"]
     headers += ["theirs n", "theirs p50", "theirs p99", "ours/theirs p50", "p99"]
     return format_table(headers, rows)
+
+
+def in_call_line(result: OursResult) -> str:
+    """What the in-call rows rest on: the query path, what the proxies saw per call, and the
+    factors of the same embeddings (in-call p50 over tight-loop p50)."""
+    checks = result.checks
+    counts: Mapping[str, int] = checks.get("in_call", {})
+    calls = max(1, counts.get("calls", 0))
+
+    def per_call(key: str) -> str:
+        return f"{counts.get(key, 0) / calls:.2f}"
+
+    factors = ", ".join(
+        f"{label} x{result.derived[name]:.2f}"
+        for name, label in ((COLD_QUERY, "query embedding"), (COLD_STORE, "store embedding"))
+        if name in result.derived
+    )
+    return (
+        f"in call: query_mode={checks.get('embedder_query_mode')} (runs "
+        f"{checks.get('embedder_query_path')}); per wrapped call "
+        f"{per_call('query embeddings of its query')} embed_query of its query on the caller's "
+        f"thread ({per_call('of which ran the model')} ran the model), "
+        f"{per_call('searches of its query')} search of it ({counts.get('other searches', 0)} "
+        f"other searches in all), {per_call('writer fp32 embeddings')} fp32 embed on the writer "
+        f"({counts.get('writer fp32 memories', 0)} memories in all); other embeddings: "
+        f"{counts.get('other embeddings, caller thread', 0)} on the caller's thread, "
+        f"{counts.get('other embeddings, other threads', 0)} on other threads. "
+        + f"In call / tight loop, p50: {factors or 'n/a'}"
+    )
 
 
 def _ratio(ours: float, theirs: float) -> str:
@@ -982,6 +1330,7 @@ def report(
                 f"in {raw['load_s']:.1f} s"
             )
         print(line)
+        print(in_call_line(result))
         figures = issue16_figures(result.stats)
         if figures:
             print("issue 16: " + "; ".join(f"{k} {v:.3f}" for k, v in figures.items()))
