@@ -169,12 +169,16 @@ using Lexicon = headroom::Lexicon;
 using Tokens = std::vector<std::string>;
 using GilRelease = py::gil_scoped_release;
 
+headroom::LexCheck Check(bool full) {
+  return full ? headroom::LexCheck::kFull : headroom::LexCheck::kBounds;
+}
+
 struct Records {
   std::unique_ptr<headroom::RecordReader> reader;
 };
 
-// A loaded snapshot as Python sees it: (Lexicon, header dict).
-py::tuple LexiconAndHeader(std::unique_ptr<Lexicon> lex, headroom::LexSnapshotMeta meta) {
+// A snapshot's header as Python sees it.
+py::dict HeaderDict(headroom::LexSnapshotMeta meta) {
   py::dict d;
   d["user"] = meta.user;
   d["covered_seq"] = meta.covered_seq;
@@ -187,7 +191,12 @@ py::tuple LexiconAndHeader(std::unique_ptr<Lexicon> lex, headroom::LexSnapshotMe
   }
   d["vector_count"] = meta.vector_count;
   d["vector_seq"] = meta.vector_seq;
-  return py::make_tuple(py::cast(std::move(lex)), d);
+  return d;
+}
+
+// A loaded snapshot as Python sees it: (Lexicon, header dict).
+py::tuple LexiconAndHeader(std::unique_ptr<Lexicon> lex, headroom::LexSnapshotMeta meta) {
+  return py::make_tuple(py::cast(std::move(lex)), HeaderDict(std::move(meta)));
 }
 
 }  // namespace
@@ -407,7 +416,7 @@ PYBIND11_MODULE(_native, m) {
          py::arg("vector_sum") = py::none(), py::arg("vector_count") = 0,
          py::arg("vector_seq") = 0,
          "The snapshot bytes (docs/lexicon-snapshot.md).")
-      .def_static("from_bytes", [](py::buffer data) {
+      .def_static("from_bytes", [](py::buffer data, bool full) {
         py::buffer_info info = data.request();
         if (info.ndim != 1 || info.itemsize != 1)
           Bad(ErrorKind::kInvalidInput, "data must be a 1-D byte buffer");
@@ -417,22 +426,23 @@ PYBIND11_MODULE(_native, m) {
         {
           GilRelease nogil;
           lex = Lexicon::Parse(static_cast<const uint8_t*>(info.ptr),
-                               static_cast<size_t>(info.size), &meta, &why);
+                               static_cast<size_t>(info.size), &meta, &why, Check(full));
         }
         if (!lex) Bad(ErrorKind::kCorruption, "not an intact lexicon snapshot: " + why);
         return LexiconAndHeader(std::move(lex), std::move(meta));
-      }, py::arg("data"),
+      }, py::arg("data"), py::arg("full") = true,
          "Parses snapshot bytes into an index over a private copy of them: (Lexicon, header "
          "dict); StoreCorruptionError when they are not intact (bad magic, version, checksum "
-         "or structure).")
-      .def_static("from_file", [](const std::string& path) {
+         "or structure). full=False checks only what keeps every read in bounds (LexCheck in "
+         "native/src/lexicon.h).")
+      .def_static("from_file", [](const std::string& path, bool full) {
         headroom::LexSnapshotMeta meta;
         std::string why;
         int err = 0;
         std::unique_ptr<Lexicon> lex;
         {
           GilRelease nogil;
-          lex = Lexicon::MapFile(path, &meta, &why, &err);
+          lex = Lexicon::MapFile(path, &meta, &why, &err, Check(full));
         }
         if (err) {
           errno = err;
@@ -441,11 +451,32 @@ PYBIND11_MODULE(_native, m) {
         }
         if (!lex) Bad(ErrorKind::kCorruption, "not an intact lexicon snapshot: " + why);
         return LexiconAndHeader(std::move(lex), std::move(meta));
-      }, py::arg("path"),
+      }, py::arg("path"), py::arg("full") = true,
          "The snapshot file at path, mapped read-only and served in place (page cache shared "
          "by every process that maps it): (Lexicon, header dict). OSError when it cannot be "
-         "opened, StoreCorruptionError when it is not intact. The file must never be "
-         "rewritten in place (snapshots are replaced by rename).");
+         "opened, StoreCorruptionError when it is not intact (full=False: only what keeps "
+         "every read in bounds is checked, as from_bytes). The file must never be rewritten in "
+         "place (snapshots are replaced by rename).")
+      .def_static("read_header", [](const std::string& path) {
+        headroom::LexSnapshotMeta meta;
+        std::string why;
+        int err = 0;
+        bool ok;
+        {
+          GilRelease nogil;
+          ok = Lexicon::ReadMeta(path, &meta, &why, &err);
+        }
+        if (err) {
+          errno = err;
+          PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
+          throw py::error_already_set();
+        }
+        if (!ok) Bad(ErrorKind::kCorruption, "not an intact lexicon snapshot: " + why);
+        return HeaderDict(std::move(meta));
+      }, py::arg("path"),
+         "The header dict of the snapshot file at path (what from_file returns beside the "
+         "index) after its magic, version, size, checksum and header are checked; no index is "
+         "built. OSError when it cannot be opened, StoreCorruptionError when it is not intact.");
 
   py::class_<Log>(m, "Log")
       .def(py::init([](const std::string& path, const std::string& sync, int sync_interval_ms,

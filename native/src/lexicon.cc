@@ -70,6 +70,54 @@ std::vector<int32_t>& TermScratch(size_t terms) {
   return scratch;
 }
 
+// The full check's second half, over sections already bounds-checked by FromBase: postings
+// and documents hold the same relation (exact counts per term, and per term a sum of a 64-bit
+// mix of its entries that the documents' terms must cancel: both read once, in order, where
+// checking each entry against its posting would read the postings in random order), no
+// document repeats a term, and the id and label orders are strictly increasing (so each is a
+// permutation of the slots). nullptr when consistent, else what is not.
+const char* Inconsistency(const uint8_t* term_table, const std::pair<uint32_t, uint32_t>* postings,
+                          const uint8_t* doc_table,
+                          const std::pair<uint32_t, uint32_t>* doc_terms, const uint32_t* by_id,
+                          const uint32_t* by_label, const char* strings, uint32_t nterms,
+                          uint32_t ndocs) {
+  std::vector<uint64_t> digest(nterms, 0);
+  for (uint32_t t = 0; t < nterms; ++t) {
+    const uint8_t* r = term_table + kTermRecord * t;
+    const auto* e = postings + Rd<uint32_t>(r + 8);
+    const uint32_t df = Rd<uint32_t>(r + 12);
+    uint64_t d = 0;
+    for (uint32_t k = 0; k < df; ++k) d += Mix(e[k].first, e[k].second);
+    digest[t] = d;
+  }
+  std::vector<uint32_t> seen(nterms, UINT32_MAX), count(nterms, 0);
+  for (uint32_t i = 0; i < ndocs; ++i) {
+    const uint8_t* r = doc_table + kDocRecord * i;
+    const uint32_t first = Rd<uint32_t>(r + 28), distinct = Rd<uint32_t>(r + 32);
+    for (uint32_t j = 0; j < distinct; ++j) {
+      const auto [t, tf] = doc_terms[first + j];
+      if (seen[t] == i) return "bad document term";
+      seen[t] = i;
+      ++count[t];
+      digest[t] -= Mix(i, tf);
+    }
+  }
+  for (uint32_t t = 0; t < nterms; ++t) {
+    if (digest[t] != 0 || count[t] != Rd<uint32_t>(term_table + kTermRecord * t + 12))
+      return "a posting differs from the documents";
+  }
+  auto doc_id = [&](uint32_t s) {
+    const uint8_t* r = doc_table + kDocRecord * s;
+    return std::string_view(strings + Rd<uint32_t>(r + 16), Rd<uint32_t>(r + 20));
+  };
+  auto doc_label = [&](uint32_t s) { return Rd<uint64_t>(doc_table + kDocRecord * s); };
+  for (uint32_t i = 1; i < ndocs; ++i) {
+    if (!(doc_id(by_id[i - 1]) < doc_id(by_id[i]))) return "repeated document";
+    if (!(doc_label(by_label[i - 1]) < doc_label(by_label[i]))) return "repeated label";
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 static_assert(sizeof(std::pair<uint32_t, uint32_t>) == 8, "postings are read in place");
@@ -628,16 +676,104 @@ std::string Lexicon::Serialize(const LexSnapshotMeta& meta) const {
 }
 
 std::unique_ptr<Lexicon> Lexicon::Parse(const uint8_t* data, size_t n, LexSnapshotMeta* meta,
-                                        std::string* why) {
+                                        std::string* why, LexCheck check) {
   // A private copy, 8-byte aligned (the sections are read in place).
   auto copy = std::make_shared<std::vector<uint64_t>>((n + 7) / 8);
   if (n) std::memcpy(copy->data(), data, n);
   const auto* p = reinterpret_cast<const uint8_t*>(copy->data());
-  return FromBase(std::move(copy), p, n, meta, why);
+  return FromBase(std::move(copy), p, n, meta, why, check);
 }
 
-std::unique_ptr<Lexicon> Lexicon::MapFile(const std::string& path, LexSnapshotMeta* meta,
-                                          std::string* why, int* errno_out) {
+namespace {
+
+// A snapshot's header fields and where its sections start, read by ReadLayout.
+struct LexLayout {
+  uint64_t covered, vcount, vseq, total, entries, pool;
+  uint32_t generation, user_len, nterms, ndocs, dim;
+  double k1, b;
+  uint64_t user_at, vsum_at, terms_at, postings_at, docs_at, doc_terms_at, by_id_at,
+      by_label_at, pool_at;
+};
+
+// Checks what the header vouches for: magic, version, size, the checksum of every byte, the
+// header's fields, section sizes that follow from its counts, zero padding. nullptr (and *l
+// filled) when they hold, else what does not.
+const char* ReadLayout(const uint8_t* data, size_t n, LexLayout* l) {
+  if (n < kLexHeaderSize) return "shorter than the header";
+  if (std::memcmp(data, kLexMagic, 8) != 0) return "not a lexicon snapshot (magic)";
+  const uint32_t version = Rd<uint32_t>(data + 8), crc = Rd<uint32_t>(data + 12);
+  const uint64_t size = Rd<uint64_t>(data + 16);
+  l->covered = Rd<uint64_t>(data + 24);
+  l->generation = Rd<uint32_t>(data + 32);
+  l->user_len = Rd<uint32_t>(data + 36);
+  l->k1 = Rd<double>(data + 40);
+  l->b = Rd<double>(data + 48);
+  l->nterms = Rd<uint32_t>(data + 56);
+  l->ndocs = Rd<uint32_t>(data + 60);
+  l->dim = Rd<uint32_t>(data + 64);
+  const uint32_t reserved = Rd<uint32_t>(data + 68);
+  l->vcount = Rd<uint64_t>(data + 72);
+  l->vseq = Rd<uint64_t>(data + 80);
+  l->total = Rd<uint64_t>(data + 88);
+  l->entries = Rd<uint64_t>(data + 96);
+  l->pool = Rd<uint64_t>(data + 104);
+  if (version != kLexVersion) return "unknown snapshot version";
+  if (size != n) return "size differs from the header's";
+  if (UnmaskCrc(crc) != Crc32c(data + 16, n - 16)) return "checksum mismatch";
+  if (reserved != 0 || Rd<uint64_t>(data + 112) != 0 || Rd<uint64_t>(data + 120) != 0 ||
+      l->user_len > kMaxUserBytes || l->dim > kMaxDim || l->entries > UINT32_MAX ||
+      l->pool > UINT32_MAX)
+    return "bad header";
+  if (!(l->k1 >= 0) || !(l->b >= 0 && l->b <= 1)) return "bad BM25 parameters";
+  // Where each section starts (no overflow: every count is below 2**32).
+  uint64_t off = kLexHeaderSize;
+  l->user_at = off;
+  off += Pad8(l->user_len);
+  l->vsum_at = off;
+  off += 8 * uint64_t{l->dim};
+  l->terms_at = off;
+  off += kTermRecord * uint64_t{l->nterms};
+  l->postings_at = off;
+  off += 8 * l->entries;
+  l->docs_at = off;
+  off += kDocRecord * uint64_t{l->ndocs};
+  l->doc_terms_at = off;
+  off += 8 * l->entries;
+  l->by_id_at = off;
+  off += Pad8(4 * uint64_t{l->ndocs});
+  l->by_label_at = off;
+  off += Pad8(4 * uint64_t{l->ndocs});
+  l->pool_at = off;
+  off += Pad8(l->pool);
+  if (off != n) return "sections differ from the header's counts";
+  auto zeros = [&](uint64_t from, uint64_t to) {
+    for (uint64_t i = from; i < to; ++i) {
+      if (data[i]) return false;
+    }
+    return true;
+  };
+  if (!zeros(l->user_at + l->user_len, l->vsum_at) ||
+      !zeros(l->by_id_at + 4 * uint64_t{l->ndocs}, l->by_label_at) ||
+      !zeros(l->by_label_at + 4 * uint64_t{l->ndocs}, l->pool_at) ||
+      !zeros(l->pool_at + l->pool, n))
+    return "bad padding";
+  return nullptr;
+}
+
+void FillMeta(const uint8_t* data, const LexLayout& l, LexSnapshotMeta* meta) {
+  meta->user = std::string(reinterpret_cast<const char*>(data + l.user_at), l.user_len);
+  meta->covered_seq = l.covered;
+  meta->generation = l.generation;
+  meta->vector_sum.resize(l.dim);
+  if (l.dim) std::memcpy(meta->vector_sum.data(), data + l.vsum_at, 8 * size_t{l.dim});
+  meta->vector_count = l.vcount;
+  meta->vector_seq = l.vseq;
+}
+
+// Maps the file at `path` read-only (*errno_out set and nullptr when it cannot be opened or
+// mapped; nullptr and *why when it is shorter than a header).
+std::shared_ptr<const Mapping> MapSnapshot(const std::string& path, std::string* why,
+                                           int* errno_out) {
   *errno_out = 0;
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -659,72 +795,50 @@ std::unique_ptr<Lexicon> Lexicon::MapFile(const std::string& path, LexSnapshotMe
   std::shared_ptr<const Mapping> map = Mapping::Map(fd, n);
   const int map_errno = errno;
   ::close(fd);
-  if (!map) {
-    *errno_out = map_errno ? map_errno : EIO;
-    return nullptr;
+  if (!map) *errno_out = map_errno ? map_errno : EIO;
+  return map;
+}
+
+}  // namespace
+
+bool Lexicon::ReadMeta(const std::string& path, LexSnapshotMeta* meta, std::string* why,
+                       int* errno_out) {
+  std::shared_ptr<const Mapping> map = MapSnapshot(path, why, errno_out);
+  if (!map) return false;
+  LexLayout l;
+  if (const char* bad = ReadLayout(map->data(), map->size(), &l)) {
+    *why = bad;
+    return false;
   }
+  FillMeta(map->data(), l, meta);
+  return true;
+}
+
+std::unique_ptr<Lexicon> Lexicon::MapFile(const std::string& path, LexSnapshotMeta* meta,
+                                          std::string* why, int* errno_out, LexCheck check) {
+  std::shared_ptr<const Mapping> map = MapSnapshot(path, why, errno_out);
+  if (!map) return nullptr;
   const uint8_t* p = map->data();
-  return FromBase(std::move(map), p, n, meta, why);
+  const size_t n = map->size();
+  return FromBase(std::move(map), p, n, meta, why, check);
 }
 
 std::unique_ptr<Lexicon> Lexicon::FromBase(std::shared_ptr<const void> owner, const uint8_t* data,
-                                           size_t n, LexSnapshotMeta* meta, std::string* why) {
+                                           size_t n, LexSnapshotMeta* meta, std::string* why,
+                                           LexCheck check) {
   auto bad = [&](const char* what) -> std::unique_ptr<Lexicon> {
     *why = what;
     return nullptr;
   };
-  if (n < kLexHeaderSize) return bad("shorter than the header");
-  if (std::memcmp(data, kLexMagic, 8) != 0) return bad("not a lexicon snapshot (magic)");
-  const uint32_t version = Rd<uint32_t>(data + 8), crc = Rd<uint32_t>(data + 12);
-  const uint64_t size = Rd<uint64_t>(data + 16), covered = Rd<uint64_t>(data + 24);
-  const uint32_t generation = Rd<uint32_t>(data + 32), user_len = Rd<uint32_t>(data + 36);
-  const double k1 = Rd<double>(data + 40), b = Rd<double>(data + 48);
-  const uint32_t nterms = Rd<uint32_t>(data + 56), ndocs = Rd<uint32_t>(data + 60);
-  const uint32_t dim = Rd<uint32_t>(data + 64), reserved = Rd<uint32_t>(data + 68);
-  const uint64_t vcount = Rd<uint64_t>(data + 72), vseq = Rd<uint64_t>(data + 80);
-  const uint64_t total = Rd<uint64_t>(data + 88), entries = Rd<uint64_t>(data + 96);
-  const uint64_t pool = Rd<uint64_t>(data + 104);
-  if (version != kLexVersion) return bad("unknown snapshot version");
-  if (size != n) return bad("size differs from the header's");
-  if (UnmaskCrc(crc) != Crc32c(data + 16, n - 16)) return bad("checksum mismatch");
-  if (reserved != 0 || Rd<uint64_t>(data + 112) != 0 || Rd<uint64_t>(data + 120) != 0 ||
-      user_len > kMaxUserBytes || dim > kMaxDim || entries > UINT32_MAX || pool > UINT32_MAX)
-    return bad("bad header");
-  if (!(k1 >= 0) || !(b >= 0 && b <= 1)) return bad("bad BM25 parameters");
-  // Where each section starts (no overflow: every count is below 2**32).
-  uint64_t off = kLexHeaderSize;
-  const uint64_t user_at = off;
-  off += Pad8(user_len);
-  const uint64_t vsum_at = off;
-  off += 8 * uint64_t{dim};
-  const uint64_t terms_at = off;
-  off += kTermRecord * uint64_t{nterms};
-  const uint64_t postings_at = off;
-  off += 8 * entries;
-  const uint64_t docs_at = off;
-  off += kDocRecord * uint64_t{ndocs};
-  const uint64_t doc_terms_at = off;
-  off += 8 * entries;
-  const uint64_t by_id_at = off;
-  off += Pad8(4 * uint64_t{ndocs});
-  const uint64_t by_label_at = off;
-  off += Pad8(4 * uint64_t{ndocs});
-  const uint64_t pool_at = off;
-  off += Pad8(pool);
-  if (off != n) return bad("sections differ from the header's counts");
-  auto zeros = [&](uint64_t from, uint64_t to) {
-    for (uint64_t i = from; i < to; ++i) {
-      if (data[i]) return false;
-    }
-    return true;
-  };
-  if (!zeros(user_at + user_len, vsum_at) ||
-      !zeros(by_id_at + 4 * uint64_t{ndocs}, by_label_at) ||
-      !zeros(by_label_at + 4 * uint64_t{ndocs}, pool_at) || !zeros(pool_at + pool, n))
-    return bad("bad padding");
-  const char* strings = reinterpret_cast<const char*>(data + pool_at);
-  const auto* postings = reinterpret_cast<const TermTf*>(data + postings_at);
-  const auto* doc_terms = reinterpret_cast<const TermTf*>(data + doc_terms_at);
+  LexLayout l;
+  if (const char* broken = ReadLayout(data, n, &l)) return bad(broken);
+  const uint64_t covered = l.covered, total = l.total, entries = l.entries, pool = l.pool;
+  const uint32_t nterms = l.nterms, ndocs = l.ndocs;
+  const uint64_t terms_at = l.terms_at, docs_at = l.docs_at;
+  const uint64_t by_id_at = l.by_id_at, by_label_at = l.by_label_at;
+  const char* strings = reinterpret_cast<const char*>(data + l.pool_at);
+  const auto* postings = reinterpret_cast<const TermTf*>(data + l.postings_at);
+  const auto* doc_terms = reinterpret_cast<const TermTf*>(data + l.doc_terms_at);
   // The term table: strings in order, strictly sorted, postings back to back, none empty.
   uint64_t pool_run = 0, post_run = 0;
   std::string_view prev;
@@ -742,26 +856,17 @@ std::unique_ptr<Lexicon> Lexicon::FromBase(std::shared_ptr<const void> owner, co
     post_run += df;
   }
   if (post_run != entries) return bad("postings differ from the header's count");
-  // Each posting: slots in range and strictly increasing, tf > 0; and a digest of its entries
-  // (the sum of a 64-bit mix of each (slot, tf)) that the documents' terms must cancel, below.
-  // Postings and documents then hold the same relation (exact counts per term; equal entries
-  // but for a 2**-64 chance): read in order, where checking each entry against its posting
-  // read the postings in random order (~3x the time of this whole pass at 100k memories).
-  std::vector<uint64_t> digest(nterms, 0);
+  // Each posting: slots in range and strictly increasing, tf > 0 (one pass in file order).
   for (uint32_t t = 0; t < nterms; ++t) {
     const uint8_t* r = data + terms_at + kTermRecord * t;
     const TermTf* e = postings + Rd<uint32_t>(r + 8);
     const uint32_t df = Rd<uint32_t>(r + 12);
-    uint64_t d = 0;
     for (uint32_t k = 0; k < df; ++k) {
       if (e[k].first >= ndocs || (k > 0 && e[k].first <= e[k - 1].first) || e[k].second == 0)
         return bad("bad posting entry");
-      d += Mix(e[k].first, e[k].second);
     }
-    digest[t] = d;
   }
-  // The documents: strings in order, terms back to back.
-  std::vector<uint32_t> seen(nterms, UINT32_MAX), count(nterms, 0);
+  // The documents: strings in order, terms back to back and in range, lengths their sums.
   uint64_t dt_run = 0, length_sum = 0;
   for (uint32_t i = 0; i < ndocs; ++i) {
     const uint8_t* r = data + docs_at + kDocRecord * i;
@@ -778,37 +883,30 @@ std::unique_ptr<Lexicon> Lexicon::FromBase(std::shared_ptr<const void> owner, co
     uint64_t sum = 0;
     for (uint32_t j = 0; j < distinct; ++j) {
       const auto [t, tf] = doc_terms[first + j];
-      if (t >= nterms || tf == 0 || seen[t] == i) return bad("bad document term");
-      seen[t] = i;
-      ++count[t];
-      digest[t] -= Mix(i, tf);
+      if (t >= nterms || tf == 0) return bad("bad document term");
       sum += tf;
     }
     if (sum != length) return bad("a document's length differs from its terms");
     length_sum += length;
   }
   if (dt_run != entries || pool_run != pool) return bad("documents differ from the header");
-  for (uint32_t t = 0; t < nterms; ++t) {
-    if (digest[t] != 0 || count[t] != Rd<uint32_t>(data + terms_at + kTermRecord * t + 12))
-      return bad("a posting differs from the documents");
-  }
   if (length_sum != total) return bad("total length differs");
-  // The id and label orders: permutations of the slots, strictly increasing.
+  // The id and label orders: slots in range.
   const auto* by_id = reinterpret_cast<const uint32_t*>(data + by_id_at);
   const auto* by_label = reinterpret_cast<const uint32_t*>(data + by_label_at);
-  auto doc_id = [&](uint32_t s) {
-    const uint8_t* r = data + docs_at + kDocRecord * s;
-    return std::string_view(strings + Rd<uint32_t>(r + 16), Rd<uint32_t>(r + 20));
-  };
-  auto doc_label = [&](uint32_t s) { return Rd<uint64_t>(data + docs_at + kDocRecord * s); };
   for (uint32_t i = 0; i < ndocs; ++i) {
     if (by_id[i] >= ndocs || by_label[i] >= ndocs) return bad("bad order entry");
-    if (i > 0 && !(doc_id(by_id[i - 1]) < doc_id(by_id[i]))) return bad("repeated document");
-    if (i > 0 && !(doc_label(by_label[i - 1]) < doc_label(by_label[i])))
-      return bad("repeated label");
   }
-  // (Strictly increasing over in-range slots: each order is a permutation.)
-  auto lex = std::make_unique<Lexicon>(k1, b);
+  // Everything read in place is now within the file: no query or write can read outside it.
+  // The full check also proves the sections agree with each other (what a writer bug could
+  // break behind a valid checksum); a reader that trusts the checksum skips it (kBounds).
+  if (check == LexCheck::kFull) {
+    const char* inconsistent =
+        Inconsistency(data + terms_at, postings, data + docs_at, doc_terms, by_id, by_label,
+                      strings, nterms, ndocs);
+    if (inconsistent) return bad(inconsistent);
+  }
+  auto lex = std::make_unique<Lexicon>(l.k1, l.b);
   lex->base_owner_ = std::move(owner);
   lex->base_docs_ = ndocs;
   lex->base_terms_ = nterms;
@@ -822,13 +920,7 @@ std::unique_ptr<Lexicon> Lexicon::FromBase(std::shared_ptr<const void> owner, co
   lex->base_pool_ = strings;
   lex->live_terms_ = nterms;
   lex->total_len_ = total;
-  meta->user = std::string(reinterpret_cast<const char*>(data + user_at), user_len);
-  meta->covered_seq = covered;
-  meta->generation = generation;
-  meta->vector_sum.resize(dim);
-  if (dim) std::memcpy(meta->vector_sum.data(), data + vsum_at, 8 * size_t{dim});
-  meta->vector_count = vcount;
-  meta->vector_seq = vseq;
+  FillMeta(data, l, meta);
   return lex;
 }
 

@@ -34,6 +34,14 @@ struct LexSnapshotMeta {
   uint64_t vector_seq = 0;
 };
 
+// How much of a snapshot Parse and MapFile check. kBounds: magic, version, size, checksum,
+// and every offset, count, slot and term id the index reads in place within its section (so
+// no query or write on the index reads outside the file, whatever its bytes). kFull adds what
+// only a writer bug could break behind a valid checksum: that the postings and the documents'
+// terms agree, no document repeats a term, and the id and label orders are strictly
+// increasing. Searches map with kBounds (the checksum vouches for the rest); verify uses kFull.
+enum class LexCheck { kBounds, kFull };
+
 class Lexicon {
  public:
   Lexicon(double k1, double b);
@@ -73,17 +81,26 @@ class Lexicon {
   // The snapshot bytes (docs/lexicon-snapshot.md): header, CRC32C, a sorted term table,
   // postings, documents, id and label orders, strings; laid out to be read in place.
   std::string Serialize(const LexSnapshotMeta& meta) const;
-  // Checks snapshot bytes and serves the index from a private copy of them. nullptr (and
-  // *why) when they are not an intact snapshot of this format: bad magic or version, CRC
-  // mismatch, any length, reference or order out of bounds or inconsistent.
+  // Checks snapshot bytes (`check`) and serves the index from a private copy of them. nullptr
+  // (and *why) when they are not an intact snapshot of this format: bad magic or version, CRC
+  // mismatch, any length or reference out of bounds, and with kFull any order or relation
+  // between sections broken.
   static std::unique_ptr<Lexicon> Parse(const uint8_t* data, size_t n, LexSnapshotMeta* meta,
-                                        std::string* why);
+                                        std::string* why, LexCheck check = LexCheck::kFull);
   // The same over the file at `path`, mapped read-only and served in place (its pages are
   // page cache, shared by every process mapping it). The file must never be changed in
   // place (snapshots are replaced by rename). nullptr and *why when it is not intact; *errno_out
   // is set (and nullptr returned) when it cannot be opened or mapped.
   static std::unique_ptr<Lexicon> MapFile(const std::string& path, LexSnapshotMeta* meta,
-                                          std::string* why, int* errno_out);
+                                          std::string* why, int* errno_out,
+                                          LexCheck check = LexCheck::kFull);
+  // Only the header's record of the file at `path` (user, covered seq, generation, vector
+  // sum), after the checks every read makes first: magic, version, size, the checksum of
+  // every byte, header fields and section sizes. No index is built: a caller that needs only
+  // the vector sum has it without the index's checks. False and *why (or *errno_out) as
+  // MapFile.
+  static bool ReadMeta(const std::string& path, LexSnapshotMeta* meta, std::string* why,
+                       int* errno_out);
 
  private:
   // The index is a base (a snapshot's bytes, read in place: documents in slots
@@ -127,7 +144,8 @@ class Lexicon {
 
   static std::unique_ptr<Lexicon> FromBase(std::shared_ptr<const void> owner,
                                            const uint8_t* data, size_t n,
-                                           LexSnapshotMeta* meta, std::string* why);
+                                           LexSnapshotMeta* meta, std::string* why,
+                                           LexCheck check);
   // Sizes the overlay's per-term state over the base's terms (once, at the first write).
   void Thaw();
   uint32_t Intern(const std::string& token);

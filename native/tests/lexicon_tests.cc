@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -17,6 +19,8 @@
 #include "check.h"
 #include "crc32c.h"
 #include "lexicon.h"
+
+#include <unistd.h>
 
 namespace {
 
@@ -274,6 +278,120 @@ TEST(a_snapshot_round_trips_and_every_damaged_byte_or_truncation_is_refused) {
     LexSnapshotMeta m;
     CHECK(Lexicon::Parse(p, cut, &m, &why) == nullptr);
   }
+}
+
+// Bytes with their CRC recomputed, so only the structural checks can refuse them.
+std::string Resealed(std::string bytes) {
+  const uint32_t crc =
+      MaskCrc(Crc32c(reinterpret_cast<const uint8_t*>(bytes.data()) + 16, bytes.size() - 16));
+  std::memcpy(&bytes[12], &crc, 4);
+  return bytes;
+}
+
+std::unique_ptr<Lexicon> ParseAs(const std::string& bytes, LexCheck check) {
+  LexSnapshotMeta m;
+  std::string why;
+  return Lexicon::Parse(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &m, &why,
+                        check);
+}
+
+void Put32(std::string* bytes, size_t at, uint32_t v) { std::memcpy(&(*bytes)[at], &v, 4); }
+
+TEST(the_bounds_check_refuses_every_reference_out_of_range_and_only_the_full_check_the_rest) {
+  Lexicon lex(kK1, kB);
+  lex.Add(1, "a", 1, {"tea", "zebra", "tea"});
+  lex.Add(2, "b", 2, {"zebra", "violin"});
+  lex.Add(3, "c", 3, {"violin"});
+  LexSnapshotMeta meta;
+  meta.user = "u";
+  meta.covered_seq = 3;
+  const std::string good = lex.Serialize(meta);
+  uint32_t nterms = 0, ndocs = 0;
+  uint64_t entries = 0;
+  std::memcpy(&nterms, good.data() + 56, 4);
+  std::memcpy(&ndocs, good.data() + 60, 4);
+  std::memcpy(&entries, good.data() + 96, 8);
+  const size_t postings_at = 128 + 8 + 16 * size_t{nterms};
+  const size_t docs_at = postings_at + 8 * entries;
+  const size_t doc_terms_at = docs_at + 40 * size_t{ndocs};
+  const size_t by_id_at = doc_terms_at + 8 * entries;
+  const size_t by_label_at = by_id_at + ((4 * size_t{ndocs} + 7) & ~size_t{7});
+  CHECK(ParseAs(good, LexCheck::kBounds) != nullptr && ParseAs(good, LexCheck::kFull));
+  // Out of range: a posting's slot, a document's term, an order entry. Both levels refuse.
+  for (size_t at : {postings_at, doc_terms_at, by_id_at, by_label_at}) {
+    std::string bad = good;
+    Put32(&bad, at, at == doc_terms_at ? nterms : ndocs);
+    bad = Resealed(bad);
+    CHECK(ParseAs(bad, LexCheck::kBounds) == nullptr);
+    CHECK(ParseAs(bad, LexCheck::kFull) == nullptr);
+  }
+  // In range but inconsistent: the id order's two first entries swapped (no longer sorted),
+  // a posting's tf raised (no longer the document's). Only the full check refuses; the index
+  // the bounds check accepts still answers every call without reading outside its bytes
+  // (ASan and UBSan runs of this test check that).
+  std::string swapped = good;
+  uint32_t first = 0, second = 0;
+  std::memcpy(&first, good.data() + by_id_at, 4);
+  std::memcpy(&second, good.data() + by_id_at + 4, 4);
+  Put32(&swapped, by_id_at, second);
+  Put32(&swapped, by_id_at + 4, first);
+  std::string raised = good;
+  uint32_t tf = 0;
+  std::memcpy(&tf, good.data() + postings_at + 4, 4);
+  Put32(&raised, postings_at + 4, tf + 1);
+  for (std::string bad : {swapped, raised}) {
+    bad = Resealed(bad);
+    CHECK(ParseAs(bad, LexCheck::kFull) == nullptr);
+    std::unique_ptr<Lexicon> loose = ParseAs(bad, LexCheck::kBounds);
+    CHECK(loose != nullptr);
+    if (!loose) continue;
+    loose->Top({"zebra", "violin", "tea"}, 3, 2000);
+    loose->Scores({"zebra"}, {"a", "b", "c", "zz"});
+    loose->GroupScores({"tea"}, {{"a", "c"}});
+    loose->RemoveId("b");
+    loose->Add(4, "d", 4, {"tea", "new"});
+    loose->RemoveLabel(1);
+    LexSnapshotMeta after = meta;
+    after.covered_seq = 4;
+    CHECK(ParseAs(loose->Serialize(after), LexCheck::kBounds) != nullptr);
+  }
+}
+
+TEST(read_meta_gives_the_header_of_an_intact_file_and_refuses_a_damaged_one) {
+  Lexicon lex(kK1, kB);
+  lex.Add(7, "a", 1, {"tea"});
+  LexSnapshotMeta meta;
+  meta.user = "bob";
+  meta.covered_seq = 7;
+  meta.generation = 3;
+  meta.vector_sum = {1.0, 2.5};
+  meta.vector_count = 1;
+  meta.vector_seq = 7;
+  const std::string bytes = lex.Serialize(meta);
+  char dir[] = "/tmp/lexicon-tests-XXXXXX";
+  CHECK(::mkdtemp(dir) != nullptr);
+  const std::string path = std::string(dir) + "/u.lex";
+  auto write = [&](const std::string& data) {
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    CHECK(f != nullptr);
+    if (!f) return;
+    std::fwrite(data.data(), 1, data.size(), f);
+    std::fclose(f);
+  };
+  write(bytes);
+  LexSnapshotMeta back;
+  std::string why;
+  int err = 0;
+  CHECK(Lexicon::ReadMeta(path, &back, &why, &err) && err == 0);
+  CHECK(back.user == "bob" && back.covered_seq == 7 && back.generation == 3);
+  CHECK(back.vector_sum == meta.vector_sum && back.vector_count == 1 && back.vector_seq == 7);
+  std::string damaged = bytes;
+  damaged[bytes.size() - 1] = static_cast<char>(damaged[bytes.size() - 1] ^ 1);
+  write(damaged);
+  CHECK(!Lexicon::ReadMeta(path, &back, &why, &err) && err == 0 && why == "checksum mismatch");
+  std::remove(path.c_str());
+  CHECK(!Lexicon::ReadMeta(path, &back, &why, &err) && err == ENOENT);
+  ::rmdir(dir);
 }
 
 }  // namespace
