@@ -418,3 +418,64 @@ def test_a_snapshot_covering_seqs_the_log_does_not_have_is_ignored(
         store.search("u", "zebras", top_k=3)
     assert len(seen) >= N  # rebuilt from the log
     assert _native.Lexicon.from_bytes(path.read_bytes())[1]["covered_seq"] == seq
+
+
+def _first_posting_tf_at(data: bytes | bytearray) -> int:
+    """Where the first posting entry's tf lies in a snapshot (docs/lexicon-snapshot.md)."""
+    user_len, terms, dim = (struct.unpack_from("<I", data, at)[0] for at in (36, 56, 64))
+    return 128 + (user_len + 7) // 8 * 8 + 8 * dim + 16 * terms + 4
+
+
+def test_searches_map_a_bounds_checked_snapshot_and_verify_checks_it_in_full(
+    tmp_path: Path,
+) -> None:
+    # A posting's tf raised behind a resealed checksum: every read stays in bounds, so the
+    # search path (full=False) serves it; the full check (verify) finds the disagreement.
+    db = tmp_path / "db"
+    path = _snapshotted(db)
+    data = bytearray(path.read_bytes())
+    at = _first_posting_tf_at(data)
+    struct.pack_into("<I", data, at, struct.unpack_from("<I", data, at)[0] + 1)
+    struct.pack_into("<I", data, 12, _mask(_native.crc32c(bytes(data[16:]))))
+    path.write_bytes(bytes(data))
+    _native.Lexicon.from_file(str(path), full=False)
+    with pytest.raises(StoreCorruptionError, match="posting differs"):
+        _native.Lexicon.from_file(str(path))
+    with MemoryStore(db, embedder=HashEmbedder(32)) as store:
+        assert len(store.search("u", "zebras item3", top_k=5)) == 5
+        assert store.backend._lexical.loaded("u").lexicon.in_place  # the file is served
+        assert store.backend.verify()["bad_snapshots"] == 1
+
+
+def test_a_fresh_handle_takes_the_mean_vector_from_the_snapshot_header_without_the_index(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "db"
+    path = _snapshotted(db)
+    with MemoryStore(db, embedder=HashEmbedder(32)) as other:  # written after the snapshot
+        other.add_many("u", [NewMemory(t) for t in _texts("tail", 3)], dedup=False)
+    header = _native.Lexicon.read_header(str(path))
+    assert header["user"] == "u" and header["vector_count"] == N
+    with MemoryStore(db, embedder=HashEmbedder(32)) as store:
+        backend: Any = store.backend
+        (mean,) = backend.early_vector_mean("u", 1)
+        assert backend._lexical.loaded("u") is None  # the header and the tail: no index
+        assert backend.early_vector_mean("u", N + 4) == (None,)
+        # The loaded state sums the same header total and tail: the same bits.
+        assert mean is not None and np.array_equal(mean, backend.ranking("u").vector_mean(1))
+        assert backend.early_vector_mean("u", 1) is None  # loaded: its mean is at hand
+        want = store.embedder.embed([*_texts("a", N), *_texts("tail", 3)]).mean(axis=0)
+        assert np.allclose(mean, want, atol=1e-6)
+    with MemoryStore(db, embedder=HashEmbedder(32)) as other:  # a removal: a whole new sum
+        other.delete("u", other.get_all("u")[0].id)
+    with MemoryStore(db, embedder=HashEmbedder(32)) as store:
+        assert store.backend.early_vector_mean("u", 1) is None  # the state alone can tell
+        results = store.search("u", "zebras item3", top_k=5)
+        assert [(m.id, s) for m, s in results] == _fresh_results(db, "zebras item3")[:5]
+    path.write_bytes(b"HRLEXICN" + bytes(200))  # damaged: no header served
+    with pytest.raises(StoreCorruptionError):
+        _native.Lexicon.read_header(str(path))
+    with MemoryStore(db, embedder=HashEmbedder(32)) as store:  # the state rebuilt, reported
+        assert store.backend.early_vector_mean("u", 1) is None
+        assert len(store.search("u", "zebras item3", top_k=5)) == 5
+    assert "damaged lexical snapshot" in caplog.text

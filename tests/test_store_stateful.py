@@ -154,10 +154,15 @@ class StoreMachine(RuleBasedStateMachine):
     @invariant()
     def vector_means_match(self) -> None:
         # The mean the hybrid search centres on, kept current from the change feed (added
-        # vectors summed in, a full sum again after a removal), equals the model's.
+        # vectors summed in, a full sum again after a removal), equals the model's; the
+        # backend's early one (a fresh handle: from the snapshot header) equals the ranking state's.
         for user in USERS:
             texts = [t for t, _ in self.model[user].values()]
+            early = self.store.backend.early_vector_mean(user, 1)  # before ranking() is ready
             mean = self.store.backend.ranking(user).vector_mean(1)
+            if early is not None:  # the same sum, to the bit
+                assert (early[0] is None) == (mean is None)
+                assert early[0] is None or np.array_equal(early[0], mean)
             if not texts:
                 assert mean is None
                 continue

@@ -419,6 +419,13 @@ class Backend(Protocol):
         """The user's lexical scorer and vector mean, caught up with every write so far."""
         ...
 
+    def early_vector_mean(self, user_id: str, min_count: int) -> tuple[Vector | None] | None:
+        """``(ranking(user_id).vector_mean(min_count),)``, the same to the bit, when the backend
+        can tell it before ``ranking`` is ready and cheaper (the embedded backend in a fresh
+        process: from the lexical snapshot's header while the index loads); None when there is
+        nothing to gain over waiting for ``ranking`` (the search then does)."""
+        ...
+
     def warm(self, user_id: str) -> None:
         """Fold the user's recent writes into derived state now (off the search path)."""
         ...

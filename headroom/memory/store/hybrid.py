@@ -10,9 +10,12 @@ The lexical side needs only the query text, so :meth:`HybridSearcher.prefetch` s
 small shared thread pool while the caller embeds the query: onnxruntime releases the GIL while
 it runs, so on a machine with a free core the lexical candidates cost no wall time. A prefetch
 that has not started by the time the caller needs it is cancelled and run inline instead (a
-busy pool never makes a search wait). A caller with nothing to overlap (the query's vector is
-cached) passes no prefetch: the lexical side then runs inline, since the search would wait for
-it all the same and the hand-over to a pool thread only adds to that (bench/README.md).
+busy pool never makes a search wait); one still running while the backend can tell the user's
+mean vector without it (``Backend.early_vector_mean``: a fresh process loading the user's
+lexical state) runs beside the dense search, which needs only that mean. A caller with
+nothing to overlap (the query's vector is cached) passes no prefetch: the lexical side then
+runs inline, since the search would wait for it all the same and the hand-over to a pool
+thread only adds to that (bench/README.md).
 """
 
 from __future__ import annotations
@@ -91,34 +94,53 @@ class HybridSearcher:
         ``vector`` is ``query`` embedded. ``prefetched`` is :meth:`prefetch` of the same query
         (its result, or its exception, is what the lexical side returns).
         """
-        # The lexical side first: waiting on a running prefetch lets it finish at full speed,
-        # where the dense search's native calls would hand it the GIL and then queue for it.
-        if prefetched is None or prefetched.cancel():
-            ranking, lexical = self.lexical_candidates(backend, user_id, query)
-        else:
+        running = prefetched is not None and not prefetched.done() and not prefetched.cancel()
+        early = backend.early_vector_mean(user_id, CENTRING_MIN_MEMORIES) if running else None
+        if prefetched is not None and early is not None:
+            # In a fresh process the user's ranking state may still be loading: the dense side
+            # needs only the mean vector, which the backend tells sooner, so it runs meanwhile
+            # and the lexical candidates join after.
+            dense = self._dense(backend, user_id, vector, early[0], top_k, where)
             ranking, lexical = prefetched.result()
-        ids, scores, rows = self._gather(backend, user_id, ranking, lexical, vector, top_k, where)
+        else:
+            if prefetched is None or prefetched.cancelled():
+                ranking, lexical = self.lexical_candidates(backend, user_id, query)
+            else:
+                ranking, lexical = prefetched.result()
+            mean = ranking.vector_mean(CENTRING_MIN_MEMORIES)
+            dense = self._dense(backend, user_id, vector, mean, top_k, where)
+        ids, scores, rows = self._merge(backend, user_id, dense, lexical, where)
         if not ids:
             return []
         return self._rank(backend, user_id, query, ranking, ids, scores, rows, top_k)
 
-    def _gather(
+    def _dense(
         self,
         backend: Backend,
         user_id: str,
-        ranking: UserRanking,
-        lexical: list[tuple[str, float]],
         vector: npt.NDArray[np.float32],
+        mean: npt.NDArray[np.float32] | None,
         top_k: int,
         where: Filter,
-    ) -> tuple[list[str], list[float | None], dict[str, Memory]]:
-        """The candidate set: dense hits (centred scores) then lexical-only ones (score None)
-        that pass ``where``, and the memories read on the way."""
-        mean = ranking.vector_mean(CENTRING_MIN_MEMORIES)
+    ) -> list[tuple[str, float]]:
+        """The dense top-``pool`` passing ``where``, scored with the query centred on ``mean``
+        (the user's mean vector, None below :data:`CENTRING_MIN_MEMORIES` memories)."""
         centred, offset = centred_query(vector, mean, self.config.centroid_weight)
-        dense = backend.search(user_id, centred, max(self.pool, top_k), where)
+        hits = backend.search(user_id, centred, max(self.pool, top_k), where)
+        return [(memory_id, score + offset) for memory_id, score in hits]
+
+    def _merge(
+        self,
+        backend: Backend,
+        user_id: str,
+        dense: list[tuple[str, float]],
+        lexical: list[tuple[str, float]],
+        where: Filter,
+    ) -> tuple[list[str], list[float | None], dict[str, Memory]]:
+        """The candidate set: dense hits then lexical-only ones (score None) that pass
+        ``where``, and the memories read on the way."""
         ids = [memory_id for memory_id, _ in dense]
-        scores: list[float | None] = [score + offset for _, score in dense]
+        scores: list[float | None] = [score for _, score in dense]
         seen = set(ids)
         rows: dict[str, Memory] = {}
         for memory_id, _ in lexical:

@@ -258,6 +258,11 @@ class LocalBackend:
         """The user's lexical index and vector sum, caught up with the log."""
         return self._lexical.get(self.engine.log, user_id)
 
+    def early_vector_mean(self, user_id: str, min_count: int) -> tuple[Vector | None] | None:
+        """In a fresh process, the mean from the lexical snapshot's header while the index
+        loads (see Backend.early_vector_mean)."""
+        return self._lexical.early_vector_mean(self.engine.log, user_id, min_count)
+
     def warm(self, user_id: str) -> None:
         """Fold the user's recent writes into the hnswlib index and the lexical state now."""
         engine = self.engine

@@ -167,6 +167,42 @@ class LexicalState:
         with self._lock:
             return self._lexicons.get(user_id)
 
+    def early_vector_mean(
+        self, log: Any, user_id: str, min_count: int
+    ) -> tuple[npt.NDArray[np.float32] | None] | None:
+        """``(mean,)``: the user's mean vector (None below ``min_count``) caught up with the
+        log, while no state is held or one is still loading (a fresh process: a search loads
+        the index on another thread meanwhile), from the snapshot's header
+        (``Lexicon.read_header``: checksum and header checked, no index built) and the vectors
+        written since: the same float64 sum as the loaded state's, so the same mean to the bit.
+
+        None when a loaded state is held (its mean is at hand) or the header cannot serve (no
+        snapshot, another generation, removals since it): the caller asks :meth:`get`.
+        """
+        held = self.loaded(user_id)
+        if held is not None and held.covered_seq >= 0:
+            return None
+        served = self._vectors_from_header(log, user_id)
+        return None if served is None else (mean_vector(served[0], min_count),)
+
+    def _vectors_from_header(self, log: Any, user_id: str) -> tuple[VectorTotal | None] | None:
+        """``(total,)``: the user's vector total caught up from the snapshot header; None when
+        the header cannot serve."""
+        if self._directory is None:
+            return None
+        generation, target = int(log.generation), int(log.user_seq(user_id))
+        try:
+            meta = _native.Lexicon.read_header(str(snapshot_path(self._directory, user_id)))
+        except (OSError, StoreCorruptionError):
+            return None  # get() loads it, or rebuilds it and reports the damage
+        covered = int(meta["covered_seq"])
+        if meta["user"] != user_id or int(meta["generation"]) != generation or covered > target:
+            return None
+        removed, added, vectors = log.changes(user_id, covered)
+        if len(removed) or not int(meta["vector_count"]):
+            return None  # the whole sum is taken again: get() does that once, for both
+        return (_caught_up(_header_total(meta), covered, removed, added, vectors, log, user_id),)
+
     def warm(self, log: Any, user_id: str) -> None:
         """Catch the user's state up with the log now, if it is held."""
         if self.loaded(user_id) is not None:
@@ -224,9 +260,7 @@ class LexicalState:
             return  # ahead of the log (the log lost a tail the snapshot saw)
         lexicon.lexicon = index
         lexicon.covered_seq = lexicon.saved_seq = int(meta["covered_seq"])
-        total = meta["vector_sum"]
-        count = int(meta["vector_count"])
-        lexicon.vectors = (total, count, int(meta["vector_seq"])) if count else None
+        lexicon.vectors = _header_total(meta)
 
     def _save(
         self, log: Any, user_id: str, lexicon: LocalRanking, generation: int, minimum: int
@@ -280,19 +314,13 @@ def _build(log: Any, user_id: str, lexicon: LocalRanking) -> None:
     index = lexicon.lexicon
     for row in rows:
         index.add(int(row["seq"]), row["id"], int(row["created_at"]), tokenize(row["text"]))
-    _sum_vectors(log, user_id, lexicon)
+    lexicon.vectors = _log_total(log, user_id)
 
 
 def _catch_up(log: Any, user_id: str, lexicon: LocalRanking) -> None:
     since = lexicon.covered_seq
     removed, added, vectors = log.changes(user_id, since)
-    total = lexicon.vectors
-    # Adding to the sum is exact only when it holds nothing past ``since``: a vector written
-    # after ``since`` and removed since then is in neither list.
-    if len(removed) or total is None or total[2] > since:
-        _sum_vectors(log, user_id, lexicon)
-    elif len(added):
-        lexicon.vectors = _add_vectors(total, added, vectors)
+    lexicon.vectors = _caught_up(lexicon.vectors, since, removed, added, vectors, log, user_id)
     for label in np.asarray(removed).tolist():
         lexicon.remove(label)
     labels = np.asarray(added, np.uint64)
@@ -304,11 +332,36 @@ def _catch_up(log: Any, user_id: str, lexicon: LocalRanking) -> None:
             lexicon.add(label, row["id"], row["text"], row["created_at"])
 
 
-def _sum_vectors(log: Any, user_id: str, lexicon: LocalRanking) -> None:
-    # The whole sum again (one compiled pass): after a removal, or at build.
-    # Its seq comes from the same read, so writes that land meanwhile are not counted twice.
+def _log_total(log: Any, user_id: str) -> VectorTotal | None:
+    """The whole sum again (one compiled pass): after a removal, or at build. Its seq comes
+    from the same read, so writes that land meanwhile are not counted twice."""
     total, count, seq = log.vector_sum(user_id)
-    lexicon.vectors = (np.asarray(total, np.float64), int(count), int(seq)) if count else None
+    return (np.asarray(total, np.float64), int(count), int(seq)) if count else None
+
+
+def _caught_up(
+    total: VectorTotal | None,
+    since: int,
+    removed: npt.NDArray[np.uint64],
+    added: npt.NDArray[np.uint64],
+    vectors: npt.NDArray[np.float32],
+    log: Any,
+    user_id: str,
+) -> VectorTotal | None:
+    """``total`` (exact at ``since``) with ``changes(user_id, since)`` applied.
+
+    Adding to the sum is exact only when it holds nothing past ``since``: a vector written
+    after ``since`` and removed since then is in neither list; so after a removal, or from a
+    sum ahead of ``since``, the whole sum is taken again."""
+    if len(removed) or total is None or total[2] > since:
+        return _log_total(log, user_id)
+    return _add_vectors(total, added, vectors) if len(added) else total
+
+
+def _header_total(meta: dict[str, Any]) -> VectorTotal | None:
+    """The vector total a snapshot header records (None when it summed none)."""
+    count = int(meta["vector_count"])
+    return (meta["vector_sum"], count, int(meta["vector_seq"])) if count else None
 
 
 def _add_vectors(
@@ -370,7 +423,9 @@ def load_snapshot(
     damaged one is logged: the caller rebuilds)."""
     path = snapshot_path(directory, user_id)
     try:
-        index, meta = _native.Lexicon.from_file(str(path))
+        # Bounds checked, not cross-checked: the checksum vouches for the sections' agreement
+        # (verify runs the full check; docs/lexicon-snapshot.md, "Loading").
+        index, meta = _native.Lexicon.from_file(str(path), full=False)
     except OSError:
         return None
     except StoreCorruptionError as exc:

@@ -1147,6 +1147,10 @@ class PostgresBackend:
         self._ann_checked = -1e9  # see it on the next search
         return name
 
+    def early_vector_mean(self, user_id: str, min_count: int) -> tuple[Vector | None] | None:
+        """None: the mean comes with the ranking state (see Backend.early_vector_mean)."""
+        return None
+
     def ranking(self, user_id: str) -> PgUserRanking:
         """The user's lexical index and vector sum, caught up with every write so far."""
         with self._rankings_lock:
