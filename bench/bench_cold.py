@@ -10,7 +10,9 @@ Python process opens the store and times:
 - ``open``: ``MemoryStore(path)`` (the log replayed; not part of the first search);
 - ``first search``: the user's first ``store.search(user, text, top_k=5)`` (the hybrid search
   the wrapper injects from: it loads or builds the user's lexical state and vector index);
-- ``warm search``: the median of ``--warm`` further searches, each with a new query text;
+- ``warm search``: the median of ``--warm`` further searches, each with a new query text, and
+  the slowest of them (``worst later``: a search that arrives while hnswlib loads the user's
+  graph waits for it, since its ``load_index`` holds the GIL);
 - the lexical side alone, after that: a fresh lexical state for the user (``lexical first``:
   loaded from the snapshot and caught up, or built from the log in the other variant) and its
   warm ``top(query, 50)``.
@@ -168,6 +170,7 @@ def child(path: str, size: int, seed: int, warm: int, snapshot: bool) -> dict[st
         "open_ms": open_ms,
         "first_ms": first_ms,
         "warm_ms": statistics.median(times),
+        "worst_later_ms": max(times),
         "lexical_first_ms": lexical_ms,
         "lexical_top_ms": statistics.median(top),
         "others_share": watch.report.others_share,
@@ -214,6 +217,7 @@ def measure(size: int, runs: int, warm: int, seed: int, scratch: Path) -> dict[s
             "first_ms": first,
             "warm_ms": warm_ms,
             "ratio": first / warm_ms,
+            "worst_later_ms": statistics.median(s["worst_later_ms"] for s in samples),
             "lexical_first_ms": statistics.median(s["lexical_first_ms"] for s in samples),
             "lexical_top_ms": statistics.median(s["lexical_top_ms"] for s in samples),
             "others_share_max": max(s["others_share"] or 0.0 for s in samples),
@@ -231,11 +235,12 @@ def report(results: Sequence[dict[str, Any]]) -> str:
             rows.append([
                 f"{r['size']:,}", name, f"{v['open_ms']:.0f}", f"{v['first_ms']:.1f}",
                 f"{v['warm_ms']:.2f}", f"{v['ratio']:.1f}x",
-                "pass" if v["ratio"] <= 10 else "FAIL", f"{v['lexical_first_ms']:.1f}",
+                "pass" if v["ratio"] <= 10 else "FAIL", f"{v['worst_later_ms']:.1f}",
+                f"{v['lexical_first_ms']:.1f}",
                 f"{v['lexical_top_ms']:.3f}", f"{v['others_share_max']:.0%}",
             ])  # fmt: skip
     headers = ["memories", "variant", "open ms", "first search ms", "warm p50 ms",
-               "first/warm", "<= 10x", "lexical first ms", "lexical top-50 ms",
+               "first/warm", "<= 10x", "worst later ms", "lexical first ms", "lexical top-50 ms",
                "other CPU (max)"]  # fmt: skip
     return format_table(headers, rows)
 
