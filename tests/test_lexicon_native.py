@@ -426,11 +426,12 @@ def _first_posting_tf_at(data: bytes | bytearray) -> int:
     return 128 + (user_len + 7) // 8 * 8 + 8 * dim + 16 * terms + 4
 
 
-def test_searches_map_a_bounds_checked_snapshot_and_verify_checks_it_in_full(
-    tmp_path: Path,
+def test_a_snapshot_served_after_its_bounds_check_is_checked_in_full_and_dropped_if_bad(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A posting's tf raised behind a resealed checksum: every read stays in bounds, so the
-    # search path (full=False) serves it; the full check (verify) finds the disagreement.
+    # A posting's tf raised behind a resealed checksum: every read stays in bounds, so a search
+    # serves it at once (full=False); the full check (verify, and a thread started when it is
+    # served) finds the disagreement, and the state is dropped and rebuilt from the log.
     db = tmp_path / "db"
     path = _snapshotted(db)
     data = bytearray(path.read_bytes())
@@ -442,9 +443,16 @@ def test_searches_map_a_bounds_checked_snapshot_and_verify_checks_it_in_full(
     with pytest.raises(StoreCorruptionError, match="posting differs"):
         _native.Lexicon.from_file(str(path))
     with MemoryStore(db, embedder=HashEmbedder(32)) as store:
-        assert len(store.search("u", "zebras item3", top_k=5)) == 5
-        assert store.backend._lexical.loaded("u").lexicon.in_place  # the file is served
         assert store.backend.verify()["bad_snapshots"] == 1
+    with MemoryStore(db, embedder=HashEmbedder(32)) as store:
+        backend: Any = store.backend
+        assert len(store.search("u", "zebras item3", top_k=5)) == 5
+        backend._lexical.join_checks()
+        assert backend._lexical.loaded("u") is None and not path.exists()
+        got = [(m.id, s) for m, s in store.search("u", "zebras item3", top_k=8)]
+    assert "dropping a damaged lexical snapshot" in caplog.text
+    assert got == _fresh_results(db, "zebras item3")
+    _native.Lexicon.from_file(str(path))  # written again, intact
 
 
 def test_a_fresh_handle_takes_the_mean_vector_from_the_snapshot_header_without_the_index(

@@ -899,7 +899,7 @@ std::unique_ptr<Lexicon> Lexicon::FromBase(std::shared_ptr<const void> owner, co
   }
   // Everything read in place is now within the file: no query or write can read outside it.
   // The full check also proves the sections agree with each other (what a writer bug could
-  // break behind a valid checksum); a reader that trusts the checksum skips it (kBounds).
+  // break behind a valid checksum); kBounds leaves it to a later check.
   if (check == LexCheck::kFull) {
     const char* inconsistent =
         Inconsistency(data + terms_at, postings, data + docs_at, doc_terms, by_id, by_label,

@@ -39,7 +39,7 @@ struct LexSnapshotMeta {
 // no query or write on the index reads outside the file, whatever its bytes). kFull adds what
 // only a writer bug could break behind a valid checksum: that the postings and the documents'
 // terms agree, no document repeats a term, and the id and label orders are strictly
-// increasing. Searches map with kBounds (the checksum vouches for the rest); verify uses kFull.
+// increasing. Searches map with kBounds and run kFull on a thread afterwards; verify uses kFull.
 enum class LexCheck { kBounds, kFull };
 
 class Lexicon {

@@ -1,9 +1,9 @@
 #include "state.h"
 
 #include <algorithm>
-#include <thread>
 #include <cstring>
-#include <queue>
+#include <system_error>
+#include <thread>
 
 #include "dot.h"
 #include "errors.h"
@@ -470,11 +470,19 @@ std::vector<Hit> State::Search(const std::string& user, const float* q, uint32_t
   };
   const size_t n = u->rows.size();
   TopK top{k, {}};
-  if (n >= kParallelScanRows && std::thread::hardware_concurrency() >= 2) {
+  static const bool kTwoCores = std::thread::hardware_concurrency() >= 2;
+  std::thread half;
+  TopK other{k, {}};
+  if (n >= kParallelScanRows && kTwoCores) {
     // Two halves at once (the scan is bound by memory bandwidth, which one core does not
-    // saturate), merged into one top-k: the same set, since the order is total.
-    TopK other{k, {}};
-    std::thread half([&] { scan(n / 2, n, &other); });
+    // saturate), merged into one top-k: the same set, since the order is total. A thread
+    // that cannot be started (a process or cgroup limit) leaves the whole scan to this one.
+    try {
+      half = std::thread([&] { scan(n / 2, n, &other); });
+    } catch (const std::system_error&) {
+    }
+  }
+  if (half.joinable()) {
     scan(0, n / 2, &top);
     half.join();
     for (const Cand& c : other.heap) top.Offer(c);

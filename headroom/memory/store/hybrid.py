@@ -102,6 +102,9 @@ class HybridSearcher:
             # and the lexical candidates join after.
             dense = self._dense(backend, user_id, vector, early[0], top_k, where)
             ranking, lexical = prefetched.result()
+            mean = ranking.vector_mean(CENTRING_MIN_MEMORIES)
+            if not _same_vector(mean, early[0]):  # a write landed between the two reads
+                dense = self._dense(backend, user_id, vector, mean, top_k, where)
         else:
             if prefetched is None or prefetched.cancelled():
                 ranking, lexical = self.lexical_candidates(backend, user_id, query)
@@ -188,6 +191,10 @@ class HybridSearcher:
                 if memory is not None:
                     results.append((memory, float(score)))
         return results
+
+
+def _same_vector(a: npt.NDArray[np.float32] | None, b: npt.NDArray[np.float32] | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
 
 def centred_query(

@@ -422,9 +422,10 @@ class LocalBackend:
         """Check every record and every index snapshot (see Backend.verify).
 
         Reports what the last open recovered, how many records were read, stored vectors that
-        are not finite, and snapshots that fail their checksum. With ``repair``: bad snapshots
-        are deleted (rebuilt on use) and, when the log had damage, it is compacted so the
-        damaged regions are gone from disk.
+        are not finite, and snapshots that fail their checks (lexical ones in full). With
+        ``repair``: bad snapshots are deleted (rebuilt on use; this process's lexical states
+        too) and, when the log had damage, it is compacted so the damaged regions are gone
+        from disk.
         """
         with self._lock:
             log = self.engine.log
@@ -450,6 +451,8 @@ class LocalBackend:
                     for suffix in (SNAPSHOT_SUFFIX,) if lexical else (".meta", ".hnsw"):
                         with contextlib.suppress(FileNotFoundError):
                             path.with_suffix(suffix).unlink()
+                if any(path.suffix == SNAPSHOT_SUFFIX for path in bad_snapshots):
+                    self._lexical.drop()  # states served from a deleted one: rebuilt on use
                 if damaged:
                     self.compact()
                 report["repaired"] = bool(bad_snapshots or damaged)

@@ -149,6 +149,7 @@ class LexicalState:
         self._lexicons: dict[str, LocalRanking] = {}
         self._lock = threading.Lock()
         self._generation = -1
+        self._checks: list[threading.Thread] = []
 
     def drop(self, user_id: str | None = None) -> None:
         """Forget one user's state and snapshot (all states when None: the caller removes the
@@ -261,6 +262,39 @@ class LexicalState:
         lexicon.lexicon = index
         lexicon.covered_seq = lexicon.saved_seq = int(meta["covered_seq"])
         lexicon.vectors = _header_total(meta)
+        self._check_in_full(user_id, index)
+
+    def _check_in_full(self, user_id: str, index: Any) -> None:
+        """Check the snapshot just served in full, on a thread: what the bounds check left to
+        the writer (the postings and the memories' terms agree, the orders are strict). On a
+        failure, log it and drop the user's state and snapshot: the next search rebuilds the
+        index from the log, so a bad snapshot serves no longer than this check takes."""
+        assert self._directory is not None
+        path = snapshot_path(self._directory, user_id)
+
+        def check() -> None:
+            try:
+                _native.Lexicon.from_file(str(path), full=True)
+            except OSError:
+                return  # replaced or removed meanwhile: whoever replaced it checked its own
+            except StoreCorruptionError as exc:
+                held = self.loaded(user_id)
+                if held is not None and held.lexicon is index:
+                    logger.warning("dropping a damaged lexical snapshot (%s): %s", path.name, exc)
+                    self.drop(user_id)
+
+        thread = threading.Thread(target=check, name="headroom-lexicon-check")
+        with self._lock:
+            self._checks = [t for t in self._checks if t.is_alive()]
+            self._checks.append(thread)
+        thread.start()
+
+    def join_checks(self) -> None:
+        """Wait for the full checks of served snapshots still running (at close, in tests)."""
+        with self._lock:
+            checks, self._checks = self._checks, []
+        for thread in checks:
+            thread.join()
 
     def _save(
         self, log: Any, user_id: str, lexicon: LocalRanking, generation: int, minimum: int
@@ -296,7 +330,9 @@ class LexicalState:
             lexicon.lexicon = loaded[0]
 
     def save_all(self, log: Any) -> None:
-        """Snapshot every held state that advanced since its last snapshot (at close)."""
+        """Snapshot every held state that advanced since its last snapshot (at close), once the
+        full checks of served snapshots are done."""
+        self.join_checks()
         log.refresh()
         generation = int(log.generation)
         with self._lock:
