@@ -248,13 +248,18 @@ def test_a_snapshot_with_a_valid_checksum_but_bad_structure_is_refused() -> None
     length_at = 128 + 8 + 16 * terms + 8 * entries + 24
     assert struct.unpack_from("<I", data, length_at)[0] == 3
     struct.pack_into("<I", data, length_at, 4)
-    struct.pack_into("<I", data, 12, _mask(_native.crc32c(bytes(data[16:]))))
     with pytest.raises(StoreCorruptionError, match="length"):
-        _native.Lexicon.from_bytes(bytes(data))
+        _native.Lexicon.from_bytes(_reseal(data))
 
 
 def _mask(crc: int) -> int:
     return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _reseal(data: bytearray) -> bytes:
+    """Snapshot bytes with their checksum recomputed: only the structural checks can refuse."""
+    struct.pack_into("<I", data, 12, _mask(_native.crc32c(bytes(data[16:]))))
+    return bytes(data)
 
 
 # --- the local backend ----------------------------------------------------------------------------
@@ -411,8 +416,7 @@ def test_a_snapshot_covering_seqs_the_log_does_not_have_is_ignored(
     data = bytearray(path.read_bytes())
     assert struct.unpack_from("<Q", data, 24)[0] == seq
     struct.pack_into("<Q", data, 24, seq + 10)  # as if it saw entries the log then lost
-    struct.pack_into("<I", data, 12, _mask(_native.crc32c(bytes(data[16:]))))
-    path.write_bytes(bytes(data))
+    path.write_bytes(_reseal(data))
     seen = _counting_tokenize(monkeypatch)
     with MemoryStore(db, embedder=HashEmbedder(32)) as store:
         store.search("u", "zebras", top_k=3)
@@ -437,8 +441,7 @@ def test_a_snapshot_served_after_its_bounds_check_is_checked_in_full_and_dropped
     data = bytearray(path.read_bytes())
     at = _first_posting_tf_at(data)
     struct.pack_into("<I", data, at, struct.unpack_from("<I", data, at)[0] + 1)
-    struct.pack_into("<I", data, 12, _mask(_native.crc32c(bytes(data[16:]))))
-    path.write_bytes(bytes(data))
+    path.write_bytes(_reseal(data))
     _native.Lexicon.from_file(str(path), full=False)
     with pytest.raises(StoreCorruptionError, match="posting differs"):
         _native.Lexicon.from_file(str(path))

@@ -297,6 +297,24 @@ std::unique_ptr<Lexicon> ParseAs(const std::string& bytes, LexCheck check) {
 
 void Put32(std::string* bytes, size_t at, uint32_t v) { std::memcpy(&(*bytes)[at], &v, 4); }
 
+// Where a snapshot's sections start (docs/lexicon-snapshot.md), for a user id of 1-8 bytes and
+// no vector sum.
+struct Sections {
+  uint32_t nterms = 0, ndocs = 0;
+  uint64_t entries = 0;
+  size_t postings_at, docs_at, doc_terms_at, by_id_at, by_label_at;
+  explicit Sections(const std::string& bytes) {
+    std::memcpy(&nterms, bytes.data() + 56, 4);
+    std::memcpy(&ndocs, bytes.data() + 60, 4);
+    std::memcpy(&entries, bytes.data() + 96, 8);
+    postings_at = 128 + 8 + 16 * size_t{nterms};
+    docs_at = postings_at + 8 * entries;
+    doc_terms_at = docs_at + 40 * size_t{ndocs};
+    by_id_at = doc_terms_at + 8 * entries;
+    by_label_at = by_id_at + ((4 * size_t{ndocs} + 7) & ~size_t{7});
+  }
+};
+
 TEST(the_bounds_check_refuses_every_reference_out_of_range_and_only_the_full_check_the_rest) {
   Lexicon lex(kK1, kB);
   lex.Add(1, "a", 1, {"tea", "zebra", "tea"});
@@ -306,16 +324,10 @@ TEST(the_bounds_check_refuses_every_reference_out_of_range_and_only_the_full_che
   meta.user = "u";
   meta.covered_seq = 3;
   const std::string good = lex.Serialize(meta);
-  uint32_t nterms = 0, ndocs = 0;
-  uint64_t entries = 0;
-  std::memcpy(&nterms, good.data() + 56, 4);
-  std::memcpy(&ndocs, good.data() + 60, 4);
-  std::memcpy(&entries, good.data() + 96, 8);
-  const size_t postings_at = 128 + 8 + 16 * size_t{nterms};
-  const size_t docs_at = postings_at + 8 * entries;
-  const size_t doc_terms_at = docs_at + 40 * size_t{ndocs};
-  const size_t by_id_at = doc_terms_at + 8 * entries;
-  const size_t by_label_at = by_id_at + ((4 * size_t{ndocs} + 7) & ~size_t{7});
+  const Sections at(good);
+  const uint32_t nterms = at.nterms, ndocs = at.ndocs;
+  const size_t postings_at = at.postings_at, doc_terms_at = at.doc_terms_at;
+  const size_t by_id_at = at.by_id_at, by_label_at = at.by_label_at;
   CHECK(ParseAs(good, LexCheck::kBounds) != nullptr && ParseAs(good, LexCheck::kFull));
   // Out of range: a posting's slot, a document's term, an order entry. Both levels refuse.
   for (size_t at : {postings_at, doc_terms_at, by_id_at, by_label_at}) {
@@ -411,15 +423,12 @@ TEST(renumbering_and_sweeping_a_bounds_checked_damaged_snapshot_stay_in_bounds) 
   meta.user = "u";
   meta.covered_seq = n + 10;
   const std::string good = lex.Serialize(meta);
-  uint32_t nterms = 0;
-  uint64_t entries = 0;
-  std::memcpy(&nterms, good.data() + 56, 4);
-  std::memcpy(&entries, good.data() + 96, 8);
-  const size_t postings_at = 128 + 8 + 16 * size_t{nterms};
-  const size_t docs_at = postings_at + 8 * entries;
-  const size_t doc_terms_at = docs_at + 40 * size_t{n};
-  const size_t by_id_at = doc_terms_at + 8 * entries;
-  const size_t by_label_at = by_id_at + ((4 * size_t{n} + 7) & ~size_t{7});
+  const Sections at(good);
+  const uint32_t nterms = at.nterms;
+  const uint64_t entries = at.entries;
+  const size_t postings_at = at.postings_at, docs_at = at.docs_at;
+  const size_t doc_terms_at = at.doc_terms_at, by_id_at = at.by_id_at;
+  const size_t by_label_at = at.by_label_at;
   uint64_t state = 7;
   auto next = [&state](uint64_t below) {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
