@@ -175,7 +175,8 @@ class LexicalState:
         log, while no state is held or one is still loading (a fresh process: a search loads
         the index on another thread meanwhile), from the snapshot's header
         (``Lexicon.read_header``: checksum and header checked, no index built) and the vectors
-        written since: the same float64 sum as the loaded state's, so the same mean to the bit.
+        written since, with the loaded state's float64 arithmetic: its mean to the bit unless a
+        write lands between the two reads (the hybrid search compares them and runs again).
 
         None when a loaded state is held (its mean is at hand) or the header cannot serve (no
         snapshot, another generation, removals since it): the caller asks :meth:`get`.
