@@ -2,8 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
-#include <system_error>
-#include <thread>
+#include <queue>
 
 #include "dot.h"
 #include "errors.h"
@@ -421,37 +420,6 @@ std::vector<std::string> State::Users() const {
   return out;
 }
 
-namespace {
-
-// A scan candidate; "worse" orders the top-k heap: lower score, or equal score and newer label.
-struct Cand {
-  float score;
-  uint64_t label;
-  uint32_t row;
-};
-
-bool Worse(const Cand& a, const Cand& b) {
-  return a.score != b.score ? a.score > b.score : a.label < b.label;
-}
-
-// Keeps the k best of what is offered (a heap, worst on top).
-struct TopK {
-  size_t k;
-  std::vector<Cand> heap;
-  void Offer(const Cand& c) {
-    if (heap.size() < k) {
-      heap.push_back(c);
-      std::push_heap(heap.begin(), heap.end(), Worse);
-    } else if (Worse(c, heap.front())) {
-      std::pop_heap(heap.begin(), heap.end(), Worse);
-      heap.back() = c;
-      std::push_heap(heap.begin(), heap.end(), Worse);
-    }
-  }
-};
-
-}  // namespace
-
 std::vector<Hit> State::Search(const std::string& user, const float* q, uint32_t dim, size_t k,
                                uint32_t categories, int64_t t_min, int64_t t_max) const {
   std::vector<Hit> out;
@@ -460,38 +428,39 @@ std::vector<Hit> State::Search(const std::string& user, const float* q, uint32_t
   if (dim != u->dim)
     Fail(ErrorKind::kInvalidVector, "query has dim " + std::to_string(dim) +
                                         "; this user's vectors have dim " + std::to_string(u->dim));
-  auto scan = [&](size_t lo, size_t hi, TopK* top) {
-    for (size_t r = lo; r < hi; ++r) {
-      const Row& row = u->rows[r];
-      if (categories && !(categories & (1u << row.category))) continue;
-      if (row.created_at < t_min || row.created_at > t_max) continue;
-      top->Offer(Cand{Dot(q, row.vec, dim), row.label, static_cast<uint32_t>(r)});
-    }
+  struct Cand {
+    float score;
+    uint64_t label;
+    uint32_t row;
   };
+  // "Worse" first in the heap: lower score, or equal score and newer label.
+  auto worse = [](const Cand& a, const Cand& b) {
+    return a.score != b.score ? a.score > b.score : a.label < b.label;
+  };
+  std::priority_queue<Cand, std::vector<Cand>, decltype(worse)> heap(worse);
   const size_t n = u->rows.size();
-  TopK top{k, {}};
-  static const bool kTwoCores = std::thread::hardware_concurrency() >= 2;
-  std::thread half;
-  TopK other{k, {}};
-  if (n >= kParallelScanRows && kTwoCores) {
-    // Two halves at once (the scan is bound by memory bandwidth, which one core does not
-    // saturate), merged into one top-k: the same set, since the order is total. A thread
-    // that cannot be started (a process or cgroup limit) leaves the whole scan to this one.
-    try {
-      half = std::thread([&] { scan(n / 2, n, &other); });
-    } catch (const std::system_error&) {
+  for (size_t r = 0; r < n; ++r) {
+    const Row& row = u->rows[r];
+    if (categories && !(categories & (1u << row.category))) continue;
+    if (row.created_at < t_min || row.created_at > t_max) continue;
+    float s = Dot(q, row.vec, dim);
+    Cand c{s, row.label, static_cast<uint32_t>(r)};
+    if (heap.size() < k) {
+      heap.push(c);
+    } else if (worse(c, heap.top())) {
+      heap.pop();
+      heap.push(c);
     }
   }
-  if (half.joinable()) {
-    scan(0, n / 2, &top);
-    half.join();
-    for (const Cand& c : other.heap) top.Offer(c);
-  } else {
-    scan(0, n, &top);
+  std::vector<Cand> cands;
+  cands.reserve(heap.size());
+  while (!heap.empty()) {
+    cands.push_back(heap.top());
+    heap.pop();
   }
-  std::sort_heap(top.heap.begin(), top.heap.end(), Worse);  // best first
-  out.reserve(top.heap.size());
-  for (const Cand& c : top.heap)
+  std::reverse(cands.begin(), cands.end());
+  out.reserve(cands.size());
+  for (const Cand& c : cands)
     out.push_back(Hit{std::string(u->mems[u->rows[c.row].mem].id), c.score});
   return out;
 }

@@ -221,12 +221,8 @@ class State {
                            int64_t t_max) const;
   std::vector<MemOut> History(const std::string& user, const std::string& id) const;
   std::vector<std::string> Users() const;
-  // The exact top-k of the user's live rows by dot product (ties: older label first). A user
-  // of kParallelScanRows rows or more is scanned in two halves on two threads (on a machine
-  // with two or more): that exact scan serves a large user only while its ANN graph loads.
   std::vector<Hit> Search(const std::string& user, const float* q, uint32_t dim, size_t k,
                           uint32_t categories, int64_t t_min, int64_t t_max) const;
-  static constexpr size_t kParallelScanRows = 32768;
   // Whether exact search would gain from Pack: enough of the user's live vectors lie scattered
   // (in the segment mappings or the arena, one page walk each) rather than in one block.
   bool NeedsPack(const std::string& user) const;

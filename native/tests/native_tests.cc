@@ -8,7 +8,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -404,57 +403,6 @@ TEST(state_applies_every_op) {
   // PURGE of a whole user drops its jobs too.
   ApplyAll(Frame({Entry(kPurge, "v", "")}, seq + 2), &s);
   CHECK(s.Pending().empty());
-}
-
-TEST(the_two_threaded_scan_of_a_large_user_is_the_exact_top_k) {
-  // A user past State::kParallelScanRows is scanned in two halves; the merged top-k must be
-  // the one-pass order exactly: score descending, ties by older label. Scores come from a few
-  // distinct vectors, so most are tied, and categories and created_at filter some rows out.
-  const size_t n = State::kParallelScanRows + 999;
-  const std::vector<std::vector<float>> shapes = {{1, 0}, {0.5f, 0.5f}, {0, 1}, {0.75f, 0}};
-  std::string log;
-  std::vector<EntryIn> batch;
-  uint64_t seq = 1;
-  for (size_t i = 0; i < n; ++i) {
-    EntryIn e = Entry(kAdd, "big", "m" + std::to_string(i), "t", shapes[(i * 7) % 4]);
-    e.category = static_cast<uint8_t>(i % 3);
-    e.created_at = static_cast<int64_t>(i % 1000);
-    batch.push_back(std::move(e));
-    if (batch.size() == 512 || i + 1 == n) {
-      log += Frame(batch, seq);
-      seq += batch.size();
-      batch.clear();
-    }
-  }
-  State s;
-  ApplyAll(log, &s);
-  const float q[2] = {0.9f, 0.4f};
-  struct Want {
-    float score;
-    uint64_t label;
-    std::string id;
-  };
-  for (uint32_t categories : {0u, 1u << 1}) {
-    for (int64_t t_min : {INT64_MIN, int64_t{500}}) {
-      std::vector<Want> all;
-      for (size_t i = 0; i < n; ++i) {
-        if (categories && !(categories & (1u << (i % 3)))) continue;
-        if (static_cast<int64_t>(i % 1000) < t_min) continue;
-        const auto& v = shapes[(i * 7) % 4];
-        all.push_back({q[0] * v[0] + q[1] * v[1], i + 1, "m" + std::to_string(i)});
-      }
-      std::sort(all.begin(), all.end(), [](const Want& a, const Want& b) {
-        return a.score != b.score ? a.score > b.score : a.label < b.label;
-      });
-      for (size_t k : {size_t{1}, size_t{50}, size_t{3000}}) {
-        auto hits = s.Search("big", q, 2, k, categories, t_min, INT64_MAX);
-        bool same = hits.size() == std::min(k, all.size());
-        for (size_t i = 0; same && i < hits.size(); ++i)
-          same = hits[i].id == all[i].id && std::abs(hits[i].score - all[i].score) < 1e-6f;
-        CHECK(same);
-      }
-    }
-  }
 }
 
 TEST(validator_checks_meaning) {

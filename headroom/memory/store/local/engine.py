@@ -5,7 +5,7 @@ users are searched exactly by the compiled core; a user with at least ``ann_thre
 memories gets an hnswlib index (``index.UserIndex``) built from the log, kept current from the
 log before each search, and snapshotted so a reopen does not rebuild it. A snapshot is loaded
 on a background thread: until it is ready, the user's searches are exact scans (no cold start
-waits for the graph to be read; the core scans a user of 32,768 rows or more on two threads).
+waits for the graph to be read).
 hnswlib's ``load_index`` holds the GIL while it runs (its binding does not release it): a
 search that arrives during the load waits for it (~0.2 s at 100k memories, bench/README.md).
 
