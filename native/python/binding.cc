@@ -475,8 +475,10 @@ PYBIND11_MODULE(_native, m) {
         return HeaderDict(std::move(meta));
       }, py::arg("path"),
          "The header dict of the snapshot file at path (what from_file returns beside the "
-         "index) after its magic, version, size, checksum and header are checked; no index is "
-         "built. OSError when it cannot be opened, StoreCorruptionError when it is not intact.");
+         "index): version 3 reads the header, user id and vector sum alone and checks them "
+         "against their own checksum and the file's size; version 2, the whole file's "
+         "checksum. No index is built. OSError when it cannot be opened, StoreCorruptionError "
+         "when it is not intact.");
 
   py::class_<Log>(m, "Log")
       .def(py::init([](const std::string& path, const std::string& sync, int sync_interval_ms,

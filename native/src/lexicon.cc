@@ -24,7 +24,8 @@ namespace headroom {
 namespace {
 
 constexpr char kLexMagic[8] = {'H', 'R', 'L', 'E', 'X', 'I', 'C', 'N'};
-constexpr uint32_t kLexVersion = 2;
+constexpr uint32_t kLexVersion = 3;  // written; format 2 (no header checksum) is still read
+constexpr uint32_t kLexVersionNoHeaderCrc = 2;
 constexpr size_t kLexHeaderSize = 128;
 constexpr size_t kTermRecord = 16;  // u32 text offset, u32 text bytes, u32 posting start, u32 df
 constexpr size_t kDocRecord = 40;   // u64 label, i64 created, u32 id offset, u32 id bytes,
@@ -61,6 +62,12 @@ uint64_t Mix(uint32_t slot, uint32_t tf) {
 constexpr uint64_t Pad8(uint64_t n) { return (n + 7) & ~uint64_t{7}; }
 
 void PadTo8(std::string* out) { out->append(Pad8(out->size()) - out->size(), '\0'); }
+
+// The header's own checksum (format 3): CRC32C of bytes [16, 112) and [120, vsum_end), i.e.
+// the header but this field, the user id and the vector sum; what read_header checks.
+uint32_t HeaderCrc(const uint8_t* data, size_t vsum_end) {
+  return Crc32cExtend(Crc32c(data + 16, 96), data + 120, vsum_end - 120);
+}
 
 // Scratch positions by term id, reset after each use (thread_local: const methods may run
 // concurrently).
@@ -546,13 +553,14 @@ std::vector<std::pair<std::string, double>> Lexicon::Top(const std::vector<std::
 //
 // Layout (little-endian; docs/lexicon-snapshot.md). Every section starts 8-byte aligned, so a
 // mapping of the file is read in place.
-//   0 magic "HRLEXICN"          8 u32 version (2)       12 u32 masked CRC32C of [16, size)
+//   0 magic "HRLEXICN"          8 u32 version (3)       12 u32 masked CRC32C of [16, size)
 //  16 u64 size                 24 u64 covered_seq      32 u32 generation
 //  36 u32 user bytes           40 f64 k1               48 f64 b
 //  56 u32 terms                60 u32 documents        64 u32 vector dim
 //  68 u32 0                    72 u64 vector count     80 u64 vector seq
 //  88 u64 total length         96 u64 postings entries 104 u64 string bytes
-// 112 u64 0                   120 u64 0
+// 112 u32 masked CRC32C of the header's own bytes ([16, 112) and [120, end of the vector
+//     sum); version 2: 0)       116 u32 0              120 u64 0
 // 128 user id (padded to 8); the vector sum (f64 x dim); the term table, sorted by the terms'
 //     bytes (per term: u32 text offset, u32 text bytes, u32 first posting entry, u32 df); the
 //     postings, term by term, each in slot order (u32 slot, u32 tf); the documents in
@@ -671,6 +679,8 @@ std::string Lexicon::Serialize(const LexSnapshotMeta& meta) const {
   PutAt(&out, 96, entries);
   PutAt(&out, 104, static_cast<uint64_t>(pool));
   const auto* p = reinterpret_cast<const uint8_t*>(out.data());
+  const size_t vsum_end = kLexHeaderSize + Pad8(meta.user.size()) + 8 * meta.vector_sum.size();
+  PutAt(&out, 112, MaskCrc(HeaderCrc(p, vsum_end)));
   PutAt(&out, 12, MaskCrc(Crc32c(p + 16, out.size() - 16)));
   return out;
 }
@@ -688,21 +698,20 @@ namespace {
 
 // A snapshot's header fields and where its sections start, read by ReadLayout.
 struct LexLayout {
-  uint64_t covered, vcount, vseq, total, entries, pool;
+  uint64_t size, covered, vcount, vseq, total, entries, pool;
   uint32_t generation, user_len, nterms, ndocs, dim;
   double k1, b;
   uint64_t user_at, vsum_at, terms_at, postings_at, docs_at, doc_terms_at, by_id_at,
       by_label_at, pool_at;
 };
 
-// Checks what the header vouches for: magic, version, size, the checksum of every byte, the
-// header's fields, section sizes that follow from its counts, zero padding. nullptr (and *l
-// filled) when they hold, else what does not.
-const char* ReadLayout(const uint8_t* data, size_t n, LexLayout* l) {
-  if (n < kLexHeaderSize) return "shorter than the header";
+// Reads the header's fields (the first kLexHeaderSize bytes) into *l and checks what they
+// alone can say: magic, version, the reserved fields, the bounds on the user id, dimension,
+// counts and BM25 parameters. nullptr when they hold, else what does not. *version is set.
+const char* ReadHeader(const uint8_t* data, LexLayout* l, uint32_t* version) {
   if (std::memcmp(data, kLexMagic, 8) != 0) return "not a lexicon snapshot (magic)";
-  const uint32_t version = Rd<uint32_t>(data + 8), crc = Rd<uint32_t>(data + 12);
-  const uint64_t size = Rd<uint64_t>(data + 16);
+  *version = Rd<uint32_t>(data + 8);
+  l->size = Rd<uint64_t>(data + 16);
   l->covered = Rd<uint64_t>(data + 24);
   l->generation = Rd<uint32_t>(data + 32);
   l->user_len = Rd<uint32_t>(data + 36);
@@ -711,26 +720,41 @@ const char* ReadLayout(const uint8_t* data, size_t n, LexLayout* l) {
   l->nterms = Rd<uint32_t>(data + 56);
   l->ndocs = Rd<uint32_t>(data + 60);
   l->dim = Rd<uint32_t>(data + 64);
-  const uint32_t reserved = Rd<uint32_t>(data + 68);
   l->vcount = Rd<uint64_t>(data + 72);
   l->vseq = Rd<uint64_t>(data + 80);
   l->total = Rd<uint64_t>(data + 88);
   l->entries = Rd<uint64_t>(data + 96);
   l->pool = Rd<uint64_t>(data + 104);
-  if (version != kLexVersion) return "unknown snapshot version";
-  if (size != n) return "size differs from the header's";
-  if (UnmaskCrc(crc) != Crc32c(data + 16, n - 16)) return "checksum mismatch";
-  if (reserved != 0 || Rd<uint64_t>(data + 112) != 0 || Rd<uint64_t>(data + 120) != 0 ||
-      l->user_len > kMaxUserBytes || l->dim > kMaxDim || l->entries > UINT32_MAX ||
-      l->pool > UINT32_MAX)
+  if (*version != kLexVersion && *version != kLexVersionNoHeaderCrc)
+    return "unknown snapshot version";
+  // Format 3 keeps the header checksum in the u32 at 112; format 2 has zeros there.
+  const uint32_t header_crc_or_zero = *version == kLexVersion ? 0 : Rd<uint32_t>(data + 112);
+  if (Rd<uint32_t>(data + 68) != 0 || header_crc_or_zero != 0 || Rd<uint32_t>(data + 116) != 0 ||
+      Rd<uint64_t>(data + 120) != 0 || l->user_len > kMaxUserBytes || l->dim > kMaxDim ||
+      l->entries > UINT32_MAX || l->pool > UINT32_MAX)
     return "bad header";
   if (!(l->k1 >= 0) || !(l->b >= 0 && l->b <= 1)) return "bad BM25 parameters";
+  l->user_at = kLexHeaderSize;
+  l->vsum_at = l->user_at + Pad8(l->user_len);
+  return nullptr;
+}
+
+// Format 3's header checksum over the first vsum_end bytes (those must be present).
+bool HeaderIntact(const uint8_t* data, const LexLayout& l) {
+  return UnmaskCrc(Rd<uint32_t>(data + 112)) == HeaderCrc(data, l.vsum_at + 8 * size_t{l.dim});
+}
+
+// Checks what the header vouches for: magic, version, size, the checksum of every byte (and
+// the header's own, format 3), the header's fields, section sizes that follow from its
+// counts, zero padding. nullptr (and *l filled) when they hold, else what does not.
+const char* ReadLayout(const uint8_t* data, size_t n, LexLayout* l) {
+  if (n < kLexHeaderSize) return "shorter than the header";
+  uint32_t version = 0;
+  if (const char* bad = ReadHeader(data, l, &version)) return bad;
+  if (l->size != n) return "size differs from the header's";
+  if (UnmaskCrc(Rd<uint32_t>(data + 12)) != Crc32c(data + 16, n - 16)) return "checksum mismatch";
   // Where each section starts (no overflow: every count is below 2**32).
-  uint64_t off = kLexHeaderSize;
-  l->user_at = off;
-  off += Pad8(l->user_len);
-  l->vsum_at = off;
-  off += 8 * uint64_t{l->dim};
+  uint64_t off = l->vsum_at + 8 * uint64_t{l->dim};
   l->terms_at = off;
   off += kTermRecord * uint64_t{l->nterms};
   l->postings_at = off;
@@ -746,6 +770,7 @@ const char* ReadLayout(const uint8_t* data, size_t n, LexLayout* l) {
   l->pool_at = off;
   off += Pad8(l->pool);
   if (off != n) return "sections differ from the header's counts";
+  if (version == kLexVersion && !HeaderIntact(data, *l)) return "header checksum mismatch";
   auto zeros = [&](uint64_t from, uint64_t to) {
     for (uint64_t i = from; i < to; ++i) {
       if (data[i]) return false;
@@ -803,11 +828,62 @@ std::shared_ptr<const Mapping> MapSnapshot(const std::string& path, std::string*
 
 bool Lexicon::ReadMeta(const std::string& path, LexSnapshotMeta* meta, std::string* why,
                        int* errno_out) {
+  // Format 3: the header, user id and vector sum only, under their own checksum.
+  *errno_out = 0;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    *errno_out = errno;
+    return false;
+  }
+  struct stat st;
+  std::vector<uint8_t> head(kLexHeaderSize);
+  const bool stated = ::fstat(fd, &st) == 0;
+  const ssize_t got = stated ? ::pread(fd, head.data(), head.size(), 0) : -1;
+  if (got < 0) {
+    *errno_out = errno;
+    ::close(fd);
+    return false;
+  }
+  LexLayout l;
+  uint32_t version = 0;
+  const char* bad = static_cast<size_t>(got) < kLexHeaderSize ? "shorter than the header"
+                                                                : ReadHeader(head.data(), &l, &version);
+  if (!bad && version == kLexVersion) {
+    const size_t vsum_end = l.vsum_at + 8 * size_t{l.dim};
+    if (l.size != static_cast<uint64_t>(st.st_size)) {
+      bad = "size differs from the header's";
+    } else if (vsum_end > l.size) {
+      bad = "sections differ from the header's counts";
+    } else {
+      head.resize(vsum_end);
+      const ssize_t more =
+          ::pread(fd, head.data() + kLexHeaderSize, vsum_end - kLexHeaderSize, kLexHeaderSize);
+      if (more < 0) {
+        *errno_out = errno;
+        ::close(fd);
+        return false;
+      }
+      if (static_cast<size_t>(more) != vsum_end - kLexHeaderSize) {
+        bad = "sections differ from the header's counts";
+      } else if (!HeaderIntact(head.data(), l)) {
+        bad = "header checksum mismatch";
+      }
+    }
+  }
+  ::close(fd);
+  if (bad) {
+    *why = bad;
+    return false;
+  }
+  if (version == kLexVersion) {
+    FillMeta(head.data(), l, meta);
+    return true;
+  }
+  // Format 2 has no header checksum: the whole file's, as a load checks it.
   std::shared_ptr<const Mapping> map = MapSnapshot(path, why, errno_out);
   if (!map) return false;
-  LexLayout l;
-  if (const char* bad = ReadLayout(map->data(), map->size(), &l)) {
-    *why = bad;
+  if (const char* broken = ReadLayout(map->data(), map->size(), &l)) {
+    *why = broken;
     return false;
   }
   FillMeta(map->data(), l, meta);

@@ -95,10 +95,10 @@ class Lexicon {
                                           std::string* why, int* errno_out,
                                           LexCheck check = LexCheck::kFull);
   // Only the header's record of the file at `path` (user, covered seq, generation, vector
-  // sum), after the checks every read makes first: magic, version, size, the checksum of
-  // every byte, header fields and section sizes. No index is built: a caller that needs only
-  // the vector sum has it without the index's checks. False and *why (or *errno_out) as
-  // MapFile.
+  // sum). Format 3: reads the header, user id and vector sum alone and checks their own
+  // checksum, the header's fields and the file's size (the rest of the file is not read: a
+  // load checks it). Format 2: maps the file and checks the checksum of every byte, header
+  // fields and section sizes. No index is built. False and *why (or *errno_out) as MapFile.
   static bool ReadMeta(const std::string& path, LexSnapshotMeta* meta, std::string* why,
                        int* errno_out);
 

@@ -369,7 +369,7 @@ TEST(the_bounds_check_refuses_every_reference_out_of_range_and_only_the_full_che
   }
 }
 
-TEST(read_meta_gives_the_header_of_an_intact_file_and_refuses_a_damaged_one) {
+TEST(read_meta_reads_the_header_under_its_own_checksum_and_format_2_in_full) {
   Lexicon lex(kK1, kB);
   lex.Add(7, "a", 1, {"tea"});
   LexSnapshotMeta meta;
@@ -397,10 +397,35 @@ TEST(read_meta_gives_the_header_of_an_intact_file_and_refuses_a_damaged_one) {
   CHECK(Lexicon::ReadMeta(path, &back, &why, &err) && err == 0);
   CHECK(back.user == "bob" && back.covered_seq == 7 && back.generation == 3);
   CHECK(back.vector_sum == meta.vector_sum && back.vector_count == 1 && back.vector_seq == 7);
-  std::string damaged = bytes;
-  damaged[bytes.size() - 1] = static_cast<char>(damaged[bytes.size() - 1] ^ 1);
-  write(damaged);
-  CHECK(!Lexicon::ReadMeta(path, &back, &why, &err) && err == 0 && why == "checksum mismatch");
+  // Format 3 reads the header, user id and vector sum under their own checksum: damage past
+  // them is the load's to find; damage in them is refused here.
+  std::string body = bytes;
+  body[bytes.size() - 1] = static_cast<char>(body[bytes.size() - 1] ^ 1);
+  write(body);
+  CHECK(Lexicon::ReadMeta(path, &back, &why, &err) && back.vector_sum == meta.vector_sum);
+  CHECK(ParseAs(body, LexCheck::kBounds) == nullptr);
+  const size_t vsum_at = 128 + 8;  // "bob" padded to 8
+  for (size_t at : {size_t{24}, size_t{36}, size_t{128}, vsum_at, vsum_at + 15}) {
+    std::string head = Resealed([&] {
+      std::string b = bytes;
+      b[at] = static_cast<char>(b[at] ^ 4);
+      return b;
+    }());  // the file's checksum recomputed: only the header's can tell
+    write(head);
+    CHECK(!Lexicon::ReadMeta(path, &back, &why, &err) && err == 0);
+    CHECK(ParseAs(head, LexCheck::kBounds) == nullptr);
+  }
+  // Format 2 (no header checksum) is still read: ReadMeta checks the whole file then.
+  std::string v2 = bytes;
+  Put32(&v2, 8, 2);
+  Put32(&v2, 112, 0);
+  v2 = Resealed(v2);
+  write(v2);
+  CHECK(Lexicon::ReadMeta(path, &back, &why, &err) && back.vector_sum == meta.vector_sum);
+  CHECK(ParseAs(v2, LexCheck::kFull) != nullptr);
+  v2[v2.size() - 1] = static_cast<char>(v2[v2.size() - 1] ^ 1);
+  write(v2);
+  CHECK(!Lexicon::ReadMeta(path, &back, &why, &err) && why == "checksum mismatch");
   std::remove(path.c_str());
   CHECK(!Lexicon::ReadMeta(path, &back, &why, &err) && err == ENOENT);
   ::rmdir(dir);
