@@ -36,7 +36,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bench.common import CpuWatch, format_table, write_json
+from bench.common import CpuWatch, child_json, format_table, write_json
 from bench.corpus import CorpusEmbedder
 
 USER = "bench-user"
@@ -115,7 +114,8 @@ LOOKUP_MODEL = "bench/lookup-384"
 
 def prefill(path: Path, work: Workload) -> float:
     """The store at ``path`` with :data:`USER`'s memories, indexes built and snapshotted."""
-    from headroom.memory.store.store import MemoryStore, NewMemory
+    from headroom.memory.store.store import MemoryStore
+    from headroom.memory.types import NewMemory
 
     t0 = time.perf_counter()
     store = MemoryStore(path, embedder=CorpusEmbedder(work.texts, work.vectors, LOOKUP_MODEL))
@@ -178,14 +178,9 @@ def child(path: str, size: int, seed: int, warm: int, snapshot: bool) -> dict[st
 
 
 def _run_child(path: Path, size: int, seed: int, warm: int, snapshot: bool) -> dict[str, Any]:
+    args = [str(path), str(size), str(seed), str(warm), str(int(snapshot))]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, *(["-S"] if sys.flags.no_site else []), "-m", "bench.bench_cold",
-         "--child", str(path), str(size), str(seed), str(warm), str(int(snapshot))],
-        check=True, capture_output=True, text=True, env=env,
-    )  # fmt: skip
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    return child_json(["-m", "bench.bench_cold", "--child", *args], env)
 
 
 def measure(size: int, runs: int, warm: int, seed: int, scratch: Path) -> dict[str, Any]:
@@ -273,8 +268,8 @@ def main(argv: list[str]) -> int:
         if args.keep is None:
             shutil.rmtree(scratch, ignore_errors=True)
     print("\n" + report(results))
-    path = write_json("cold", {"args": vars(args), "results": results})
-    print(f"results: {path}")
+    written = write_json("cold", {"args": vars(args), "results": results})
+    print(f"results: {written}")
     return 0
 
 

@@ -48,7 +48,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,7 +60,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bench.common import REPO_ROOT, RESULTS_DIR, CpuWatch, format_table, machine_info, write_json
+from bench.common import (
+    RESULTS_DIR,
+    CpuWatch,
+    child_json,
+    format_table,
+    machine_info,
+    write_json,
+)
 
 DIM = 384
 SYNTHETIC_MODEL = "bench/synthetic-unit-normal-384"
@@ -310,18 +316,7 @@ def run_child(*args: str) -> dict[str, Any]:
     """Run :func:`child` in a fresh interpreter; its JSON report."""
     code = "import sys; from bench.bench_footprint import child; sys.exit(child(sys.argv[1:]))"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"child {args[0]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    doc: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return doc
+    return child_json(["-c", code, *args], env)
 
 
 @contextlib.contextmanager

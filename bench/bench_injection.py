@@ -32,8 +32,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +40,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.common import CpuWatch, format_table, machine_info, write_json
+from bench.common import CpuWatch, child_json, format_table, machine_info, write_json
 from bench.locomo.data import REPORT_SPLIT, TUNE_SPLIT, Conversation, load
 from bench.locomo.embed import CachedEmbedder, QueryPath, SplitEmbedder, load_embedder
 from headroom.memory.embedders.base import embed_queries
@@ -484,16 +482,8 @@ def _child(
     env: dict[str, str], cache: Path, db: Path, user: str, text: str, mode: str, floor: str
 ) -> dict[str, float]:
     """Run :data:`_FIRST_CALL_CHILD` with ``cache`` as its model cache; its JSON line."""
-    out = subprocess.run(
-        [sys.executable, "-c", _FIRST_CALL_CHILD, str(db), user, text, mode, floor],
-        env=dict(env, XDG_CACHE_HOME=str(cache)),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    args = ["-c", _FIRST_CALL_CHILD, str(db), user, text, mode, floor]
+    return child_json(args, dict(env, XDG_CACHE_HOME=str(cache)), timeout=300)
 
 
 def _cost(

@@ -35,7 +35,6 @@ import gc
 import json
 import resource
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +50,7 @@ from bench.common import (
     REPO_ROOT,
     RESULTS_DIR,
     CpuWatch,
+    child_json,
     format_table,
     machine_info,
     percentiles,
@@ -812,17 +812,7 @@ def run_open_child(kind: str, path: Path, user: str) -> dict[str, Any]:
     code = (
         "import sys; from bench.bench_store import open_child; sys.exit(open_child(sys.argv[1:]))"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, kind, str(path), user],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"open child failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    report: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return report
+    return child_json(["-c", code, kind, str(path), user])
 
 
 def bench_open(cfg: Config, out: dict[str, Any]) -> None:

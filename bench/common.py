@@ -18,6 +18,8 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -212,6 +214,31 @@ def _json_default(value: object) -> Any:
     if isinstance(value, (datetime, Path)):
         return str(value)
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def child_json(
+    args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float | None = None
+) -> dict[str, Any]:
+    """Run ``python <args>`` in a fresh interpreter (this one's executable and ``-S`` flag,
+    the repository as working directory, ``env`` or this environment) and return the JSON
+    document on the last line of its stdout. RuntimeError, with the tail of its stderr, when it
+    exits non-zero."""
+    flags = ["-S"] if sys.flags.no_site else []
+    proc = subprocess.run(
+        [sys.executable, *flags, *args],
+        cwd=REPO_ROOT,
+        env=None if env is None else dict(env),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"child {' '.join(args)[:120]} failed ({proc.returncode}): {proc.stderr[-2000:]}"
+        )
+    doc: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return doc
 
 
 def write_json(name: str, payload: Mapping[str, Any], results_dir: Path | None = None) -> Path:
