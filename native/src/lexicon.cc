@@ -824,53 +824,50 @@ std::shared_ptr<const Mapping> MapSnapshot(const std::string& path, std::string*
   return map;
 }
 
+// Reads the header from fd into *head and, format 3, the user id and vector sum after it,
+// checked against the header's own checksum and the file's size (the rest of the file is not
+// read). nullptr when they hold, else what does not; nullptr with *err set when a read fails.
+const char* ReadHeaderPart(int fd, std::vector<uint8_t>* head, LexLayout* l, uint32_t* version,
+                           int* err) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    *err = errno;
+    return nullptr;
+  }
+  // head grows to its first n bytes of the file; false on a short file or a failed read.
+  auto read_to = [&](size_t n) {
+    const size_t have = head->size();
+    head->resize(n);
+    const ssize_t got = ::pread(fd, head->data() + have, n - have, static_cast<off_t>(have));
+    if (got < 0) *err = errno;
+    return got >= 0 && static_cast<size_t>(got) == n - have;
+  };
+  if (!read_to(kLexHeaderSize)) return *err ? nullptr : "shorter than the header";
+  if (const char* bad = ReadHeader(head->data(), l, version)) return bad;
+  if (*version != kLexVersion) return nullptr;
+  if (l->size != static_cast<uint64_t>(st.st_size)) return "size differs from the header's";
+  const size_t vsum_end = l->vsum_at + 8 * size_t{l->dim};
+  if (vsum_end > l->size || !read_to(vsum_end))
+    return *err ? nullptr : "sections differ from the header's counts";
+  return HeaderIntact(head->data(), *l) ? nullptr : "header checksum mismatch";
+}
+
 }  // namespace
 
 bool Lexicon::ReadMeta(const std::string& path, LexSnapshotMeta* meta, std::string* why,
                        int* errno_out) {
-  // Format 3: the header, user id and vector sum only, under their own checksum.
   *errno_out = 0;
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     *errno_out = errno;
     return false;
   }
-  struct stat st;
-  std::vector<uint8_t> head(kLexHeaderSize);
-  const bool stated = ::fstat(fd, &st) == 0;
-  const ssize_t got = stated ? ::pread(fd, head.data(), head.size(), 0) : -1;
-  if (got < 0) {
-    *errno_out = errno;
-    ::close(fd);
-    return false;
-  }
+  std::vector<uint8_t> head;
   LexLayout l;
   uint32_t version = 0;
-  const char* bad = static_cast<size_t>(got) < kLexHeaderSize ? "shorter than the header"
-                                                                : ReadHeader(head.data(), &l, &version);
-  if (!bad && version == kLexVersion) {
-    const size_t vsum_end = l.vsum_at + 8 * size_t{l.dim};
-    if (l.size != static_cast<uint64_t>(st.st_size)) {
-      bad = "size differs from the header's";
-    } else if (vsum_end > l.size) {
-      bad = "sections differ from the header's counts";
-    } else {
-      head.resize(vsum_end);
-      const ssize_t more =
-          ::pread(fd, head.data() + kLexHeaderSize, vsum_end - kLexHeaderSize, kLexHeaderSize);
-      if (more < 0) {
-        *errno_out = errno;
-        ::close(fd);
-        return false;
-      }
-      if (static_cast<size_t>(more) != vsum_end - kLexHeaderSize) {
-        bad = "sections differ from the header's counts";
-      } else if (!HeaderIntact(head.data(), l)) {
-        bad = "header checksum mismatch";
-      }
-    }
-  }
+  const char* bad = ReadHeaderPart(fd, &head, &l, &version, errno_out);
   ::close(fd);
+  if (*errno_out) return false;
   if (bad) {
     *why = bad;
     return false;
